@@ -1,0 +1,15 @@
+"""darknetpy: run and train Darknet networks from their .cfg files, on any CPU, with nothing to compile."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .api import Model, Prediction, load  # noqa: E402
+from .config import parse_cfg, parse_cfg_text  # noqa: E402
+from .errors import (CfgError, DarknetError, DarknetWarning, DataError, ImageError,  # noqa: E402
+                     UnsupportedError, WeightsError)
+from .network import Network, build_network, load_cfg  # noqa: E402
+from .weights import read_weights, write_weights  # noqa: E402
+
+__all__ = ["load", "Model", "Prediction", "Network", "build_network", "load_cfg", "parse_cfg", "parse_cfg_text",
+           "read_weights", "write_weights", "DarknetError", "CfgError", "UnsupportedError", "WeightsError",
+           "ImageError", "DataError", "DarknetWarning", "__version__"]

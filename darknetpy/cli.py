@@ -1,0 +1,196 @@
+"""`darknetpy` command line: argument parsing and printing only; the work happens in darknetpy.api.
+
+Every mistake in the user's input ends as one line `file:line: message` on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from . import __version__
+from .errors import DarknetError, DarknetWarning, DataError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".tga"}
+LIST_SUFFIXES = {".txt", ".list"}
+
+
+class UsageError(DarknetError):
+    """Bad command-line arguments."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would exit itself; keep the one-line contract
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    text = str(message)
+    prefix = "warning: " if issubclass(category, DarknetWarning) else f"warning ({category.__name__}): "
+    print(prefix + text, file=sys.stderr)
+
+
+# ---- inputs ---------------------------------------------------------------------------------------------------
+def expand_images(items: list[str]) -> list[str]:
+    """Image paths from arguments that may be images, directories (sorted, images only) or list files."""
+    out: list[str] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise DataError("directory contains no images", item)
+            out.extend(found)
+        elif path.suffix.lower() in LIST_SUFFIXES and path.is_file():
+            from .config import read_list_file
+            base = path.parent
+            for entry in read_list_file(path):
+                out.append(entry if os.path.exists(entry) or os.path.isabs(entry) else str(base / entry))
+        else:
+            out.append(item)
+    return out
+
+
+def _names(args) -> list[str] | None:
+    from .api import names_from_data, read_names
+    if getattr(args, "names", None):
+        return read_names(args.names)
+    if getattr(args, "data", None):
+        return names_from_data(args.data)
+    return None
+
+
+# ---- subcommands ----------------------------------------------------------------------------------------------
+def cmd_summary(args) -> int:
+    from .network import load_cfg
+    network = load_cfg(args.cfg, width=args.width, height=args.height)
+    print(network.summary())
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from . import api
+    model = api.load(args.cfg, args.weights, names=_names(args))
+    top = args.top
+    if top is None and args.data:
+        from .config import read_data_file
+        top = read_data_file(args.data).top or None
+    top = top or 5
+    for path in expand_images(args.images):
+        start = time.perf_counter()
+        predictions = model.predict(path, top=top)
+        seconds = time.perf_counter() - start
+        if args.json:
+            print(json.dumps({"image": path, "seconds": round(seconds, 6), "predictions": [
+                {"class_id": p.class_id, "name": p.name, "probability": p.probability} for p in predictions]}))
+        else:
+            print(f"{path}: Predicted in {seconds:f} seconds.", file=sys.stderr)
+            for p in predictions:
+                print(f"{p.probability * 100:5.2f}%: {p.name}")
+        sys.stdout.flush()
+    return 0
+
+
+def cmd_partial(args) -> int:
+    from .network import load_cfg
+    from .weights import read_weights, write_weights
+    network = load_cfg(args.cfg)
+    read_weights(network, args.weights)
+    write_weights(network, args.out, cutoff=args.layers, seen=0)
+    print(f"Saved the first {min(args.layers, len(network.layers))} layers to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_detect(args) -> int:
+    from . import api
+    from .detect import format_detections
+    model = api.load(args.cfg, args.weights, names=_names(args))
+    letterbox = True if args.letterbox else (False if args.no_letterbox else None)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+    for path in expand_images(args.images):
+        start = time.perf_counter()
+        results = model.detect(path, thresh=args.thresh, nms=args.nms, letterbox=letterbox)
+        seconds = time.perf_counter() - start
+        if args.json:
+            print(json.dumps({"image": path, "seconds": round(seconds, 6), "detections": [
+                {"class_id": r.class_id, "name": r.name, "score": r.score,
+                 "box": [round(v, 2) for v in r.box_pixels]} for r in results]}))
+        else:
+            print(f"{path}: Predicted in {seconds:f} seconds.")
+            for line in format_detections(results):
+                print(line)
+        if args.out:
+            from .drawing import draw_detections
+            from .images import load_image
+            target = Path(args.out) / (Path(path).stem + ".png")
+            draw_detections(load_image(path), results, target)
+        sys.stdout.flush()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="darknetpy", description="Run and train Darknet networks from their .cfg files.")
+    parser.add_argument("--version", action="version", version=f"darknetpy {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("summary", help="print the layer table of a cfg")
+    p.add_argument("cfg")
+    p.add_argument("--width", type=int)
+    p.add_argument("--height", type=int)
+    p.set_defaults(run=cmd_summary)
+
+    p = sub.add_parser("predict", help="classify images")
+    p.add_argument("cfg")
+    p.add_argument("weights")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image, directory of images, or list file")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--names", help="file with one class name per line")
+    group.add_argument("--data", help=".data file (names/labels, top)")
+    p.add_argument("--top", type=int, help="how many classes to print (default: .data top, else 5)")
+    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.set_defaults(run=cmd_predict)
+
+    p = sub.add_parser("detect", help="find objects in images")
+    p.add_argument("cfg")
+    p.add_argument("weights")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--names")
+    group.add_argument("--data")
+    p.add_argument("--thresh", type=float, default=0.25)
+    p.add_argument("--nms", type=float, default=0.45)
+    p.add_argument("--out", help="folder for the images with boxes drawn (PNG)")
+    p.add_argument("--json", action="store_true")
+    box = p.add_mutually_exclusive_group()
+    box.add_argument("--letterbox", action="store_true", help="keep the aspect ratio (pjreddie's detector test)")
+    box.add_argument("--no-letterbox", action="store_true", help="stretch to the network size (OpenCV default)")
+    p.set_defaults(run=cmd_detect)
+
+    p = sub.add_parser("partial", help="save the first N layers of a weights file (like darknet partial)")
+    p.add_argument("cfg")
+    p.add_argument("weights")
+    p.add_argument("out")
+    p.add_argument("layers", type=int)
+    p.set_defaults(run=cmd_partial)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _show_warning
+    try:
+        args = build_parser().parse_args(argv)
+        return args.run(args)
+    except DarknetError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0

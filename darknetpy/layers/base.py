@@ -1,0 +1,272 @@
+"""The Layer contract: one class per Darknet section type, everything about a layer in one place.
+
+A layer class declares
+  * `Config`: a frozen dataclass whose fields are the section's options (typed, with Darknet's defaults),
+    read generically from the cfg section by `read_config`, each value remembering its line;
+  * `build(in_shapes) -> Shape`: validates against the incoming shapes and allocates parameters once;
+  * `forward(xs, train) -> y`, `backward(dy, xs, dxs)` (standard dL/dx, accumulated into dxs);
+  * `params()`: trainable arrays with their gradient buffers, for the optimiser;
+  * `weight_arrays(saving)`: the arrays in Darknet's `.weights` file order;
+  * `summary_row()` and `flops()` for the layer table.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterable, Mapping
+
+import numpy as np
+
+from ..config.options import SectionReader
+from ..errors import CfgError
+
+FLOAT = np.float32
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Output shape of one batch item. Non-image outputs (softmax, cost, ...) have image=False: Darknet
+    reports 0x0x0 for them and a following layer that needs an image must refuse them."""
+    c: int
+    h: int = 1
+    w: int = 1
+    image: bool = True
+
+    @property
+    def size(self) -> int:
+        return self.c * self.h * self.w
+
+    @classmethod
+    def flat(cls, n: int) -> "Shape":
+        return cls(n, 1, 1, image=False)
+
+    def __str__(self) -> str:
+        return f"{self.w}x{self.h}x{self.c}" if self.image else f"{self.size}"
+
+
+def option(default: Any = None, *, key: str | None = None, minimum: float | None = None,
+           maximum: float | None = None, choices: Iterable[str] | None = None, required: bool = False):
+    """Declare a Config field read from the cfg option `key` (default: the field name)."""
+    meta = {"key": key, "minimum": minimum, "maximum": maximum,
+            "choices": tuple(choices) if choices is not None else None, "required": required}
+    return field(default=default, metadata={"option": meta})
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a section came from, so later checks (at build time) can point at the right line."""
+    path: str
+    line: int
+    section: str
+    key_lines: Mapping[str, int] = field(default_factory=dict)
+
+    def error(self, message: str, key: str | None = None) -> CfgError:
+        line = self.key_lines.get(key, self.line) if key else self.line
+        return CfgError(message, self.path, line)
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    """Options every Darknet layer section accepts (spec §2), and where the section came from."""
+    origin: Origin = field(default=None, compare=False, repr=False, metadata={"option": None})
+    stopbackward: bool = option(False)
+    dontsave: bool = option(False)
+    dontload: bool = option(False)
+    numload: int = option(0, minimum=0)
+    dontloadscales: bool = option(False)
+    learning_rate_scale: float = option(1.0, key="learning_rate")
+    truth: bool = option(False)
+    onlyforward: bool = option(False)
+    smooth: float = option(0.0)
+
+    def error(self, message: str, key: str | None = None) -> CfgError:
+        if self.origin is None:
+            return CfgError(message)
+        return self.origin.error(message, key)
+
+
+_READERS = {
+    int: SectionReader.get_int,
+    float: SectionReader.get_float,
+    bool: SectionReader.get_bool,
+    str: SectionReader.get_str,
+}
+
+
+def _option_meta(f: dataclasses.Field) -> dict | None:
+    return f.metadata.get("option") if f.metadata else None
+
+
+def config_keys(config_cls: type) -> dict[str, str]:
+    """cfg key -> field name for every option of a Config class."""
+    keys = {}
+    for f in dataclasses.fields(config_cls):
+        meta = _option_meta(f)
+        if meta is not None:
+            keys[meta["key"] or f.name] = f.name
+    return keys
+
+
+def read_config(config_cls: type, reader: SectionReader, ignored: Iterable[str] = ()) -> LayerConfig:
+    """Read every declared option of `config_cls` from the section, then reject unknown keys."""
+    hints = typing.get_type_hints(config_cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(config_cls):
+        meta = _option_meta(f)
+        if meta is None:
+            continue
+        key = meta["key"] or f.name
+        values[f.name] = _read_value(reader, key, hints[f.name], f.default, meta)
+    reader.finish(ignored=ignored, valid=config_keys(config_cls))
+    section = reader.section
+    key_lines = {o.key: o.line for o in section.options}
+    origin = Origin(reader.path, section.line, section.name, key_lines)
+    return config_cls(origin=origin, **values)
+
+
+def _read_value(reader: SectionReader, key: str, hint: Any, default: Any, meta: dict) -> Any:
+    base, is_optional = _unwrap_optional(hint)
+    if typing.get_origin(base) is tuple:
+        (item, *_rest) = typing.get_args(base)
+        getter = reader.get_int_list if item is int else reader.get_float_list
+        value = getter(key, None, required=meta["required"])
+        return tuple(value) if value is not None else default
+    getter = _READERS[base]
+    kwargs: dict[str, Any] = {}
+    if base in (int, float):
+        kwargs = {"minimum": meta["minimum"], "maximum": meta["maximum"]}
+    elif base is str and meta["choices"] is not None:
+        kwargs = {"choices": meta["choices"]}
+    if meta["required"] and not reader.has(key):
+        raise reader.error(f"missing required option '{key}'")
+    return getter(reader, key, default, **kwargs)
+
+
+def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
+    args = typing.get_args(hint)
+    if type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return hint, False
+
+
+def config_to_options(config: LayerConfig) -> dict[str, str]:
+    """The cfg options that reproduce `config` (values that differ from the defaults), for round trips."""
+    out: dict[str, str] = {}
+    for f in dataclasses.fields(config):
+        meta = _option_meta(f)
+        if meta is None:
+            continue
+        value = getattr(config, f.name)
+        if value == f.default:
+            continue
+        key = meta["key"] or f.name
+        if isinstance(value, bool):
+            out[key] = str(int(value))
+        elif isinstance(value, tuple):
+            out[key] = ",".join(repr(v) if isinstance(v, float) else str(v) for v in value)
+        else:
+            out[key] = repr(value) if isinstance(value, float) else str(value)
+    return out
+
+
+@dataclass
+class Param:
+    """A trainable array and the accumulated gradient dL/dparam (summed over the batch)."""
+    name: str
+    value: np.ndarray
+    grad: np.ndarray
+    decay: bool  # Darknet applies weight decay to weights only, never to biases or BN scales
+
+
+class Layer:
+    """Base class. Subclasses set `kind`, `aliases`, `Config` and override what they need."""
+    kind: ClassVar[str] = ""
+    aliases: ClassVar[tuple[str, ...]] = ()
+    Config: ClassVar[type] = LayerConfig
+    #: keys Darknet defines for this section that darknetpy reads nowhere (warned once, never an error)
+    ignored_keys: ClassVar[tuple[str, ...]] = ()
+    #: whether backward is implemented (detection layers train in a later issue)
+    trainable_backward: ClassVar[bool] = True
+
+    def __init__(self, config: LayerConfig, index: int):
+        self.config = config
+        self.index = index
+        self.in_shapes: list[Shape] = []
+        self.out_shape: Shape | None = None
+        self.output: np.ndarray | None = None
+        self._batch = 0
+
+    # ---- construction -------------------------------------------------------------------------------------
+    @classmethod
+    def from_section(cls, reader: SectionReader, index: int) -> "Layer":
+        return cls(read_config(cls.Config, reader, cls.ignored_keys), index)
+
+    def input_indices(self) -> list[int]:
+        """Indices of the layers whose outputs feed this one (-1 is the network input)."""
+        return [self.index - 1]
+
+    def build(self, in_shapes: list[Shape]) -> Shape:
+        self.in_shapes = list(in_shapes)
+        self.out_shape = self.output_shape(in_shapes)
+        self.allocate_parameters()
+        return self.out_shape
+
+    def output_shape(self, in_shapes: list[Shape]) -> Shape:
+        return in_shapes[0]
+
+    def allocate_parameters(self) -> None:
+        """Create parameter arrays (once; kept when the network is resized)."""
+
+    def require_image(self, shape: Shape) -> None:
+        if not shape.image or shape.size == 0:
+            raise self.config.error(f"[{self.kind}] needs an image input, but the previous layer outputs "
+                                    f"{shape.size} values with no spatial shape")
+
+    # ---- buffers --------------------------------------------------------------------------------------------
+    def allocate(self, batch: int) -> None:
+        """Allocate per-batch buffers; called by the network whenever the batch size changes."""
+        s = self.out_shape
+        self.output = np.zeros((batch, s.c, s.h, s.w), dtype=FLOAT)
+        self._batch = batch
+
+    # ---- computation ----------------------------------------------------------------------------------------
+    def forward(self, xs: list[np.ndarray], train: bool) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, dy: np.ndarray, xs: list[np.ndarray], dxs: list[np.ndarray | None]) -> None:
+        """Given dy = dL/d(output), add dL/d(input_k) into dxs[k] (None: no gradient wanted) and
+        accumulate parameter gradients. dy may be overwritten."""
+        raise NotImplementedError(f"[{self.kind}] has no backward pass yet")
+
+    def params(self) -> list[Param]:
+        return []
+
+    # ---- weights file ----------------------------------------------------------------------------------------
+    def weight_arrays(self, saving: bool = False) -> list[np.ndarray]:
+        """Contiguous float32 arrays in Darknet's file order. When loading, options such as dontloadscales or
+        numload may shrink the list; when saving, Darknet writes everything."""
+        return []
+
+    def after_load(self, transposed: bool) -> None:
+        """Hook run after the arrays were filled (e.g. connected weights stored transposed)."""
+
+    def parameter_count(self) -> int:
+        return int(sum(a.size for a in self.weight_arrays(saving=True)))
+
+    # ---- reporting -------------------------------------------------------------------------------------------
+    def flops(self) -> float:
+        return 0.0
+
+    def summary_row(self) -> str:
+        return f"{self.kind:<6}"
+
+    def describe_shape(self, shape: Shape) -> str:
+        return f"{shape.w:4d} x{shape.h:4d} x{shape.c:4d}"
+
+
+def c_div(a: int, b: int) -> int:
+    """C integer division (truncates toward zero), which Darknet's shape formulas use."""
+    q = abs(a) // abs(b)
+    return q if (a >= 0) == (b > 0) else -q

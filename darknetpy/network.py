@@ -1,0 +1,168 @@
+"""A built network: layers in file order, their shapes, buffers, forward and backward passes.
+
+Layers form a DAG through `input_indices()` (route and shortcut read earlier layers); index -1 is the
+network input. Buffers are allocated once per batch size, so repeated forward calls do not allocate.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from typing import Iterable
+
+import numpy as np
+
+from .config import NetConfig, SectionReader, parse_cfg, parse_cfg_text
+from .config.document import Document
+from .errors import CfgError
+from .layers import layer_class
+from .layers.base import FLOAT, Layer, Shape
+
+
+class Network:
+    def __init__(self, net: NetConfig, layers: list[Layer], path: str):
+        self.net = net
+        self.layers = layers
+        self.path = path
+        self.seen = 0
+        self._batch = 0
+        self._deltas: list[np.ndarray] | None = None
+        self.outputs: list[np.ndarray | None] = [None] * len(layers)
+        self.input_shape = Shape(net.channels, net.height, net.width) if net.height and net.width \
+            else Shape.flat(net.inputs)
+        self.shapes = self._build_shapes()
+        self.output_index = self._last_non_cost_index()
+
+    # ---- construction ---------------------------------------------------------------------------------------
+    def _build_shapes(self) -> list[Shape]:
+        shapes: list[Shape] = []
+        for layer in self.layers:
+            in_shapes = [self.input_shape if j < 0 else shapes[j] for j in layer.input_indices()]
+            shapes.append(layer.build(in_shapes))
+        return shapes
+
+    def _last_non_cost_index(self) -> int:
+        for i in range(len(self.layers) - 1, -1, -1):
+            if not getattr(self.layers[i], "is_cost", False):
+                return i
+        return len(self.layers) - 1
+
+    def resize(self, width: int, height: int) -> None:
+        """Change the input size (detectors run at any multiple of their stride); weights are kept."""
+        self.net = replace(self.net, width=width, height=height, inputs=width * height * self.net.channels)
+        self.input_shape = Shape(self.net.channels, height, width)
+        self.shapes = self._build_shapes()
+        self._batch = 0
+
+    # ---- buffers --------------------------------------------------------------------------------------------
+    def _ensure_batch(self, batch: int) -> None:
+        if batch != self._batch:
+            for layer in self.layers:
+                layer.allocate(batch)
+            self._batch = batch
+            self._deltas = None
+
+    def _check_input(self, x: np.ndarray) -> np.ndarray:
+        if not isinstance(x, np.ndarray) or x.dtype != np.float32:
+            raise TypeError(f"network input must be a float32 numpy array, got "
+                            f"{getattr(x, 'dtype', type(x).__name__)}")
+        s = self.input_shape
+        expected = (s.c, s.h, s.w)
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim == 2 and not s.image:
+            x = x.reshape(x.shape[0], -1, 1, 1)
+        if x.ndim != 4 or x.shape[1:] != expected:
+            raise ValueError(f"network input must have shape (batch, {s.c}, {s.h}, {s.w}), got {x.shape}")
+        return np.ascontiguousarray(x)
+
+    # ---- passes ---------------------------------------------------------------------------------------------
+    @property
+    def output_layer(self) -> Layer:
+        return self.layers[self.output_index]
+
+    def forward(self, x: np.ndarray, train: bool = False, truth: np.ndarray | None = None) -> np.ndarray:
+        """Run the network; returns the last non-cost layer's output buffer (B, C, H, W) — valid until the
+        next call. With `truth` (B, outputs) the loss layers compute their cost (see `cost`)."""
+        x = self._check_input(x)
+        self._ensure_batch(x.shape[0])
+        self._input = x
+        for i, layer in enumerate(self.layers):
+            if getattr(layer, "is_cost", False) and truth is None:
+                self.outputs[i] = None
+                continue
+            if truth is not None and hasattr(layer, "set_truth"):
+                layer.set_truth(truth)
+            xs = [x if j < 0 else self.outputs[j] for j in layer.input_indices()]
+            self.outputs[i] = layer.forward(xs, train)
+        return self.outputs[self.output_index]
+
+    def cost(self) -> float:
+        """Darknet's net->cost: the mean over the cost-bearing layers of their summed cost."""
+        costs = [layer.cost for layer in self.layers if getattr(layer, "cost", None) is not None]
+        return float(sum(costs) / len(costs)) if costs else float("nan")
+
+    def backward(self) -> None:
+        """Backpropagate from the loss layers of the last forward(train=True, truth=...) pass."""
+        if self._deltas is None:
+            self._deltas = [np.zeros_like(layer.output) for layer in self.layers]
+        for d in self._deltas:
+            d.fill(0.0)
+        for i in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[i]
+            if layer.config.stopbackward:
+                break
+            xs = [self._input if j < 0 else self.outputs[j] for j in layer.input_indices()]
+            dxs = [None if j < 0 else self._deltas[j] for j in layer.input_indices()]
+            layer.backward(self._deltas[i], xs, dxs)
+
+    def params(self):
+        return [(layer, p) for layer in self.layers for p in layer.params()]
+
+    # ---- reporting ------------------------------------------------------------------------------------------
+    def parameter_count(self) -> int:
+        return sum(layer.parameter_count() for layer in self.layers)
+
+    def weights_float_count(self) -> int:
+        return sum(int(sum(a.size for a in layer.weight_arrays(saving=True)))
+                   for layer in self.layers if not layer.config.dontsave)
+
+    def flops(self) -> float:
+        return sum(layer.flops() for layer in self.layers)
+
+    def summary(self) -> str:
+        from .summary import summary_table
+        return summary_table(self)
+
+
+def build_network(document: Document, width: int | None = None, height: int | None = None) -> Network:
+    """Turn a parsed cfg into a built Network (shapes checked, parameters allocated with zeros)."""
+    path = document.path
+    sections = document.sections
+    if not sections:
+        raise CfgError("the cfg has no sections", path, 1)
+    first = sections[0]
+    if first.name not in ("net", "network"):
+        raise CfgError(f"the first section must be [net] or [network], not [{first.name}]", path, first.line)
+    net = NetConfig.from_section(SectionReader(first, path))
+    if width is not None or height is not None:
+        w = width or net.width
+        h = height or net.height
+        net = replace(net, width=w, height=h, inputs=w * h * net.channels)
+    layers: list[Layer] = []
+    for index, section in enumerate(sections[1:]):
+        if section.name in ("net", "network"):
+            raise CfgError(f"[{section.name}] may only be the first section", path, section.line)
+        cls = layer_class(section.name, path, section.line)
+        layers.append(cls.from_section(SectionReader(section, path), index))
+    if not layers:
+        raise CfgError("the cfg has a [net] section but no layers", path, first.line)
+    return Network(net, layers, path)
+
+
+def load_cfg(path: str | os.PathLike, width: int | None = None, height: int | None = None) -> Network:
+    return build_network(parse_cfg(str(path)), width, height)
+
+
+def network_from_text(text: str, path: str = "<string>", width: int | None = None,
+                      height: int | None = None) -> Network:
+    return build_network(parse_cfg_text(text, path), width, height)

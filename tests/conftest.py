@@ -1,0 +1,24 @@
+"""Shared fixtures. Tests that need ../shared (reference data that is not part of the project) skip when it
+is absent, except under CI (env CI set), where its absence is a failure."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def shared_path(*parts: str) -> Path:
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{path} is missing (CI is set, so reference data must be present)")
+        pytest.skip(f"{path} not present")
+    return path
+
+
+@pytest.fixture
+def shared_dir() -> Path:
+    return shared_path()
