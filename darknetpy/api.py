@@ -71,6 +71,10 @@ class Model:
     def seen(self) -> int:
         return self.network.seen
 
+    @seen.setter
+    def seen(self, value: int) -> None:
+        self.network.seen = int(value)
+
     @property
     def input_size(self) -> tuple[int, int]:
         return self.network.net.width, self.network.net.height
@@ -112,6 +116,23 @@ class Model:
         if top is not None:
             order = order[:top]
         return [Prediction(int(i), self.name_of(int(i)), float(probs[i])) for i in order]
+
+    # ---- training -------------------------------------------------------------------------------------------
+    @property
+    def trainer(self):
+        if getattr(self, "_trainer", None) is None:
+            from .optim import Trainer
+            self._trainer = Trainer(self.network)
+        return self._trainer
+
+    def train_batch(self, x: np.ndarray, truth: np.ndarray) -> float:
+        """One Darknet train_network call: x (batch·subdivisions, C, H, W), truth (same rows, outputs);
+        returns the mean per-image loss, updates the weights once."""
+        return self.trainer.train_batch(x, truth)
+
+    def current_rate(self) -> float:
+        """Darknet's get_current_rate: the rate at the current batch number (that of the last update)."""
+        return self.trainer.current_rate()
 
     # ---- detection ------------------------------------------------------------------------------------------
     def detect(self, image, thresh: float = 0.25, nms: float = 0.45, letterbox: bool | None = None):

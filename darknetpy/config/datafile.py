@@ -1,0 +1,139 @@
+"""`.data` files (`key = value` lines naming the class count, list files, backup folder, ...) and the
+one-entry-per-line list files they point to.
+
+Deliberate difference from Darknet: it deletes every space inside a .data line, so paths cannot contain
+spaces; we strip only around the value. A comment may follow a value when whitespace separates them
+(`names = coco.names  # note`); a `#` glued to a word stays part of the path. Relative paths are
+returned as written; the caller resolves them.
+"""
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import pyparsing as pp
+
+from darknetpy.config.grammar import describe_rest_of_line, read_text_file
+from darknetpy.errors import DataError, DarknetWarning
+
+_INLINE_WHITESPACE = " \t"
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
+def _inline(expr: pp.ParserElement) -> pp.ParserElement:
+    return expr.set_whitespace_chars(_INLINE_WHITESPACE, copy_defaults=False)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    key: str
+    value: str | None
+    loc: int
+
+
+@dataclass(frozen=True)
+class _BareLine:
+    text: str
+    loc: int
+
+
+def _build_grammar() -> pp.ParserElement:
+    newline = _inline(pp.Regex(r"\r?\n|\r\Z")).set_name("end of line")
+    end_of_line = _inline(newline | _inline(pp.StringEnd())).set_name("end of line")
+    comment = _inline(pp.Regex(r"[#;][^\r\n]*"))
+    key = _inline(pp.Regex(r"[A-Za-z_][\w.\-]*")).set_name("key")
+    # Words may hold '#' or ';'; a comment starts only at '#'/';' after whitespace.
+    value = _inline(pp.Regex(r"[^\s#;](?:\S|[ \t]+(?=[^\s#;]))*")).set_name("value")
+    entry = _inline(key("key") + _inline(pp.Literal("=")) - pp.Optional(value("value"))
+                    - pp.Optional(comment) - end_of_line)
+    entry.set_parse_action(lambda text, loc, tokens: _Entry(tokens["key"], tokens.get("value"), loc))
+    bare = _inline(pp.Regex(r"[^=#;\s][^=\r\n]*?(?=[ \t]*(?:[#;]|\r?\n|$))")("text") + pp.Optional(comment)
+                   + end_of_line)
+    bare.set_parse_action(lambda text, loc, tokens: _BareLine(tokens["text"], loc))
+    ignored = _inline(newline | _inline(comment + end_of_line)).suppress()
+    return _inline(pp.ZeroOrMore(_inline(ignored | entry | bare)) + _inline(pp.StringEnd())).parse_with_tabs()
+
+
+_GRAMMAR = _build_grammar()
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """A parsed .data file. Standard keys are typed attributes (None when absent: defaults are per
+    command); `values` holds every key as written (first occurrence wins), `lines` its line number."""
+
+    path: str
+    classes: int | None
+    train: str | None
+    valid: str | None
+    test: str | None
+    labels: str | None
+    names: str | None
+    backup: str | None
+    top: int | None
+    values: Mapping[str, str]
+    lines: Mapping[str, int]
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        return self.values.get(key, default)
+
+
+def read_data_file(path: str | os.PathLike) -> DataConfig:
+    """Parse a .data file; raises DataError naming the file (and line) for anything unreadable."""
+    shown = os.fspath(path)
+    text = read_text_file(path, DataError, "data file").removeprefix("\ufeff")
+    try:
+        entries = _GRAMMAR.parse_string(text, parse_all=True)
+    except pp.ParseBaseException as exc:
+        found = describe_rest_of_line(text, exc.loc)
+        raise DataError(f"{exc.msg}, found {found} (column {exc.column})", shown, exc.lineno,
+                        exc.column) from None
+
+    values: dict[str, str] = {}
+    lines: dict[str, int] = {}
+    for entry in entries:
+        line = pp.lineno(entry.loc, text)
+        if isinstance(entry, _BareLine):
+            warnings.warn(DarknetWarning(f"{shown}:{line}: ignoring line without '=': {entry.text!r}"),
+                          stacklevel=2)
+            continue
+        if entry.value is None:
+            raise DataError(f"'{entry.key}=' has no value", shown, line, pp.col(entry.loc, text))
+        if entry.key in values:
+            warnings.warn(DarknetWarning(f"{shown}:{line}: duplicate key '{entry.key}', the first one "
+                                         f"(line {lines[entry.key]}) is used"), stacklevel=2)
+            continue
+        values[entry.key] = entry.value
+        lines[entry.key] = line
+
+    def integer(key: str) -> int | None:
+        if key not in values:
+            return None
+        if not _INTEGER.fullmatch(values[key]):
+            raise DataError(f"{key}={values[key]}: expected an integer", shown, lines[key])
+        return int(values[key])
+
+    return DataConfig(
+        path=shown,
+        classes=integer("classes"),
+        train=values.get("train"),
+        valid=values.get("valid"),
+        test=values.get("test"),
+        labels=values.get("labels"),
+        names=values.get("names"),
+        backup=values.get("backup"),
+        top=integer("top"),
+        values=MappingProxyType(values),
+        lines=MappingProxyType(lines),
+    )
+
+
+def read_list_file(path: str | os.PathLike) -> list[str]:
+    """Entries of a list file (image paths, label or class names): one per line, surrounding whitespace
+    and line endings stripped, empty lines skipped."""
+    text = read_text_file(path, DataError, "list file")
+    return [entry for entry in (line.strip() for line in text.splitlines()) if entry]
