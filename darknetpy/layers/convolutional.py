@@ -160,9 +160,9 @@ class Convolutional(Layer):
 
     def _bias_activate(self, out3: np.ndarray, biases: np.ndarray) -> None:
         if self.pre_activation is None:
-            act.bias_activate(out3, biases, self.activation)
+            act.bias_activate_auto(out3, biases, self.activation)
         else:
-            act.bias_activate(out3, biases, act.ACTIVATION_CODES["linear"])
+            act.bias_activate_auto(out3, biases, act.ACTIVATION_CODES["linear"])
             self._activate(out3)
 
     def _activate(self, out3: np.ndarray) -> None:

@@ -1,0 +1,514 @@
+"""Element-wise activations (spec §3) and AlexeyAB's additions, forward and backward, over float32.
+
+Darknet's 14 activations are reproduced bit for bit: the C functions take a float, do their arithmetic in
+double wherever a double constant or `exp` is involved (and in float where only ints meet the float, e.g.
+`x - 4` in plse), and round the result to float. The kernels mirror that by promoting to float64 exactly
+where C does. Their C expressions are kept literally, bugs included: `tanh` is NaN for x >~ 355, `elu` and
+`selu` are NaN for x >~ 709.8 (`0 * exp(x)` with exp overflowing), `relu(-0.5)` is -0.0.
+
+Darknet's backward multiplies delta by g(y), a function of the activation *output* (spec §11.11). That is
+only possible for monotonic activations; AlexeyAB's mish, swish, hard_mish and gelu are not, so their
+gradient is the true derivative at the pre-activation input x (codes in NEEDS_INPUT). AlexeyAB evaluates
+its gelu derivative at the output — a bug not reproduced here.
+
+Every kernel branches on `code` once, outside the element loop, so each loop body is branch-free enough
+for LLVM to vectorise.
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import prange
+
+from . import jit
+
+# Darknet's enum order for the first 14, then AlexeyAB's additions.
+LOGISTIC, RELU, RELIE, LINEAR, RAMP, TANH, PLSE, LEAKY, ELU, LOGGY, STAIR, HARDTAN, LHTAN, SELU = range(14)
+MISH, SWISH, HARD_MISH, RELU6, GELU, REVLEAKY = range(14, 20)
+
+ACTIVATION_CODES: dict[str, int] = {
+    "logistic": LOGISTIC, "relu": RELU, "relie": RELIE, "linear": LINEAR, "ramp": RAMP, "tanh": TANH,
+    "plse": PLSE, "leaky": LEAKY, "elu": ELU, "loggy": LOGGY, "stair": STAIR, "hardtan": HARDTAN,
+    "lhtan": LHTAN, "selu": SELU,
+    "mish": MISH, "swish": SWISH, "hard_mish": HARD_MISH, "relu6": RELU6, "gelu": GELU,
+    "revleaky": REVLEAKY,  # AlexeyAB's CPU code treats it exactly as leaky
+}
+ACTIVATION_NAMES: dict[int, str] = {code: name for name, code in ACTIVATION_CODES.items()}
+DARKNET_CODES: frozenset[int] = frozenset(range(14))
+NEEDS_INPUT: frozenset[int] = frozenset({MISH, SWISH, HARD_MISH, GELU})
+
+# AlexeyAB's constants (softplus cut-off of mish; gelu's tanh-approximation coefficients as written there).
+MISH_THRESHOLD = 20.0
+GELU_LINEAR = 0.797885
+GELU_CUBIC = 0.035677
+
+# float32 constants: C does `x - 4`, `2*x`, `(1-y)*y` ... in float when no double literal is involved.
+_F0 = np.float32(0.0)
+_F1 = np.float32(1.0)
+_F2 = np.float32(2.0)
+_F4 = np.float32(4.0)
+_F6 = np.float32(6.0)
+# Gradient return values: C returns these double literals from float functions, i.e. rounded to float.
+_G_RELIE = np.float32(0.01)
+_G_LEAKY = np.float32(0.1)
+_G_RAMP_POS = np.float32(1.0 + 0.1)
+_G_PLSE_OUT = np.float32(0.01)
+_G_PLSE_IN = np.float32(0.125)
+_G_LHTAN = np.float32(0.001)
+_SELU_SCALE = 1.0507
+_SELU_SCALE_ALPHA = 1.0507 * 1.6732
+
+
+def activation_code(name: str) -> int:
+    """Code of an activation name; KeyError listing the valid names (the caller adds the cfg line)."""
+    try:
+        return ACTIVATION_CODES[name]
+    except KeyError:
+        valid = ", ".join(sorted(ACTIVATION_CODES))
+        raise KeyError(f"unknown activation '{name}' (valid: {valid})") from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scalar forward functions: v is float32; the return value is stored into a float32 array (rounding).
+
+@jit(inline="always")
+def _logistic(v):
+    return 1.0 / (1.0 + math.exp(-np.float64(v)))
+
+
+@jit(inline="always")
+def _loggy(v):
+    return 2.0 / (1.0 + math.exp(-np.float64(v))) - 1.0
+
+
+@jit(inline="always")
+def _relu(v):
+    # x*(x>0): a multiplication, so negative inputs give -0.0 and NaN stays NaN
+    return v * (_F1 if v > _F0 else _F0)
+
+
+@jit(inline="always")
+def _relie(v):
+    return np.float64(v) if v > _F0 else 0.01 * np.float64(v)
+
+
+@jit(inline="always")
+def _ramp(v):
+    return np.float64(v * (_F1 if v > _F0 else _F0)) + 0.1 * np.float64(v)
+
+
+@jit(inline="always")
+def _leaky(v):
+    return np.float64(v) if v > _F0 else 0.1 * np.float64(v)
+
+
+@jit(inline="always")
+def _tanh(v):
+    e = math.exp(np.float64(_F2 * v))
+    return (e - 1.0) / (e + 1.0)
+
+
+@jit(inline="always")
+def _plse(v):
+    if v < -_F4:
+        return 0.01 * np.float64(v + _F4)
+    if v > _F4:
+        return 0.01 * np.float64(v - _F4) + 1.0
+    return 0.125 * np.float64(v) + 0.5
+
+
+@jit(inline="always")
+def _elu(v):
+    positive_part = np.float64(v * (_F1 if v >= _F0 else _F0))
+    return positive_part + (1.0 if v < _F0 else 0.0) * (math.exp(np.float64(v)) - 1.0)
+
+
+@jit(inline="always")
+def _selu(v):
+    x = np.float64(v)
+    pos = 1.0 if v >= _F0 else 0.0
+    neg = 1.0 if v < _F0 else 0.0
+    return pos * _SELU_SCALE * x + neg * _SELU_SCALE_ALPHA * (math.exp(x) - 1.0)
+
+
+@jit(inline="always")
+def _stair(v):
+    x = np.float64(v)
+    n = np.floor(x)
+    half = np.floor(x / 2.0)
+    # parity in floating point: C's `int n` overflows beyond 2^31, but every float32 that large is even
+    if n - 2.0 * np.floor(n * 0.5) == 0.0:
+        return half
+    return np.float64(v - np.float32(n)) + half
+
+
+@jit(inline="always")
+def _hardtan(v):
+    if v < -_F1:
+        return -_F1
+    if v > _F1:
+        return _F1
+    return v
+
+
+@jit(inline="always")
+def _lhtan(v):
+    if v < _F0:
+        return 0.001 * np.float64(v)
+    if v > _F1:
+        return 0.001 * np.float64(v - _F1) + 1.0
+    return np.float64(v)
+
+
+@jit(inline="always")
+def _mish_tanh_softplus(x):
+    """tanh(softplus(x)) with AlexeyAB's cut-off (softplus(x) = x above 20) from a single exp, because
+    libm's tanh and log1p cost several exps each: tanh(log(1 + e)) = n / (n + 2) with n = e * (e + 2)."""
+    if x > MISH_THRESHOLD:
+        return 1.0  # tanh(x) rounds to 1.0 in double for x > 19.1
+    e = math.exp(x)
+    n = e * (e + 2.0)
+    return n / (n + 2.0)
+
+
+@jit(inline="always")
+def _mish(v):
+    x = np.float64(v)
+    return x * _mish_tanh_softplus(x)
+
+
+@jit(inline="always")
+def _swish(v):
+    x = np.float64(v)
+    return x / (1.0 + math.exp(-x))
+
+
+@jit(inline="always")
+def _hard_mish(v):
+    x = np.float64(v)
+    if x > 0.0:
+        return x
+    if x > -2.0:
+        return x * x / 2.0 + x
+    return 0.0
+
+
+@jit(inline="always")
+def _relu6(v):
+    # AlexeyAB's max-then-min macros: NaN fails both comparisons and becomes 0
+    m = v if v > _F0 else _F0
+    return m if m < _F6 else _F6
+
+
+@jit(inline="always")
+def _gelu_gate(x):
+    """0.5 * (1 + tanh(u)) written as sigmoid(2u): one exp instead of libm's slow tanh."""
+    u = GELU_LINEAR * x + GELU_CUBIC * x * x * x
+    return 1.0 / (1.0 + math.exp(-2.0 * u))
+
+
+@jit(inline="always")
+def _gelu(v):
+    x = np.float64(v)
+    return x * _gelu_gate(x)
+
+
+@jit
+def _apply(src, dst, minus_shift, code):
+    """dst[i] = f(src[i] - minus_shift) in float32; src and dst may be the same array.
+
+    The shift is subtracted (not added) so that a zero shift leaves -0.0 intact: x - 0 == x for every x.
+    """
+    n = src.shape[0]
+    if code == LINEAR:
+        for i in range(n):
+            dst[i] = src[i] - minus_shift
+    elif code == LEAKY or code == REVLEAKY:
+        for i in range(n):
+            dst[i] = _leaky(src[i] - minus_shift)
+    elif code == LOGISTIC:
+        for i in range(n):
+            dst[i] = _logistic(src[i] - minus_shift)
+    elif code == RELU:
+        for i in range(n):
+            dst[i] = _relu(src[i] - minus_shift)
+    elif code == MISH:
+        for i in range(n):
+            dst[i] = _mish(src[i] - minus_shift)
+    elif code == SWISH:
+        for i in range(n):
+            dst[i] = _swish(src[i] - minus_shift)
+    elif code == RAMP:
+        for i in range(n):
+            dst[i] = _ramp(src[i] - minus_shift)
+    elif code == TANH:
+        for i in range(n):
+            dst[i] = _tanh(src[i] - minus_shift)
+    elif code == RELIE:
+        for i in range(n):
+            dst[i] = _relie(src[i] - minus_shift)
+    elif code == PLSE:
+        for i in range(n):
+            dst[i] = _plse(src[i] - minus_shift)
+    elif code == ELU:
+        for i in range(n):
+            dst[i] = _elu(src[i] - minus_shift)
+    elif code == LOGGY:
+        for i in range(n):
+            dst[i] = _loggy(src[i] - minus_shift)
+    elif code == STAIR:
+        for i in range(n):
+            dst[i] = _stair(src[i] - minus_shift)
+    elif code == HARDTAN:
+        for i in range(n):
+            dst[i] = _hardtan(src[i] - minus_shift)
+    elif code == LHTAN:
+        for i in range(n):
+            dst[i] = _lhtan(src[i] - minus_shift)
+    elif code == SELU:
+        for i in range(n):
+            dst[i] = _selu(src[i] - minus_shift)
+    elif code == HARD_MISH:
+        for i in range(n):
+            dst[i] = _hard_mish(src[i] - minus_shift)
+    elif code == RELU6:
+        for i in range(n):
+            dst[i] = _relu6(src[i] - minus_shift)
+    elif code == GELU:
+        for i in range(n):
+            dst[i] = _gelu(src[i] - minus_shift)
+    else:
+        raise ValueError("unknown activation code")
+
+
+@jit
+def activate(x, code):
+    """x = f(x) in place; x is a flat contiguous float32 array."""
+    _apply(x, x, _F0, code)
+
+
+@jit
+def activate_to(x, y, code):
+    """y = f(x), x untouched; both flat contiguous float32 arrays of the same length."""
+    _apply(x, y, _F0, code)
+
+
+@jit
+def bias_activate(out, bias, code):
+    """out[b, c, :] = f(out[b, c, :] + bias[c]) in one pass; out is (B, C, S) float32, serial."""
+    batch, channels = out.shape[0], out.shape[1]
+    for b in range(batch):
+        for c in range(channels):
+            row = out[b, c]
+            _apply(row, row, -bias[c], code)
+
+
+@jit(parallel=True)
+def bias_activate_parallel(out, bias, code):
+    """bias_activate with the B*C rows spread over threads; same result bit for bit."""
+    batch, channels = out.shape[0], out.shape[1]
+    for bc in prange(batch * channels):
+        b = bc // channels
+        c = bc - b * channels
+        row = out[b, c]
+        _apply(row, row, -bias[c], code)
+
+
+# Below these sizes starting the threads costs more than it saves. Measured on 2 cores: the parallel kernel
+# breaks even at 4k-8k elements for the activations that are a compare or two, at 1k-2k for those calling exp.
+CHEAP_CODES: frozenset[int] = frozenset({LINEAR, RELU, RELIE, RAMP, LEAKY, REVLEAKY, PLSE, STAIR, HARDTAN,
+                                         LHTAN, RELU6, HARD_MISH})
+PARALLEL_MIN_ELEMENTS_CHEAP = 1 << 13
+PARALLEL_MIN_ELEMENTS_EXP = 1 << 11
+
+
+def bias_activate_auto(out: np.ndarray, bias: np.ndarray, code: int) -> None:
+    """bias_activate, switching to the parallel kernel when the tensor is large enough to pay for it."""
+    threshold = PARALLEL_MIN_ELEMENTS_CHEAP if code in CHEAP_CODES else PARALLEL_MIN_ELEMENTS_EXP
+    if out.size >= threshold and out.shape[0] * out.shape[1] > 1 and numba.get_num_threads() > 1:
+        bias_activate_parallel(out, bias, code)
+    else:
+        bias_activate(out, bias, code)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Gradients. Darknet's g(y) are C functions returning float (so the value is rounded to float32 first) and
+# the backward does `delta *= g` in float32; the derivatives at x below follow the same convention.
+
+@jit(inline="always")
+def _g_logistic(y):
+    return (_F1 - y) * y
+
+
+@jit(inline="always")
+def _g_loggy(y):
+    u = np.float32((np.float64(y) + 1.0) / 2.0)
+    return _F2 * (_F1 - u) * u
+
+
+@jit(inline="always")
+def _g_relu(y):
+    return _F1 if y > _F0 else _F0
+
+
+@jit(inline="always")
+def _g_relie(y):
+    return _F1 if y > _F0 else _G_RELIE
+
+
+@jit(inline="always")
+def _g_ramp(y):
+    return _G_RAMP_POS if y > _F0 else _G_LEAKY
+
+
+@jit(inline="always")
+def _g_leaky(y):
+    return _F1 if y > _F0 else _G_LEAKY
+
+
+@jit(inline="always")
+def _g_tanh(y):
+    return _F1 - y * y
+
+
+@jit(inline="always")
+def _g_plse(y):
+    return _G_PLSE_OUT if (y < _F0 or y > _F1) else _G_PLSE_IN
+
+
+@jit(inline="always")
+def _g_elu(y):
+    return (_F1 if y >= _F0 else _F0) + (_F1 if y < _F0 else _F0) * (y + _F1)
+
+
+@jit(inline="always")
+def _g_selu(y):
+    pos = 1.0 if y >= _F0 else 0.0
+    neg = 1.0 if y < _F0 else 0.0
+    return np.float32(pos * _SELU_SCALE + neg * (np.float64(y) + _SELU_SCALE_ALPHA))
+
+
+@jit(inline="always")
+def _g_stair(y):
+    return _F0 if np.floor(np.float64(y)) == np.float64(y) else _F1
+
+
+@jit(inline="always")
+def _g_hardtan(y):
+    return _F1 if (y > -_F1 and y < _F1) else _F0
+
+
+@jit(inline="always")
+def _g_lhtan(y):
+    return _F1 if (y > _F0 and y < _F1) else _G_LHTAN
+
+
+@jit(inline="always")
+def _g_relu6(y):
+    return _F1 if (y > _F0 and y < _F6) else _F0
+
+
+@jit(inline="always")
+def _d_mish(v):
+    # d/dx x*tanh(sp(x)) = tanh(sp) + x * (1 - tanh(sp)^2) * sigmoid(x), sharing one exp
+    x = np.float64(v)
+    if x > MISH_THRESHOLD:
+        return _F1  # tanh(x) == 1.0 in double there, so the second term vanishes
+    e = math.exp(x)
+    n = e * (e + 2.0)
+    t = n / (n + 2.0)
+    s = e / (1.0 + e)
+    return np.float32(t + x * ((1.0 - t) * (1.0 + t)) * s)
+
+
+@jit(inline="always")
+def _d_swish(v):
+    x = np.float64(v)
+    s = 1.0 / (1.0 + math.exp(-x))
+    return np.float32(s + x * s * (1.0 - s))
+
+
+@jit(inline="always")
+def _d_hard_mish(v):
+    x = np.float64(v)
+    if x > 0.0:
+        return _F1
+    if x > -2.0:
+        return np.float32(x + 1.0)
+    return _F0
+
+
+@jit(inline="always")
+def _d_gelu(v):
+    # d/dx x*s(x) with s = sigmoid(2u): s + x * s * (1 - s) * 2u'
+    x = np.float64(v)
+    s = _gelu_gate(x)
+    du = GELU_LINEAR + 3.0 * GELU_CUBIC * x * x
+    return np.float32(s + x * s * (1.0 - s) * 2.0 * du)
+
+
+@jit
+def gradient(dy, y, x, code):
+    """dy *= f'(.) in place. Darknet's codes and relu6/revleaky use the output y (x may be empty);
+    NEEDS_INPUT codes use the pre-activation input x (y may be empty)."""
+    n = dy.shape[0]
+    if code == LINEAR:
+        return
+    if code == LEAKY or code == REVLEAKY:
+        for i in range(n):
+            dy[i] = dy[i] * _g_leaky(y[i])
+    elif code == LOGISTIC:
+        for i in range(n):
+            dy[i] = dy[i] * _g_logistic(y[i])
+    elif code == RELU:
+        for i in range(n):
+            dy[i] = dy[i] * _g_relu(y[i])
+    elif code == MISH:
+        for i in range(n):
+            dy[i] = dy[i] * _d_mish(x[i])
+    elif code == SWISH:
+        for i in range(n):
+            dy[i] = dy[i] * _d_swish(x[i])
+    elif code == RAMP:
+        for i in range(n):
+            dy[i] = dy[i] * _g_ramp(y[i])
+    elif code == TANH:
+        for i in range(n):
+            dy[i] = dy[i] * _g_tanh(y[i])
+    elif code == RELIE:
+        for i in range(n):
+            dy[i] = dy[i] * _g_relie(y[i])
+    elif code == PLSE:
+        for i in range(n):
+            dy[i] = dy[i] * _g_plse(y[i])
+    elif code == ELU:
+        for i in range(n):
+            dy[i] = dy[i] * _g_elu(y[i])
+    elif code == LOGGY:
+        for i in range(n):
+            dy[i] = dy[i] * _g_loggy(y[i])
+    elif code == STAIR:
+        for i in range(n):
+            dy[i] = dy[i] * _g_stair(y[i])
+    elif code == HARDTAN:
+        for i in range(n):
+            dy[i] = dy[i] * _g_hardtan(y[i])
+    elif code == LHTAN:
+        for i in range(n):
+            dy[i] = dy[i] * _g_lhtan(y[i])
+    elif code == SELU:
+        for i in range(n):
+            dy[i] = dy[i] * _g_selu(y[i])
+    elif code == HARD_MISH:
+        for i in range(n):
+            dy[i] = dy[i] * _d_hard_mish(x[i])
+    elif code == RELU6:
+        for i in range(n):
+            dy[i] = dy[i] * _g_relu6(y[i])
+    elif code == GELU:
+        for i in range(n):
+            dy[i] = dy[i] * _d_gelu(x[i])
+    else:
+        raise ValueError("unknown activation code")
