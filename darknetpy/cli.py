@@ -133,6 +133,28 @@ def cmd_detect(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from .training import TrainOptions, TrainingRun
+    options = TrainOptions(weights=args.weights, clear=args.clear, seed=args.seed, max_batches=args.max_batches,
+                           checkpoint_every=args.checkpoint_every, validate_each_epoch=args.validate,
+                           workers=args.workers)
+    TrainingRun(args.cfg, args.data, options).run()
+    return 0
+
+
+def cmd_valid(args) -> int:
+    from . import api
+    from .config import read_data_file
+    from .training import validate
+    model = api.load(args.cfg, args.weights)
+    result = validate(model, read_data_file(args.data), top=args.top)
+    if args.json:
+        print(json.dumps(result.as_dict()))
+    else:
+        print(f"top 1: {result.top1:f}, top {result.k}: {result.topk:f}  ({result.images} images)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="darknetpy", description="Run and train Darknet networks from their .cfg files.")
     parser.add_argument("--version", action="version", version=f"darknetpy {__version__}")
@@ -171,6 +193,27 @@ def build_parser() -> argparse.ArgumentParser:
     box.add_argument("--letterbox", action="store_true", help="keep the aspect ratio (pjreddie's detector test)")
     box.add_argument("--no-letterbox", action="store_true", help="stretch to the network size (OpenCV default)")
     p.set_defaults(run=cmd_detect)
+
+    p = sub.add_parser("train", help="train a classifier from a .data file")
+    p.add_argument("cfg")
+    p.add_argument("data")
+    p.add_argument("--weights", help="start from these weights (keeps their `seen`, so the schedule resumes)")
+    p.add_argument("--clear", action="store_true", help="reset `seen` to 0 (start the schedule anew)")
+    p.add_argument("--seed", type=int, help="seed for batch sampling and augmentation")
+    p.add_argument("--max-batches", type=int, help="override [net] max_batches")
+    p.add_argument("--checkpoint-every", type=int, default=1000, metavar="N",
+                   help="save <base>.backup every N batches (default 1000, as Darknet)")
+    p.add_argument("--validate", action="store_true", help="measure valid top-1 after every epoch")
+    p.add_argument("--workers", type=int, default=2, help="data loading threads")
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("valid", help="top-1 / top-k of a classifier on the .data valid list")
+    p.add_argument("cfg")
+    p.add_argument("weights")
+    p.add_argument("data")
+    p.add_argument("--top", type=int, help="k for top-k (default: .data top)")
+    p.add_argument("--json", action="store_true", help="result with the confusion matrix as JSON")
+    p.set_defaults(run=cmd_valid)
 
     p = sub.add_parser("partial", help="save the first N layers of a weights file (like darknet partial)")
     p.add_argument("cfg")

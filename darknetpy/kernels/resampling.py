@@ -1,0 +1,141 @@
+"""Upsample / downsample and Darknet's reorg permutation, spec §2.10–2.11.
+
+Arrays are (B, C, H, W) for the resampling kernels and (B, N) flat views for reorg, all float32.
+`accumulate` selects `+=` (backward passes, which add into the previous layer's gradient) over `=`.
+Each kernel works plane by plane (one batch item and channel), serially for small tensors and over
+threads for large ones; the results are identical.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from . import jit
+from .pooling import use_threads
+
+
+# ---- nearest-neighbour expansion (upsample forward, downsample backward) -----------------------------------
+@jit
+def _expand_plane(small, stride, scale, big, accumulate, b, c):
+    for y in range(big.shape[2]):
+        sy = y // stride
+        for x in range(big.shape[3]):
+            value = scale * small[b, c, sy, x // stride]
+            if accumulate:
+                big[b, c, y, x] += value
+            else:
+                big[b, c, y, x] = value
+
+
+@jit
+def _expand_serial(small, stride, scale, big, accumulate):
+    channels = big.shape[1]
+    for plane in range(big.shape[0] * channels):
+        _expand_plane(small, stride, scale, big, accumulate, plane // channels, plane % channels)
+
+
+@jit(parallel=True)
+def _expand_parallel(small, stride, scale, big, accumulate):
+    channels = big.shape[1]
+    for plane in prange(big.shape[0] * channels):
+        _expand_plane(small, stride, scale, big, accumulate, plane // channels, plane % channels)
+
+
+def nearest_expand(small: np.ndarray, stride: int, scale: np.float32, big: np.ndarray, accumulate: bool) -> None:
+    """big[b, c, y, x] (+)= scale * small[b, c, y // stride, x // stride] over all of big."""
+    kernel = _expand_parallel if use_threads(big.size, big.shape[0] * big.shape[1]) else _expand_serial
+    kernel(small, stride, scale, big, accumulate)
+
+
+# ---- block sums (downsample forward, upsample backward) ----------------------------------------------------
+@jit
+def _block_sum_plane(big, stride, scale, small, accumulate, b, c):
+    out_h, out_w = small.shape[2], small.shape[3]
+    if not accumulate:
+        for y in range(out_h):
+            for x in range(out_w):
+                small[b, c, y, x] = np.float32(0.0)
+    for y in range(out_h * stride):
+        sy = y // stride
+        for x in range(out_w * stride):
+            small[b, c, sy, x // stride] += scale * big[b, c, y, x]
+
+
+@jit
+def _block_sum_serial(big, stride, scale, small, accumulate):
+    channels = small.shape[1]
+    for plane in range(small.shape[0] * channels):
+        _block_sum_plane(big, stride, scale, small, accumulate, plane // channels, plane % channels)
+
+
+@jit(parallel=True)
+def _block_sum_parallel(big, stride, scale, small, accumulate):
+    channels = small.shape[1]
+    for plane in prange(small.shape[0] * channels):
+        _block_sum_plane(big, stride, scale, small, accumulate, plane // channels, plane % channels)
+
+
+def block_sum(big: np.ndarray, stride: int, scale: np.float32, small: np.ndarray, accumulate: bool) -> None:
+    """small[b, c, Y, X] (+)= the sum over its stride x stride block of scale * big, added in row-major
+    order of big as Darknet does."""
+    kernel = _block_sum_parallel if use_threads(big.size, big.shape[0] * big.shape[1]) else _block_sum_serial
+    kernel(big, stride, scale, small, accumulate)
+
+
+# ---- reorg -------------------------------------------------------------------------------------------------
+@jit
+def _reorg_plane(src, dst, channels, height, width, stride, gather, accumulate, plane):
+    """For a = (k, j, i) in the (C, H, W) view and P(a) its position in the (C/s², H·s, W·s) view — the
+    permutation of Darknet's reorg_cpu — gather: dst[b, a] (+)= src[b, P(a)]; else dst[b, P(a)] (+)= src[b, a].
+    P is a bijection, so different planes never write the same element."""
+    b = plane // channels
+    k = plane - b * channels
+    out_channels = channels // (stride * stride)
+    c2 = k % out_channels
+    offset = k // out_channels
+    base = k * height * width
+    for j in range(height):
+        h2 = j * stride + offset // stride
+        for i in range(width):
+            w2 = i * stride + offset % stride
+            p = w2 + width * stride * (h2 + height * stride * c2)
+            a = base + j * width + i
+            if gather:
+                if accumulate:
+                    dst[b, a] += src[b, p]
+                else:
+                    dst[b, a] = src[b, p]
+            else:
+                if accumulate:
+                    dst[b, p] += src[b, a]
+                else:
+                    dst[b, p] = src[b, a]
+
+
+@jit
+def _reorg_serial(src, dst, channels, height, width, stride, gather, accumulate):
+    for plane in range(src.shape[0] * channels):
+        _reorg_plane(src, dst, channels, height, width, stride, gather, accumulate, plane)
+
+
+@jit(parallel=True)
+def _reorg_parallel(src, dst, channels, height, width, stride, gather, accumulate):
+    for plane in prange(src.shape[0] * channels):
+        _reorg_plane(src, dst, channels, height, width, stride, gather, accumulate, plane)
+
+
+def _reorg(src, dst, channels, height, width, stride, gather, accumulate):
+    kernel = _reorg_parallel if use_threads(src.size, src.shape[0] * channels) else _reorg_serial
+    kernel(src, dst, channels, height, width, stride, gather, accumulate)
+
+
+def reorg_gather(src: np.ndarray, dst: np.ndarray, channels: int, height: int, width: int, stride: int,
+                 accumulate: bool) -> None:
+    """dst[b, a] (+)= src[b, P(a)] (non-reverse forward; backward of the reverse reorg). src, dst: (B, N)."""
+    _reorg(src, dst, channels, height, width, stride, True, accumulate)
+
+
+def reorg_scatter(src: np.ndarray, dst: np.ndarray, channels: int, height: int, width: int, stride: int,
+                  accumulate: bool) -> None:
+    """dst[b, P(a)] (+)= src[b, a] (reverse forward; backward of the non-reverse reorg). src, dst: (B, N)."""
+    _reorg(src, dst, channels, height, width, stride, False, accumulate)

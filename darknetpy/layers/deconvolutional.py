@@ -1,0 +1,158 @@
+"""[deconvolutional] (alias [deconv]): transposed convolution (spec §2.2).
+
+Each input pixel scatters W[i, o, ky, kx] * x[i, y, x] onto output pixel (y*stride + ky - pad,
+x*stride + kx - pad), no kernel flip, i.e. PyTorch's conv_transpose2d. Computed as one product
+W^T (filters*size*size, c) @ X (c, h*w) per image followed by col2im (the adjoint of the convolution's
+im2col); the backward is im2col of the output gradient followed by two products.
+
+Weights are loaded in the conv order (biases, [scales, mean, var], weights); Darknet itself crashes when
+loading them (spec §2.2), which is not reproduced.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..kernels import activations as act
+from ..kernels import batchnorm as bn_kernels
+from ..kernels.im2col import col2im_add, im2col
+from .activation import (ACTIVATION_NAMES, activate_in_place, activation_gradient, bias_activate_in_place,
+                         input_copy_buffer)
+from .base import FLOAT, Layer, LayerConfig, Param, Shape, option
+from .batchnorm import BatchNormBlock
+from .registry import register
+
+
+@dataclass(frozen=True)
+class DeconvolutionalConfig(LayerConfig):
+    filters: int = option(1, minimum=1)
+    size: int = option(1, minimum=1)
+    stride: int = option(1, minimum=1)
+    activation: str = option("logistic", choices=ACTIVATION_NAMES)
+    batch_normalize: bool = option(False)
+    pad: bool = option(False)
+    padding: int = option(0, minimum=0)
+
+    @property
+    def effective_padding(self) -> int:
+        return self.size // 2 if self.pad else self.padding
+
+
+@register
+class Deconvolutional(Layer):
+    kind = "deconvolutional"
+    aliases = ("deconv",)
+    Config = DeconvolutionalConfig
+
+    def __init__(self, config: DeconvolutionalConfig, index: int):
+        super().__init__(config, index)
+        self.activation = act.ACTIVATION_CODES[config.activation]
+        self.weights: np.ndarray | None = None
+        self.bn: BatchNormBlock | None = None
+
+    def output_shape(self, in_shapes):
+        cfg = self.config
+        x = in_shapes[0]
+        self.require_image(x)
+        pad = cfg.effective_padding
+        out_h = (x.h - 1) * cfg.stride + cfg.size - 2 * pad
+        out_w = (x.w - 1) * cfg.stride + cfg.size - 2 * pad
+        if out_h <= 0 or out_w <= 0:
+            raise cfg.error(f"padding {pad} leaves no output for a {cfg.size}x{cfg.size} kernel on the "
+                            f"{x.w}x{x.h} input (output {out_w}x{out_h})", "padding" if not cfg.pad else "pad")
+        return Shape(cfg.filters, out_h, out_w)
+
+    def allocate_parameters(self):
+        cfg = self.config
+        shape = (self.in_shapes[0].c, cfg.filters, cfg.size, cfg.size)
+        if self.weights is not None and self.weights.shape == shape:
+            return
+        self.weights = np.zeros(shape, FLOAT)
+        self.biases = np.zeros(cfg.filters, FLOAT)
+        self.grad_weights = np.zeros_like(self.weights)
+        self.grad_biases = np.zeros_like(self.biases)
+        self.bn = BatchNormBlock(cfg.filters) if cfg.batch_normalize else None
+        self._fold_scale = np.empty(cfg.filters, FLOAT)
+        self._fold_shift = np.empty(cfg.filters, FLOAT)
+
+    def allocate(self, batch):
+        super().allocate(batch)
+        x = self.in_shapes[0]
+        self.columns = np.empty((self.config.filters * self.config.size ** 2, x.h * x.w), FLOAT)
+        self.pre_activation = input_copy_buffer(self.output.shape, self.activation)
+
+    # ---- computation ---------------------------------------------------------------------------------------
+    def _scatter_args(self):
+        cfg = self.config
+        x = self.in_shapes[0]
+        return cfg.size, cfg.stride, cfg.stride, cfg.effective_padding, 1, x.h, x.w
+
+    def forward(self, xs, train):
+        x = xs[0]
+        batch, channels = x.shape[:2]
+        w2 = self.weights.reshape(channels, -1)
+        self.output.fill(0.0)
+        args = self._scatter_args()
+        for n in range(batch):
+            np.matmul(w2.T, x[n].reshape(channels, -1), out=self.columns)
+            col2im_add(self.columns, *args, self.output[n])
+        out3 = self.output.reshape(batch, self.config.filters, -1)
+        if self.bn is None:
+            bias_activate_in_place(out3, self.biases, self.activation, self.pre_activation)
+            return self.output
+        if train:
+            self.bn.forward_train(out3, self.biases)
+        else:
+            bn = self.bn
+            bn_kernels.fold_inference(bn.scales, self.biases, bn.rolling_mean, bn.rolling_var,
+                                      self._fold_scale, self._fold_shift)
+            bn_kernels.affine_channels(out3, self._fold_scale, self._fold_shift)
+        activate_in_place(out3, self.activation, self.pre_activation)
+        return self.output
+
+    def backward(self, dy, xs, dxs):
+        x = xs[0]
+        dx = dxs[0]
+        batch, channels = x.shape[:2]
+        activation_gradient(dy, self.output, self.activation, self.pre_activation)
+        dy3 = dy.reshape(batch, self.config.filters, -1)
+        if self.bn is not None:
+            self.bn.backward(dy3, self.grad_biases)
+        else:
+            self.grad_biases += dy3.sum(axis=(0, 2), dtype=np.float32)
+        w2 = self.weights.reshape(channels, -1)
+        gw2 = self.grad_weights.reshape(channels, -1)
+        args = self._scatter_args()
+        for n in range(batch):
+            im2col(dy[n], *args, self.columns)
+            x2 = x[n].reshape(channels, -1)
+            gw2 += x2 @ self.columns.T
+            if dx is not None:
+                dx[n].reshape(channels, -1)[...] += w2 @ self.columns
+
+    def params(self):
+        ps = [Param("biases", self.biases, self.grad_biases, decay=False)]
+        if self.bn is not None:
+            ps += self.bn.params()
+        ps.append(Param("weights", self.weights, self.grad_weights, decay=True))
+        return ps
+
+    # ---- weights file --------------------------------------------------------------------------------------
+    def weight_arrays(self, saving=False):
+        arrays = [self.biases]
+        if self.bn is not None and (saving or not self.config.dontloadscales):
+            arrays += self.bn.file_arrays()
+        arrays.append(self.weights)
+        return arrays
+
+    # ---- reporting -----------------------------------------------------------------------------------------
+    def flops(self):
+        cfg = self.config
+        x = self.in_shapes[0]
+        return 2.0 * x.c * cfg.filters * cfg.size ** 2 * x.h * x.w
+
+    def summary_row(self):
+        cfg = self.config
+        return (f"deconv{cfg.filters:5d} {cfg.size:2d} x{cfg.size:2d} /{cfg.stride:2d}  "
+                f"{self.describe_shape(self.in_shapes[0])}   ->  {self.describe_shape(self.out_shape)}")

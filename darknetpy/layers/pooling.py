@@ -1,0 +1,120 @@
+"""[maxpool] (alias [max]) and [avgpool] (alias [avg]), spec §2.4–2.5.
+
+Darknet's max pooling pads asymmetrically: `padding` (default size-1) is the *total* padding, the window
+origin moves by the C-truncated (-padding)/2, and out-of-image taps lose to everything. [avgpool] has no
+options at all: it always averages each whole channel down to 1x1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..kernels import pooling as kernels
+from .base import Layer, LayerConfig, Shape, c_div, option
+from .registry import register
+
+
+@dataclass(frozen=True)
+class MaxpoolConfig(LayerConfig):
+    stride: int = option(1, minimum=1)
+    stride_x: int | None = option(None, minimum=1)   # AlexeyAB; default: stride
+    stride_y: int | None = option(None, minimum=1)
+    size: int | None = option(None, minimum=1)       # default: stride
+    padding: int | None = option(None, minimum=0)    # default: size - 1
+    maxpool_depth: int = option(0, minimum=0)        # AlexeyAB: pool across channels instead
+    out_channels: int = option(1, minimum=1)         # AlexeyAB: only read together with maxpool_depth
+    antialiasing: int = option(0, minimum=0)
+
+    @property
+    def window(self) -> int:
+        return self.size if self.size is not None else self.stride
+
+    @property
+    def total_padding(self) -> int:
+        return self.padding if self.padding is not None else self.window - 1
+
+    @property
+    def strides(self) -> tuple[int, int]:
+        """(stride_y, stride_x)."""
+        return (self.stride_y or self.stride, self.stride_x or self.stride)
+
+    @property
+    def origin_offset(self) -> int:
+        """Where window 0 starts: C's (-padding)/2, i.e. 0 for padding 1, -1 for padding 2 or 3."""
+        return c_div(-self.total_padding, 2)
+
+
+@register
+class Maxpool(Layer):
+    kind = "maxpool"
+    aliases = ("max",)
+    Config = MaxpoolConfig
+    ignored_keys = ("maxpool_zero_nonmax",)
+
+    def __init__(self, config: MaxpoolConfig, index: int):
+        super().__init__(config, index)
+        if config.maxpool_depth:
+            raise config.error("maxpool_depth (pooling across channels) is not supported yet", "maxpool_depth")
+        if config.antialiasing:
+            raise config.error("antialiasing is not supported yet", "antialiasing")
+        self.argmax: np.ndarray | None = None
+
+    def output_shape(self, in_shapes: list[Shape]) -> Shape:
+        cfg = self.config
+        x = in_shapes[0]
+        self.require_image(x)
+        sy, sx = cfg.strides
+        out_h = c_div(x.h + cfg.total_padding - cfg.window, sy) + 1
+        out_w = c_div(x.w + cfg.total_padding - cfg.window, sx) + 1
+        if out_h <= 0 or out_w <= 0:
+            key = "size" if cfg.size is not None else "stride"
+            raise cfg.error(f"a {cfg.window}x{cfg.window} window does not fit the {x.w}x{x.h} input "
+                            f"(padding {cfg.total_padding}, output {out_w}x{out_h})", key)
+        return Shape(x.c, out_h, out_w)
+
+    def allocate(self, batch: int) -> None:
+        super().allocate(batch)
+        self.argmax = np.full(self.output.shape, -1, dtype=np.int32)
+
+    def forward(self, xs: list[np.ndarray], train: bool) -> np.ndarray:
+        cfg = self.config
+        sy, sx = cfg.strides
+        kernels.maxpool_forward(xs[0], cfg.window, sy, sx, cfg.origin_offset, self.output, self.argmax)
+        return self.output
+
+    def backward(self, dy: np.ndarray, xs: list[np.ndarray], dxs: list[np.ndarray | None]) -> None:
+        if dxs[0] is not None:
+            kernels.maxpool_backward(dy, self.argmax, dxs[0])
+
+    def summary_row(self) -> str:
+        cfg = self.config
+        sy, sx = cfg.strides
+        stride = f"{sx}" if sx == sy else f"{sx}x{sy}"
+        return (f"max          {cfg.window} x {cfg.window} / {stride}  {self.describe_shape(self.in_shapes[0])}"
+                f"   ->  {self.describe_shape(self.out_shape)}")
+
+
+@register
+class Avgpool(Layer):
+    """Global average pooling: (c, h, w) -> (c, 1, 1)."""
+    kind = "avgpool"
+    aliases = ("avg",)
+    Config = LayerConfig
+
+    def output_shape(self, in_shapes: list[Shape]) -> Shape:
+        x = in_shapes[0]
+        self.require_image(x)
+        return Shape(x.c, 1, 1)
+
+    def forward(self, xs: list[np.ndarray], train: bool) -> np.ndarray:
+        kernels.avgpool_forward(xs[0], self.output)
+        return self.output
+
+    def backward(self, dy: np.ndarray, xs: list[np.ndarray], dxs: list[np.ndarray | None]) -> None:
+        if dxs[0] is not None:
+            kernels.avgpool_backward(dy, dxs[0])
+
+    def summary_row(self) -> str:
+        return f"avg                     {self.describe_shape(self.in_shapes[0])}   ->  {self.out_shape.c:4d}"
+
