@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=1000, metavar="N",
                    help="save <base>.backup every N batches (default 1000, as Darknet)")
     p.add_argument("--validate", action="store_true", help="measure valid top-1 after every epoch")
-    p.add_argument("--workers", type=int, default=2, help="data loading threads")
+    p.add_argument("--workers", type=int, default=2, help="data loading worker processes (default 2)")
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("valid", help="top-1 / top-k of a classifier on the .data valid list")

@@ -17,7 +17,7 @@ import numpy as np
 
 from .api import Model, load
 from .config import read_data_file
-from .data import BatchLoader, ClassificationDataset, data_dir_of
+from .data import BatchLoader, ClassificationDataset, data_dir_of, resolve_path
 from .errors import DataError, DarknetError
 from .weights import write_weights
 
@@ -32,8 +32,9 @@ def base_name(cfg_path: str | os.PathLike) -> str:
 
 
 def backup_folder(data_config) -> Path:
-    """The .data `backup` (Darknet's default "/backup/"), relative to the working directory as Darknet."""
-    folder = Path(data_config.backup or "/backup/")
+    """The .data `backup` (Darknet's default "/backup/"): relative to the working directory as Darknet, or
+    to the .data file's folder when it exists there and not here."""
+    folder = Path(resolve_path(data_config.backup or "/backup/", data_dir_of(data_config)))
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

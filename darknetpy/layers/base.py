@@ -108,7 +108,8 @@ def config_keys(config_cls: type) -> dict[str, str]:
     return keys
 
 
-def read_config(config_cls: type, reader: SectionReader, ignored: Iterable[str] = ()) -> LayerConfig:
+def read_config(config_cls: type, reader: SectionReader, ignored: Iterable[str] = (),
+                silent: Iterable[str] = ()) -> LayerConfig:
     """Read every declared option of `config_cls` from the section, then reject unknown keys."""
     hints = typing.get_type_hints(config_cls)
     values: dict[str, Any] = {}
@@ -118,7 +119,7 @@ def read_config(config_cls: type, reader: SectionReader, ignored: Iterable[str] 
             continue
         key = meta["key"] or f.name
         values[f.name] = _read_value(reader, key, hints[f.name], f.default, meta)
-    reader.finish(ignored=ignored, valid=config_keys(config_cls))
+    reader.finish(ignored=ignored, valid=config_keys(config_cls), silent=silent)
     section = reader.section
     key_lines = {o.key: o.line for o in section.options}
     origin = Origin(reader.path, section.line, section.name, key_lines)
@@ -187,6 +188,8 @@ class Layer:
     Config: ClassVar[type] = LayerConfig
     #: keys Darknet defines for this section that darknetpy reads nowhere (warned once, never an error)
     ignored_keys: ClassVar[tuple[str, ...]] = ()
+    #: keys Darknet defines that only matter for training features darknetpy replaces (accepted silently)
+    silent_keys: ClassVar[tuple[str, ...]] = ()
     #: whether backward is implemented (detection layers train in a later issue)
     trainable_backward: ClassVar[bool] = True
 
@@ -201,7 +204,7 @@ class Layer:
     # ---- construction -------------------------------------------------------------------------------------
     @classmethod
     def from_section(cls, reader: SectionReader, index: int) -> "Layer":
-        return cls(read_config(cls.Config, reader, cls.ignored_keys), index)
+        return cls(read_config(cls.Config, reader, cls.ignored_keys, cls.silent_keys), index)
 
     def input_indices(self) -> list[int]:
         """Indices of the layers whose outputs feed this one (-1 is the network input)."""
@@ -242,6 +245,9 @@ class Layer:
 
     def params(self) -> list[Param]:
         return []
+
+    def parameters_changed(self) -> None:
+        """Called after the optimiser or the weights reader changed parameters (drop derived caches)."""
 
     # ---- weights file ----------------------------------------------------------------------------------------
     def weight_arrays(self, saving: bool = False) -> list[np.ndarray]:

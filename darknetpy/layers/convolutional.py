@@ -93,7 +93,7 @@ class Convolutional(Layer):
             return
         self.weights = np.zeros(shape, FLOAT)
         self.biases = np.zeros(cfg.filters, FLOAT)
-        self.grad_weights = np.zeros_like(self.weights)
+        self.grad_weights = None  # allocated on first use: inference never needs them
         self.grad_biases = np.zeros_like(self.biases)
         self.bn = BatchNormBlock(cfg.filters) if cfg.batch_normalize else None
         self.parameters_changed()
@@ -175,7 +175,12 @@ class Convolutional(Layer):
             act.activate_to(pre, flat, self.activation)
 
     # ---- backward ------------------------------------------------------------------------------------------
+    def _ensure_gradients(self) -> None:
+        if self.grad_weights is None:
+            self.grad_weights = np.zeros(self.weights.shape, FLOAT)
+
     def backward(self, dy, xs, dxs):
+        self._ensure_gradients()
         cfg = self.config
         x = xs[0]
         dx = dxs[0]
@@ -212,6 +217,7 @@ class Convolutional(Layer):
         self.parameters_changed()
 
     def params(self):
+        self._ensure_gradients()
         ps = [Param("biases", self.biases, self.grad_biases, decay=False)]
         if self.bn is not None:
             ps += self.bn.params()

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config.options import SectionReader
 from .base import FLOAT, Layer, LayerConfig, Shape, option
 from .registry import register
 
@@ -26,13 +25,7 @@ class Dropout(Layer):
     Config = DropoutConfig
     #: AlexeyAB's DropBlock options only change which values training drops; inference is the identity
     #: either way, so they are accepted without a warning (training uses plain dropout).
-    ignored_keys = ("dropblock", "dropblock_size_rel", "dropblock_size_abs")
-
-    @classmethod
-    def from_section(cls, reader: SectionReader, index: int) -> "Dropout":
-        for key in cls.ignored_keys:
-            reader.option(key)  # marks the key as read, so finish() stays silent about it
-        return super().from_section(reader, index)
+    silent_keys = ("dropblock", "dropblock_size_rel", "dropblock_size_abs")
 
     def __init__(self, config: DropoutConfig, index: int):
         super().__init__(config, index)

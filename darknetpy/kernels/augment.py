@@ -1,0 +1,184 @@
+"""Classifier-training augmentation kernels (spec §7.7) over planar float32 images of shape (C, H, W).
+
+`rotate_crop` is Darknet's rotate_crop_image: every output pixel is mapped back into the source through a
+rotation about the source centre (W/2, H/2), a scale, a horizontal aspect stretch and a shift, then read
+with bilinear interpolation in which each of the four neighbours outside the image counts as zero.
+The HSV kernels follow Darknet's rgb_to_hsv / hsv_to_rgb (hue in [0, 1), sextant by floor(6·h)).
+
+Per-pixel helpers stay in this module because Numba's cache does not track callees in other files.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from darknetpy.kernels import jit
+
+
+@jit
+def _pixel_or_zero(src, channel, x, y):
+    if x < 0 or y < 0 or x >= src.shape[2] or y >= src.shape[1]:
+        return np.float32(0.0)
+    return src[channel, y, x]
+
+
+@jit
+def rotate_crop(src, rad, scale, dx, dy, aspect, dst):
+    """dst[c, y, x] = bilinear(src, R(rad)·(u, v) + (W/2, H/2)) with
+    u = (x − w/2)/scale·aspect + dx/scale·aspect and v = (y − h/2)/scale + dy/scale.
+
+    The geometry is evaluated in double precision and the source position rounded to float32, as the C
+    code does when it stores the double expression into a float; interpolation weights are float32.
+    """
+    channels = src.shape[0]
+    out_h = dst.shape[1]
+    out_w = dst.shape[2]
+    cos_r = math.cos(rad)
+    sin_r = math.sin(rad)
+    centre_x = src.shape[2] / 2.0
+    centre_y = src.shape[1] / 2.0
+    one = np.float32(1.0)
+    for y in range(out_h):
+        v = (y - out_h / 2.0) / scale + dy / scale
+        for x in range(out_w):
+            u = (x - out_w / 2.0) / scale * aspect + dx / scale * aspect
+            sx = np.float32(cos_r * u - sin_r * v + centre_x)
+            sy = np.float32(sin_r * u + cos_r * v + centre_y)
+            if not (math.isfinite(sx) and math.isfinite(sy)):
+                for c in range(channels):
+                    dst[c, y, x] = np.float32(0.0)
+                continue
+            ix = int(math.floor(sx))
+            iy = int(math.floor(sy))
+            fx = sx - np.float32(ix)
+            fy = sy - np.float32(iy)
+            for c in range(channels):
+                dst[c, y, x] = ((one - fy) * (one - fx) * _pixel_or_zero(src, c, ix, iy)
+                                + fy * (one - fx) * _pixel_or_zero(src, c, ix, iy + 1)
+                                + (one - fy) * fx * _pixel_or_zero(src, c, ix + 1, iy)
+                                + fy * fx * _pixel_or_zero(src, c, ix + 1, iy + 1))
+
+
+@jit
+def _rgb_to_hsv_pixel(r, g, b):
+    largest = max(r, max(g, b))
+    smallest = min(r, min(g, b))
+    delta = largest - smallest
+    value = largest
+    # Darknet computes 0/0 = NaN for the hue of grey pixels; their saturation is 0, so hsv_to_rgb never
+    # reads that hue. We store 0 instead so HSV arrays stay finite.
+    if largest == np.float32(0.0) or delta == np.float32(0.0):
+        return np.float32(0.0), np.float32(0.0), value
+    saturation = delta / largest
+    if r == largest:
+        hue = (g - b) / delta
+    elif g == largest:
+        hue = np.float32(2.0) + (b - r) / delta
+    else:
+        hue = np.float32(4.0) + (r - g) / delta
+    if hue < np.float32(0.0):
+        hue += np.float32(6.0)
+    return hue / np.float32(6.0), saturation, value
+
+
+@jit
+def _hsv_to_rgb_pixel(hue, saturation, value):
+    if saturation == np.float32(0.0):
+        return value, value, value
+    one = np.float32(1.0)
+    sextant_position = np.float32(6.0) * hue
+    sextant = math.floor(sextant_position)
+    f = sextant_position - np.float32(sextant)
+    p = value * (one - saturation)
+    q = value * (one - saturation * f)
+    t = value * (one - saturation * (one - f))
+    # Hue exactly 1.0 (reachable after the ±1 wrap) lands in the last branch, as in Darknet.
+    if sextant == 0:
+        return value, t, p
+    if sextant == 1:
+        return q, value, p
+    if sextant == 2:
+        return p, value, t
+    if sextant == 3:
+        return p, q, value
+    if sextant == 4:
+        return t, p, value
+    return value, p, q
+
+
+@jit
+def rgb_to_hsv(src, dst):
+    """(3, H, W) RGB → (3, H, W) HSV planes (h in [0, 1), s, v)."""
+    for y in range(src.shape[1]):
+        for x in range(src.shape[2]):
+            h, s, v = _rgb_to_hsv_pixel(src[0, y, x], src[1, y, x], src[2, y, x])
+            dst[0, y, x] = h
+            dst[1, y, x] = s
+            dst[2, y, x] = v
+
+
+@jit
+def hsv_to_rgb(src, dst):
+    """(3, H, W) HSV planes → (3, H, W) RGB (no clamping, like Darknet's hsv_to_rgb)."""
+    for y in range(src.shape[1]):
+        for x in range(src.shape[2]):
+            r, g, b = _hsv_to_rgb_pixel(src[0, y, x], src[1, y, x], src[2, y, x])
+            dst[0, y, x] = r
+            dst[1, y, x] = g
+            dst[2, y, x] = b
+
+
+@jit
+def _clamp01(value):
+    if value < np.float32(0.0):
+        return np.float32(0.0)
+    if value > np.float32(1.0):
+        return np.float32(1.0)
+    return value
+
+
+@jit
+def distort_hsv(img, dhue, dsat, dexp):
+    """In place: RGB → HSV, s *= dsat, v *= dexp, h += dhue wrapped once into [0, 1], → RGB, clamp [0, 1].
+
+    Images with fewer than 3 channels get only the exposure scaling (and the clamp), as in Darknet.
+    """
+    one = np.float32(1.0)
+    zero = np.float32(0.0)
+    hue_shift = np.float32(dhue)
+    sat_scale = np.float32(dsat)
+    exp_scale = np.float32(dexp)
+    if img.shape[0] < 3:
+        for y in range(img.shape[1]):
+            for x in range(img.shape[2]):
+                img[0, y, x] = _clamp01(img[0, y, x] * exp_scale)
+        return
+    for y in range(img.shape[1]):
+        for x in range(img.shape[2]):
+            h, s, v = _rgb_to_hsv_pixel(img[0, y, x], img[1, y, x], img[2, y, x])
+            s = s * sat_scale
+            v = v * exp_scale
+            h = h + hue_shift
+            if h > one:
+                h -= one
+            if h < zero:
+                h += one
+            r, g, b = _hsv_to_rgb_pixel(h, s, v)
+            img[0, y, x] = _clamp01(r)
+            img[1, y, x] = _clamp01(g)
+            img[2, y, x] = _clamp01(b)
+
+
+@jit
+def luminance(src, dst):
+    """(3, H, W) RGB → (1, H, W) ITU-R 601 luma with Pillow's 16-bit weights, in double precision.
+
+    The weights sum to 65536 and every product is exact in double, so grey pixels keep their value bit
+    for bit.
+    """
+    for y in range(src.shape[1]):
+        for x in range(src.shape[2]):
+            weighted = (19595.0 * np.float64(src[0, y, x]) + 38470.0 * np.float64(src[1, y, x])
+                        + 7471.0 * np.float64(src[2, y, x]))
+            dst[0, y, x] = np.float32(weighted / 65536.0)
