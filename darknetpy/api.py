@@ -141,10 +141,14 @@ class Model:
 
 
 def load(cfg: str | os.PathLike, weights: str | os.PathLike | None = None, *, names=None,
-         width: int | None = None, height: int | None = None, cutoff: int | None = None) -> Model:
-    """Build the network of a .cfg file and, optionally, load a .weights file into it.
-    `names` is a names file path or a list of class names."""
+         width: int | None = None, height: int | None = None, cutoff: int | None = None,
+         seed: int | None = 0) -> Model:
+    """Build the network of a .cfg file and load a .weights file into it, or without one initialise the
+    weights randomly as Darknet does (seeded). `names` is a names file path or a list of class names.
+    `cutoff` loads only the first N layers' weights (the rest keep their random initialisation)."""
     network = load_cfg(cfg, width=width, height=height)
+    if weights is None or cutoff is not None:
+        network.initialize(seed)
     if weights is not None:
         read_weights(network, weights, cutoff)
     if isinstance(names, (str, os.PathLike)):

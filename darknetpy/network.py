@@ -115,6 +115,12 @@ class Network:
             dxs = [None if j < 0 else self._deltas[j] for j in layer.input_indices()]
             layer.backward(self._deltas[i], xs, dxs)
 
+    def initialize(self, seed: int | None = 0) -> None:
+        """Random initial weights (Darknet's distributions) for training from scratch."""
+        rng = np.random.default_rng(seed)
+        for layer in self.layers:
+            layer.initialize(rng)
+
     def params(self):
         return [(layer, p) for layer in self.layers for p in layer.params()]
 

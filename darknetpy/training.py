@@ -69,7 +69,9 @@ class TrainingRun:
         self.out = out
         self.err = err
         self.data_config = read_data_file(data)
-        self.model: Model = load(cfg, options.weights)
+        seed = options.seed if options.seed is not None else int.from_bytes(os.urandom(4), "little")
+        self.seed = seed
+        self.model: Model = load(cfg, options.weights, seed=seed)
         if options.clear:
             self.model.seen = 0
         self.network = self.model.network
@@ -77,8 +79,6 @@ class TrainingRun:
         self.base = base_name(cfg)
         self.backup = backup_folder(self.data_config)
         self.max_batches = options.max_batches if options.max_batches is not None else self.net.max_batches
-        seed = options.seed if options.seed is not None else int.from_bytes(os.urandom(4), "little")
-        self.seed = seed
         self.dataset = ClassificationDataset(self.data_config, self.net, train=True, seed=seed)
         self.trainer = self.model.trainer
         self.trainer.rng = np.random.default_rng(seed)

@@ -246,6 +246,9 @@ class Layer:
     def params(self) -> list[Param]:
         return []
 
+    def initialize(self, rng: np.random.Generator) -> None:
+        """Random initial parameters for training from scratch, with Darknet's distributions."""
+
     def parameters_changed(self) -> None:
         """Called after the optimiser or the weights reader changed parameters (drop derived caches)."""
 

@@ -54,11 +54,18 @@ class Connected(Layer):
             return
         self.weights = np.zeros(shape, FLOAT)
         self.biases = np.zeros(outputs, FLOAT)
-        self.grad_weights = np.zeros_like(self.weights)
+        self.grad_weights = np.zeros(self.weights.shape, FLOAT)
         self.grad_biases = np.zeros_like(self.biases)
         self.bn = BatchNormBlock(outputs) if self.config.batch_normalize else None
         self._fold_scale = np.empty(outputs, FLOAT)
         self._fold_shift = np.empty(outputs, FLOAT)
+
+    def initialize(self, rng):
+        # Darknet: uniform(-1, 1) * sqrt(2 / inputs), biases 0
+        scale = np.sqrt(2.0 / self.weights.shape[1])
+        self.weights[...] = rng.uniform(-1.0, 1.0, self.weights.shape) * scale
+        self.biases[...] = 0
+        self.parameters_changed()
 
     def allocate(self, batch):
         super().allocate(batch)

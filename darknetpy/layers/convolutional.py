@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..kernels import activations as act
-from ..kernels.im2col import col2im_add, im2col
+from ..kernels.im2col import (batch_to_channel_major, channel_major_to_batch, channel_major_to_batch_add,
+                              col2im_batch_add, im2col_batch)
 from .base import FLOAT, Layer, LayerConfig, Param, Shape, c_div, option
 from .batchnorm import BatchNormBlock
 from .registry import register
@@ -98,6 +99,14 @@ class Convolutional(Layer):
         self.bn = BatchNormBlock(cfg.filters) if cfg.batch_normalize else None
         self.parameters_changed()
 
+    def initialize(self, rng):
+        # Darknet: N(0, 1) * sqrt(2 / fan_in), biases 0
+        cfg = self.config
+        fan_in = cfg.size * cfg.size * self.in_shapes[0].c // cfg.groups
+        self.weights[...] = rng.standard_normal(self.weights.shape) * np.sqrt(2.0 / fan_in)
+        self.biases[...] = 0
+        self.parameters_changed()
+
     def parameters_changed(self) -> None:
         self._folded = None
 
@@ -111,8 +120,14 @@ class Convolutional(Layer):
         x = self.in_shapes[0]
         s = self.out_shape
         rows = x.c * self.config.size ** 2
-        self.columns = None if self.is_pointwise else np.empty((rows, s.h * s.w), FLOAT)
+        spatial = s.h * s.w
+        # Whole-batch im2col: one matrix product per group covers every image (a 1x1 convolution of a
+        # single image needs no columns at all).
+        self.columns = None if self.is_pointwise and batch == 1 else np.empty((rows, batch * spatial), FLOAT)
+        self.product = None if batch == 1 else np.empty((s.c, batch * spatial), FLOAT)
+        self.dcolumns = None
         self.pre_activation = (np.empty_like(self.output) if self.activation in act.NEEDS_INPUT else None)
+        self._columns_hold_input = False
 
     # ---- forward -------------------------------------------------------------------------------------------
     def _inference_weights(self) -> tuple[np.ndarray, np.ndarray]:
@@ -124,27 +139,39 @@ class Convolutional(Layer):
                 self._folded = ((self.weights * a[:, None, None, None]).astype(FLOAT), b)
         return self._folded
 
+    def _fill_columns(self, x: np.ndarray) -> np.ndarray:
+        """The (K, B*S) patch matrix of the batch."""
+        cfg = self.config
+        s = self.out_shape
+        if self.columns is None:
+            return x[0].reshape(x.shape[1], -1)
+        if self.is_pointwise:
+            batch_to_channel_major(x.reshape(x.shape[0], x.shape[1], -1), self.columns)
+        else:
+            sy, sx = cfg.strides
+            im2col_batch(x, cfg.size, sy, sx, cfg.effective_padding, cfg.dilation, s.h, s.w, self.columns)
+        return self.columns
+
+    def _grouped(self, matrix: np.ndarray) -> np.ndarray:
+        return matrix.reshape(self.config.groups, -1, matrix.shape[-1])
+
     def _convolve(self, x: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """Raw convolution of the batch into self.output, returned as (B, F, S)."""
         cfg = self.config
-        groups = cfg.groups
         batch = x.shape[0]
         s = self.out_shape
         out3 = self.output.reshape(batch, s.c, s.h * s.w)
-        w_grouped = weights.reshape(groups, cfg.filters // groups, -1)
-        sy, sx = cfg.strides
-        for n in range(batch):
-            if self.columns is None:
-                cols = x[n].reshape(x.shape[1], -1)
-            else:
-                im2col(x[n], cfg.size, sy, sx, cfg.effective_padding, cfg.dilation, s.h, s.w, self.columns)
-                cols = self.columns
-            np.matmul(w_grouped, cols.reshape(groups, -1, cols.shape[1]),
-                      out=out3[n].reshape(groups, cfg.filters // groups, -1))
+        cols = self._fill_columns(x)
+        target = out3[0] if self.product is None else self.product
+        np.matmul(weights.reshape(cfg.groups, cfg.filters // cfg.groups, -1), self._grouped(cols),
+                  out=self._grouped(target))
+        if self.product is not None:
+            channel_major_to_batch(self.product, out3)
         return out3
 
     def forward(self, xs, train):
         x = xs[0]
+        self._columns_hold_input = train
         if train:
             out3 = self._convolve(x, self.weights)
             if self.bn is not None:
@@ -185,7 +212,6 @@ class Convolutional(Layer):
         x = xs[0]
         dx = dxs[0]
         batch = x.shape[0]
-        groups = cfg.groups
         s = self.out_shape
         pre = self.pre_activation.reshape(-1) if self.pre_activation is not None else np.empty(0, FLOAT)
         act.gradient(dy.reshape(-1), self.output.reshape(-1), pre, self.activation)
@@ -194,26 +220,27 @@ class Convolutional(Layer):
             self.bn.backward(dy3, self.grad_biases)
         else:
             self.grad_biases += dy3.sum(axis=(0, 2), dtype=np.float32)
-        per_group = cfg.filters // groups
-        w_grouped = self.weights.reshape(groups, per_group, -1)
-        gw_grouped = self.grad_weights.reshape(groups, per_group, -1)
-        sy, sx = cfg.strides
-        for n in range(batch):
-            if self.columns is None:
-                cols = x[n].reshape(x.shape[1], -1)
+        cols = self._fill_columns(x) if not self._columns_hold_input or self.columns is None \
+            else self.columns
+        if self.product is None:
+            dy_t = dy3[0]
+        else:
+            batch_to_channel_major(dy3, self.product)
+            dy_t = self.product
+        dy_g = self._grouped(dy_t)
+        self.grad_weights.reshape(cfg.groups, cfg.filters // cfg.groups, -1)[...] += \
+            np.matmul(dy_g, self._grouped(cols).transpose(0, 2, 1))
+        if dx is not None:
+            if self.dcolumns is None:
+                self.dcolumns = np.empty((cols.shape[0], cols.shape[1]), FLOAT)
+            w_g = self.weights.reshape(cfg.groups, cfg.filters // cfg.groups, -1)
+            np.matmul(w_g.transpose(0, 2, 1), dy_g, out=self._grouped(self.dcolumns))
+            if self.is_pointwise:
+                channel_major_to_batch_add(self.dcolumns, dx.reshape(batch, dx.shape[1], -1))
             else:
-                im2col(x[n], cfg.size, sy, sx, cfg.effective_padding, cfg.dilation, s.h, s.w, self.columns)
-                cols = self.columns
-            cols_g = cols.reshape(groups, -1, cols.shape[1])
-            dy_g = dy3[n].reshape(groups, per_group, -1)
-            gw_grouped += np.matmul(dy_g, cols_g.transpose(0, 2, 1))
-            if dx is None:
-                continue
-            dcols = np.matmul(w_grouped.transpose(0, 2, 1), dy_g).reshape(-1, dy_g.shape[2])
-            if self.columns is None:
-                dx[n] += dcols.reshape(dx[n].shape)
-            else:
-                col2im_add(dcols, cfg.size, sy, sx, cfg.effective_padding, cfg.dilation, s.h, s.w, dx[n])
+                sy, sx = cfg.strides
+                col2im_batch_add(self.dcolumns, cfg.size, sy, sx, cfg.effective_padding, cfg.dilation,
+                                 s.h, s.w, dx)
         self.parameters_changed()
 
     def params(self):

@@ -70,11 +70,18 @@ class Deconvolutional(Layer):
             return
         self.weights = np.zeros(shape, FLOAT)
         self.biases = np.zeros(cfg.filters, FLOAT)
-        self.grad_weights = np.zeros_like(self.weights)
+        self.grad_weights = np.zeros(self.weights.shape, FLOAT)
         self.grad_biases = np.zeros_like(self.biases)
         self.bn = BatchNormBlock(cfg.filters) if cfg.batch_normalize else None
         self._fold_scale = np.empty(cfg.filters, FLOAT)
         self._fold_shift = np.empty(cfg.filters, FLOAT)
+
+    def initialize(self, rng):
+        # Darknet: N(0, 1) * 0.02, then scaled by (out_w * out_h) / (w * h)
+        x, s = self.in_shapes[0], self.out_shape
+        self.weights[...] = rng.standard_normal(self.weights.shape) * 0.02 * (s.w * s.h) / (x.w * x.h)
+        self.biases[...] = 0
+        self.parameters_changed()
 
     def allocate(self, batch):
         super().allocate(batch)

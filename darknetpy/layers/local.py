@@ -65,8 +65,15 @@ class Local(Layer):
             return
         self.weights = np.zeros(shape, FLOAT)
         self.biases = np.zeros((filters, self.out_shape.h, self.out_shape.w), FLOAT)
-        self.grad_weights = np.zeros_like(self.weights)
+        self.grad_weights = np.zeros(self.weights.shape, FLOAT)
         self.grad_biases = np.zeros_like(self.biases)
+
+    def initialize(self, rng):
+        # Darknet randomises only the first block (uniform * sqrt(2 / (size^2 c))); we fill every location,
+        # which is what an unshared convolution needs to learn at all locations
+        fan_in = self.weights.shape[-1]
+        self.weights[...] = rng.uniform(-1.0, 1.0, self.weights.shape) * np.sqrt(2.0 / fan_in)
+        self.biases[...] = 0
 
     def allocate(self, batch):
         super().allocate(batch)
