@@ -263,8 +263,10 @@ class Region(DetectionHead):
         boxes = np.empty((len(flat), 4), dtype=FLOAT)
         boxes[:, 0] = (col + flat[:, 0]) / FLOAT(width)
         boxes[:, 1] = (row + flat[:, 1]) / FLOAT(height)
-        boxes[:, 2] = np.exp(flat[:, 2].astype(np.float64)) * self.anchors[2 * anchor].astype(np.float64) / width
-        boxes[:, 3] = np.exp(flat[:, 3].astype(np.float64)) * self.anchors[2 * anchor + 1].astype(np.float64) / height
+        anchor_w = self.anchors[2 * anchor].astype(np.float64)
+        anchor_h = self.anchors[2 * anchor + 1].astype(np.float64)
+        boxes[:, 2] = np.exp(flat[:, 2].astype(np.float64)) * anchor_w / width    # anchors in grid cells
+        boxes[:, 3] = np.exp(flat[:, 3].astype(np.float64)) * anchor_h / height
         scale = np.ones(len(flat), FLOAT) if cfg.background else flat[:, cfg.coords].copy()
         objectness = np.where(scale > limit, scale, FLOAT(0.0)).astype(FLOAT)
         class_values = flat[:, cfg.coords + 1:cfg.coords + 1 + cfg.classes]
