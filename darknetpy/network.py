@@ -13,6 +13,7 @@ import numpy as np
 
 from .config import NetConfig, SectionReader, parse_cfg, parse_cfg_text
 from .config.document import Document
+from .config.options import summarised_ignored_keys
 from .errors import CfgError
 from .layers import layer_class
 from .layers.base import FLOAT, Layer, Shape
@@ -155,11 +156,12 @@ def build_network(document: Document, width: int | None = None, height: int | No
         h = height or net.height
         net = replace(net, width=w, height=h, inputs=w * h * net.channels)
     layers: list[Layer] = []
-    for index, section in enumerate(sections[1:]):
-        if section.name in ("net", "network"):
-            raise CfgError(f"[{section.name}] may only be the first section", path, section.line)
-        cls = layer_class(section.name, path, section.line)
-        layers.append(cls.from_section(SectionReader(section, path), index))
+    with summarised_ignored_keys():
+        for index, section in enumerate(sections[1:]):
+            if section.name in ("net", "network"):
+                raise CfgError(f"[{section.name}] may only be the first section", path, section.line)
+            cls = layer_class(section.name, path, section.line)
+            layers.append(cls.from_section(SectionReader(section, path), index))
     if not layers:
         raise CfgError("the cfg has a [net] section but no layers", path, first.line)
     return Network(net, layers, path)

@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -78,7 +78,9 @@ class TrainingRun:
         self.net = self.network.net
         self.base = base_name(cfg)
         self.backup = backup_folder(self.data_config)
-        self.max_batches = options.max_batches if options.max_batches is not None else self.net.max_batches
+        if options.max_batches is not None:  # the schedule (poly, ...) follows the shorter run too
+            self.network.net = self.net = replace(self.net, max_batches=options.max_batches)
+        self.max_batches = self.net.max_batches
         self.dataset = ClassificationDataset(self.data_config, self.net, train=True, seed=seed)
         self.trainer = self.model.trainer
         self.trainer.rng = np.random.default_rng(seed)

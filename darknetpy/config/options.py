@@ -8,6 +8,7 @@ their default are refused instead of skipped.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import re
 import warnings
@@ -61,6 +62,36 @@ def warn_once(identity: tuple[str, ...], message: str) -> None:
         return
     _already_warned.add(identity)
     warnings.warn(DarknetWarning(message), stacklevel=3)
+
+
+_collectors: list[list[tuple[str, int, str]]] = []
+
+
+@contextlib.contextmanager
+def summarised_ignored_keys():
+    """Within this block, training-only keys are gathered and reported as one warning per file at the end
+    (a YOLO cfg names several in every [yolo] section; one line each would bury real warnings)."""
+    found: list[tuple[str, int, str]] = []
+    _collectors.append(found)
+    try:
+        yield found
+    finally:
+        _collectors.remove(found)
+        by_file: dict[str, dict[str, list[int]]] = {}
+        for path, line, key in found:
+            by_file.setdefault(path, {}).setdefault(key, []).append(line)
+        for path, keys in by_file.items():
+            listed = ", ".join(f"{key} (line{'s' if len(lines) > 1 else ''} {','.join(map(str, lines))})"
+                               for key, lines in keys.items())
+            warn_once((path, "<training-only>", *sorted(keys)),
+                      f"{path}: ignoring keys darknetpy does not use (training-only or GPU-only): {listed}")
+
+
+def _ignore_key(path: str, line: int, key: str, where: str) -> None:
+    if _collectors:
+        _collectors[-1].append((path, line, key))
+    else:
+        warn_once((path, key), f"{where} ignoring '{key}' (training-only or unsupported key)")
 
 
 def closest_name(name: str, candidates: Iterable[str]) -> str | None:
@@ -231,7 +262,7 @@ class SectionReader:
             elif key in valid:
                 warn_once((self.path, key), f"{where} ignoring '{key}' (not used with these settings)")
             elif key in KNOWN_UNUSED_KEYS or key in ignored:
-                warn_once((self.path, key), f"{where} ignoring '{key}' (training-only or unsupported key)")
+                _ignore_key(self.path, option.line, key, where)
             else:
                 raise self._unknown_key(option, valid | self._queried)
 
