@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -18,6 +17,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from darknetpy.errors import ImageError
+from darknetpy.fileio import atomic_writer
 from darknetpy.kernels import resize as kernels
 
 ImageSource = str | os.PathLike | Image.Image | np.ndarray
@@ -329,20 +329,11 @@ def save_png(img: np.ndarray, path: str | os.PathLike) -> None:
     through to_uint8; uint8 arrays are HWC (H, W), (H, W, 1), (H, W, 3) or (H, W, 4).
     """
     pixels = _png_pixels(np.asarray(img))
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        # os.open with 0o666 lets the process umask decide the final permissions, like open(path, "w").
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as stream:
+        with atomic_writer(path, fsync=False) as stream:
             Image.fromarray(pixels).save(stream, format="PNG")
-        os.replace(tmp, target)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ImageError(f"cannot write PNG: {_one_line(exc.strerror or exc)}", path=str(target)) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        raise ImageError(f"cannot write PNG: {_one_line(exc.strerror or exc)}", path=str(path)) from None
 
 
 def _png_pixels(array: np.ndarray) -> np.ndarray:

@@ -4,6 +4,7 @@ names (spec §6.4, §8.1), with atomic checkpoints, clean Ctrl-C, resumable sche
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import signal
@@ -19,6 +20,7 @@ from .api import Model, load
 from .config import read_data_file
 from .data import BatchLoader, ClassificationDataset, data_dir_of, resolve_path
 from .errors import DataError, DarknetError
+from .fileio import atomic_writer
 from .weights import write_weights
 
 
@@ -106,13 +108,13 @@ class TrainingRun:
     def _write_metrics(self) -> None:
         from .chart import write_chart
         keys = ["batch", "epoch", "loss", "avg_loss", "rate", "seconds", "images", "top1"]
-        tmp = self.metrics_path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=keys)
-            writer.writeheader()
-            for row in self.history:
-                writer.writerow({k: row.get(k, "") for k in keys})
-        os.replace(tmp, self.metrics_path)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=keys)
+        writer.writeheader()
+        for row in self.history:
+            writer.writerow({k: row.get(k, "") for k in keys})
+        with atomic_writer(self.metrics_path, fsync=False) as stream:
+            stream.write(text.getvalue().encode())
         write_chart(self.history, self.chart_path, title=f"{self.base}: training")
 
     # ---- the loop ---------------------------------------------------------------------------------------------

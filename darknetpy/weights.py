@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import WeightsError
+from .fileio import write_atomic
 from .network import Network
 
 WRITE_VERSION = (0, 2, 0)
@@ -123,25 +123,6 @@ def weights_bytes(network: Network, cutoff: int | None = None, seen: int | None 
         for array in layer.weight_arrays(saving=True):
             parts.append(np.ascontiguousarray(array, dtype="<f4").tobytes())
     return b"".join(parts)
-
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write via a temporary file in the same folder and rename, so a crash never leaves half a file."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".weights", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def write_weights(network: Network, path: str | os.PathLike, cutoff: int | None = None,
