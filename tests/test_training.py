@@ -1,0 +1,152 @@
+"""Training semantics and the `darknetpy train` command: subdivisions, checkpoints, resume, Ctrl-C and SIGKILL."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import darknetpy
+from darknetpy.network import network_from_text
+from darknetpy.weights import read_weights
+
+TINY_CFG = """[net]
+batch={batch}
+subdivisions={subdivisions}
+width=8
+height=8
+channels=3
+learning_rate=0.05
+momentum=0.9
+decay=0.001
+max_batches={max_batches}
+policy=constant
+min_crop=8
+max_crop=8
+flip=0
+
+[convolutional]
+filters=4
+size=3
+pad=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[connected]
+output=2
+activation=linear
+
+[softmax]
+"""
+
+
+def tiny_model(tmp_path, batch, subdivisions, name="tiny.cfg", max_batches=100):
+    cfg = tmp_path / name
+    cfg.write_text(TINY_CFG.format(batch=batch, subdivisions=subdivisions, max_batches=max_batches))
+    return cfg
+
+
+def test_subdivisions_accumulate_into_one_update(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.random((8, 3, 8, 8), dtype=np.float32)
+    y = np.eye(2, dtype=np.float32)[rng.integers(0, 2, 8)]
+    whole = darknetpy.load(tiny_model(tmp_path, 8, 1, "a.cfg"), seed=3)
+    split = darknetpy.load(tiny_model(tmp_path, 8, 2, "b.cfg"), seed=3)
+    loss_whole = whole.train_batch(x, y)
+    loss_split = split.train_batch(x, y)
+    assert whole.seen == split.seen == 8
+    assert loss_whole == pytest.approx(loss_split, rel=1e-6)
+    for a, b in zip(whole.network.layers, split.network.layers):
+        for wa, wb in zip(a.weight_arrays(saving=True), b.weight_arrays(saving=True)):
+            np.testing.assert_allclose(wa, wb, rtol=1e-5, atol=1e-7)
+
+
+def make_dataset(root: Path, count=24):
+    """Red and blue squares; Darknet finds the class by substring of the path."""
+    (root / "img").mkdir(parents=True)
+    lines = []
+    for i in range(count):
+        label = "red" if i % 2 == 0 else "blue"
+        colour = (220, 30, 30) if label == "red" else (30, 30, 220)
+        path = root / "img" / f"{i:03d}_{label}.png"
+        Image.new("RGB", (10, 10), colour).save(path)
+        lines.append(f"img/{path.name}")
+    (root / "train.list").write_text("\n".join(lines) + "\n")
+    (root / "labels.list").write_text("red\nblue\n")
+    (root / "t.data").write_text("classes=2\ntrain=train.list\nvalid=train.list\nlabels=labels.list\n"
+                                 "backup=backup\ntop=1\n")
+    return root / "t.data"
+
+
+def run_cli(*args, cwd, timeout=120, **kw):
+    return subprocess.run([sys.executable, "-m", "darknetpy", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, **kw)
+
+
+def test_train_command_writes_darknet_checkpoints_and_resumes(tmp_path):
+    data = make_dataset(tmp_path / "ds")
+    cfg = tiny_model(tmp_path, 4, 1, "tiny.cfg", max_batches=8)
+    result = run_cli("train", cfg, data, "--seed", "1", "--checkpoint-every", "4", "--workers", "1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = [l for l in result.stdout.splitlines() if " avg, " in l]
+    assert len(lines) == 8 and lines[0].startswith("1, 0.167: ") and lines[-1].startswith("8, 1.333: ")
+    backup = tmp_path / "backup"  # relative to the working directory, as Darknet
+    names = sorted(p.name for p in backup.iterdir())
+    assert {"tiny.backup", "tiny.weights", "tiny_1.weights", "metrics.csv", "chart.png"} <= set(names)
+    model = darknetpy.load(cfg, backup / "tiny.weights")
+    assert model.seen == 32
+    # resuming from the checkpoint continues the count (and so the lr schedule) from its `seen`
+    longer = tiny_model(tmp_path, 4, 1, "tiny.cfg", max_batches=10)
+    again = run_cli("train", longer, data, "--weights", backup / "tiny.weights", "--seed", "1", "--workers", "1",
+                    cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    resumed = [l for l in again.stdout.splitlines() if " avg, " in l]
+    assert [l.split(",")[0] for l in resumed] == ["9", "10"]
+    valid = run_cli("valid", cfg, backup / "tiny.weights", data, "--json", cwd=tmp_path)
+    assert valid.returncode == 0, valid.stderr
+    assert '"top1": 1.0' in valid.stdout
+
+
+def test_sigkill_leaves_last_checkpoint_loadable(tmp_path):
+    data = make_dataset(tmp_path / "ds")
+    cfg = tiny_model(tmp_path, 4, 1, "tiny.cfg", max_batches=100000)
+    backup = tmp_path / "backup" / "tiny.backup"
+    for trial in range(3):
+        proc = subprocess.Popen([sys.executable, "-m", "darknetpy", "train", str(cfg), str(data), "--seed", "2",
+                                 "--checkpoint-every", "1", "--workers", "1"] +
+                                (["--weights", str(backup)] if backup.exists() else []),
+                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        start_seen = darknetpy.load(cfg, backup).seen if backup.exists() else 0
+        while time.time() < deadline:
+            if backup.exists() and darknetpy.load(cfg, backup).seen > start_seen + 4 * (2 + trial):
+                break
+            time.sleep(0.05 + 0.07 * trial)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        model = darknetpy.load(cfg, backup)  # never half-written: atomic replace
+        assert model.seen > start_seen
+
+
+def test_ctrl_c_saves_backup_and_exits_cleanly(tmp_path):
+    data = make_dataset(tmp_path / "ds")
+    cfg = tiny_model(tmp_path, 4, 1, "tiny.cfg", max_batches=100000)
+    proc = subprocess.Popen([sys.executable, "-m", "darknetpy", "train", str(cfg), str(data), "--seed", "3",
+                             "--workers", "1"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    for line in proc.stdout:
+        if line.startswith("5, "):
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Traceback" not in err and "saved" in err
+    model = darknetpy.load(cfg, tmp_path / "backup" / "tiny.backup")
+    assert model.seen >= 20
