@@ -111,6 +111,8 @@ class Model:
 
     def predict(self, image, top: int | None = 5) -> list[Prediction]:
         """Top-k classes, highest first; equal values keep the lower index first (Darknet's top_k)."""
+        if top is not None and top < 1:
+            raise ValueError(f"top must be at least 1, got {top}")
         probs = self.probabilities(image)
         order = np.argsort(-probs, kind="stable")
         if top is not None:

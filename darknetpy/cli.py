@@ -23,6 +23,37 @@ class UsageError(DarknetError):
     """Bad command-line arguments."""
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
+def unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse would exit itself; keep the one-line contract
         raise UsageError(f"{self.prog}: {message}")
@@ -110,8 +141,6 @@ def cmd_detect(args) -> int:
     from .detect import format_detections
     model = api.load(args.cfg, args.weights, names=_names(args))
     letterbox = True if args.letterbox else (False if args.no_letterbox else None)
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
     for path in expand_images(args.images):
         start = time.perf_counter()
         results = model.detect(path, thresh=args.thresh, nms=args.nms, letterbox=letterbox)
@@ -127,6 +156,7 @@ def cmd_detect(args) -> int:
         if args.out:
             from .drawing import draw_detections
             from .images import load_image
+            os.makedirs(args.out, exist_ok=True)  # only once there is something to write
             target = Path(args.out) / (Path(path).stem + ".png")
             draw_detections(load_image(path), results, target)
         sys.stdout.flush()
@@ -163,8 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("summary", help="print the layer table of a cfg")
     p.add_argument("cfg")
-    p.add_argument("--width", type=int)
-    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=positive_int)
+    p.add_argument("--height", type=positive_int)
     p.set_defaults(run=cmd_summary)
 
     p = sub.add_parser("predict", help="classify images")
@@ -174,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--names", help="file with one class name per line")
     group.add_argument("--data", help=".data file (names/labels, top)")
-    p.add_argument("--top", type=int, help="how many classes to print (default: .data top, else 5)")
+    p.add_argument("--top", type=positive_int, help="how many classes to print (default: .data top, else 5)")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     p.set_defaults(run=cmd_predict)
 
@@ -185,8 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--names")
     group.add_argument("--data")
-    p.add_argument("--thresh", type=float, default=0.25)
-    p.add_argument("--nms", type=float, default=0.45)
+    p.add_argument("--thresh", type=unit_float, default=0.25)
+    p.add_argument("--nms", type=unit_float, default=0.45)
     p.add_argument("--out", help="folder for the images with boxes drawn (PNG)")
     p.add_argument("--json", action="store_true")
     box = p.add_mutually_exclusive_group()
@@ -200,18 +230,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="start from these weights (keeps their `seen`, so the schedule resumes)")
     p.add_argument("--clear", action="store_true", help="reset `seen` to 0 (start the schedule anew)")
     p.add_argument("--seed", type=int, help="seed for batch sampling and augmentation")
-    p.add_argument("--max-batches", type=int, help="override [net] max_batches")
-    p.add_argument("--checkpoint-every", type=int, default=1000, metavar="N",
+    p.add_argument("--max-batches", type=non_negative_int, help="override [net] max_batches")
+    p.add_argument("--checkpoint-every", type=positive_int, default=1000, metavar="N",
                    help="save <base>.backup every N batches (default 1000, as Darknet)")
     p.add_argument("--validate", action="store_true", help="measure valid top-1 after every epoch")
-    p.add_argument("--workers", type=int, default=2, help="data loading worker processes (default 2)")
+    p.add_argument("--workers", type=positive_int, default=2, help="data loading worker processes (default 2)")
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("valid", help="top-1 / top-k of a classifier on the .data valid list")
     p.add_argument("cfg")
     p.add_argument("weights")
     p.add_argument("data")
-    p.add_argument("--top", type=int, help="k for top-k (default: .data top)")
+    p.add_argument("--top", type=positive_int, help="k for top-k (default: .data top)")
     p.add_argument("--json", action="store_true", help="result with the confusion matrix as JSON")
     p.set_defaults(run=cmd_valid)
 
@@ -219,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cfg")
     p.add_argument("weights")
     p.add_argument("out")
-    p.add_argument("layers", type=int)
+    p.add_argument("layers", type=non_negative_int)
     p.set_defaults(run=cmd_partial)
     return parser
 

@@ -34,9 +34,10 @@ def base_name(cfg_path: str | os.PathLike) -> str:
 
 
 def backup_folder(data_config) -> Path:
-    """The .data `backup` (Darknet's default "/backup/"): relative to the working directory as Darknet, or
-    to the .data file's folder when it exists there and not here."""
-    folder = Path(resolve_path(data_config.backup or "/backup/", data_dir_of(data_config)))
+    """The .data `backup` folder: relative to the working directory as Darknet, or to the .data file's folder
+    when it exists there and not here. Without the key: `backup/` here (Darknet's default is /backup/ at the
+    filesystem root)."""
+    folder = Path(resolve_path(data_config.backup or "backup/", data_dir_of(data_config)))
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -79,11 +80,11 @@ class TrainingRun:
         self.network = self.model.network
         self.net = self.network.net
         self.base = base_name(cfg)
-        self.backup = backup_folder(self.data_config)
         if options.max_batches is not None:  # the schedule (poly, ...) follows the shorter run too
             self.network.net = self.net = replace(self.net, max_batches=options.max_batches)
         self.max_batches = self.net.max_batches
         self.dataset = ClassificationDataset(self.data_config, self.net, train=True, seed=seed)
+        self.backup = backup_folder(self.data_config)  # created only once the data checked out
         self.trainer = self.model.trainer
         self.trainer.rng = np.random.default_rng(seed)
         self.metrics_path = self.backup / "metrics.csv"

@@ -54,6 +54,8 @@ def parse_header(data: bytes, path: str) -> WeightsHeader:
 
 
 def _layers_upto(network: Network, cutoff: int | None):
+    if cutoff is not None and cutoff < 0:
+        raise ValueError(f"a layer cutoff must not be negative, got {cutoff}")
     n = len(network.layers) if cutoff is None else min(cutoff, len(network.layers))
     return network.layers[:n]
 
