@@ -1,0 +1,1023 @@
+#!/usr/bin/env python3
+"""darknetpy speed benchmark: darknetpy and its anchors measured side by side in one run.
+
+README-bench
+============
+Run from the repository root (takes a few minutes on 2 cores):
+
+    python tools/bench.py                                  # every case, 1 and 2 threads
+    python tools/bench.py --cases sgemm,yolov3-tiny --threads 1 --repeat 5 --json bench.json
+
+Cases (`--cases`, comma list; default all):
+  sgemm            BLAS calibration: float32 (512x2304) @ (2304x1024), numpy (the BLAS darknetpy uses) vs
+                   torch.mm. numpy's GFLOP/s is the "peak" that the %-of-peak column refers to.
+  yolov3-tiny      416x416, batch 1 inference, seeded weights (shared/tools/gen_weights.py --seed 1).
+  yolo-fastest-xl  320x320, batch 1 inference, the real yolo-fastest-1.1-xl weights.
+  darknet19        224x224 (width/height rewritten in a temp copy of the cfg), seeded weights.
+                   The three inference cases are timed against OpenCV DNN (OpenCV backend, CPU target) and
+                   against PyTorch running the same cfg and .weights through the small Darknet->torch builder
+                   in this file (BN folded into the convolutions, yolo layers apply their logistic).
+  train            One Darknet train_network call (forward + backward + SGD update) of a small MNIST-shaped
+                   classifier on a batch of 128 28x28x1 images, vs the equivalent torch nn.Sequential doing
+                   forward + cross-entropy + backward + SGD(momentum 0.9, weight_decay) step.
+  startup          Wall time of `python -m darknetpy predict cfg/mnist.cfg W IMG` in a fresh process with a warm
+                   Numba cache, vs a fresh process that classifies the same image with OpenCV DNN.
+  rss              Peak RSS of a fresh process that loads yolov3-tiny and runs one 416x416 forward: darknetpy,
+                   OpenCV DNN, and a bare `python -c "import numpy"` baseline (os.wait4 rusage of that child).
+
+Method: every case runs in its own child process started with OPENBLAS/OMP/MKL/NUMBA_NUM_THREADS set to the
+thread count before numpy is imported (plus numba.set_num_threads, cv2.setNumThreads, torch.set_num_threads,
+and threadpoolctl when installed), so thread pools never leak from one setting into another. Inside a case
+the engines take turns, one call each per round, the order rotating every round (darknetpy, OpenCV, torch;
+then OpenCV, torch, darknetpy; ...) so machine noise lands on all of them; `--warmup` rounds are run
+first and discarded (they include Numba compilation / cache loading); then up to `--repeat` timed rounds,
+stopping early once `--budget` seconds of timed rounds have passed (the `runs` column shows how many
+rounds were timed). Reported times are medians.
+
+Columns: ratio = darknetpy ms / anchor ms (above 1: darknetpy is slower). GFLOP/s uses darknetpy's own
+count (Network.flops(), 2*MACs of conv/connected layers per image); for `train` the work is taken as
+3x the forward FLOPs x batch (forward, input-gradient and weight-gradient products). "% peak" compares that
+with the numpy sgemm rate measured at the same thread count. `check` is the largest difference between
+darknetpy's and the anchor's outputs relative to the largest output magnitude, where both produce the same
+tensor (a sanity check that both engines did the same work). `busy` is the share of all CPUs that *other*
+processes used while the case ran (from /proc/stat minus this benchmark's own CPU time): on a shared 2-core
+machine anything above ~10% inflates the times, most of all at 2 threads, where spinning thread pools
+(GNU OpenMP under Numba's default `omp` layer, OpenBLAS, torch) lose their cores; rerun on a quiet machine.
+An anchor that is not installed or cannot run the model shows "n/a" with the reason; a case that fails in
+darknetpy shows the error and the run goes on.
+
+Experiments: `--env NAME=VALUE` (repeatable) adds environment to every measured process, e.g.
+`--env NUMBA_THREADING_LAYER=workqueue` or `--env OMP_WAIT_POLICY=passive` to compare threading set-ups;
+`--json FILE` keeps every number (plus machine, versions and settings) for later comparison.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SHARED = REPO.parent / "shared"
+ALL_CASES = ["sgemm", "yolov3-tiny", "yolo-fastest-xl", "darknet19", "train", "startup", "rss"]
+THREAD_ENV_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
+                   "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+SGEMM_SHAPE = (512, 2304, 1024)  # (M, K, N): a 3x3 conv with 256 -> 512 channels on a 32x32 map
+TRAIN_BATCH = 128
+CHILD_TIMEOUT_S = 900
+BUSY_WARNING = 0.10   # other processes using more than this share of all CPUs during a case earn a note
+
+TRAIN_CFG = """\
+[net]
+batch=128
+subdivisions=1
+height=28
+width=28
+channels=1
+learning_rate=0.01
+momentum=0.9
+decay=0.0005
+policy=constant
+max_batches=1000000
+
+[convolutional]
+batch_normalize=1
+filters=32
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[convolutional]
+batch_normalize=1
+filters=64
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[convolutional]
+batch_normalize=1
+filters=128
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[avgpool]
+
+[connected]
+output=10
+activation=linear
+
+[softmax]
+"""
+
+
+# ---- results -----------------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    """One line of the table: darknetpy against one anchor in one case at one thread count."""
+    case: str
+    anchor: str
+    darknetpy_ms: float | None = None
+    anchor_ms: float | None = None
+    runs: int = 0
+    flops: float | None = None          # darknetpy's work per timed call
+    unit: str = "ms"                    # "MiB" for the rss case
+    check: float | None = None          # relative max output difference, when comparable
+    darknetpy_error: str | None = None
+    anchor_error: str | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        if self.darknetpy_ms is None or not self.anchor_ms:
+            return None
+        return self.darknetpy_ms / self.anchor_ms
+
+    @property
+    def gflops(self) -> float | None:
+        if self.flops is None or not self.darknetpy_ms or self.unit != "ms":
+            return None
+        return self.flops / (self.darknetpy_ms * 1e-3) / 1e9
+
+
+@dataclass
+class CaseResult:
+    case: str
+    threads: int
+    rows: list[Row] = field(default_factory=list)
+    error: str | None = None            # the whole case could not run
+    seconds: float = 0.0
+    threads_info: dict = field(default_factory=dict)
+    others_busy: float | None = None    # share of the machine's CPU time other processes used meanwhile
+
+
+class MissingAsset(Exception):
+    """A file a case needs could not be found or made; the message already says why."""
+
+
+def require(assets: dict, case: str, *keys: str) -> list[str]:
+    if any(not assets.get(key) for key in keys):
+        raise MissingAsset(assets.get("missing", {}).get(case, f"files for {case} are missing"))
+    return [assets[key] for key in keys]
+
+
+def describe_error(exc: BaseException) -> str:
+    text = str(exc) if isinstance(exc, MissingAsset) else f"{type(exc).__name__}: {exc}"
+    text = text.strip().replace("\n", " ")
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+# ---- timing ------------------------------------------------------------------------------------------------
+def time_alternating(runners: dict[str, Callable[[], object]], warmup: int, repeat: int,
+                     budget_s: float) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """Time every runner once per round, rotating the order each round so no engine always runs right after
+    the same neighbour. Returns per-runner samples in seconds and the errors of runners that failed (a
+    failing runner is dropped, the others go on)."""
+    names = list(runners)
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    errors: dict[str, str] = {}
+
+    def one_round(index: int, record: bool) -> None:
+        live = [n for n in names if n not in errors]
+        if not live:
+            return
+        shift = index % len(live)
+        for name in live[shift:] + live[:shift]:
+            try:
+                start = time.perf_counter()
+                runners[name]()
+                elapsed = time.perf_counter() - start
+            except Exception as exc:  # one engine failing must not stop the others
+                errors[name] = describe_error(exc)
+                continue
+            if record:
+                samples[name].append(elapsed)
+
+    for i in range(warmup):
+        one_round(i, record=False)
+    started = time.perf_counter()
+    for i in range(repeat):
+        one_round(warmup + i, record=True)
+        if time.perf_counter() - started > budget_s and i + 1 >= min(3, repeat):
+            break
+    return samples, errors
+
+
+def median_ms(values: list[float]) -> float | None:
+    return statistics.median(values) * 1e3 if values else None
+
+
+# ---- darknet cfg / weights (anchor side) -------------------------------------------------------------------
+def read_cfg_sections(path: str | Path) -> list[tuple[str, dict[str, str]]]:
+    """A deliberately small cfg reader for the anchors (independent of darknetpy's parser)."""
+    sections: list[tuple[str, dict[str, str]]] = []
+    for raw in Path(path).read_text().splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("["):
+            sections.append((line.strip("[]").strip().lower(), {}))
+        elif "=" in line and sections:
+            key, value = line.split("=", 1)
+            sections[-1][1][key.strip()] = value.strip()
+    return sections
+
+
+class WeightsStream:
+    def __init__(self, path: str | Path):
+        import numpy as np
+        data = Path(path).read_bytes()
+        major, minor, _revision = struct.unpack_from("<3i", data, 0)
+        seen_bytes = 8 if (major * 10 + minor) >= 2 and major < 1000 and minor < 1000 else 4
+        self.values = np.frombuffer(data, dtype="<f4", offset=12 + seen_bytes)
+        self.position = 0
+
+    def take(self, count: int):
+        chunk = self.values[self.position:self.position + count]
+        if chunk.size != count:
+            raise ValueError("weights file is shorter than the cfg needs")
+        self.position += count
+        return chunk.astype("float32")
+
+
+def build_torch_darknet(cfg_path: str | Path, weights_path: str | Path, width: int, height: int):
+    """Build a torch module running a Darknet cfg at inference (conv/maxpool/avgpool/route/shortcut/upsample/
+    dropout/yolo/softmax). Batch norm is folded into the conv weights with Darknet's sqrt(var) + 1e-6 form.
+    Returns (module, output_layer_indices)."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    sections = read_cfg_sections(cfg_path)
+    net_options, layer_sections = sections[0][1], sections[1:]
+    channels = int(net_options.get("channels", 3))
+    stream = WeightsStream(weights_path)
+    shapes: list[tuple[int, int, int]] = []     # (c, h, w) of every layer output
+    steps: list[tuple[str, object, dict]] = []
+
+    def activation_fn(name: str):
+        return {"leaky": lambda t: F.leaky_relu(t, 0.1), "linear": lambda t: t, "relu": F.relu,
+                "logistic": torch.sigmoid}[name]
+
+    shape = (channels, height, width)
+    for index, (kind, opts) in enumerate(layer_sections):
+        if kind in ("convolutional", "conv"):
+            c, h, w = shape
+            filters, size = int(opts.get("filters", 1)), int(opts.get("size", 1))
+            stride, groups = int(opts.get("stride", 1)), int(opts.get("groups", 1))
+            padding = size // 2 if int(opts.get("pad", 0)) else int(opts.get("padding", 0))
+            conv = nn.Conv2d(c, filters, size, stride, padding, groups=groups, bias=True)
+            bias = stream.take(filters)
+            if int(opts.get("batch_normalize", 0)):
+                scales, mean, var = stream.take(filters), stream.take(filters), stream.take(filters)
+                weights = stream.take(filters * (c // groups) * size * size).reshape(conv.weight.shape)
+                factor = scales / (np.sqrt(var) + np.float32(1e-6))
+                weights = weights * factor[:, None, None, None]
+                bias = bias - mean * factor
+            else:
+                weights = stream.take(filters * (c // groups) * size * size).reshape(conv.weight.shape)
+            with torch.no_grad():
+                conv.weight.copy_(torch.from_numpy(np.ascontiguousarray(weights)))
+                conv.bias.copy_(torch.from_numpy(np.ascontiguousarray(bias)))
+            steps.append(("conv", conv, {"act": activation_fn(opts.get("activation", "logistic"))}))
+            shape = (filters, (h + 2 * padding - size) // stride + 1, (w + 2 * padding - size) // stride + 1)
+        elif kind in ("maxpool", "max"):
+            c, h, w = shape
+            stride = int(opts.get("stride", 1))
+            size = int(opts.get("size", stride))
+            padding = int(opts.get("padding", size - 1))
+            left = int(padding / 2)   # C truncation of (-padding)/2, negated
+            steps.append(("max", None, {"size": size, "stride": stride, "pad": (left, padding - left)}))
+            shape = (c, (h + padding - size) // stride + 1, (w + padding - size) // stride + 1)
+        elif kind in ("avgpool", "avg"):
+            steps.append(("avg", None, {}))
+            shape = (shape[0], 1, 1)
+        elif kind == "route":
+            if "groups" in opts:
+                raise NotImplementedError("route groups")
+            sources = [int(v) for v in opts["layers"].split(",")]
+            sources = [s if s >= 0 else index + s for s in sources]
+            steps.append(("route", None, {"sources": sources}))
+            first = shapes[sources[0]]
+            shape = (sum(shapes[s][0] for s in sources), first[1], first[2])
+        elif kind == "shortcut":
+            source = int(opts["from"])
+            source = source if source >= 0 else index + source
+            if shapes[source] != shape:
+                raise NotImplementedError("shortcut between different shapes")
+            steps.append(("shortcut", None, {"source": source,
+                                             "act": activation_fn(opts.get("activation", "linear"))}))
+        elif kind == "upsample":
+            stride = int(opts.get("stride", 2))
+            if stride < 0 or float(opts.get("scale", 1)) != 1:
+                raise NotImplementedError("upsample with negative stride or scale")
+            steps.append(("upsample", None, {"stride": stride}))
+            shape = (shape[0], shape[1] * stride, shape[2] * stride)
+        elif kind == "dropout":
+            steps.append(("identity", None, {}))
+        elif kind == "yolo":
+            classes = int(opts.get("classes", 20))
+            anchors_here = len(opts["mask"].split(",")) if "mask" in opts else int(opts.get("num", 1))
+            if float(opts.get("scale_x_y", 1)) != 1:
+                raise NotImplementedError("yolo scale_x_y")
+            steps.append(("yolo", None, {"n": anchors_here, "entries": classes + 5}))
+        elif kind in ("softmax", "soft"):
+            if int(opts.get("groups", 1)) != 1:
+                raise NotImplementedError("softmax groups")
+            steps.append(("softmax", None, {}))
+        else:
+            raise NotImplementedError(f"[{kind}] in the torch builder")
+        shapes.append(shape)
+
+    outputs = [i for i, (kind, _, _) in enumerate(steps) if kind == "yolo"] or [len(steps) - 1]
+
+    class DarknetModule(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.convs = nn.ModuleList([m for _, m, _ in steps if m is not None])
+
+        def forward(self, x):
+            results = []
+            for kind, module, p in steps:
+                if kind == "conv":
+                    x = p["act"](module(results[-1] if results else x))
+                elif kind == "max":
+                    padded = F.pad(results[-1], (p["pad"][0], p["pad"][1], p["pad"][0], p["pad"][1]),
+                                   value=lowest)
+                    x = F.max_pool2d(padded, p["size"], p["stride"])
+                elif kind == "avg":
+                    x = results[-1].mean(dim=(2, 3), keepdim=True)
+                elif kind == "route":
+                    x = torch.cat([results[s] for s in p["sources"]], dim=1)
+                elif kind == "shortcut":
+                    x = p["act"](results[-1] + results[p["source"]])
+                elif kind == "upsample":
+                    x = F.interpolate(results[-1], scale_factor=p["stride"], mode="nearest")
+                elif kind == "identity":
+                    x = results[-1]
+                elif kind == "yolo":
+                    prev = results[-1]
+                    b, c, h, w = prev.shape
+                    view = prev.reshape(b, p["n"], p["entries"], h, w)
+                    x = torch.cat([torch.sigmoid(view[:, :, 0:2]), view[:, :, 2:4],
+                                   torch.sigmoid(view[:, :, 4:])], dim=2).reshape(b, c, h, w)
+                elif kind == "softmax":
+                    prev = results[-1]
+                    x = torch.softmax(prev.reshape(prev.shape[0], -1), dim=1).reshape(prev.shape)
+                results.append(x)
+            return [results[i] for i in outputs]
+
+    lowest = float(np.finfo(np.float32).min)   # Darknet's -FLT_MAX for out-of-image maxpool taps
+    module = DarknetModule().eval()
+    return module, outputs
+
+
+# ---- thread setup (child) ----------------------------------------------------------------------------------
+def configure_threads(threads: int) -> dict[str, object]:
+    """Called in the child after the environment already pinned the pools; returns what is in force."""
+    info: dict[str, object] = {"threads": threads}
+    try:
+        import numba
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        info["numba"] = numba.get_num_threads()
+    except Exception as exc:  # numba missing only matters to darknetpy, which will report it itself
+        info["numba"] = describe_error(exc)
+    try:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(threads)
+        info["threadpoolctl"] = True
+    except ImportError:
+        info["threadpoolctl"] = False
+    return info
+
+
+def set_anchor_threads(threads: int, *, cv2=None, torch=None) -> None:
+    if cv2 is not None:
+        cv2.setNumThreads(threads)
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
+def import_optional(name: str):
+    """(module, None) or (None, reason): an anchor that is missing becomes an n/a row, never a fake one."""
+    try:
+        return __import__(name), None
+    except Exception as exc:
+        return None, f"not installed ({describe_error(exc)})"
+
+
+def relative_difference(a, b) -> float | None:
+    import numpy as np
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    if a.size != b.size or a.size == 0:
+        return None
+    scale = max(float(np.max(np.abs(a))), 1e-12)
+    return float(np.max(np.abs(a - b))) / scale
+
+
+# ---- cases (child side) ------------------------------------------------------------------------------------
+def case_sgemm(assets: dict, threads: int, opts: argparse.Namespace) -> list[Row]:
+    import numpy as np
+    m, k, n = SGEMM_SHAPE
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    c = np.empty((m, n), dtype=np.float32)
+    flops = 2.0 * m * k * n
+    runners: dict[str, Callable[[], object]] = {"numpy": lambda: np.matmul(a, b, out=c)}
+    torch, why = import_optional("torch")
+    if torch is not None:
+        set_anchor_threads(threads, torch=torch)
+        ta, tb, tc = torch.from_numpy(a), torch.from_numpy(b), torch.empty((m, n), dtype=torch.float32)
+        runners["torch"] = lambda: torch.mm(ta, tb, out=tc)
+    samples, errors = time_alternating(runners, opts.warmup, opts.repeat, opts.budget)
+    row = Row("sgemm (numpy)", "torch.mm" if torch is not None else "torch", median_ms(samples["numpy"]),
+              median_ms(samples.get("torch", [])), len(samples["numpy"]), flops,
+              darknetpy_error=errors.get("numpy"), anchor_error=errors.get("torch", why))
+    if torch is not None and "torch" not in errors:
+        row.check = relative_difference(c, tc.numpy())
+    return [row]
+
+
+INFERENCE_CASES = {
+    "yolov3-tiny": ("yolov3_tiny_cfg", "yolov3_tiny_weights", 416),
+    "yolo-fastest-xl": ("yolo_fastest_cfg", "yolo_fastest_weights", 320),
+    "darknet19": ("darknet19_cfg", "darknet19_weights", 224),
+}
+
+
+def case_inference(case: str, assets: dict, threads: int, opts: argparse.Namespace) -> list[Row]:
+    import warnings
+
+    import numpy as np
+    cfg_key, weights_key, size = INFERENCE_CASES[case]
+    cfg, weights = require(assets, case, cfg_key, weights_key)
+    rng = np.random.default_rng(7)
+    channels = int(read_cfg_sections(cfg)[0][1].get("channels", 3))
+    x = rng.random((1, channels, size, size), dtype=np.float32)
+    runners: dict[str, Callable[[], object]] = {}
+    setup_errors: dict[str, str] = {}
+    latest: dict[str, object] = {}
+    flops = None
+    output_layers: list[int] = []
+
+    try:
+        warnings.simplefilter("ignore")
+        import darknetpy
+        model = darknetpy.load(cfg, weights, width=size, height=size)
+        network = model.network
+        flops = float(network.flops())
+        output_layers = [i for i, layer in enumerate(network.layers) if layer.kind == "yolo"] \
+            or [network.output_index]
+
+        def run_darknetpy():
+            network.forward(x)
+            latest["darknetpy"] = [network.outputs[i] for i in output_layers]
+        runners["darknetpy"] = run_darknetpy
+    except Exception as exc:
+        setup_errors["darknetpy"] = describe_error(exc)
+
+    cv2, why = import_optional("cv2")
+    if cv2 is None:
+        setup_errors["opencv"] = why
+    else:
+        try:
+            set_anchor_threads(threads, cv2=cv2)
+            net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
+            net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+            net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+            names = net.getUnconnectedOutLayersNames()
+
+            def run_opencv():
+                net.setInput(x)
+                latest["opencv"] = net.forward(names)
+            runners["opencv"] = run_opencv
+        except Exception as exc:
+            setup_errors["opencv"] = f"cannot run this model: {describe_error(exc)}"
+
+    torch, why = import_optional("torch")
+    if torch is None:
+        setup_errors["torch"] = why
+    else:
+        try:
+            set_anchor_threads(threads, torch=torch)
+            module, _ = build_torch_darknet(cfg, weights, size, size)
+            tx = torch.from_numpy(x)
+
+            def run_torch():
+                with torch.inference_mode():
+                    latest["torch"] = module(tx)
+            runners["torch"] = run_torch
+        except Exception as exc:
+            setup_errors["torch"] = f"builder cannot run this model: {describe_error(exc)}"
+
+    samples, errors = time_alternating(runners, opts.warmup, opts.repeat, opts.budget)
+    errors = {**setup_errors, **errors}
+    dk_ms = median_ms(samples.get("darknetpy", []))
+    rows = []
+    for anchor, label in (("opencv", "OpenCV DNN"), ("torch", "PyTorch")):
+        row = Row(case, label, dk_ms, median_ms(samples.get(anchor, [])),
+                  max(len(samples.get("darknetpy", [])), len(samples.get(anchor, []))), flops,
+                  darknetpy_error=errors.get("darknetpy"), anchor_error=errors.get(anchor))
+        ours, theirs = latest.get("darknetpy"), latest.get(anchor)
+        if ours is not None and theirs is not None:
+            theirs_np = [t.numpy() if hasattr(t, "numpy") else np.asarray(t) for t in theirs]
+            # Only tensors of identical shape are comparable (OpenCV returns yolo outputs already decoded).
+            if len(theirs_np) == len(ours) and all(a.shape == b.shape for a, b in zip(ours, theirs_np)):
+                diffs = [relative_difference(a, b) for a, b in zip(ours, theirs_np)]
+                if all(d is not None for d in diffs):
+                    row.check = max(diffs)
+        rows.append(row)
+    return rows
+
+
+def case_train(assets: dict, threads: int, opts: argparse.Namespace) -> list[Row]:
+    import warnings
+
+    import numpy as np
+    rng = np.random.default_rng(3)
+    x = rng.random((TRAIN_BATCH, 1, 28, 28), dtype=np.float32)
+    labels = rng.integers(0, 10, TRAIN_BATCH)
+    truth = np.zeros((TRAIN_BATCH, 10), dtype=np.float32)
+    truth[np.arange(TRAIN_BATCH), labels] = 1.0
+    runners: dict[str, Callable[[], object]] = {}
+    setup_errors: dict[str, str] = {}
+    flops = None
+    try:
+        warnings.simplefilter("ignore")
+        import darknetpy
+        model = darknetpy.load(require(assets, "train", "train_cfg")[0])
+        flops = 3.0 * float(model.network.flops()) * TRAIN_BATCH
+        runners["darknetpy"] = lambda: model.train_batch(x, truth)
+    except Exception as exc:
+        setup_errors["darknetpy"] = describe_error(exc)
+
+    torch, why = import_optional("torch")
+    if torch is None:
+        setup_errors["torch"] = why
+    else:
+        set_anchor_threads(threads, torch=torch)
+        torch.manual_seed(0)
+        nn = torch.nn
+        block = [nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.LeakyReLU(0.1), nn.MaxPool2d(2),
+                 nn.Conv2d(32, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.LeakyReLU(0.1), nn.MaxPool2d(2),
+                 nn.Conv2d(64, 128, 3, padding=1, bias=False), nn.BatchNorm2d(128), nn.LeakyReLU(0.1),
+                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10)]
+        net = nn.Sequential(*block).train()
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=0.0005)
+        loss_fn = nn.CrossEntropyLoss()
+        tx, ty = torch.from_numpy(x), torch.from_numpy(labels)
+
+        def run_torch():
+            optimizer.zero_grad(set_to_none=False)
+            loss = loss_fn(net(tx), ty)
+            loss.backward()
+            optimizer.step()
+        runners["torch"] = run_torch
+
+    samples, errors = time_alternating(runners, opts.warmup, opts.repeat, opts.budget)
+    errors = {**setup_errors, **errors}
+    return [Row("train (batch 128)", "PyTorch", median_ms(samples.get("darknetpy", [])),
+                median_ms(samples.get("torch", [])),
+                max(len(samples.get("darknetpy", [])), len(samples.get("torch", []))), flops,
+                darknetpy_error=errors.get("darknetpy"), anchor_error=errors.get("torch"))]
+
+
+OPENCV_PREDICT_SCRIPT = """\
+import sys
+import cv2
+import numpy as np
+cfg, weights, image = sys.argv[1:4]
+net = cv2.dnn.readNetFromDarknet(cfg, weights)
+grey = cv2.imread(image, cv2.IMREAD_GRAYSCALE)
+net.setInput(cv2.dnn.blobFromImage(grey, 1 / 255.0, (28, 28)))
+probabilities = net.forward().ravel()
+for index in np.argsort(-probabilities)[:5]:
+    print(f"{probabilities[index] * 100:5.2f}%: {index}")
+"""
+
+
+def run_fresh_process(command: list[str], env: dict[str, str]) -> tuple[float, int, str, int]:
+    """Wall seconds, exit code, stderr tail and peak RSS (KiB) of one child, reaped with os.wait4 so the
+    rusage is that child's own (RUSAGE_CHILDREN would mix in every earlier child)."""
+    with tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=REPO)
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        tail = err.read().decode(errors="replace").strip().splitlines()[-1:] or [""]
+    return elapsed, proc.returncode, tail[0], usage.ru_maxrss
+
+
+def case_startup(assets: dict, threads: int, opts: argparse.Namespace) -> list[Row]:
+    env = dict(os.environ)   # the case child's own: thread counts, PYTHONPATH and --env extras already set
+    cfg, weights, image = require(assets, "startup", "mnist_cfg", "mnist_weights", "mnist_image")
+    commands = {"darknetpy": [sys.executable, "-m", "darknetpy", "predict", cfg, weights, image]}
+    cv2, why = import_optional("cv2")
+    if cv2 is not None:
+        commands["opencv"] = [sys.executable, "-c", OPENCV_PREDICT_SCRIPT, cfg, weights, image]
+
+    def runner(name: str) -> Callable[[], object]:
+        def run():
+            _, code, tail, _ = run_fresh_process(commands[name], env)
+            if code != 0:
+                raise RuntimeError(f"exit {code}: {tail}")
+        return run
+    # The case measures start-up with a warm Numba cache: exactly one untimed round fills it, whatever
+    # --warmup says (more rounds would only cost time; each one is a fresh process anyway).
+    samples, errors = time_alternating({name: runner(name) for name in commands}, 1, opts.repeat, opts.budget)
+    if cv2 is None:
+        errors["opencv"] = why
+    return [Row("startup: predict mnist", "OpenCV DNN process", median_ms(samples.get("darknetpy", [])),
+                median_ms(samples.get("opencv", [])),
+                max(len(samples.get("darknetpy", [])), len(samples.get("opencv", []))),
+                darknetpy_error=errors.get("darknetpy"), anchor_error=errors.get("opencv"))]
+
+
+RSS_DARKNETPY_SCRIPT = """\
+import sys, warnings
+warnings.simplefilter("ignore")
+import numpy as np
+import darknetpy
+model = darknetpy.load(sys.argv[1], sys.argv[2])
+model.network.forward(np.zeros((1, 3, 416, 416), dtype=np.float32))
+"""
+RSS_OPENCV_SCRIPT = """\
+import sys
+import numpy as np
+import cv2
+net = cv2.dnn.readNetFromDarknet(sys.argv[1], sys.argv[2])
+net.setInput(np.zeros((1, 3, 416, 416), dtype=np.float32))
+net.forward(net.getUnconnectedOutLayersNames())
+"""
+
+
+def case_rss(assets: dict, threads: int, opts: argparse.Namespace) -> list[Row]:
+    env = dict(os.environ)   # the case child's own: thread counts, PYTHONPATH and --env extras already set
+    cfg, weights = require(assets, "rss", "yolov3_tiny_cfg", "yolov3_tiny_weights")
+
+    def peak_mib(command: list[str]) -> tuple[float | None, str | None]:
+        _, code, tail, kib = run_fresh_process(command, env)
+        return (kib / 1024.0, None) if code == 0 else (None, f"exit {code}: {tail}")
+
+    dk, dk_error = peak_mib([sys.executable, "-c", RSS_DARKNETPY_SCRIPT, cfg, weights])
+    baseline, base_error = peak_mib([sys.executable, "-c", "import numpy"])
+    cv2, why = import_optional("cv2")
+    cv, cv_error = peak_mib([sys.executable, "-c", RSS_OPENCV_SCRIPT, cfg, weights]) if cv2 else (None, why)
+    return [Row("rss: yolov3-tiny load+forward", "OpenCV DNN", dk, cv, 1, unit="MiB",
+                darknetpy_error=dk_error, anchor_error=cv_error),
+            Row("rss: yolov3-tiny load+forward", "python -c 'import numpy'", dk, baseline, 1, unit="MiB",
+                darknetpy_error=dk_error, anchor_error=base_error)]
+
+
+def run_case(case: str, assets: dict, threads: int, opts: argparse.Namespace) -> list[Row]:
+    if case == "sgemm":
+        return case_sgemm(assets, threads, opts)
+    if case in INFERENCE_CASES:
+        return case_inference(case, assets, threads, opts)
+    if case == "train":
+        return case_train(assets, threads, opts)
+    if case == "startup":
+        return case_startup(assets, threads, opts)
+    if case == "rss":
+        return case_rss(assets, threads, opts)
+    raise ValueError(f"unknown case {case!r}")
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds all processes have spent busy since boot (Linux /proc/stat), or None elsewhere."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    times = os.times()   # children count once they are reaped, which every fresh-process case does
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def child_main(opts: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    busy_before, own_before = machine_busy_seconds(), own_cpu_seconds()
+    result = CaseResult(opts.child, opts.child_threads)
+    try:
+        assets = json.loads(Path(opts.child_assets).read_text())
+        result.threads_info = configure_threads(opts.child_threads)
+        result.rows = run_case(opts.child, assets, opts.child_threads, opts)
+    except Exception as exc:
+        result.error = describe_error(exc)
+        traceback.print_exc()
+    result.seconds = time.perf_counter() - started
+    busy_after = machine_busy_seconds()
+    if busy_before is not None and busy_after is not None and result.seconds > 0:
+        others = (busy_after - busy_before) - (own_cpu_seconds() - own_before)
+        result.others_busy = max(0.0, others) / (result.seconds * (os.cpu_count() or 1))
+    payload = {"case": result.case, "threads": result.threads, "error": result.error,
+               "seconds": result.seconds, "threads_info": result.threads_info,
+               "others_busy": result.others_busy, "rows": [asdict(r) for r in result.rows]}
+    Path(opts.child_out).write_text(json.dumps(payload))
+    return 0
+
+
+# ---- parent side -------------------------------------------------------------------------------------------
+def child_env(threads: int, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a case child: every thread pool pinned, this checkout first on the path, then
+    the --env extras. The fresh processes of the start-up and rss cases inherit it unchanged."""
+    env = dict(os.environ)
+    for name in THREAD_ENV_VARS:
+        env[name] = str(threads)
+    env.update(extra or {})
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env["PYTHONWARNINGS"] = "ignore"
+    return env
+
+
+def generate_weights(shared: Path, cfg: Path, out: Path) -> None:
+    tool = shared / "tools" / "gen_weights.py"
+    if not tool.exists():
+        raise FileNotFoundError(f"{tool} not found (needed to make seeded weights)")
+    done = subprocess.run([sys.executable, str(tool), str(cfg), str(out), "--seed", "1"],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"gen_weights.py failed on {cfg.name}: {done.stderr.strip()[-200:]}")
+
+
+def prepare_assets(cases: list[str], shared: Path, workdir: Path) -> dict:
+    """Files the cases need; a case whose files cannot be made gets its reason in assets['missing']."""
+    assets: dict = {"missing": {}}
+
+    def attempt(case_names: list[str], make: Callable[[], None]) -> None:
+        try:
+            make()
+        except Exception as exc:
+            for name in case_names:
+                assets["missing"][name] = describe_error(exc)
+
+    if {"yolov3-tiny", "rss"} & set(cases):
+        def make_yolov3_tiny():
+            cfg = shared / "cfg-corpus" / "yolov3-tiny.cfg"
+            if not cfg.exists():
+                raise FileNotFoundError(f"{cfg} not found")
+            weights = workdir / "yolov3-tiny.weights"
+            generate_weights(shared, cfg, weights)
+            assets["yolov3_tiny_cfg"], assets["yolov3_tiny_weights"] = str(cfg), str(weights)
+        attempt(["yolov3-tiny", "rss"], make_yolov3_tiny)
+    if "yolo-fastest-xl" in cases:
+        def find_yolo_fastest():
+            folder = shared / "models" / "yolo-fastest-1.1"
+            cfg, weights = folder / "yolo-fastest-1.1-xl.cfg", folder / "yolo-fastest-1.1-xl.weights"
+            for path in (cfg, weights):
+                if not path.exists():
+                    raise FileNotFoundError(f"{path} not found")
+            assets["yolo_fastest_cfg"], assets["yolo_fastest_weights"] = str(cfg), str(weights)
+        attempt(["yolo-fastest-xl"], find_yolo_fastest)
+    if "darknet19" in cases:
+        def make_darknet19():
+            source = shared / "cfg-corpus" / "darknet19.cfg"
+            if not source.exists():
+                raise FileNotFoundError(f"{source} not found")
+            text = re.sub(r"(?m)^\s*width\s*=.*$", "width=224", source.read_text())
+            text = re.sub(r"(?m)^\s*height\s*=.*$", "height=224", text)
+            cfg = workdir / "darknet19-224.cfg"
+            cfg.write_text(text)
+            weights = workdir / "darknet19-224.weights"
+            generate_weights(shared, cfg, weights)
+            assets["darknet19_cfg"], assets["darknet19_weights"] = str(cfg), str(weights)
+        attempt(["darknet19"], make_darknet19)
+    if "train" in cases:
+        cfg = workdir / "train-mnist-like.cfg"
+        cfg.write_text(TRAIN_CFG)
+        assets["train_cfg"] = str(cfg)
+    if "startup" in cases:
+        def make_startup():
+            cfg = REPO / "cfg" / "mnist.cfg"
+            if not cfg.exists():
+                raise FileNotFoundError(f"{cfg} not found")
+            weights = REPO / "weights" / "mnist.weights"
+            if not weights.exists():
+                weights = workdir / "mnist-seeded.weights"
+                generate_weights(shared, cfg, weights)
+            image = workdir / "digit.png"
+            write_digit_png(image)
+            assets["mnist_cfg"], assets["mnist_weights"], assets["mnist_image"] = str(cfg), str(weights), str(image)
+        attempt(["startup"], make_startup)
+    return assets
+
+
+def write_digit_png(path: Path) -> None:
+    """A 28x28 grey PNG of a crude '7', written with zlib only so no imaging library is needed."""
+    import zlib
+    pixels = [[0] * 28 for _ in range(28)]
+    for x in range(6, 22):
+        pixels[6][x] = pixels[7][x] = 255
+    for y in range(8, 23):
+        x = 21 - (y - 8) * 10 // 15
+        pixels[y][x] = pixels[y][x - 1] = 255
+    raw = b"".join(b"\x00" + bytes(row) for row in pixels)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 28, 28, 8, 0, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    path.write_bytes(png)
+
+
+def run_child(case: str, threads: int, assets_path: Path, workdir: Path, opts: argparse.Namespace) -> dict:
+    out = workdir / f"result-{case}-{threads}.json"
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", case, "--child-threads", str(threads),
+               "--child-assets", str(assets_path), "--child-out", str(out), "--repeat", str(opts.repeat),
+               "--warmup", str(opts.warmup), "--budget", str(opts.budget)]
+    try:
+        done = subprocess.run(command, env=child_env(threads, opts.extra_env), cwd=REPO, capture_output=True,
+                              text=True, timeout=CHILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return {"case": case, "threads": threads, "error": f"timed out after {CHILD_TIMEOUT_S} s", "rows": []}
+    if out.exists():
+        return json.loads(out.read_text())
+    tail = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+    return {"case": case, "threads": threads, "error": f"child died (exit {done.returncode}): {tail}", "rows": []}
+
+
+def fmt(value: float | None, spec: str, missing: str = "-") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def print_table(threads: int, results: list[dict], sgemm_peak: float | None, stream=sys.stdout) -> None:
+    header = (f"{'case':<30} {'anchor':<26} {'darknetpy':>11} {'anchor':>11} {'ratio':>7} "
+              f"{'GFLOP/s':>8} {'%peak':>6} {'runs':>4} {'check':>8} {'busy':>5}")
+    print(f"\n== {threads} thread{'s' if threads != 1 else ''}"
+          + (f" (numpy sgemm peak {sgemm_peak:.1f} GFLOP/s)" if sgemm_peak else ""), file=stream)
+    print(header, file=stream)
+    print("-" * len(header), file=stream)
+    notes: list[str] = []
+    contended: list[str] = []
+    for result in results:
+        if result.get("error") and not result["rows"]:
+            print(f"{result['case']:<30} FAILED: {result['error']}", file=stream)
+            continue
+        busy = result.get("others_busy")
+        busy_text = fmt(None if busy is None else 100.0 * busy, ".0f") + ("%" if busy is not None else "")
+        if busy is not None and busy > BUSY_WARNING and result["case"] != "rss":
+            contended.append(f"{result['case']} {100 * busy:.0f}%")
+        for raw in result["rows"]:
+            row = Row(**raw)
+            unit = row.unit
+            dk = fmt(row.darknetpy_ms, ".1f") + f" {unit}" if row.darknetpy_ms is not None else "failed"
+            anchor = fmt(row.anchor_ms, ".1f") + f" {unit}" if row.anchor_ms is not None else "n/a"
+            gflops = row.gflops
+            peak_pct = 100.0 * gflops / sgemm_peak if gflops and sgemm_peak else None
+            check = fmt(row.check, ".1e")
+            print(f"{row.case:<30} {row.anchor:<26} {dk:>11} {anchor:>11} {fmt(row.ratio, '.2f'):>7} "
+                  f"{fmt(gflops, '.2f'):>8} {fmt(peak_pct, '.0f'):>6} {row.runs:>4} {check:>8} {busy_text:>5}",
+                  file=stream)
+            if row.darknetpy_error:
+                notes.append(f"{row.case}: darknetpy failed: {row.darknetpy_error}")
+            if row.anchor_error:
+                notes.append(f"{row.case}: {row.anchor}: {row.anchor_error}")
+    for note in dict.fromkeys(notes):
+        print(f"  note: {note}", file=stream)
+    if contended:
+        print(f"  note: other processes were using the CPUs (busy = their share of all cores) during: "
+              f"{', '.join(contended)}; those times are inflated, rerun on a quiet machine", file=stream)
+
+
+def machine_info() -> dict:
+    info: dict = {"python": platform.python_version(), "cpus": os.cpu_count()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    from importlib import metadata
+    for label, dist in (("numpy", "numpy"), ("numba", "numba"), ("cv2", "opencv-python-headless"),
+                        ("torch", "torch")):
+        try:
+            info[label] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            info[label] = "not installed"
+    if info["cv2"] == "not installed":
+        for dist in ("opencv-python", "opencv-contrib-python", "opencv-contrib-python-headless"):
+            try:
+                info["cv2"] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                pass
+    probe = "import numpy; print(numpy.show_config(mode='dicts')['Build Dependencies']['blas']['name'])"
+    try:
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                              env=child_env(1))
+        info["blas"] = done.stdout.strip() or "?"
+    except Exception:
+        pass
+    return info
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Benchmark darknetpy against OpenCV DNN, PyTorch and BLAS.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=15, help="timed rounds per case (median reported)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first (compilation, caches)")
+    parser.add_argument("--threads", default="1,2", help="comma list of thread counts")
+    parser.add_argument("--cases", default=",".join(ALL_CASES), help="comma list from: " + ",".join(ALL_CASES))
+    parser.add_argument("--budget", type=float, default=20.0,
+                        help="stop timing a case after this many seconds of timed rounds (at least 3 rounds)")
+    parser.add_argument("--json", metavar="FILE", help="also write every measurement as JSON")
+    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED, help="the shared/ reference folder")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment for every measured process, e.g. "
+                             "NUMBA_THREADING_LAYER=workqueue or OMP_WAIT_POLICY=passive (repeatable; "
+                             "applied after the thread-count variables, so it can override them)")
+    for hidden in ("--child", "--child-threads", "--child-assets", "--child-out"):
+        parser.add_argument(hidden, help=argparse.SUPPRESS, type=int if hidden == "--child-threads" else str)
+    opts = parser.parse_args(argv)
+    if opts.repeat < 1 or opts.warmup < 0:
+        parser.error("--repeat must be >= 1 and --warmup >= 0")
+    if any("=" not in item for item in opts.env):
+        parser.error("--env takes NAME=VALUE")
+    opts.extra_env = dict(item.split("=", 1) for item in opts.env)
+    return opts
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    if opts.child:
+        return child_main(opts)
+    cases = [c.strip() for c in opts.cases.split(",") if c.strip()]
+    unknown = [c for c in cases if c not in ALL_CASES]
+    if unknown:
+        print(f"unknown case(s): {', '.join(unknown)}; choose from {', '.join(ALL_CASES)}", file=sys.stderr)
+        return 2
+    cases = [c for c in ALL_CASES if c in cases]       # sgemm first: its peak feeds the %peak column
+    thread_counts = [int(t) for t in opts.threads.split(",") if t.strip()]
+    started = time.perf_counter()
+    info = machine_info()
+    print(f"darknetpy bench: {info.get('cpu', '?')} ({info.get('cpus')} cpus), python {info['python']}, "
+          f"numpy {info.get('numpy')} [{info.get('blas', '?')}], numba {info.get('numba')}, "
+          f"opencv {info.get('cv2')}, torch {info.get('torch')}")
+    print(f"cases: {', '.join(cases)}; threads: {thread_counts}; repeat {opts.repeat}, warmup {opts.warmup}, "
+          f"budget {opts.budget:g} s per case"
+          + (f"; env {' '.join(opts.env)}" if opts.env else ""), flush=True)
+    report: dict = {"machine": info, "settings": {"repeat": opts.repeat, "warmup": opts.warmup,
+                                                  "env": opts.extra_env,
+                                                  "budget_s": opts.budget, "cases": cases,
+                                                  "threads": thread_counts}, "results": {}}
+    with tempfile.TemporaryDirectory(prefix="darknetpy-bench-") as tmp:
+        workdir = Path(tmp)
+        assets = prepare_assets(cases, opts.shared, workdir)
+        assets_path = workdir / "assets.json"
+        assets_path.write_text(json.dumps(assets))
+        for threads in thread_counts:
+            results = []
+            for case in cases:
+                print(f"  [{threads} thr] {case} ...", end="", flush=True, file=sys.stderr)
+                result = run_child(case, threads, assets_path, workdir, opts)
+                print(f" {result.get('seconds', 0):.0f} s", file=sys.stderr, flush=True)
+                results.append(result)
+            peak = None
+            for result in results:
+                for row in result["rows"]:
+                    if row["case"].startswith("sgemm") and row["darknetpy_ms"]:
+                        peak = row["flops"] / (row["darknetpy_ms"] * 1e-3) / 1e9
+            print_table(threads, results, peak)
+            sys.stdout.flush()
+            report["results"][str(threads)] = {"sgemm_peak_gflops": peak, "cases": results}
+    total = time.perf_counter() - started
+    print(f"\ntotal {total:.0f} s")
+    report["total_seconds"] = total
+    if opts.json:
+        Path(opts.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
