@@ -3,6 +3,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .kernels import threads as _threads  # noqa: E402,F401  (thread wait policy before Numba starts threads)
+
 from .api import Model, Prediction, load  # noqa: E402
 from .config import parse_cfg, parse_cfg_text  # noqa: E402
 from .errors import (CfgError, DarknetError, DarknetWarning, DataError, ImageError,  # noqa: E402

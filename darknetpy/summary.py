@@ -2,8 +2,19 @@
 from __future__ import annotations
 
 
+_COLUMNS = ((0, "layer"), (6, "type"), (11, "filters"), (19, "size/strd"), (36, "input"), (59, "output"),
+            (71, "BFLOPs"), (87, "params"))  # start columns, lined up with the convolutional row
+
+
+def _header() -> str:
+    header = ""
+    for column, title in _COLUMNS:
+        header = f"{header:<{column}}{title}"
+    return header
+
+
 def summary_table(network) -> str:
-    rows = ["layer     filters    size              input                output" + " " * 17 + "params"]
+    rows = [_header()]
     total_params = 0
     activation_floats = 0
     for layer in network.layers:

@@ -399,6 +399,13 @@ def configure_threads(threads: int) -> dict[str, object]:
     """Called in the child after the environment already pinned the pools; returns what is in force."""
     info: dict[str, object] = {"threads": threads}
     try:
+        # darknetpy sets its thread wait policy (kernels/threads.py) before Numba starts threads; the
+        # policy is process-wide, so the anchors in this process run under it too.
+        import darknetpy  # noqa: F401
+        info["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY")
+    except Exception as exc:
+        info["darknetpy"] = describe_error(exc)
+    try:
         import numba
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
         info["numba"] = numba.get_num_threads()

@@ -2,6 +2,17 @@
 
 Darknet normalises with (x - mean) / (sqrt(var) + 1e-6) in both inference and training, but its backward
 uses sqrt(var + 1e-5); the training variance is unbiased (N - 1). Both are replicated on purpose.
+
+Every per-channel sum is kept as LANES float64 partial sums (a vectorisable loop; one running sum would be a
+latency-bound chain of dependent additions) and added up at the end, so sums are more accurate than
+Darknet's sequential float32 ones; that is the only difference from its arithmetic.
+
+Besides the (B, C, S) kernels used by [batchnorm], [connected] and the BN block, the convolution's training
+path has "channel-major" variants: its matrix product is (C, B*S), so statistics run over one contiguous row
+per channel, the normalised, activated result is written straight into the (B, C, S) layer output (the
+transpose costs no extra pass), and the backward writes dL/d(product) back as (C, B*S) for the next two
+matrix products. The raw product doubles as BN's saved input. `leaky` fuses Darknet's leaky activation and
+its gradient g(y) = 1 if y > 0 else 0.1 (other activations are applied by the caller).
 """
 from __future__ import annotations
 
@@ -11,11 +22,16 @@ import numpy as np
 from numba import prange
 
 from . import jit
+from .threads import threads_pay
 
 FORWARD_EPSILON = np.float32(1e-6)   # added to the standard deviation
 BACKWARD_EPSILON = np.float32(1e-5)  # added to the variance
 ROLLING_KEEP = np.float32(0.99)
 ROLLING_NEW = np.float32(0.01)
+LEAKY_SLOPE = np.float32(0.1)  # Darknet's leaky gradient (a float constant there)
+LANES = 32
+# Elements below which starting the thread team costs more than it saves.
+PARALLEL_MIN_ELEMENTS = 1 << 15
 
 
 @jit
@@ -26,71 +42,301 @@ def fold_inference(scale, bias, rolling_mean, rolling_var, a, b):
         b[c] = bias[c] - rolling_mean[c] * a[c]
 
 
-@jit(parallel=True)
-def train_forward(y, scale, bias, rolling_mean, rolling_var, mean, var, x_saved, x_norm):
-    """In place on y (B, C, S): keep x, batch statistics, rolling update, normalise, scale, shift."""
-    batch, channels, spatial = y.shape
+@jit(inline="always")
+def _add_row(lanes, row):
+    full = row.shape[0] // LANES * LANES
+    for start in range(0, full, LANES):
+        part = row[start:start + LANES]
+        for i in range(LANES):
+            lanes[i] += part[i]
+    for i in range(full, row.shape[0]):
+        lanes[i - full] += row[i]
+
+
+@jit(inline="always")
+def _add_squared_deviation(lanes, row, m):
+    full = row.shape[0] // LANES * LANES
+    for start in range(0, full, LANES):
+        part = row[start:start + LANES]
+        for i in range(LANES):
+            d = np.float64(part[i] - m)
+            lanes[i] += d * d
+    for i in range(full, row.shape[0]):
+        d = np.float64(row[i] - m)
+        lanes[i - full] += d * d
+
+
+@jit(inline="always")
+def _take_total(lanes):
+    """Sum of the partial sums, which are reset to zero."""
+    total = 0.0
+    for i in range(LANES):
+        total += lanes[i]
+        lanes[i] = 0.0
+    return total
+
+
+@jit(inline="always")
+def _leaky(y):
+    # Darknet's leaky: 0.1 is a double, so the product is formed in double and rounded
+    return y if y > np.float32(0.0) else np.float32(0.1 * np.float64(y))
+
+
+@jit(inline="always")
+def _store_statistics(c, m, squares, count, rolling_mean, rolling_var, mean, var):
+    """Store channel c's batch mean/variance, update the rolling ones; returns 1/(std + eps)."""
+    v = np.float32(squares / (count - 1)) if count > 1 else np.float32(0.0)
+    mean[c] = m
+    var[c] = v
+    rolling_mean[c] = ROLLING_KEEP * rolling_mean[c] + ROLLING_NEW * m
+    rolling_var[c] = ROLLING_KEEP * rolling_var[c] + ROLLING_NEW * v
+    return np.float32(1.0) / (np.float32(math.sqrt(v)) + FORWARD_EPSILON)
+
+
+@jit
+def _forward_channel(y, c, scale, bias, rolling_mean, rolling_var, mean, var, x_saved, x_norm, lanes):
+    batch, spatial = y.shape[0], y.shape[2]
     count = batch * spatial
-    for c in prange(channels):
-        total = np.float32(0.0)
-        for n in range(batch):
+    for n in range(batch):
+        _add_row(lanes, y[n, c])
+    m = np.float32(_take_total(lanes) / count)
+    for n in range(batch):
+        _add_squared_deviation(lanes, y[n, c], m)
+    inv = _store_statistics(c, m, _take_total(lanes), count, rolling_mean, rolling_var, mean, var)
+    sc, sh = scale[c], bias[c]
+    keep_norm = x_norm.shape[0] > 0
+    for n in range(batch):
+        row = y[n, c]
+        saved = x_saved[n, c]
+        for s in range(spatial):
+            saved[s] = row[s]
+        if keep_norm:
+            norm = x_norm[n, c]
             for s in range(spatial):
-                total += y[n, c, s]
-        m = total * np.float32(1.0 / count)
-        sq = np.float32(0.0)
-        for n in range(batch):
-            for s in range(spatial):
-                d = np.float64(y[n, c, s] - m)
-                sq += np.float32(d * d)
-        v = sq * np.float32(1.0 / (count - 1)) if count > 1 else np.float32(0.0)
-        mean[c] = m
-        var[c] = v
-        rolling_mean[c] = ROLLING_KEEP * rolling_mean[c] + ROLLING_NEW * m
-        rolling_var[c] = ROLLING_KEEP * rolling_var[c] + ROLLING_NEW * v
-        inv = np.float32(1.0) / (np.float32(math.sqrt(v)) + FORWARD_EPSILON)
-        for n in range(batch):
-            for s in range(spatial):
-                x = y[n, c, s]
-                x_saved[n, c, s] = x
-                xn = (x - m) * inv
-                x_norm[n, c, s] = xn
-                y[n, c, s] = xn * scale[c] + bias[c]
+                norm[s] = (row[s] - m) * inv
+        for s in range(spatial):
+            row[s] = ((row[s] - m) * inv) * sc + sh
+
+
+@jit
+def _forward_serial(y, scale, bias, rolling_mean, rolling_var, mean, var, x_saved, x_norm):
+    lanes = np.zeros(LANES, np.float64)
+    for c in range(y.shape[1]):
+        _forward_channel(y, c, scale, bias, rolling_mean, rolling_var, mean, var, x_saved, x_norm, lanes)
 
 
 @jit(parallel=True)
-def train_backward(dy, x_saved, mean, var, scale, grad_scale, grad_bias):
+def _forward_parallel(y, scale, bias, rolling_mean, rolling_var, mean, var, x_saved, x_norm):
+    for c in prange(y.shape[1]):
+        lanes = np.zeros(LANES, np.float64)
+        _forward_channel(y, c, scale, bias, rolling_mean, rolling_var, mean, var, x_saved, x_norm, lanes)
+
+
+def train_forward(y: np.ndarray, scale: np.ndarray, bias: np.ndarray, rolling_mean: np.ndarray,
+                  rolling_var: np.ndarray, mean: np.ndarray, var: np.ndarray, x_saved: np.ndarray,
+                  x_norm: np.ndarray) -> None:
+    """In place on y (B, C, S): keep x, batch statistics, rolling update, normalise, scale, shift.
+    x_norm receives the normalised values unless it is empty (nothing reads them back)."""
+    kernel = _forward_parallel if threads_pay(y.size, y.shape[1], PARALLEL_MIN_ELEMENTS) else _forward_serial
+    kernel(y, scale, bias, rolling_mean, rolling_var, mean, var, x_saved, x_norm)
+
+
+@jit(inline="always")
+def _backward_constants(c, sum_dy, sum_dy_centered, count, var, scale, grad_scale, grad_bias):
+    """Accumulate the parameter gradients of channel c; returns (dy multiplier, (x - mean) multiplier,
+    constant) of its input gradient dx = a*dy + b*(x - mean) + k (Darknet's formulas, float64 sums)."""
+    inv_std_forward = 1.0 / (np.float64(np.float32(math.sqrt(var[c]))) + np.float64(FORWARD_EPSILON))
+    grad_bias[c] += np.float32(sum_dy)
+    grad_scale[c] += np.float32(sum_dy_centered * inv_std_forward)
+    denom = np.float64(var[c] + BACKWARD_EPSILON)
+    inv_std = 1.0 / math.sqrt(denom)
+    sc = np.float64(scale[c])
+    mean_delta = -sum_dy * sc * inv_std
+    var_delta = sum_dy_centered * sc * (-0.5 * math.pow(denom, -1.5))
+    return (np.float32(sc * inv_std), np.float32(var_delta * 2.0 / count), np.float32(mean_delta / count))
+
+
+@jit
+def _backward_channel(dy, x_saved, mean, var, scale, grad_scale, grad_bias, c, lanes, lanes2):
+    batch, spatial = dy.shape[0], dy.shape[2]
+    m = mean[c]
+    for n in range(batch):
+        g = dy[n, c]
+        x = x_saved[n, c]
+        _add_row(lanes, g)
+        full = spatial // LANES * LANES
+        for start in range(0, full, LANES):
+            pg = g[start:start + LANES]
+            px = x[start:start + LANES]
+            for i in range(LANES):
+                lanes2[i] += pg[i] * (px[i] - m)
+        for i in range(full, spatial):
+            lanes2[i - full] += g[i] * (x[i] - m)
+    a, b, k = _backward_constants(c, _take_total(lanes), _take_total(lanes2), batch * spatial, var, scale,
+                                  grad_scale, grad_bias)
+    for n in range(batch):
+        g = dy[n, c]
+        x = x_saved[n, c]
+        for s in range(spatial):
+            g[s] = g[s] * a + (x[s] - m) * b + k
+
+
+@jit
+def _backward_serial(dy, x_saved, mean, var, scale, grad_scale, grad_bias):
+    lanes = np.zeros(LANES, np.float64)
+    lanes2 = np.zeros(LANES, np.float64)
+    for c in range(dy.shape[1]):
+        _backward_channel(dy, x_saved, mean, var, scale, grad_scale, grad_bias, c, lanes, lanes2)
+
+
+@jit(parallel=True)
+def _backward_parallel(dy, x_saved, mean, var, scale, grad_scale, grad_bias):
+    for c in prange(dy.shape[1]):
+        lanes = np.zeros(LANES, np.float64)
+        lanes2 = np.zeros(LANES, np.float64)
+        _backward_channel(dy, x_saved, mean, var, scale, grad_scale, grad_bias, c, lanes, lanes2)
+
+
+def train_backward(dy: np.ndarray, x_saved: np.ndarray, mean: np.ndarray, var: np.ndarray, scale: np.ndarray,
+                   grad_scale: np.ndarray, grad_bias: np.ndarray) -> None:
     """In place: dy (dL/d output of BN) becomes dL/d input of BN, following Darknet's backward formulas
     (with the standard gradient sign). Accumulates grad_scale and grad_bias."""
-    batch, channels, spatial = dy.shape
+    kernel = _backward_parallel if threads_pay(dy.size, dy.shape[1], PARALLEL_MIN_ELEMENTS) else _backward_serial
+    kernel(dy, x_saved, mean, var, scale, grad_scale, grad_bias)
+
+
+# ------------------------------------------------------------------------ channel-major (convolution) variants
+@jit
+def _forward_cm_channel(product, c, scale, bias, rolling_mean, rolling_var, mean, var, normalize, leaky, lanes,
+                        out):
+    batch, spatial = out.shape[0], out.shape[2]
+    row = product[c]
+    if normalize:
+        count = batch * spatial
+        _add_row(lanes, row)
+        m = np.float32(_take_total(lanes) / count)
+        _add_squared_deviation(lanes, row, m)
+        inv = _store_statistics(c, m, _take_total(lanes), count, rolling_mean, rolling_var, mean, var)
+        sc = scale[c]
+    sh = bias[c]
+    for n in range(batch):
+        src = row[n * spatial:(n + 1) * spatial]
+        dst = out[n, c]
+        if normalize and leaky:
+            for s in range(spatial):
+                dst[s] = _leaky(((src[s] - m) * inv) * sc + sh)
+        elif normalize:
+            for s in range(spatial):
+                dst[s] = ((src[s] - m) * inv) * sc + sh
+        elif leaky:
+            for s in range(spatial):
+                dst[s] = _leaky(src[s] + sh)
+        else:
+            for s in range(spatial):
+                dst[s] = src[s] + sh
+
+
+@jit
+def _forward_cm_serial(product, scale, bias, rolling_mean, rolling_var, mean, var, normalize, leaky, out):
+    lanes = np.zeros(LANES, np.float64)
+    for c in range(out.shape[1]):
+        _forward_cm_channel(product, c, scale, bias, rolling_mean, rolling_var, mean, var, normalize, leaky,
+                            lanes, out)
+
+
+@jit(parallel=True)
+def _forward_cm_parallel(product, scale, bias, rolling_mean, rolling_var, mean, var, normalize, leaky, out):
+    for c in prange(out.shape[1]):
+        lanes = np.zeros(LANES, np.float64)
+        _forward_cm_channel(product, c, scale, bias, rolling_mean, rolling_var, mean, var, normalize, leaky,
+                            lanes, out)
+
+
+def train_forward_channel_major(product: np.ndarray, scale: np.ndarray, bias: np.ndarray,
+                                rolling_mean: np.ndarray, rolling_var: np.ndarray, mean: np.ndarray,
+                                var: np.ndarray, normalize: bool, leaky: bool, out: np.ndarray) -> None:
+    """out (B, C, S) = [leaky](BN(product) + bias) from product (C, B*S), left untouched (it is BN's saved
+    input). Without `normalize` only the bias is added (a convolution without batch norm; scale and the
+    statistics arrays are then ignored)."""
+    parallel = threads_pay(out.size, out.shape[1], PARALLEL_MIN_ELEMENTS)
+    kernel = _forward_cm_parallel if parallel else _forward_cm_serial
+    kernel(product, scale, bias, rolling_mean, rolling_var, mean, var, normalize, leaky, out)
+
+
+@jit(inline="always")
+def _leaky_gradient(dy, y, leaky):
+    if leaky and not y > np.float32(0.0):
+        return dy * LEAKY_SLOPE
+    return dy
+
+
+@jit
+def _backward_cm_channel(dy, y, x_saved, mean, var, scale, grad_scale, grad_bias, normalize, leaky, c, lanes,
+                         lanes2, dx_t):
+    batch, spatial = dy.shape[0], dy.shape[2]
     count = batch * spatial
-    for c in prange(channels):
-        inv_std_fwd = np.float32(1.0) / (np.float32(math.sqrt(var[c])) + FORWARD_EPSILON)
-        sum_dy = np.float32(0.0)
-        sum_dy_xn = np.float32(0.0)
-        for n in range(batch):
+    xrow = x_saved[c]
+    m = mean[c] if normalize else np.float32(0.0)
+    for n in range(batch):
+        g_row, y_row = dy[n, c], y[n, c]
+        x = xrow[n * spatial:(n + 1) * spatial]
+        full = spatial // LANES * LANES
+        for start in range(0, full, LANES):
+            pg, py, px = g_row[start:start + LANES], y_row[start:start + LANES], x[start:start + LANES]
+            for i in range(LANES):
+                g = _leaky_gradient(pg[i], py[i], leaky)
+                lanes[i] += g
+                lanes2[i] += g * (px[i] - m)
+        for i in range(full, spatial):
+            g = _leaky_gradient(g_row[i], y_row[i], leaky)
+            lanes[i - full] += g
+            lanes2[i - full] += g * (x[i] - m)
+    sum_dy = _take_total(lanes)
+    sum_dy_centered = _take_total(lanes2)
+    if normalize:
+        a, b, k = _backward_constants(c, sum_dy, sum_dy_centered, count, var, scale, grad_scale, grad_bias)
+    else:
+        grad_bias[c] += np.float32(sum_dy)
+        a, b, k = np.float32(1.0), np.float32(0.0), np.float32(0.0)
+    for n in range(batch):
+        g_row, y_row = dy[n, c], y[n, c]
+        x = xrow[n * spatial:(n + 1) * spatial]
+        dst = dx_t[c, n * spatial:(n + 1) * spatial]
+        if normalize:
             for s in range(spatial):
-                g = dy[n, c, s]
-                sum_dy += g
-                sum_dy_xn += g * (x_saved[n, c, s] - mean[c]) * inv_std_fwd
-        grad_bias[c] += sum_dy
-        grad_scale[c] += sum_dy_xn
-        denom = var[c] + BACKWARD_EPSILON
-        inv_std = np.float32(1.0 / math.sqrt(denom))
-        mean_delta = np.float32(0.0)
-        var_delta = np.float32(0.0)
-        for n in range(batch):
+                dst[s] = _leaky_gradient(g_row[s], y_row[s], leaky) * a + (x[s] - m) * b + k
+        else:
             for s in range(spatial):
-                g = dy[n, c, s] * scale[c]
-                dy[n, c, s] = g
-                mean_delta += g
-                var_delta += g * (x_saved[n, c, s] - mean[c])
-        mean_delta = -mean_delta * inv_std
-        var_delta = var_delta * np.float32(-0.5 * math.pow(denom, -1.5))
-        for n in range(batch):
-            for s in range(spatial):
-                dy[n, c, s] = (dy[n, c, s] * inv_std
-                               + var_delta * np.float32(2.0) * (x_saved[n, c, s] - mean[c]) / np.float32(count)
-                               + mean_delta / np.float32(count))
+                dst[s] = _leaky_gradient(g_row[s], y_row[s], leaky)
+
+
+@jit
+def _backward_cm_serial(dy, y, x_saved, mean, var, scale, grad_scale, grad_bias, normalize, leaky, dx_t):
+    lanes = np.zeros(LANES, np.float64)
+    lanes2 = np.zeros(LANES, np.float64)
+    for c in range(dy.shape[1]):
+        _backward_cm_channel(dy, y, x_saved, mean, var, scale, grad_scale, grad_bias, normalize, leaky, c,
+                             lanes, lanes2, dx_t)
+
+
+@jit(parallel=True)
+def _backward_cm_parallel(dy, y, x_saved, mean, var, scale, grad_scale, grad_bias, normalize, leaky, dx_t):
+    for c in prange(dy.shape[1]):
+        lanes = np.zeros(LANES, np.float64)
+        lanes2 = np.zeros(LANES, np.float64)
+        _backward_cm_channel(dy, y, x_saved, mean, var, scale, grad_scale, grad_bias, normalize, leaky, c,
+                             lanes, lanes2, dx_t)
+
+
+def train_backward_channel_major(dy: np.ndarray, y: np.ndarray, x_saved: np.ndarray, mean: np.ndarray,
+                                 var: np.ndarray, scale: np.ndarray, grad_scale: np.ndarray,
+                                 grad_bias: np.ndarray, normalize: bool, leaky: bool, dx_t: np.ndarray) -> None:
+    """dx_t (C, B*S) = dL/d(product) for dy (B, C, S) = dL/d(layer output): through leaky's gradient at the
+    output y (if `leaky`; otherwise dy must already be dL/d(BN output)), then BN's backward (if `normalize`)
+    with x_saved = the product. Accumulates grad_bias (and grad_scale)."""
+    parallel = threads_pay(dy.size, dy.shape[1], PARALLEL_MIN_ELEMENTS)
+    kernel = _backward_cm_parallel if parallel else _backward_cm_serial
+    kernel(dy, y, x_saved, mean, var, scale, grad_scale, grad_bias, normalize, leaky, dx_t)
 
 
 @jit(parallel=True)

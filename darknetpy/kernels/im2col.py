@@ -5,11 +5,16 @@ Output pixel (oy, ox) reads input row oy*stride_y - pad + ky*dilation (zero outs
 """
 from __future__ import annotations
 
-import numpy as np
+import functools
 
+import numpy as np
 from numba import prange
 
 from . import jit
+from .threads import threads_pay
+
+# Elements below which starting the thread team costs more than it saves (memory-bound loops).
+PARALLEL_MIN_ELEMENTS = 1 << 15
 
 
 @jit
@@ -63,57 +68,128 @@ def conv_output_size(size: int, ksize: int, stride: int, pad: int, dilation: int
     return (size + 2 * pad - extent) // stride + 1
 
 
+# ------------------------------------------------------------------------------------------ whole batch
+# The batch versions work through a zero-padded copy of each plane and a table of where each output's window
+# starts in it: a column is then `dst[s] = padded.flat[start[s] + tap_offset]`, one branch-free loop per tap
+# over all OH*OW outputs (no per-row bounds logic, which dominated on small maps such as 14x14 or 7x7).
+
+@functools.lru_cache(maxsize=256)
+def _padded_geometry(ksize: int, stride_y: int, stride_x: int, dilation: int, out_h: int,
+                     out_w: int) -> tuple[int, int, np.ndarray]:
+    """(rows, cols) of the padded plane every window fits in, and the flat window start of each output
+    (cached: layers call this with the same few shapes on every pass; the table is never written)."""
+    rows = (out_h - 1) * stride_y + (ksize - 1) * dilation + 1
+    cols = (out_w - 1) * stride_x + (ksize - 1) * dilation + 1
+    oy, ox = np.meshgrid(np.arange(out_h), np.arange(out_w), indexing="ij")
+    starts = (oy * stride_y * cols + ox * stride_x).reshape(-1).astype(np.int64)
+    return rows, cols, starts
+
+
+@jit
+def _pad_plane(images, b, c, pad, padded):
+    """padded[y, x] = images[b, c, y - pad, x - pad] on the image; the rest is never written (zero)."""
+    height, width = images.shape[2], images.shape[3]
+    y_end = min(height, padded.shape[0] - pad)
+    x_end = min(width, padded.shape[1] - pad)
+    if x_end <= 0:
+        return
+    for y in range(max(0, -pad), y_end):
+        src = images[b, c, y]
+        dst = padded[y + pad, pad:]
+        for x in range(max(0, -pad), x_end):
+            dst[x] = src[x]
+
+
+@jit
+def _im2col_plane(images, b, c, ksize, pad, dilation, starts, padded, columns):
+    _pad_plane(images, b, c, pad, padded)
+    flat = padded.ravel()
+    wp = padded.shape[1]
+    spatial = starts.shape[0]
+    for ky in range(ksize):
+        for kx in range(ksize):
+            dst = columns[(c * ksize + ky) * ksize + kx, b * spatial:(b + 1) * spatial]
+            src = flat[ky * dilation * wp + kx * dilation:]
+            for s in range(spatial):
+                dst[s] = src[starts[s]]
+
+
+@jit
+def _im2col_serial(images, ksize, pad, dilation, rows, cols, starts, columns):
+    padded = np.zeros((rows, cols), np.float32)
+    channels = images.shape[1]
+    for task in range(images.shape[0] * channels):
+        b = task // channels
+        _im2col_plane(images, b, task - b * channels, ksize, pad, dilation, starts, padded, columns)
+
+
 @jit(parallel=True)
-def im2col_batch(images, ksize, stride_y, stride_x, pad, dilation, out_h, out_w, columns):
+def _im2col_parallel(images, ksize, pad, dilation, rows, cols, starts, columns):
+    channels = images.shape[1]
+    for task in prange(images.shape[0] * channels):
+        padded = np.zeros((rows, cols), np.float32)
+        b = task // channels
+        _im2col_plane(images, b, task - b * channels, ksize, pad, dilation, starts, padded, columns)
+
+
+def im2col_batch(images: np.ndarray, ksize: int, stride_y: int, stride_x: int, pad: int, dilation: int,
+                 out_h: int, out_w: int, columns: np.ndarray) -> None:
     """images (B, C, H, W) -> columns (C*K*K, B*OH*OW): image b's patch columns at [b*OH*OW, (b+1)*OH*OW),
     so one matrix product covers the whole batch."""
-    batch, channels, height, width = images.shape
-    spatial = out_h * out_w
-    for task in prange(batch * channels):
+    rows, cols, starts = _padded_geometry(ksize, stride_y, stride_x, dilation, out_h, out_w)
+    parallel = threads_pay(columns.size, images.shape[0] * images.shape[1], PARALLEL_MIN_ELEMENTS)
+    kernel = _im2col_parallel if parallel else _im2col_serial
+    kernel(images, ksize, pad, dilation, rows, cols, starts, columns)
+
+
+@jit
+def _col2im_plane(columns, b, c, ksize, pad, dilation, starts, padded, images):
+    flat = padded.ravel()
+    for i in range(flat.shape[0]):
+        flat[i] = 0.0
+    wp = padded.shape[1]
+    spatial = starts.shape[0]
+    for ky in range(ksize):
+        for kx in range(ksize):
+            src = columns[(c * ksize + ky) * ksize + kx, b * spatial:(b + 1) * spatial]
+            dst = flat[ky * dilation * wp + kx * dilation:]
+            for s in range(spatial):
+                dst[starts[s]] += src[s]
+    height, width = images.shape[2], images.shape[3]
+    y_end = min(height, padded.shape[0] - pad)
+    x_end = min(width, padded.shape[1] - pad)
+    for y in range(max(0, -pad), y_end):
+        src_row = padded[y + pad, pad:]
+        dst_row = images[b, c, y]
+        for x in range(max(0, -pad), x_end):
+            dst_row[x] += src_row[x]
+
+
+@jit
+def _col2im_serial(columns, ksize, pad, dilation, rows, cols, starts, images):
+    padded = np.empty((rows, cols), np.float32)
+    channels = images.shape[1]
+    for task in range(images.shape[0] * channels):
         b = task // channels
-        c = task - b * channels
-        for ky in range(ksize):
-            for kx in range(ksize):
-                row = (c * ksize + ky) * ksize + kx
-                dy = ky * dilation - pad
-                dx = kx * dilation - pad
-                for oy in range(out_h):
-                    iy = oy * stride_y + dy
-                    base = b * spatial + oy * out_w
-                    if iy < 0 or iy >= height:
-                        for ox in range(out_w):
-                            columns[row, base + ox] = 0.0
-                        continue
-                    for ox in range(out_w):
-                        ix = ox * stride_x + dx
-                        if 0 <= ix < width:
-                            columns[row, base + ox] = images[b, c, iy, ix]
-                        else:
-                            columns[row, base + ox] = 0.0
+        _col2im_plane(columns, b, task - b * channels, ksize, pad, dilation, starts, padded, images)
 
 
 @jit(parallel=True)
-def col2im_batch_add(columns, ksize, stride_y, stride_x, pad, dilation, out_h, out_w, images):
-    """images (B, C, H, W) += the adjoint of im2col_batch; each (b, c) plane is owned by one task."""
-    batch, channels, height, width = images.shape
-    spatial = out_h * out_w
-    for task in prange(batch * channels):
+def _col2im_parallel(columns, ksize, pad, dilation, rows, cols, starts, images):
+    channels = images.shape[1]
+    for task in prange(images.shape[0] * channels):
+        padded = np.empty((rows, cols), np.float32)
         b = task // channels
-        c = task - b * channels
-        for ky in range(ksize):
-            for kx in range(ksize):
-                row = (c * ksize + ky) * ksize + kx
-                dy = ky * dilation - pad
-                dx = kx * dilation - pad
-                for oy in range(out_h):
-                    iy = oy * stride_y + dy
-                    if iy < 0 or iy >= height:
-                        continue
-                    base = b * spatial + oy * out_w
-                    for ox in range(out_w):
-                        ix = ox * stride_x + dx
-                        if 0 <= ix < width:
-                            images[b, c, iy, ix] += columns[row, base + ox]
+        _col2im_plane(columns, b, task - b * channels, ksize, pad, dilation, starts, padded, images)
+
+
+def col2im_batch_add(columns: np.ndarray, ksize: int, stride_y: int, stride_x: int, pad: int, dilation: int,
+                     out_h: int, out_w: int, images: np.ndarray) -> None:
+    """images (B, C, H, W) += the adjoint of im2col_batch; each (b, c) plane is owned by one task."""
+    rows, cols, starts = _padded_geometry(ksize, stride_y, stride_x, dilation, out_h, out_w)
+    parallel = threads_pay(columns.size, images.shape[0] * images.shape[1], PARALLEL_MIN_ELEMENTS)
+    kernel = _col2im_parallel if parallel else _col2im_serial
+    kernel(columns, ksize, pad, dilation, rows, cols, starts, images)
 
 
 @jit(parallel=True)

@@ -5,14 +5,19 @@ Max pooling keeps Darknet's geometry: the window origin is shifted by `offset` (
 and the first strict maximum in row-then-column order wins. The winner's position inside its plane
 (y*W + x) is stored for the backward pass; -1 means no tap beat -FLT_MAX (all taps outside the image,
 or NaN), and such outputs pass no gradient.
+
+Speed: windows that may leave the image read a -FLT_MAX-padded copy of the plane, so no loop has bounds
+checks; each output row is computed with branch-free selects along the row (vectorised). 2x2 windows keep
+the running maximum in registers; larger windows are separable: the first maximum in row-then-column order
+is the first maximum down the rows of each row's first maximum along it, so 2k passes replace k*k.
 """
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import prange
 
 from . import jit
+from .threads import threads_pay
 
 NEG_FLT_MAX = np.float32(-3.4028234663852886e38)
 
@@ -22,56 +27,186 @@ PARALLEL_MIN_ELEMENTS = 1 << 14
 
 
 def use_threads(elements: int, planes: int) -> bool:
-    return elements >= PARALLEL_MIN_ELEMENTS and planes > 1 and numba.get_num_threads() > 1
+    return threads_pay(elements, planes, PARALLEL_MIN_ELEMENTS)
+
+
+@jit(inline="always")
+def _first_max_2x2(best, best_index, r0a, r0b, r1a, r1b, index0, index1, step):
+    """One output row of a 2x2 window: taps r0a[i], r0b[i], r1a[i], r1b[i] in row-then-column order with
+    in-plane indices index0 + i*step (+1) and index1 + i*step (+1). The running maximum lives in registers
+    and each output is stored once: a read-compare-store on the output row would be turned into masked
+    stores, which are very slow on some x86 CPUs."""
+    for i in range(best.shape[0]):
+        b = NEG_FLT_MAX
+        k = np.int32(-1)
+        v = r0a[i]
+        if v > b:
+            b = v
+            k = np.int32(index0 + i * step)
+        v = r0b[i]
+        if v > b:
+            b = v
+            k = np.int32(index0 + i * step + 1)
+        v = r1a[i]
+        if v > b:
+            b = v
+            k = np.int32(index1 + i * step)
+        v = r1b[i]
+        if v > b:
+            b = v
+            k = np.int32(index1 + i * step + 1)
+        best[i] = b
+        best_index[i] = k
 
 
 @jit
-def _maxpool_plane(x, b, c, size, stride_y, stride_x, offset, out, argmax):
-    height, width = x.shape[2], x.shape[3]
-    out_h, out_w = out.shape[2], out.shape[3]
+def _maxpool_rows(src, origin, width, size, stride_y, stride_x, out_plane, index_plane, row_v, row_i, spare_v,
+                  spare_i):
+    """out_plane/index_plane (OH, OW) from `src`, a plane in which every window tap is readable;
+    src[py, px] is image pixel (py + origin, px + origin), so its in-plane index is
+    (py + origin)*width + px + origin (taps outside the image hold -FLT_MAX there and never win)."""
+    out_h, out_w = out_plane.shape
     for oy in range(out_h):
-        top = offset + oy * stride_y
-        for ox in range(out_w):
-            left = offset + ox * stride_x
-            best = NEG_FLT_MAX
-            best_index = -1
-            for ky in range(size):
-                iy = top + ky
-                if iy < 0 or iy >= height:
-                    continue  # -FLT_MAX never beats the running maximum, which starts there
-                for kx in range(size):
-                    ix = left + kx
-                    if ix < 0 or ix >= width:
-                        continue
-                    v = x[b, c, iy, ix]
-                    if v > best:
-                        best = v
-                        best_index = iy * width + ix
-            out[b, c, oy, ox] = best
-            argmax[b, c, oy, ox] = best_index
+        top = oy * stride_y
+        best = out_plane[oy]
+        best_index = index_plane[oy]
+        if size == 2 and stride_x == 2:
+            r0, r1 = src[top], src[top + 1]
+            _first_max_2x2(best, best_index, r0[0::2], r0[1::2], r1[0::2], r1[1::2],
+                           (top + origin) * width + origin, (top + 1 + origin) * width + origin, 2)
+        elif size == 2 and stride_x == 1:
+            r0, r1 = src[top], src[top + 1]
+            _first_max_2x2(best, best_index, r0[0:], r0[1:], r1[0:], r1[1:],
+                           (top + origin) * width + origin, (top + 1 + origin) * width + origin, 1)
+        else:
+            _separable_rows(src, origin, width, size, stride_y, stride_x, oy, best, best_index, row_v, row_i,
+                            spare_v, spare_i)
+
+
+@jit(inline="always")
+def _running_max(src_v, src_i, dst_v, dst_i, values, value_index, first_index, index_step):
+    # ping-pong step of a first-strict-maximum: every store unconditional (see _first_max_2x2); the index of
+    # a value is first_index + i*index_step, or value_index[i] when value_index is not empty
+    for i in range(dst_v.shape[0]):
+        v = values[i]
+        b = src_v[i]
+        better = v > b
+        dst_v[i] = v if better else b
+        if value_index.shape[0] > 0:
+            dst_i[i] = value_index[i] if better else src_i[i]
+        else:
+            dst_i[i] = np.int32(first_index + i * index_step) if better else src_i[i]
 
 
 @jit
-def _maxpool_forward_serial(x, size, stride_y, stride_x, offset, out, argmax):
+def _separable_rows(src, origin, width, size, stride_y, stride_x, oy, best, best_index, row_v, row_i, spare_v,
+                    spare_i):
+    """Output row oy of a size x size window as a column pass over per-row maxima: the first maximum in
+    row-then-column order is the first maximum (down the rows) of each row's first maximum (along it), so
+    2*size passes replace size*size. row_v/row_i (rows, OW) cache the row maxima of the plane; they are
+    filled when oy == 0."""
+    out_w = best.shape[0]
+    no_index = spare_i[:0]  # empty: indices are computed, not looked up
+    if oy == 0:
+        for py in range(row_v.shape[0]):
+            row = src[py]
+            # each tap moves the running maximum to the other buffer: start where it ends in row_v[py]
+            if size % 2 == 1:
+                cur_v, cur_i, nxt_v, nxt_i = spare_v, spare_i, row_v[py], row_i[py]
+            else:
+                cur_v, cur_i, nxt_v, nxt_i = row_v[py], row_i[py], spare_v, spare_i
+            for ox in range(out_w):
+                cur_v[ox] = NEG_FLT_MAX
+                cur_i[ox] = -1
+            for kx in range(size):
+                first = (py + origin) * width + kx + origin
+                if stride_x == 1:
+                    _running_max(cur_v, cur_i, nxt_v, nxt_i, row[kx:kx + out_w], no_index, first, 1)
+                else:
+                    _running_max(cur_v, cur_i, nxt_v, nxt_i, row[kx:kx + (out_w - 1) * stride_x + 1:stride_x],
+                                 no_index, first, stride_x)
+                cur_v, cur_i, nxt_v, nxt_i = nxt_v, nxt_i, cur_v, cur_i
+    top = oy * stride_y
+    if size % 2 == 1:
+        cur_v, cur_i, nxt_v, nxt_i = spare_v, spare_i, best, best_index
+    else:
+        cur_v, cur_i, nxt_v, nxt_i = best, best_index, spare_v, spare_i
+    for ox in range(out_w):
+        cur_v[ox] = NEG_FLT_MAX
+        cur_i[ox] = -1
+    for ky in range(size):
+        _running_max(cur_v, cur_i, nxt_v, nxt_i, row_v[top + ky], row_i[top + ky], 0, 0)
+        cur_v, cur_i, nxt_v, nxt_i = nxt_v, nxt_i, cur_v, cur_i
+
+
+@jit
+def _pad_plane(x, b, c, origin, padded):
+    """padded[py, px] = x[b, c, py + origin, px + origin], -FLT_MAX outside the image."""
+    height, width = x.shape[2], x.shape[3]
+    for py in range(padded.shape[0]):
+        iy = py + origin
+        row = padded[py]
+        if iy < 0 or iy >= height:
+            for px in range(row.shape[0]):
+                row[px] = NEG_FLT_MAX
+            continue
+        src = x[b, c, iy]
+        for px in range(row.shape[0]):
+            ix = px + origin
+            row[px] = src[ix] if 0 <= ix < width else NEG_FLT_MAX
+
+
+@jit
+def _maxpool_plane(x, b, c, size, stride_y, stride_x, offset, out, argmax, padded, row_v, row_i, spare_v,
+                   spare_i):
+    width = x.shape[3]
+    if padded.shape[0] == 0:
+        _maxpool_rows(x[b, c], 0, width, size, stride_y, stride_x, out[b, c], argmax[b, c], row_v, row_i,
+                      spare_v, spare_i)
+    else:
+        _pad_plane(x, b, c, offset, padded)
+        _maxpool_rows(padded, offset, width, size, stride_y, stride_x, out[b, c], argmax[b, c], row_v, row_i,
+                      spare_v, spare_i)
+
+
+@jit
+def _maxpool_forward_serial(x, size, stride_y, stride_x, offset, out, argmax, padded_shape, rows_shape):
     channels = x.shape[1]
+    padded = np.empty(padded_shape, np.float32)
+    row_v = np.empty((rows_shape, out.shape[3]), np.float32)
+    row_i = np.empty((rows_shape, out.shape[3]), np.int32)
+    spare_v = np.empty(out.shape[3], np.float32)
+    spare_i = np.empty(out.shape[3], np.int32)
     for plane in range(x.shape[0] * channels):
-        _maxpool_plane(x, plane // channels, plane % channels, size, stride_y, stride_x, offset, out, argmax)
+        _maxpool_plane(x, plane // channels, plane % channels, size, stride_y, stride_x, offset, out, argmax,
+                       padded, row_v, row_i, spare_v, spare_i)
 
 
 @jit(parallel=True)
-def _maxpool_forward_parallel(x, size, stride_y, stride_x, offset, out, argmax):
+def _maxpool_forward_parallel(x, size, stride_y, stride_x, offset, out, argmax, padded_shape, rows_shape):
     channels = x.shape[1]
     for plane in prange(x.shape[0] * channels):
-        _maxpool_plane(x, plane // channels, plane % channels, size, stride_y, stride_x, offset, out, argmax)
+        padded = np.empty(padded_shape, np.float32)
+        row_v = np.empty((rows_shape, out.shape[3]), np.float32)
+        row_i = np.empty((rows_shape, out.shape[3]), np.int32)
+        spare_v = np.empty(out.shape[3], np.float32)
+        spare_i = np.empty(out.shape[3], np.int32)
+        _maxpool_plane(x, plane // channels, plane % channels, size, stride_y, stride_x, offset, out, argmax,
+                       padded, row_v, row_i, spare_v, spare_i)
 
 
 def maxpool_forward(x: np.ndarray, size: int, stride_y: int, stride_x: int, offset: int, out: np.ndarray,
                     argmax: np.ndarray) -> None:
     """out[b, c, oy, ox] = max over the size x size window at (offset + oy*stride_y, offset + ox*stride_x);
     argmax (int32, shaped like out) receives the winning in-plane index or -1."""
+    height, width = x.shape[2], x.shape[3]
+    rows = (out.shape[2] - 1) * stride_y + size
+    cols = (out.shape[3] - 1) * stride_x + size
+    inside = offset >= 0 and offset + rows <= height and offset + cols <= width and offset == 0
+    padded_shape = (0, 0) if inside else (rows, cols)
     kernel = _maxpool_forward_parallel if use_threads(x.size, x.shape[0] * x.shape[1]) \
         else _maxpool_forward_serial
-    kernel(x, size, stride_y, stride_x, offset, out, argmax)
+    kernel(x, size, stride_y, stride_x, offset, out, argmax, padded_shape, 0 if size == 2 else rows)
 
 
 @jit

@@ -1,8 +1,19 @@
 """[convolutional] (alias [conv]): grouped, strided, dilated 2-D convolution with optional batch norm.
 
-Forward is im2col + one BLAS matrix product per image (all groups in one batched matmul); at inference
-the batch norm is folded into a cached copy of the weights and the bias, so the product is followed by a
-single fused bias+activation pass.
+Three ways to convolve, chosen from the shapes:
+  * "gemm": whole-batch im2col + one BLAS matrix product per group (all groups in one batched matmul);
+  * "direct": groups with few channels each (depthwise above all) and first layers reading 1-4 channels
+    are convolved by a direct Numba kernel (kernels/depthwise.py): tiny per-group matrix products, or an
+    im2col matrix 9x the size of the image, cost far more than the arithmetic;
+  * Winograd (a "gemm" layer at inference): 3x3 stride-1 ungrouped convolutions use F(2x2,3x3), or
+    F(4x4,3x3) on large maps (kernels/winograd.py), with the weights transformed once and cached.
+At inference the batch norm is folded into a cached copy of the weights and the bias; the direct and Winograd
+kernels add the bias (and leaky) themselves, the BLAS path is followed by one fused bias+activation pass.
+
+Training convolves into a channel-major (F, B*S) product, which one kernel turns into the (B, F, S) output
+with Darknet's batch norm, the bias and leaky (kernels/batchnorm.py, "channel-major"); the product is kept as
+BN's saved input. The backward runs the same fusion in reverse and leaves dL/d(product), channel-major, for
+the weight-gradient product and dL/dx (im2col adjoint, the direct kernel, or on large maps Winograd).
 """
 from __future__ import annotations
 
@@ -11,6 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..kernels import activations as act
+from ..kernels import batchnorm as bn_kernels
+from ..kernels import winograd
+from ..kernels.depthwise import grouped_conv_backward, grouped_conv_forward
 from ..kernels.im2col import (batch_to_channel_major, channel_major_to_batch, channel_major_to_batch_add,
                               col2im_batch_add, im2col_batch)
 from .base import FLOAT, Layer, LayerConfig, Param, Shape, c_div, option
@@ -18,6 +32,26 @@ from .batchnorm import BatchNormBlock
 from .registry import register
 
 ACTIVATION_NAMES = tuple(act.ACTIVATION_CODES)
+
+# The direct kernel beats im2col + GEMM (forward + backward, 3x3 kernels, 1 thread) for groups of up to
+# 8 input and 8 output channels, and for any layer reading at most 4 channels per group (first layers on
+# RGB or grey images: 2-3x faster forward, the whole im2col matrix is never written).
+DIRECT_MAX_IN_PER_GROUP = 8
+DIRECT_MAX_OUT_PER_GROUP = 8
+DIRECT_MAX_IN_ANY_OUT = 4
+# Winograd: output maps with at least this many pixels use 4x4 tiles (4x fewer multiplications, the
+# transforms stay cheap relative to the products); smaller maps use 2x2 tiles (16 products, less tile
+# padding waste on e.g. 13x13 maps, and 10x more accurate).
+WINOGRAD_F4_MIN_PIXELS = 48 * 48
+# Tile rows go through the transform -> product -> transform steps in blocks of about this many bytes of
+# transformed data, so a block stays in cache; never fewer tiles per block than this, so that the matrix
+# products keep a useful width and the transformed weights are not re-read too often.
+WINOGRAD_BLOCK_BYTES = 2 << 20
+WINOGRAD_MIN_BLOCK_TILES = 256
+# Training computes dL/dx of large maps by Winograd too (the convolution of dy with the rotated weights, no
+# col2im); on small maps such as MNIST's 14x14 and 7x7 the per-tile-row transforms cost more than they save.
+# (The training forward keeps im2col + GEMM: the weight gradient needs the im2col matrix anyway.)
+WINOGRAD_TRAIN_MIN_PIXELS = 24 * 24
 
 
 @dataclass(frozen=True)
@@ -109,25 +143,66 @@ class Convolutional(Layer):
 
     def parameters_changed(self) -> None:
         self._folded = None
+        self._winograd_weights = None       # folded weights, inference
+        self._winograd_transposed = None    # rotated, transposed weights: dL/dx in training
 
     @property
     def is_pointwise(self) -> bool:
         cfg = self.config
         return cfg.size == 1 and cfg.strides == (1, 1) and cfg.effective_padding == 0
 
+    @property
+    def path(self) -> str:
+        """"direct" or "gemm" (see the module docstring)."""
+        cfg = self.config
+        in_per_group = self.in_shapes[0].c // cfg.groups
+        out_per_group = cfg.filters // cfg.groups
+        narrow_groups = in_per_group <= DIRECT_MAX_IN_PER_GROUP and out_per_group <= DIRECT_MAX_OUT_PER_GROUP
+        if cfg.groups > 1 and narrow_groups:
+            return "direct"
+        if in_per_group <= DIRECT_MAX_IN_ANY_OUT and not self.is_pointwise:
+            return "direct"
+        return "gemm"
+
+    @property
+    def winograd_tile(self) -> int:
+        """Output tile size of the Winograd path at inference (0: not applicable)."""
+        cfg = self.config
+        if cfg.size != 3 or cfg.strides != (1, 1) or cfg.dilation != 1 or cfg.groups != 1:
+            return 0
+        s = self.out_shape
+        return 4 if s.h * s.w >= WINOGRAD_F4_MIN_PIXELS else 2
+
     def allocate(self, batch):
         super().allocate(batch)
-        x = self.in_shapes[0]
         s = self.out_shape
-        rows = x.c * self.config.size ** 2
-        spatial = s.h * s.w
-        # Whole-batch im2col: one matrix product per group covers every image (a 1x1 convolution of a
-        # single image needs no columns at all).
-        self.columns = None if self.is_pointwise and batch == 1 else np.empty((rows, batch * spatial), FLOAT)
-        self.product = None if batch == 1 else np.empty((s.c, batch * spatial), FLOAT)
+        self._path = self.path
+        self._zero_bias = np.zeros(s.c, FLOAT)
+        # buffers are created on first use: inference never needs the training ones and an
+        # inference-only Winograd layer needs no im2col columns
+        self.columns = None
+        self.product = None
         self.dcolumns = None
+        self._winograd_scratch: dict = {}
         self.pre_activation = (np.empty_like(self.output) if self.activation in act.NEEDS_INPUT else None)
         self._columns_hold_input = False
+
+    def _columns_buffer(self) -> np.ndarray | None:
+        """Whole-batch im2col (K, B*S): one matrix product per group covers every image (a 1x1 convolution
+        of a single image needs no columns at all)."""
+        if self.columns is None and not (self.is_pointwise and self._batch == 1):
+            rows = self.in_shapes[0].c * self.config.size ** 2
+            s = self.out_shape
+            self.columns = np.empty((rows, self._batch * s.h * s.w), FLOAT)
+        return self.columns
+
+    def _product_buffer(self) -> np.ndarray:
+        """(F, B*S): the raw convolution in channel-major order (training keeps it as BN's saved input;
+        inference uses it when the batch has more than one image)."""
+        if self.product is None:
+            s = self.out_shape
+            self.product = np.empty((s.c, self._batch * s.h * s.w), FLOAT)
+        return self.product
 
     # ---- forward -------------------------------------------------------------------------------------------
     def _inference_weights(self) -> tuple[np.ndarray, np.ndarray]:
@@ -143,53 +218,128 @@ class Convolutional(Layer):
         """The (K, B*S) patch matrix of the batch."""
         cfg = self.config
         s = self.out_shape
-        if self.columns is None:
+        columns = self._columns_buffer()
+        if columns is None:
             return x[0].reshape(x.shape[1], -1)
         if self.is_pointwise:
-            batch_to_channel_major(x.reshape(x.shape[0], x.shape[1], -1), self.columns)
+            batch_to_channel_major(x.reshape(x.shape[0], x.shape[1], -1), columns)
         else:
             sy, sx = cfg.strides
-            im2col_batch(x, cfg.size, sy, sx, cfg.effective_padding, cfg.dilation, s.h, s.w, self.columns)
-        return self.columns
+            im2col_batch(x, cfg.size, sy, sx, cfg.effective_padding, cfg.dilation, s.h, s.w, columns)
+        return columns
 
     def _grouped(self, matrix: np.ndarray) -> np.ndarray:
         return matrix.reshape(self.config.groups, -1, matrix.shape[-1])
 
-    def _convolve(self, x: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """Raw convolution of the batch into self.output, returned as (B, F, S)."""
-        cfg = self.config
-        batch = x.shape[0]
+    def _planes(self, channel_major: np.ndarray) -> np.ndarray:
+        """A (F, B*S) buffer seen as (B, F, OH, OW) planes (a strided view, no copy)."""
         s = self.out_shape
-        out3 = self.output.reshape(batch, s.c, s.h * s.w)
-        cols = self._fill_columns(x)
-        target = out3[0] if self.product is None else self.product
-        np.matmul(weights.reshape(cfg.groups, cfg.filters // cfg.groups, -1), self._grouped(cols),
-                  out=self._grouped(target))
-        if self.product is not None:
-            channel_major_to_batch(self.product, out3)
-        return out3
+        return channel_major.reshape(s.c, self._batch, s.h, s.w).transpose(1, 0, 2, 3)
+
+    def _fuses_leaky(self) -> bool:
+        return self.activation in (act.LEAKY, act.REVLEAKY) and self.pre_activation is None
 
     def forward(self, xs, train):
         x = xs[0]
-        self._columns_hold_input = train
         if train:
-            out3 = self._convolve(x, self.weights)
-            if self.bn is not None:
-                self.bn.forward_train(out3, self.biases)
-                self._activate(out3)
-            else:
-                self._bias_activate(out3, self.biases)
+            return self._forward_train(x)
+        if self._path == "direct":
+            return self._forward_direct(x)
+        if self.winograd_tile:
+            return self._forward_winograd(x)
+        return self._forward_gemm(x)
+
+    def _forward_gemm(self, x: np.ndarray) -> np.ndarray:
+        cfg = self.config
+        s = self.out_shape
+        batch = x.shape[0]
+        weights, biases = self._inference_weights()
+        out3 = self.output.reshape(batch, s.c, s.h * s.w)
+        cols = self._fill_columns(x)
+        self._columns_hold_input = False
+        # a single image's product is already in the output layout: write it there directly
+        target = out3[0] if batch == 1 else self._product_buffer()
+        np.matmul(weights.reshape(cfg.groups, cfg.filters // cfg.groups, -1), self._grouped(cols),
+                  out=self._grouped(target))
+        if batch > 1:
+            channel_major_to_batch(target, out3)
+        self._bias_activate(out3, biases)
+        return self.output
+
+    def _forward_direct(self, x: np.ndarray) -> np.ndarray:
+        cfg = self.config
+        sy, sx = cfg.strides
+        weights, biases = self._inference_weights()
+        fuse_leaky = self._fuses_leaky()
+        grouped_conv_forward(x, weights, biases, sy, sx, cfg.effective_padding, cfg.dilation, self.output,
+                             fuse_leaky)
+        if not fuse_leaky and (self.activation != act.LINEAR or self.pre_activation is not None):
+            self._activate(self.output.reshape(x.shape[0], cfg.filters, -1))
+        return self.output
+
+    def _forward_train(self, x: np.ndarray) -> np.ndarray:
+        """Raw convolution into the channel-major product, then one pass does BN (or the bias), leaky and
+        the transpose into the output."""
+        cfg = self.config
+        s = self.out_shape
+        product = self._product_buffer()
+        if self._path == "direct":
+            sy, sx = cfg.strides
+            grouped_conv_forward(x, self.weights, self._zero_bias, sy, sx, cfg.effective_padding, cfg.dilation,
+                                 self._planes(product))
         else:
-            weights, biases = self._inference_weights()
-            out3 = self._convolve(x, weights)
-            self._bias_activate(out3, biases)
+            cols = self._fill_columns(x)
+            self._columns_hold_input = True
+            np.matmul(self.weights.reshape(cfg.groups, cfg.filters // cfg.groups, -1), self._grouped(cols),
+                      out=self._grouped(product))
+        out3 = self.output.reshape(x.shape[0], s.c, s.h * s.w)
+        fuse_leaky = self._fuses_leaky()
+        bn = self.bn
+        if bn is not None:
+            bn_kernels.train_forward_channel_major(product, bn.scales, self.biases, bn.rolling_mean,
+                                                   bn.rolling_var, bn.mean, bn.var, True, fuse_leaky, out3)
+        else:
+            bn_kernels.train_forward_channel_major(product, self.biases, self.biases, self.biases, self.biases,
+                                                   self.biases, self.biases, False, fuse_leaky, out3)
+        if not fuse_leaky and (self.activation != act.LINEAR or self.pre_activation is not None):
+            self._activate(out3)
+        return self.output
+
+    def _winograd_plan(self, in_channels: int, out_channels: int, out_h: int,
+                       out_w: int) -> tuple[int, int, np.ndarray, np.ndarray]:
+        """(tile, tile rows per block, v scratch, m scratch) of a Winograd convolution of the current batch
+        from in_channels to out_channels with an out_h x out_w output."""
+        key = (in_channels, out_channels, out_h, out_w)
+        plan = self._winograd_scratch.get(key)
+        if plan is None:
+            tile = self.winograd_tile
+            tiles_h, tiles_w = winograd.tile_counts(out_h, out_w, tile)
+            total_rows = self._batch * tiles_h
+            rows = winograd.block_rows(in_channels, out_channels, tile, tiles_w, total_rows, WINOGRAD_BLOCK_BYTES)
+            rows = max(rows, min(total_rows, -(-WINOGRAD_MIN_BLOCK_TILES // tiles_w)))
+            v_size, m_size = winograd.scratch_sizes(in_channels, out_channels, tile, tiles_w, rows)
+            plan = (tile, rows, np.empty(v_size, FLOAT), np.empty(m_size, FLOAT))
+            self._winograd_scratch[key] = plan
+        return plan
+
+    def _forward_winograd(self, x: np.ndarray) -> np.ndarray:
+        s = self.out_shape
+        tile, rows, v, m = self._winograd_plan(self.in_shapes[0].c, s.c, s.h, s.w)
+        weights, biases = self._inference_weights()
+        if self._winograd_weights is None:
+            self._winograd_weights = winograd.transform_weights(weights, tile)
+        fuse_leaky = self._fuses_leaky()
+        winograd.winograd_conv(x, self._winograd_weights, biases, self.config.effective_padding, tile,
+                               fuse_leaky, rows, v, m, self.output)
+        if not fuse_leaky and (self.activation != act.LINEAR or self.pre_activation is not None):
+            self._activate(self.output.reshape(x.shape[0], self.out_shape.c, -1))
         return self.output
 
     def _bias_activate(self, out3: np.ndarray, biases: np.ndarray) -> None:
         if self.pre_activation is None:
             act.bias_activate_auto(out3, biases, self.activation)
         else:
-            act.bias_activate_auto(out3, biases, act.ACTIVATION_CODES["linear"])
+            act.bias_activate_auto(out3, biases, act.LINEAR)
             self._activate(out3)
 
     def _activate(self, out3: np.ndarray) -> None:
@@ -207,30 +357,50 @@ class Convolutional(Layer):
             self.grad_weights = np.zeros(self.weights.shape, FLOAT)
 
     def backward(self, dy, xs, dxs):
+        """Needs the product of the training forward just before; it is overwritten by dL/d(product)."""
         self._ensure_gradients()
         cfg = self.config
         x = xs[0]
         dx = dxs[0]
         batch = x.shape[0]
         s = self.out_shape
-        pre = self.pre_activation.reshape(-1) if self.pre_activation is not None else np.empty(0, FLOAT)
-        act.gradient(dy.reshape(-1), self.output.reshape(-1), pre, self.activation)
+        fuse_leaky = self._fuses_leaky()
+        if not fuse_leaky:
+            pre = self.pre_activation.reshape(-1) if self.pre_activation is not None else np.empty(0, FLOAT)
+            act.gradient(dy.reshape(-1), self.output.reshape(-1), pre, self.activation)
         dy3 = dy.reshape(batch, s.c, s.h * s.w)
-        if self.bn is not None:
-            self.bn.backward(dy3, self.grad_biases)
+        out3 = self.output.reshape(batch, s.c, s.h * s.w)
+        product = self._product_buffer()
+        dy_t = product  # elementwise in place: each channel reads its saved input before overwriting it
+        bn = self.bn
+        if bn is not None:
+            bn_kernels.train_backward_channel_major(dy3, out3, product, bn.mean, bn.var, bn.scales,
+                                                    bn.grad_scales, self.grad_biases, True, fuse_leaky, dy_t)
         else:
-            self.grad_biases += dy3.sum(axis=(0, 2), dtype=np.float32)
-        cols = self._fill_columns(x) if not self._columns_hold_input or self.columns is None \
-            else self.columns
-        if self.product is None:
-            dy_t = dy3[0]
-        else:
-            batch_to_channel_major(dy3, self.product)
-            dy_t = self.product
+            bn_kernels.train_backward_channel_major(dy3, out3, product, self.biases, self.biases, self.biases,
+                                                    self.biases, self.grad_biases, False, fuse_leaky, dy_t)
+        if self._path == "direct":
+            sy, sx = cfg.strides
+            grouped_conv_backward(x, self.weights, self._planes(dy_t), sy, sx, cfg.effective_padding,
+                                  cfg.dilation, self.grad_weights, dx)
+            self.parameters_changed()
+            return
+        cols = self.columns if self._columns_hold_input and self.columns is not None else self._fill_columns(x)
+        self._columns_hold_input = False
         dy_g = self._grouped(dy_t)
         self.grad_weights.reshape(cfg.groups, cfg.filters // cfg.groups, -1)[...] += \
             np.matmul(dy_g, self._grouped(cols).transpose(0, 2, 1))
-        if dx is not None:
+        if dx is not None and self.winograd_tile and cfg.effective_padding <= 2 \
+                and dx.shape[2] * dx.shape[3] >= WINOGRAD_TRAIN_MIN_PIXELS:
+            # dL/dx of a stride-1 3x3 convolution is itself one: of dy with the rotated, transposed weights
+            tile, rows, v, m = self._winograd_plan(s.c, dx.shape[1], dx.shape[2], dx.shape[3])
+            if self._winograd_transposed is None:
+                self._winograd_transposed = winograd.transform_weights(winograd.transposed_weights(self.weights),
+                                                                      tile)
+            winograd.winograd_conv(self._planes(dy_t), self._winograd_transposed,
+                                   np.zeros(self.in_shapes[0].c, FLOAT), 2 - cfg.effective_padding, tile, False,
+                                   rows, v, m, dx, accumulate=True)
+        elif dx is not None:
             if self.dcolumns is None:
                 self.dcolumns = np.empty((cols.shape[0], cols.shape[1]), FLOAT)
             w_g = self.weights.reshape(cfg.groups, cfg.filters // cfg.groups, -1)

@@ -1,0 +1,348 @@
+"""Direct (im2col-free) convolution for groups with few channels: depthwise layers above all, and first
+layers reading 1-4 image channels.
+
+A depthwise 3x3 convolution is 9 multiply-adds per output; as im2col + a batch of tiny matrix products it is
+dominated by writing and re-reading the patch matrix and by per-group BLAS call overhead. Here each task owns
+whole output planes and reads its input planes through a zero-padded scratch copy split into stride phases:
+
+    phases[qy, qx, r, j] = padded[r*stride_y + qy, j*stride_x + qx]      (padded = input with zero border)
+
+so tap (ky, kx) of output (oy, ox) is phases[(ky*dil) % sy, (kx*dil) % sx] at flat position
+    (oy + (ky*dil) // sy) * Wq + ox + (kx*dil) // sx.
+Computing every output of a plane on the Wq-wide grid (the columns ox >= OW are garbage and dropped) turns
+each tap into ONE long contiguous loop over the whole plane: rows as short as 10 pixels no longer leave LLVM
+with a scalar remainder loop per row, and no loop needs bounds checks. 3x3 kernels with stride 1 or 2 get an
+unrolled loop that writes each output once.
+
+The backward walks the same grid: each weight gradient is a long dot product of dy with a tap's phase
+plane, kept as LANES partial sums (vectorised; summed in float64 at the end), and dL/dx is accumulated tap by
+tap into a phase-layout scratch that is scattered back onto the image once per plane.
+
+Shapes: x (B, C, H, W); weights (F, C/groups, K, K); out / dy (B, F, OH, OW); F = groups * out_per_group.
+Output (oy, ox) reads input (oy*stride_y - pad + ky*dilation, ox*stride_x - pad + kx*dilation). `out` and
+`dy` may be strided views (the convolution layer passes its channel-major buffers as (B, F, OH, OW)).
+Summation order differs from im2col + GEMM (float32 rounding only).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from . import jit
+from .threads import threads_pay
+
+# Work (multiply-adds) below which starting the thread team costs more than it saves.
+PARALLEL_MIN_MACS = 1 << 16
+LANES = 64  # partial sums per weight gradient
+
+
+def phase_shape(in_per_group: int, ksize: int, stride_y: int, stride_x: int, dilation: int, out_h: int,
+                out_w: int) -> tuple[int, int, int, int, int]:
+    """(in_per_group, sy, sx, Hq, Wq) of the phase scratch. Hq has one spare row because the garbage
+    columns of the last output row read up to (kx*dil)//sx - 1 cells past the rows they need."""
+    extent = (ksize - 1) * dilation
+    return (in_per_group, stride_y, stride_x, out_h + extent // stride_y + 1, out_w + extent // stride_x)
+
+
+@jit
+def _fill_phases(x, b, c, pad, phases):
+    """phases (sy, sx, Hq, Wq) of image plane (b, c); cells outside the image are left untouched (they were
+    zeroed at allocation and no plane of the same geometry ever writes them)."""
+    stride_y, stride_x = phases.shape[0], phases.shape[1]
+    rows, cols = phases.shape[2], phases.shape[3]
+    height, width = x.shape[2], x.shape[3]
+    for qx in range(stride_x):
+        # phase column j holds image column j*sx + qx - pad, valid for j in [j0, j1); the integer divisions
+        # are hoisted out of the row loop (they cost more than copying a short row)
+        first = pad - qx
+        j0 = (first + stride_x - 1) // stride_x if first > 0 else 0
+        j1 = min((width - 1 + pad - qx) // stride_x + 1, cols)
+        if j1 <= j0:
+            continue
+        start = j0 * stride_x + qx - pad
+        count = j1 - j0
+        for qy in range(stride_y):
+            for r in range(rows):
+                y = r * stride_y + qy - pad
+                if y < 0 or y >= height:
+                    continue
+                src = x[b, c, y, start:]
+                dst = phases[qy, qx, r, j0:j1]
+                if stride_x == 1:
+                    for i in range(count):
+                        dst[i] = src[i]
+                elif stride_x == 2:
+                    for i in range(count):
+                        dst[i] = src[2 * i]
+                else:
+                    for i in range(count):
+                        dst[i] = src[i * stride_x]
+
+
+@jit(inline="always")
+def _axpy(dst, src, w):
+    # indices run from 0 on slices: no negative-index wraparound checks, so the loop vectorises
+    for i in range(dst.shape[0]):
+        dst[i] += w * src[i]
+
+
+@jit(inline="always")
+def _sum9(o, accumulate, start, w, a0, a1, a2, b0, b1, b2, c0, c1, c2):
+    w00, w01, w02 = w[0, 0], w[0, 1], w[0, 2]
+    w10, w11, w12 = w[1, 0], w[1, 1], w[1, 2]
+    w20, w21, w22 = w[2, 0], w[2, 1], w[2, 2]
+    if accumulate:
+        for i in range(o.shape[0]):
+            o[i] += (w00 * a0[i] + w01 * a1[i] + w02 * a2[i]
+                     + w10 * b0[i] + w11 * b1[i] + w12 * b2[i]
+                     + w20 * c0[i] + w21 * c1[i] + w22 * c2[i])
+    else:
+        for i in range(o.shape[0]):
+            o[i] = (start + w00 * a0[i] + w01 * a1[i] + w02 * a2[i]
+                    + w10 * b0[i] + w11 * b1[i] + w12 * b2[i]
+                    + w20 * c0[i] + w21 * c1[i] + w22 * c2[i])
+
+
+@jit
+def _plane_3x3_stride1(phases, w, accumulate, bias_value, o):
+    # three row bases with literal column offsets: LLVM sees constant distances, needs few aliasing checks
+    # and vectorises; each specialisation is its own function so no branch merges the pointers
+    wq = phases.shape[3]
+    flat = phases[0, 0].ravel()
+    a, b, c = flat[0:], flat[wq:], flat[2 * wq:]
+    _sum9(o, accumulate, bias_value, w, a[0:], a[1:], a[2:], b[0:], b[1:], b[2:], c[0:], c[1:], c[2:])
+
+
+@jit
+def _plane_3x3_stride2(phases, w, accumulate, bias_value, o):
+    # padded row 2*oy + ky, column 2*ox + kx: ky, kx = 0, 1, 2 -> phase 0 (+0), phase 1 (+0), phase 0 (+1)
+    wq = phases.shape[3]
+    ee, eo = phases[0, 0].ravel(), phases[0, 1].ravel()
+    oe, oo = phases[1, 0].ravel(), phases[1, 1].ravel()
+    _sum9(o, accumulate, bias_value, w, ee[0:], eo[0:], ee[1:], oe[0:], oo[0:], oe[1:],
+          ee[wq:], eo[wq:], ee[wq + 1:])
+
+
+@jit
+def _plane_any(phases, w, dilation, accumulate, bias_value, o):
+    ksize = w.shape[0]
+    stride_y, stride_x = phases.shape[0], phases.shape[1]
+    wq = phases.shape[3]
+    if not accumulate:
+        for i in range(o.shape[0]):
+            o[i] = bias_value
+    for ky in range(ksize):
+        ty = ky * dilation
+        for kx in range(ksize):
+            tx = kx * dilation
+            flat = phases[ty % stride_y, tx % stride_x].ravel()
+            offset = (ty // stride_y) * wq + tx // stride_x
+            _axpy(o, flat[offset:offset + o.shape[0]], w[ky, kx])
+
+
+@jit(inline="always")
+def _leaky(y):
+    # Darknet's leaky: 0.1 is a double, so the product is formed in double and rounded
+    return y if y > np.float32(0.0) else np.float32(0.1 * np.float64(y))
+
+
+@jit
+def _convolve_group_image(x, weights, bias, leaky, b, g, pad, dilation, phases, plane, out):
+    in_per_group = weights.shape[1]
+    ksize = weights.shape[2]
+    stride_y, stride_x = phases.shape[1], phases.shape[2]
+    out_per_group = out.shape[1] // (x.shape[1] // in_per_group)
+    out_h, out_w = out.shape[2], out.shape[3]
+    wq = phases.shape[4]
+    for ci in range(in_per_group):
+        _fill_phases(x, b, g * in_per_group + ci, pad, phases[ci])
+    fast3 = ksize == 3 and dilation == 1
+    for fi in range(out_per_group):
+        f = g * out_per_group + fi
+        for ci in range(in_per_group):
+            w = weights[f, ci]
+            if fast3 and stride_x == 1 and stride_y == 1:
+                _plane_3x3_stride1(phases[ci], w, ci > 0, bias[f], plane)
+            elif fast3 and stride_x == 2 and stride_y == 2:
+                _plane_3x3_stride2(phases[ci], w, ci > 0, bias[f], plane)
+            else:
+                _plane_any(phases[ci], w, dilation, ci > 0, bias[f], plane)
+        for oy in range(out_h):
+            src = plane[oy * wq:]
+            dst = out[b, f, oy]
+            if leaky:
+                for ox in range(out_w):
+                    dst[ox] = _leaky(src[ox])
+            else:
+                for ox in range(out_w):
+                    dst[ox] = src[ox]
+
+
+@jit
+def _forward_serial(x, weights, bias, leaky, pad, dilation, phase_dims, out):
+    groups = x.shape[1] // weights.shape[1]
+    phases = np.zeros(phase_dims, np.float32)
+    plane = np.empty(out.shape[2] * phase_dims[4], np.float32)
+    for task in range(x.shape[0] * groups):
+        b = task // groups
+        _convolve_group_image(x, weights, bias, leaky, b, task - b * groups, pad, dilation, phases, plane, out)
+
+
+@jit(parallel=True)
+def _forward_parallel(x, weights, bias, leaky, pad, dilation, phase_dims, out):
+    groups = x.shape[1] // weights.shape[1]
+    for task in prange(x.shape[0] * groups):
+        b = task // groups
+        phases = np.zeros(phase_dims, np.float32)
+        plane = np.empty(out.shape[2] * phase_dims[4], np.float32)
+        _convolve_group_image(x, weights, bias, leaky, b, task - b * groups, pad, dilation, phases, plane, out)
+
+
+def _macs(weights: np.ndarray, out: np.ndarray) -> int:
+    return out.size * weights.shape[1] * weights.shape[2] * weights.shape[3]
+
+
+def grouped_conv_forward(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, stride_y: int, stride_x: int,
+                         pad: int, dilation: int, out: np.ndarray, leaky: bool = False) -> None:
+    """out[b, f] = bias[f] + the convolution of input group f // (F / groups) with weights[f] (the number
+    of groups is C / weights.shape[1]), then Darknet's leaky if `leaky`; other activations are left to the
+    caller."""
+    groups = x.shape[1] // weights.shape[1]
+    dims = phase_shape(weights.shape[1], weights.shape[2], stride_y, stride_x, dilation, out.shape[2],
+                       out.shape[3])
+    parallel = threads_pay(_macs(weights, out), x.shape[0] * groups, PARALLEL_MIN_MACS)
+    kernel = _forward_parallel if parallel else _forward_serial
+    kernel(x, weights, bias, leaky, pad, dilation, dims, out)
+
+
+@jit(inline="always")
+def _zero(flat):
+    # a flat loop: slice assignment on an n-d array goes through a slow generic iterator
+    for i in range(flat.shape[0]):
+        flat[i] = 0.0
+
+
+@jit(inline="always")
+def _dot_into_lanes(lanes, a, b):
+    """lanes[i % 64] += a[i] * b[i]: a dot product kept as 64 partial sums, so the loop is vectorised
+    multiply-adds instead of one latency-bound chain of dependent additions."""
+    n = a.shape[0]
+    full = n // LANES * LANES
+    for start in range(0, full, LANES):
+        pa = a[start:start + LANES]
+        pb = b[start:start + LANES]
+        for i in range(LANES):
+            lanes[i] += pa[i] * pb[i]
+    for i in range(full, n):
+        lanes[i - full] += a[i] * b[i]
+
+
+@jit(inline="always")
+def _sum_lanes(lanes):
+    total = 0.0
+    for i in range(lanes.shape[0]):
+        total += lanes[i]
+    return total
+
+
+@jit
+def _backward_group(x, weights, dy, g, pad, dilation, grad_weights, dx, want_dx, phases, dphases, dy_plane,
+                    taps):
+    """Weight gradients of group g's filters and (if want_dx) its input gradients. dy_plane holds dy on the
+    Wq-wide grid with zero garbage columns; `taps` (in, out, K*K, LANES) keeps the weight gradients as
+    partial sums; dphases collects dx in the phase layout before it is scattered back onto the image."""
+    in_per_group = weights.shape[1]
+    ksize = weights.shape[2]
+    stride_y, stride_x = phases.shape[1], phases.shape[2]
+    rows, wq = phases.shape[3], phases.shape[4]
+    height, width = x.shape[2], x.shape[3]
+    out_h, out_w = dy.shape[2], dy.shape[3]
+    out_per_group = dy.shape[1] // (x.shape[1] // in_per_group)
+    # where each tap reads in the phase layout (integer divisions hoisted out of the loops)
+    tap_phase_y = np.empty(ksize * ksize, np.int64)
+    tap_phase_x = np.empty(ksize * ksize, np.int64)
+    tap_offset = np.empty(ksize * ksize, np.int64)
+    for ky in range(ksize):
+        for kx in range(ksize):
+            ty, tx = ky * dilation, kx * dilation
+            tap_phase_y[ky * ksize + kx] = ty % stride_y
+            tap_phase_x[ky * ksize + kx] = tx % stride_x
+            tap_offset[ky * ksize + kx] = (ty // stride_y) * wq + tx // stride_x
+    _zero(taps.ravel())
+    for b in range(x.shape[0]):
+        if want_dx:
+            _zero(dphases.ravel())
+        for ci in range(in_per_group):
+            _fill_phases(x, b, g * in_per_group + ci, pad, phases[ci])
+        for fi in range(out_per_group):
+            f = g * out_per_group + fi
+            for oy in range(out_h):
+                src = dy[b, f, oy]
+                dst = dy_plane[oy * wq:]
+                for ox in range(out_w):
+                    dst[ox] = src[ox]
+            for ci in range(in_per_group):
+                for tap in range(ksize * ksize):
+                    qy, qx, offset = tap_phase_y[tap], tap_phase_x[tap], tap_offset[tap]
+                    flat = phases[ci, qy, qx].ravel()
+                    _dot_into_lanes(taps[ci, fi, tap], dy_plane, flat[offset:offset + dy_plane.shape[0]])
+                    if want_dx:
+                        dflat = dphases[ci, qy, qx].ravel()
+                        _axpy(dflat[offset:offset + dy_plane.shape[0]], dy_plane,
+                              weights[f, ci, tap // ksize, tap % ksize])
+        if want_dx:
+            for ci in range(in_per_group):
+                c = g * in_per_group + ci
+                for qy in range(stride_y):
+                    for r in range(rows):
+                        y = r * stride_y + qy - pad
+                        if y < 0 or y >= height:
+                            continue
+                        dst_row = dx[b, c, y]
+                        for qx in range(stride_x):
+                            src_row = dphases[ci, qy, qx, r]
+                            first = pad - qx
+                            j0 = (first + stride_x - 1) // stride_x if first > 0 else 0
+                            j1 = min((width - 1 + pad - qx) // stride_x + 1, wq)
+                            for j in range(j0, j1):
+                                dst_row[j * stride_x + qx - pad] += src_row[j]
+    for ci in range(in_per_group):
+        for fi in range(out_per_group):
+            f = g * out_per_group + fi
+            for tap in range(ksize * ksize):
+                grad_weights[f, ci, tap // ksize, tap % ksize] += np.float32(_sum_lanes(taps[ci, fi, tap]))
+
+
+@jit
+def _backward_serial(x, weights, dy, pad, dilation, grad_weights, dx, want_dx, phase_dims, taps_dims):
+    phases = np.zeros(phase_dims, np.float32)
+    dphases = np.zeros(phase_dims if want_dx else (1, 1, 1, 1, 1), np.float32)
+    dy_plane = np.zeros(dy.shape[2] * phase_dims[4], np.float32)
+    taps = np.empty(taps_dims, np.float32)
+    for g in range(x.shape[1] // weights.shape[1]):
+        _backward_group(x, weights, dy, g, pad, dilation, grad_weights, dx, want_dx, phases, dphases,
+                        dy_plane, taps)
+
+
+@jit(parallel=True)
+def _backward_parallel(x, weights, dy, pad, dilation, grad_weights, dx, want_dx, phase_dims, taps_dims):
+    for g in prange(x.shape[1] // weights.shape[1]):
+        phases = np.zeros(phase_dims, np.float32)
+        dphases = np.zeros(phase_dims if want_dx else (1, 1, 1, 1, 1), np.float32)
+        dy_plane = np.zeros(dy.shape[2] * phase_dims[4], np.float32)
+        taps = np.empty(taps_dims, np.float32)
+        _backward_group(x, weights, dy, g, pad, dilation, grad_weights, dx, want_dx, phases, dphases,
+                        dy_plane, taps)
+
+
+def grouped_conv_backward(x: np.ndarray, weights: np.ndarray, dy: np.ndarray, stride_y: int, stride_x: int,
+                          pad: int, dilation: int, grad_weights: np.ndarray, dx: np.ndarray | None) -> None:
+    """grad_weights += dL/dweights; dx (if not None) += dL/dx, for dy = dL/d(convolution output)."""
+    want_dx = dx is not None
+    groups = x.shape[1] // weights.shape[1]
+    dims = phase_shape(weights.shape[1], weights.shape[2], stride_y, stride_x, dilation, dy.shape[2],
+                       dy.shape[3])
+    taps_dims = (weights.shape[1], dy.shape[1] // groups, weights.shape[2] * weights.shape[3], LANES)
+    parallel = threads_pay(_macs(weights, dy), groups, PARALLEL_MIN_MACS)
+    kernel = _backward_parallel if parallel else _backward_serial
+    kernel(x, weights, dy, pad, dilation, grad_weights, dx if want_dx else x, want_dx, dims, taps_dims)

@@ -1,0 +1,385 @@
+"""Winograd convolution F(m x m, 3 x 3) for 3x3, stride-1, dilation-1, ungrouped convolutions.
+
+Each output tile of m x m pixels is computed from an a x a input tile (a = m + 2) as
+    Y = A^T [ (G g G^T) * (B^T d B) ] A
+so the convolution becomes a = (m+2)^2 independent matrix products, one per position t of the transformed
+tile: M[t] (K, P) = U[t] (K, C) @ V[t] (C, P), with U the transformed weights (cached by the caller, like
+folded batch-norm weights), V the transformed input tiles and P the number of tiles in the batch. F(2x2)
+needs 16 products of 1/4 of the im2col work each (2.25x fewer multiplications), F(4x4) 36 of 1/16 (4x fewer)
+but rounds ~10x worse than direct summation (still ~1e-6 relative for typical activations).
+
+Transforms (Lavin & Gray's matrices, interpolation points 0, +-1 for m=2 and 0, +-1, +-2 for m=4) are
+written out explicitly so that LLVM vectorises them along the tile row:
+  tiles: tile (ty, tx) of image b is p = (b*tiles_h + ty)*tiles_w + tx; its input window starts at
+  (ty*m - pad, tx*m - pad); out-of-image input is zero; outputs past the image are dropped.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from . import jit
+from .threads import threads_pay
+
+# Elements (per transform call) below which starting the thread team costs more than it saves.
+PARALLEL_MIN_ELEMENTS = 1 << 15
+
+_G = {
+    2: np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64),
+    4: np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                 [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float64),
+}
+
+
+def tile_positions(tile: int) -> int:
+    return (tile + 2) ** 2
+
+
+def transform_weights(weights: np.ndarray, tile: int) -> np.ndarray:
+    """U[t, k, c] = (G g_kc G^T) at position t, computed in float64: weights (K, C, 3, 3) -> (a*a, K, C)."""
+    g = _G[tile]
+    u = g @ weights.astype(np.float64) @ g.T            # (K, C, a, a)
+    alpha = tile + 2
+    u = u.reshape(weights.shape[0], weights.shape[1], alpha * alpha).transpose(2, 0, 1)
+    return np.ascontiguousarray(u, dtype=np.float32)
+
+
+def transposed_weights(weights: np.ndarray) -> np.ndarray:
+    """Weights of the convolution that maps dL/d(output) to dL/d(input) of a stride-1 3x3 convolution:
+    filters and channels swapped, kernel rotated by 180 degrees (its padding is 2 - pad)."""
+    return np.ascontiguousarray(weights.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+
+
+def tile_counts(out_h: int, out_w: int, tile: int) -> tuple[int, int]:
+    return (out_h + tile - 1) // tile, (out_w + tile - 1) // tile
+
+
+# ------------------------------------------------------------------------------------------ input transform
+# Window rows are held "phase split": ph[q, j] = padded_row[j*m + q], so the tap l of tile tx is
+# ph[l % m, tx + l // m] and every loop below runs over contiguous memory.
+
+def _column_ranges(width: int, pad: int, tile: int) -> np.ndarray:
+    """Per phase q: (j0, j1, first image column) with image column j*m + q - pad valid for j in [j0, j1)
+    (computed once per call: integer divisions cost more than copying a short row)."""
+    ranges = np.zeros((tile, 3), np.int64)
+    for q in range(tile):
+        first = pad - q
+        j0 = -(-first // tile) if first > 0 else 0
+        j1 = (width - 1 + pad - q) // tile + 1
+        ranges[q] = (j0, max(j0, j1), j0 * tile + q - pad)
+    return ranges
+
+
+@jit
+def _split_rows(x, b, c, first_row, ranges, plane):
+    """plane (R, m, J) = the image rows first_row .. first_row + R - 1 of plane (b, c), zero outside the
+    image, phase split."""
+    height = x.shape[2]
+    tile = plane.shape[1]
+    width_j = plane.shape[2]
+    for r in range(plane.shape[0]):
+        y = first_row + r
+        rows = plane[r]
+        if y < 0 or y >= height:
+            flat = rows.ravel()
+            for i in range(flat.shape[0]):
+                flat[i] = 0.0
+            continue
+        src = x[b, c, y]
+        for q in range(tile):
+            part = rows[q]
+            j0, j1, start = ranges[q, 0], min(ranges[q, 1], width_j), ranges[q, 2]
+            for j in range(j0):
+                part[j] = 0.0
+            seg = src[start:]
+            out = part[j0:j1]
+            if tile == 2:
+                for j in range(out.shape[0]):
+                    out[j] = seg[2 * j]
+            else:
+                for j in range(out.shape[0]):
+                    out[j] = seg[4 * j]
+            for j in range(max(j1, j0), width_j):
+                part[j] = 0.0
+
+
+@jit
+def _tile_f2(rows, work, v, c, p, tiles_w):
+    """Input tiles of one tile row (rows: its 4 phase-split window rows) into v[:, c, p:p + tiles_w]."""
+    d0, d1, d2, d3 = rows[0].ravel(), rows[1].ravel(), rows[2].ravel(), rows[3].ravel()
+    w0, w1, w2, w3 = work[0].ravel(), work[1].ravel(), work[2].ravel(), work[3].ravel()
+    for i in range(d0.shape[0]):  # B^T down the window columns
+        w0[i] = d0[i] - d2[i]
+        w1[i] = d1[i] + d2[i]
+        w2[i] = d2[i] - d1[i]
+        w3[i] = d1[i] - d3[i]
+    for i in range(4):  # B^T along the window rows, one tile per lane
+        e0, e1 = work[i, 0, 0:], work[i, 1, 0:]
+        e2, e3 = work[i, 0, 1:], work[i, 1, 1:]
+        o0 = v[4 * i, c, p:p + tiles_w]
+        o1 = v[4 * i + 1, c, p:p + tiles_w]
+        o2 = v[4 * i + 2, c, p:p + tiles_w]
+        o3 = v[4 * i + 3, c, p:p + tiles_w]
+        for tx in range(tiles_w):
+            o0[tx] = e0[tx] - e2[tx]
+            o1[tx] = e1[tx] + e2[tx]
+            o2[tx] = e2[tx] - e1[tx]
+            o3[tx] = e1[tx] - e3[tx]
+
+
+@jit(inline="always")
+def _bt6(d0, d1, d2, d3, d4, d5):
+    f4 = np.float32(4.0)
+    f5 = np.float32(5.0)
+    f2 = np.float32(2.0)
+    return (f4 * d0 - f5 * d2 + d4,
+            d3 + d4 - f4 * (d1 + d2),
+            f4 * (d1 - d2) - d3 + d4,
+            f2 * (d3 - d1) - d2 + d4,
+            f2 * (d1 - d3) - d2 + d4,
+            f4 * d1 - f5 * d3 + d5)
+
+
+@jit
+def _tile_f4(rows, work, v, c, p, tiles_w):
+    d0, d1, d2 = rows[0].ravel(), rows[1].ravel(), rows[2].ravel()
+    d3, d4, d5 = rows[3].ravel(), rows[4].ravel(), rows[5].ravel()
+    w0, w1, w2 = work[0].ravel(), work[1].ravel(), work[2].ravel()
+    w3, w4, w5 = work[3].ravel(), work[4].ravel(), work[5].ravel()
+    for i in range(d0.shape[0]):
+        w0[i], w1[i], w2[i], w3[i], w4[i], w5[i] = _bt6(d0[i], d1[i], d2[i], d3[i], d4[i], d5[i])
+    for i in range(6):
+        e0, e1, e2, e3 = work[i, 0, 0:], work[i, 1, 0:], work[i, 2, 0:], work[i, 3, 0:]
+        e4, e5 = work[i, 0, 1:], work[i, 1, 1:]
+        o0 = v[6 * i, c, p:p + tiles_w]
+        o1 = v[6 * i + 1, c, p:p + tiles_w]
+        o2 = v[6 * i + 2, c, p:p + tiles_w]
+        o3 = v[6 * i + 3, c, p:p + tiles_w]
+        o4 = v[6 * i + 4, c, p:p + tiles_w]
+        o5 = v[6 * i + 5, c, p:p + tiles_w]
+        for tx in range(tiles_w):
+            o0[tx], o1[tx], o2[tx], o3[tx], o4[tx], o5[tx] = _bt6(e0[tx], e1[tx], e2[tx], e3[tx], e4[tx], e5[tx])
+
+
+@jit
+def _input_channel(x, c, g0, g1, pad, tiles_h, tiles_w, ranges, plane, work, v):
+    """Tile rows [g0, g1) of channel c: each image's run of tile rows reads one phase-split copy of the
+    image rows it covers (window rows overlap between tile rows, so nothing is split twice)."""
+    tile = plane.shape[1]
+    alpha = tile + 2
+    g = g0
+    while g < g1:
+        b = g // tiles_h
+        ty0 = g - b * tiles_h
+        ty1 = min(tiles_h, ty0 + g1 - g)
+        rows = plane[:(ty1 - ty0) * tile + 2]
+        _split_rows(x, b, c, ty0 * tile - pad, ranges, rows)
+        for ty in range(ty0, ty1):
+            window = rows[(ty - ty0) * tile:(ty - ty0) * tile + alpha]
+            p = (g - g0 + ty - ty0) * tiles_w
+            if tile == 2:
+                _tile_f2(window, work, v, c, p, tiles_w)
+            else:
+                _tile_f4(window, work, v, c, p, tiles_w)
+        g += ty1 - ty0
+
+
+@jit
+def _input_serial(x, g0, g1, pad, tile, tiles_h, tiles_w, ranges, v):
+    plane = np.empty((min(g1 - g0, tiles_h) * tile + 2, tile, tiles_w + 1), np.float32)
+    work = np.empty((tile + 2, tile, tiles_w + 1), np.float32)
+    for c in range(x.shape[1]):
+        _input_channel(x, c, g0, g1, pad, tiles_h, tiles_w, ranges, plane, work, v)
+
+
+@jit(parallel=True)
+def _input_parallel(x, g0, g1, pad, tile, tiles_h, tiles_w, ranges, v):
+    for c in prange(x.shape[1]):
+        plane = np.empty((min(g1 - g0, tiles_h) * tile + 2, tile, tiles_w + 1), np.float32)
+        work = np.empty((tile + 2, tile, tiles_w + 1), np.float32)
+        _input_channel(x, c, g0, g1, pad, tiles_h, tiles_w, ranges, plane, work, v)
+
+
+def input_transform(x: np.ndarray, first_row: int, end_row: int, pad: int, tile: int, tiles_h: int,
+                    tiles_w: int, v: np.ndarray) -> None:
+    """v[:, :, :(end_row - first_row)*tiles_w] = B^T d B of the input tiles d of tile rows
+    [first_row, end_row) of the batch (tile row g is row g % tiles_h of image g // tiles_h)."""
+    count = (end_row - first_row) * tiles_w
+    parallel = threads_pay(v.shape[0] * v.shape[1] * count, x.shape[1], PARALLEL_MIN_ELEMENTS)
+    kernel = _input_parallel if parallel else _input_serial
+    kernel(x, first_row, end_row, pad, tile, tiles_h, tiles_w, _column_ranges(x.shape[3], pad, tile), v)
+
+
+# ----------------------------------------------------------------------------------------- output transform
+@jit(inline="always")
+def _finish(value, bias_value, leaky):
+    y = value + bias_value
+    if leaky and not y > np.float32(0.0):
+        # Darknet's leaky: 0.1 is a double, so the product is formed in double and rounded
+        return np.float32(0.1 * np.float64(y))
+    return y
+
+
+@jit
+def _output_rows_f2(m, k, g0, g1, bias_value, leaky, accumulate, tiles_h, tiles_w, z, line, out):
+    out_h, out_w = out.shape[2], out.shape[3]
+    for g in range(g0, g1):
+        b = g // tiles_h
+        ty = g - b * tiles_h
+        p = (g - g0) * tiles_w
+        for i in range(4):  # A^T along the tile rows, one tile per lane
+            s0 = m[4 * i, k, p:p + tiles_w]
+            s1 = m[4 * i + 1, k, p:p + tiles_w]
+            s2 = m[4 * i + 2, k, p:p + tiles_w]
+            s3 = m[4 * i + 3, k, p:p + tiles_w]
+            z0, z1 = z[i, 0], z[i, 1]
+            for tx in range(tiles_w):
+                z0[tx] = s0[tx] + s1[tx] + s2[tx]
+                z1[tx] = s1[tx] - s2[tx] - s3[tx]
+        for q in range(2):
+            oy = 2 * ty + q
+            if oy >= out_h:
+                break
+            orow = out[b, k, oy]
+            direct = out_w == 2 * tiles_w and not accumulate
+            dst = orow if direct else line
+            a0, a1, a2, a3 = z[0, 0], z[1, 0], z[2, 0], z[3, 0]
+            c0, c1, c2, c3 = z[0, 1], z[1, 1], z[2, 1], z[3, 1]
+            if q == 0:
+                for tx in range(tiles_w):
+                    dst[2 * tx] = _finish(a0[tx] + a1[tx] + a2[tx], bias_value, leaky)
+                    dst[2 * tx + 1] = _finish(c0[tx] + c1[tx] + c2[tx], bias_value, leaky)
+            else:
+                for tx in range(tiles_w):
+                    dst[2 * tx] = _finish(a1[tx] - a2[tx] - a3[tx], bias_value, leaky)
+                    dst[2 * tx + 1] = _finish(c1[tx] - c2[tx] - c3[tx], bias_value, leaky)
+            if accumulate:
+                for ox in range(out_w):
+                    orow[ox] += line[ox]
+            elif not direct:
+                for ox in range(out_w):
+                    orow[ox] = line[ox]
+
+
+@jit(inline="always")
+def _at6(s0, s1, s2, s3, s4, s5):
+    sum12 = s1 + s2
+    dif12 = s1 - s2
+    sum34 = s3 + s4
+    dif34 = s3 - s4
+    return (s0 + sum12 + sum34,
+            dif12 + np.float32(2.0) * dif34,
+            sum12 + np.float32(4.0) * sum34,
+            dif12 + np.float32(8.0) * dif34 + s5)
+
+
+@jit
+def _output_rows_f4(m, k, g0, g1, bias_value, leaky, accumulate, tiles_h, tiles_w, z, line, out):
+    out_h, out_w = out.shape[2], out.shape[3]
+    for g in range(g0, g1):
+        b = g // tiles_h
+        ty = g - b * tiles_h
+        p = (g - g0) * tiles_w
+        for i in range(6):
+            s0 = m[6 * i, k, p:p + tiles_w]
+            s1 = m[6 * i + 1, k, p:p + tiles_w]
+            s2 = m[6 * i + 2, k, p:p + tiles_w]
+            s3 = m[6 * i + 3, k, p:p + tiles_w]
+            s4 = m[6 * i + 4, k, p:p + tiles_w]
+            s5 = m[6 * i + 5, k, p:p + tiles_w]
+            z0, z1, z2, z3 = z[0, i], z[1, i], z[2, i], z[3, i]
+            for tx in range(tiles_w):
+                z0[tx], z1[tx], z2[tx], z3[tx] = _at6(s0[tx], s1[tx], s2[tx], s3[tx], s4[tx], s5[tx])
+        # z[r, i] now holds column r of A^T M for window row i; A^T down the rows gives output rows q
+        for r in range(4):
+            y0, y1, y2, y3 = z[r, 0], z[r, 1], z[r, 2], z[r, 3]
+            y4, y5 = z[r, 4], z[r, 5]
+            for tx in range(tiles_w):
+                y0[tx], y1[tx], y2[tx], y3[tx] = _at6(y0[tx], y1[tx], y2[tx], y3[tx], y4[tx], y5[tx])
+        for q in range(4):
+            oy = 4 * ty + q
+            if oy >= out_h:
+                break
+            orow = out[b, k, oy]
+            direct = out_w == 4 * tiles_w and not accumulate
+            dst = orow if direct else line
+            c0, c1, c2, c3 = z[0, q], z[1, q], z[2, q], z[3, q]
+            for tx in range(tiles_w):
+                dst[4 * tx] = _finish(c0[tx], bias_value, leaky)
+                dst[4 * tx + 1] = _finish(c1[tx], bias_value, leaky)
+                dst[4 * tx + 2] = _finish(c2[tx], bias_value, leaky)
+                dst[4 * tx + 3] = _finish(c3[tx], bias_value, leaky)
+            if accumulate:
+                for ox in range(out_w):
+                    orow[ox] += line[ox]
+            elif not direct:
+                for ox in range(out_w):
+                    orow[ox] = line[ox]
+
+
+@jit
+def _output_filter(m, k, g0, g1, bias, leaky, accumulate, tile, tiles_h, tiles_w, z, line, out):
+    if tile == 2:
+        _output_rows_f2(m, k, g0, g1, bias[k], leaky, accumulate, tiles_h, tiles_w, z, line, out)
+    else:
+        _output_rows_f4(m, k, g0, g1, bias[k], leaky, accumulate, tiles_h, tiles_w, z, line, out)
+
+
+@jit
+def _output_serial(m, g0, g1, bias, leaky, accumulate, tile, tiles_h, tiles_w, out):
+    z = np.empty((tile + 2, tile + 2, tiles_w), np.float32)
+    line = np.empty(tiles_w * tile, np.float32)
+    for k in range(out.shape[1]):
+        _output_filter(m, k, g0, g1, bias, leaky, accumulate, tile, tiles_h, tiles_w, z, line, out)
+
+
+@jit(parallel=True)
+def _output_parallel(m, g0, g1, bias, leaky, accumulate, tile, tiles_h, tiles_w, out):
+    for k in prange(out.shape[1]):
+        z = np.empty((tile + 2, tile + 2, tiles_w), np.float32)
+        line = np.empty(tiles_w * tile, np.float32)
+        _output_filter(m, k, g0, g1, bias, leaky, accumulate, tile, tiles_h, tiles_w, z, line, out)
+
+
+def output_transform(m: np.ndarray, first_row: int, end_row: int, bias: np.ndarray, leaky: bool, tile: int,
+                     tiles_h: int, tiles_w: int, out: np.ndarray, accumulate: bool = False) -> None:
+    """Output pixels of tile rows [first_row, end_row) = A^T M A of their tiles (m as input_transform's v)
+    + bias[k], then Darknet's leaky if `leaky`; with `accumulate` the result is added to `out` instead."""
+    count = (end_row - first_row) * tiles_w
+    parallel = threads_pay(m.shape[0] * m.shape[1] * count, out.shape[1], PARALLEL_MIN_ELEMENTS)
+    kernel = _output_parallel if parallel else _output_serial
+    kernel(m, first_row, end_row, bias, leaky, accumulate, tile, tiles_h, tiles_w, out)
+
+
+def block_rows(channels: int, filters: int, tile: int, tiles_w: int, total_rows: int,
+               budget_bytes: int) -> int:
+    """Tile rows per block so that one block's transformed input and product stay within the budget."""
+    per_row = tile_positions(tile) * (channels + filters) * tiles_w * 4
+    return max(1, min(total_rows, budget_bytes // per_row))
+
+
+def winograd_conv(x: np.ndarray, u: np.ndarray, bias: np.ndarray, pad: int, tile: int, leaky: bool,
+                  rows_per_block: int, v: np.ndarray, m: np.ndarray, out: np.ndarray,
+                  accumulate: bool = False) -> None:
+    """The whole convolution: x (B, C, H, W), u = transform_weights(...), out (B, K, OH, OW) (x and out may
+    be strided views with contiguous rows). Tile rows are processed `rows_per_block` at a time through the
+    flat scratch buffers v (>= a*a*C*rows_per_block*tiles_w floats) and m (>= a*a*K*rows_per_block*tiles_w),
+    so that a block stays in cache between its three steps. With `accumulate`, out += the convolution
+    (bias and leaky must then be zero / off)."""
+    tiles_h, tiles_w = tile_counts(out.shape[2], out.shape[3], tile)
+    positions = u.shape[0]
+    total = x.shape[0] * tiles_h
+    for first in range(0, total, rows_per_block):
+        end = min(total, first + rows_per_block)
+        count = (end - first) * tiles_w
+        vb = v[:positions * x.shape[1] * count].reshape(positions, x.shape[1], count)
+        mb = m[:positions * out.shape[1] * count].reshape(positions, out.shape[1], count)
+        input_transform(x, first, end, pad, tile, tiles_h, tiles_w, vb)
+        np.matmul(u, vb, out=mb)
+        output_transform(mb, first, end, bias, leaky, tile, tiles_h, tiles_w, out, accumulate)
+
+
+def scratch_sizes(channels: int, filters: int, tile: int, tiles_w: int, rows_per_block: int) -> tuple[int, int]:
+    """Float counts of the v and m buffers winograd_conv needs."""
+    tiles = rows_per_block * tiles_w
+    return tile_positions(tile) * channels * tiles, tile_positions(tile) * filters * tiles

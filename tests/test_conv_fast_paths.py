@@ -1,0 +1,455 @@
+"""The fast convolution paths against slow references: the direct grouped/depthwise kernel, Winograd
+F(2x2)/F(4x4), the gather im2col/col2im, the channel-major training path (BN + leaky + transpose fused),
+the batch-norm kernels, and the max-pool kernel. Oracles: tests/naive_conv.py and naive_pooling.py (float64
+loops), numpy float64 formulas of spec §4.2, and PyTorch (float64) for gradients."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from darknetpy.kernels import batchnorm as bn_kernels
+from darknetpy.kernels import pooling, winograd
+from darknetpy.kernels.depthwise import grouped_conv_backward, grouped_conv_forward
+from darknetpy.kernels.im2col import col2im_batch_add, im2col_batch
+from darknetpy.network import network_from_text
+
+from naive_conv import batchnorm_inference, conv2d, leaky
+from naive_pooling import FLT_MAX, maxpool
+
+RNG = np.random.default_rng(20240611)
+
+
+def out_size(size, k, stride, pad, dilation=1):
+    return (size + 2 * pad - (dilation * (k - 1) + 1)) // stride + 1
+
+
+def make_net(layer_text, w, h, c):
+    return network_from_text(f"[net]\nwidth={w}\nheight={h}\nchannels={c}\n\n{layer_text}")
+
+
+def randomise(layer, rng):
+    for a in layer.weight_arrays(saving=True):
+        a[...] = rng.uniform(0.5, 1.5, a.shape) if a is not layer.weights else rng.standard_normal(a.shape)
+    layer.parameters_changed()
+
+
+def torch_or_skip():
+    return pytest.importorskip("torch")
+
+
+def shifted_conv(x, weights, stride, pad):
+    """float64 convolution (groups 1) as a sum over the taps of shifted slices: the same definition as
+    naive_conv.conv2d, vectorised for the larger cases."""
+    batch, c, h, w = x.shape
+    f, _, k, _ = weights.shape
+    oh, ow = out_size(h, k, stride, pad), out_size(w, k, stride, pad)
+    padded = np.zeros((batch, c, h + 2 * pad, w + 2 * pad))
+    padded[:, :, pad:pad + h, pad:pad + w] = x
+    out = np.zeros((batch, f, oh, ow))
+    for ky in range(k):
+        for kx in range(k):
+            patch = padded[:, :, ky:ky + (oh - 1) * stride + 1:stride, kx:kx + (ow - 1) * stride + 1:stride]
+            out += np.einsum("bchw,fc->bfhw", patch, weights[:, :, ky, kx].astype(np.float64))
+    return out
+
+
+# ---- direct grouped / depthwise kernel ----------------------------------------------------------------
+# (batch, channels, filters, groups, height, width, ksize, stride, pad, dilation)
+DIRECT_CASES = [
+    (2, 6, 6, 6, 9, 11, 3, 1, 1, 1),     # depthwise, odd sizes, batch 2
+    (2, 6, 6, 6, 9, 11, 3, 2, 1, 1),     # depthwise stride 2
+    (1, 5, 5, 5, 8, 7, 3, 2, 1, 1),      # stride 2 on an even/odd map
+    (1, 4, 8, 4, 7, 5, 3, 2, 0, 1),      # depth multiplier 2, no padding
+    (2, 8, 4, 2, 10, 9, 5, 1, 2, 1),     # 4 in / 2 out channels per group, 5x5
+    (1, 6, 6, 3, 9, 9, 3, 1, 2, 2),      # dilation 2
+    (1, 3, 3, 3, 4, 5, 3, 3, 1, 1),      # stride 3
+    (3, 3, 16, 1, 13, 12, 3, 1, 1, 1),   # ungrouped first layer (RGB)
+    (2, 1, 4, 1, 7, 6, 3, 2, 1, 1),      # grey first layer, stride 2
+    (1, 4, 4, 4, 6, 6, 1, 1, 0, 1),      # grouped 1x1
+    (1, 2, 2, 2, 5, 5, 4, 1, 1, 1),      # even kernel
+]
+
+
+@pytest.mark.parametrize("case", DIRECT_CASES)
+def test_direct_forward_matches_naive(case):
+    batch, c, f, groups, h, w, k, s, p, d = case
+    x = RNG.standard_normal((batch, c, h, w)).astype(np.float32)
+    weights = RNG.standard_normal((f, c // groups, k, k)).astype(np.float32)
+    bias = RNG.standard_normal(f).astype(np.float32)
+    ref = conv2d(x.astype(np.float64), weights, bias, s, s, p, groups, d)
+    out = np.empty(ref.shape, np.float32)
+    grouped_conv_forward(x, weights, bias, s, s, p, d, out)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    grouped_conv_forward(x, weights, bias, s, s, p, d, out, leaky=True)
+    np.testing.assert_allclose(out, leaky(ref), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", DIRECT_CASES)
+def test_direct_backward_matches_torch(case):
+    torch = torch_or_skip()
+    batch, c, f, groups, h, w, k, s, p, d = case
+    x = RNG.standard_normal((batch, c, h, w)).astype(np.float32)
+    weights = RNG.standard_normal((f, c // groups, k, k)).astype(np.float32)
+    oh, ow = out_size(h, k, s, p, d), out_size(w, k, s, p, d)
+    dy = RNG.standard_normal((batch, f, oh, ow)).astype(np.float32)
+    grad_w = np.full_like(weights, 0.25)  # gradients accumulate
+    dx = np.full_like(x, -0.5)
+    grouped_conv_backward(x, weights, dy, s, s, p, d, grad_w, dx)
+    tx = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    tw = torch.tensor(weights, dtype=torch.float64, requires_grad=True)
+    y = torch.nn.functional.conv2d(tx, tw, None, stride=s, padding=p, dilation=d, groups=groups)
+    y.backward(torch.tensor(dy, dtype=torch.float64))
+    np.testing.assert_allclose(grad_w, tw.grad.numpy() + 0.25, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dx, tx.grad.numpy() - 0.5, rtol=1e-4, atol=1e-4)
+    grad_only = np.zeros_like(weights)
+    grouped_conv_backward(x, weights, dy, s, s, p, d, grad_only, None)
+    np.testing.assert_allclose(grad_only, tw.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+# ---- Winograd ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("tile", [2, 4])
+@pytest.mark.parametrize("batch,c,k,h,w,pad", [
+    (1, 3, 4, 5, 7, 1),     # outputs smaller than two tiles, odd
+    (2, 5, 6, 9, 11, 1),    # odd sizes: partial tiles on both edges, batch 2
+    (1, 4, 3, 13, 13, 1),   # 13x13 as in yolov3-tiny's deep layers
+    (1, 2, 2, 8, 8, 0),     # valid convolution
+    (1, 3, 2, 6, 7, 2),     # padding 2: the output grows
+    (3, 2, 3, 4, 4, 1),
+])
+def test_winograd_matches_naive_for_every_block_size(tile, batch, c, k, h, w, pad):
+    x = RNG.standard_normal((batch, c, h, w)).astype(np.float32)
+    weights = RNG.standard_normal((k, c, 3, 3)).astype(np.float32)
+    bias = RNG.standard_normal(k).astype(np.float32)
+    ref = conv2d(x.astype(np.float64), weights, bias, 1, 1, pad)
+    out = np.empty(ref.shape, np.float32)
+    u = winograd.transform_weights(weights, tile)
+    tiles_h, tiles_w = winograd.tile_counts(ref.shape[2], ref.shape[3], tile)
+    for rows in sorted({1, 2, batch * tiles_h}):
+        v_size, m_size = winograd.scratch_sizes(c, k, tile, tiles_w, rows)
+        v, m = np.empty(v_size, np.float32), np.empty(m_size, np.float32)
+        for fuse_leaky in (False, True):
+            out.fill(np.nan)
+            winograd.winograd_conv(x, u, bias, pad, tile, fuse_leaky, rows, v, m, out)
+            expected = leaky(ref) if fuse_leaky else ref
+            np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4 if tile == 4 else 1e-5)
+
+
+def test_winograd_f4_rounding_stays_small_on_many_channels():
+    # F(4x4)'s transforms amplify rounding; with 256 input channels it must still be far inside 1e-4
+    x = RNG.standard_normal((1, 256, 12, 12)).astype(np.float32)
+    weights = (RNG.standard_normal((8, 256, 3, 3)) / 48).astype(np.float32)
+    ref = shifted_conv(x.astype(np.float64), weights, 1, 1)
+    assert np.allclose(ref[0, :2, :3, :3], conv2d(x[:, :, :4, :4].astype(np.float64), weights[:2], np.zeros(2),
+                                                  1, 1, 1)[0, :, :3, :3])  # the vectorised oracle agrees
+    out = np.empty(ref.shape, np.float32)
+    tiles_h, tiles_w = winograd.tile_counts(12, 12, 4)
+    v_size, m_size = winograd.scratch_sizes(256, 8, 4, tiles_w, tiles_h)
+    winograd.winograd_conv(x, winograd.transform_weights(weights, 4), np.zeros(8, np.float32), 1, 4, False,
+                           tiles_h, np.empty(v_size, np.float32), np.empty(m_size, np.float32), out)
+    assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-5
+
+
+@pytest.mark.parametrize("size,activation", [(9, "leaky"), (52, "linear"), (50, "mish")])
+def test_winograd_layer_with_folded_batch_norm(size, activation):
+    # 52x52 uses 4x4 tiles, 9x9 2x2 tiles; mish is applied after the fused part
+    net = make_net(f"[convolutional]\nfilters=5\nsize=3\npad=1\nbatch_normalize=1\nactivation={activation}",
+                   size, size - 1, 6)
+    layer = net.layers[0]
+    randomise(layer, RNG)
+    assert layer.winograd_tile == (4 if size >= 48 else 2)
+    x = RNG.standard_normal((2, 6, size - 1, size)).astype(np.float32)
+    got = net.forward(x)
+    raw = shifted_conv(x.astype(np.float64), layer.weights, 1, 1)
+    ref = batchnorm_inference(raw, layer.bn.scales, layer.biases, layer.bn.rolling_mean, layer.bn.rolling_var)
+    if activation == "leaky":
+        ref = leaky(ref)
+    elif activation == "mish":
+        ref = ref * np.tanh(np.log1p(np.exp(ref)))
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_layer_paths_are_chosen_from_the_shapes():
+    def layer(text, c, size=16):
+        net = make_net("[convolutional]\n" + text, size, size, c)
+        net.layers[0].allocate(1)
+        return net.layers[0]
+    assert layer("filters=8\nsize=3\npad=1\ngroups=8\nactivation=leaky", 8).path == "direct"
+    assert layer("filters=16\nsize=3\npad=1\nactivation=leaky", 3).path == "direct"
+    assert layer("filters=16\nsize=3\npad=1\nactivation=leaky", 16).path == "gemm"
+    assert layer("filters=16\nsize=1\nactivation=leaky", 3).path == "gemm"
+    assert layer("filters=64\nsize=3\npad=1\ngroups=2\nactivation=leaky", 64).path == "gemm"
+    assert layer("filters=16\nsize=3\npad=1\nactivation=leaky", 16).winograd_tile == 2
+    assert layer("filters=16\nsize=3\npad=1\nactivation=leaky", 16, 64).winograd_tile == 4
+    assert layer("filters=16\nsize=3\nstride=2\npad=1\nactivation=leaky", 16).winograd_tile == 0
+
+
+@pytest.mark.parametrize("text,c", [
+    ("filters=6\nsize=3\nstride=2\npad=1\ngroups=6\nbatch_normalize=1\nactivation=leaky", 6),
+    ("filters=8\nsize=3\npad=1\ngroups=4\nbatch_normalize=1\nactivation=linear", 4),
+    ("filters=4\nsize=3\npad=1\nbatch_normalize=1\nactivation=leaky", 3),
+])
+def test_direct_layer_inference_with_folded_batch_norm(text, c):
+    net = make_net("[convolutional]\n" + text, 11, 9, c)
+    layer = net.layers[0]
+    randomise(layer, RNG)
+    x = RNG.standard_normal((2, c, 9, 11)).astype(np.float32)
+    got = net.forward(x)
+    assert layer.path == "direct"
+    cfg = layer.config
+    raw = conv2d(x.astype(np.float64), layer.weights, np.zeros(cfg.filters), cfg.stride, cfg.stride, 1,
+                 cfg.groups)
+    ref = batchnorm_inference(raw, layer.bn.scales, layer.biases, layer.bn.rolling_mean, layer.bn.rolling_var)
+    np.testing.assert_allclose(got, leaky(ref) if cfg.activation == "leaky" else ref, rtol=1e-4, atol=1e-4)
+
+
+# ---- training: channel-major BN + activation, both convolution paths ---------------------------------
+def darknet_bn_train(raw, scales, biases):
+    """Spec §4.2 training forward in float64: (normalised, output before activation, mean, variance)."""
+    count = raw.shape[0] * raw.shape[2] * raw.shape[3]
+    mean = raw.mean(axis=(0, 2, 3))
+    var = ((raw - mean[None, :, None, None]) ** 2).sum(axis=(0, 2, 3)) / (count - 1)
+    norm = (raw - mean[None, :, None, None]) / (np.sqrt(var)[None, :, None, None] + 1e-6)
+    return norm, norm * scales[None, :, None, None] + biases[None, :, None, None], mean, var
+
+
+@pytest.mark.parametrize("text,c,activation", [
+    ("filters=5\nsize=3\npad=1\nbatch_normalize=1", 6, "leaky"),                  # gemm
+    ("filters=5\nsize=3\nstride=2\npad=1\nbatch_normalize=1", 6, "leaky"),        # gemm, stride 2
+    ("filters=6\nsize=3\nstride=2\npad=1\ngroups=6\nbatch_normalize=1", 6, "leaky"),  # direct depthwise
+    ("filters=4\nsize=3\npad=1\nbatch_normalize=1", 1, "mish"),                    # direct, unfused activation
+    ("filters=5\nsize=1\nbatch_normalize=1", 6, "linear"),                         # pointwise
+    ("filters=5\nsize=3\npad=1", 6, "leaky"),                                     # no BN: bias only
+    ("filters=4\nsize=3\npad=1\ngroups=2", 6, "relu"),
+])
+def test_training_forward_and_backward_match_torch_and_spec(text, c, activation, width=9, height=8):
+    torch = torch_or_skip()
+    fn = torch.nn.functional
+    net = make_net(f"[convolutional]\n{text}\nactivation={activation}", width, height, c)
+    layer = net.layers[0]
+    randomise(layer, RNG)
+    cfg = layer.config
+    has_bn = layer.bn is not None
+    rolling_mean = layer.bn.rolling_mean.copy() if has_bn else None
+    rolling_var = layer.bn.rolling_var.copy() if has_bn else None
+    batch = 3
+    x = RNG.standard_normal((batch, c, height, width)).astype(np.float32)
+    layer.allocate(batch)
+    out = layer.forward([x], True).copy()
+    dy = RNG.standard_normal(out.shape).astype(np.float32)
+    dx = np.zeros_like(x)
+    layer.backward(dy.copy(), [x], [dx])
+
+    tx = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    tw = torch.tensor(layer.weights, dtype=torch.float64, requires_grad=True)
+    tb = torch.tensor(layer.biases, dtype=torch.float64, requires_grad=True)
+    raw = fn.conv2d(tx, tw, None, stride=cfg.strides, padding=cfg.effective_padding, groups=cfg.groups)
+    if has_bn:
+        ts = torch.tensor(layer.bn.scales, dtype=torch.float64, requires_grad=True)
+        count = raw.shape[0] * raw.shape[2] * raw.shape[3]
+        mean = raw.mean(dim=(0, 2, 3), keepdim=True)
+        var = ((raw - mean) ** 2).sum(dim=(0, 2, 3), keepdim=True) / (count - 1)
+        pre = (raw - mean) / (var.sqrt() + 1e-6) * ts[None, :, None, None] + tb[None, :, None, None]
+    else:
+        pre = raw + tb[None, :, None, None]
+    activate = {"leaky": lambda v: fn.leaky_relu(v, 0.1), "relu": fn.relu, "linear": lambda v: v,
+                "mish": lambda v: v * torch.tanh(fn.softplus(v))}[activation]
+    y = activate(pre)
+    np.testing.assert_allclose(out, y.detach().numpy(), rtol=1e-4, atol=1e-4)
+    if has_bn:
+        # Darknet's backward uses sqrt(var + 1e-5) where its forward uses sqrt(var) + 1e-6 (spec §4.2):
+        # compare the gradients with the spec's formulas, not with autograd of the forward
+        pre_leaf = pre.detach().requires_grad_(True)
+        activate(pre_leaf).backward(torch.tensor(dy, dtype=torch.float64))
+        g = pre_leaf.grad  # dL/d(BN output)
+        raw_d = raw.detach()
+        count = raw_d.shape[0] * raw_d.shape[2] * raw_d.shape[3]
+        mean_d = raw_d.mean(dim=(0, 2, 3), keepdim=True)
+        var_d = ((raw_d - mean_d) ** 2).sum(dim=(0, 2, 3), keepdim=True) / (count - 1)
+        norm = (raw_d - mean_d) / (var_d.sqrt() + 1e-6)
+        np.testing.assert_allclose(layer.grad_biases, g.sum(dim=(0, 2, 3)).numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(layer.bn.grad_scales, (g * norm).sum(dim=(0, 2, 3)).numpy(),
+                                   rtol=1e-4, atol=1e-4)
+        d = g * ts.detach()[None, :, None, None]
+        mean_delta = -(d / (var_d + 1e-5).sqrt()).sum(dim=(0, 2, 3), keepdim=True)
+        var_delta = (d * (raw_d - mean_d)).sum(dim=(0, 2, 3), keepdim=True) * -0.5 * (var_d + 1e-5) ** -1.5
+        d_raw = d / (var_d + 1e-5).sqrt() + var_delta * 2 * (raw_d - mean_d) / count + mean_delta / count
+        raw.backward(d_raw)
+        expected_mean = 0.99 * rolling_mean + 0.01 * mean_d.reshape(-1).numpy()
+        expected_var = 0.99 * rolling_var + 0.01 * var_d.reshape(-1).numpy()
+        np.testing.assert_allclose(layer.bn.rolling_mean, expected_mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(layer.bn.rolling_var, expected_var, rtol=1e-5, atol=1e-6)
+    else:
+        y.backward(torch.tensor(dy, dtype=torch.float64))
+        np.testing.assert_allclose(layer.grad_biases, tb.grad.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(layer.grad_weights, tw.grad.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("padding", [1, 0, 2])
+def test_training_input_gradient_by_winograd_on_large_maps(padding, monkeypatch):
+    import darknetpy.layers.convolutional as conv
+    monkeypatch.setattr(conv, "WINOGRAD_TRAIN_MIN_PIXELS", 1)  # small maps keep the test fast
+    calls = []
+    real = winograd.winograd_conv
+    monkeypatch.setattr(winograd, "winograd_conv", lambda *a, **k: calls.append(k) or real(*a, **k))
+    text = f"filters=5\nsize=3\npadding={padding}\nbatch_normalize=1"
+    test_training_forward_and_backward_match_torch_and_spec(text, 6, "leaky", 11, 10)
+    assert calls == [{"accumulate": True}]
+
+
+# ---- batch-norm kernels ((B, C, S) layout, used by [batchnorm] and [connected]) ------------------------
+@pytest.mark.parametrize("shape", [(4, 3, 7), (3, 2, 70), (16, 5, 1)])
+def test_batchnorm_kernels_match_spec_formulas(shape):
+    y = (RNG.standard_normal(shape) * 2 + 0.5).astype(np.float32)
+    channels = shape[1]
+    scale = RNG.uniform(0.5, 1.5, channels).astype(np.float32)
+    bias = RNG.standard_normal(channels).astype(np.float32)
+    rolling_mean = RNG.standard_normal(channels).astype(np.float32)
+    rolling_var = RNG.uniform(0.5, 2, channels).astype(np.float32)
+    expected_rm = 0.99 * rolling_mean.astype(np.float64)
+    expected_rv = 0.99 * rolling_var.astype(np.float64)
+    mean, var = np.zeros(channels, np.float32), np.zeros(channels, np.float32)
+    saved, normed = np.empty_like(y), np.empty_like(y)
+    x = y.astype(np.float64)
+    out = y.copy()
+    bn_kernels.train_forward(out, scale, bias, rolling_mean, rolling_var, mean, var, saved, normed)
+    norm, ref, ref_mean, ref_var = darknet_bn_train(x[..., None], scale, bias)
+    np.testing.assert_allclose(out, ref[..., 0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(normed, norm[..., 0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(saved, y)
+    np.testing.assert_allclose(mean, ref_mean, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(var, ref_var, rtol=1e-5)
+    np.testing.assert_allclose(rolling_mean, expected_rm + 0.01 * ref_mean, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(rolling_var, expected_rv + 0.01 * ref_var, rtol=1e-6)
+
+    dy = RNG.standard_normal(shape).astype(np.float32)
+    grad_scale, grad_bias = np.ones(channels, np.float32), np.zeros(channels, np.float32)
+    d = dy.copy()
+    bn_kernels.train_backward(d, saved, mean, var, scale, grad_scale, grad_bias)
+    g = dy.astype(np.float64)
+    count = shape[0] * shape[2]
+    centered = x - ref_mean[None, :, None]
+    np.testing.assert_allclose(grad_bias, g.sum(axis=(0, 2)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grad_scale, 1 + (g * norm[..., 0]).sum(axis=(0, 2)), rtol=1e-5, atol=1e-5)
+    gs = g * scale[None, :, None]
+    denom = ref_var[None, :, None] + 1e-5
+    mean_delta = -(gs / np.sqrt(denom)).sum(axis=(0, 2), keepdims=True)
+    var_delta = (gs * centered).sum(axis=(0, 2), keepdims=True) * -0.5 * denom ** -1.5
+    expected = gs / np.sqrt(denom) + var_delta * 2 * centered / count + mean_delta / count
+    np.testing.assert_allclose(d, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_batchnorm_forward_may_skip_the_normalised_copy():
+    y = RNG.standard_normal((2, 3, 5)).astype(np.float32)
+    reference, skipped = y.copy(), y.copy()
+    stats = [np.zeros(3, np.float32) for _ in range(4)]
+    ones, zeros = np.ones(3, np.float32), np.zeros(3, np.float32)
+    bn_kernels.train_forward(reference, ones, zeros, *stats, np.empty_like(y), np.empty_like(y))
+    stats = [np.zeros(3, np.float32) for _ in range(4)]
+    bn_kernels.train_forward(skipped, ones, zeros, *stats, np.empty_like(y), np.empty((0, 0, 0), np.float32))
+    np.testing.assert_array_equal(reference, skipped)
+
+
+# ---- whole-batch im2col / col2im -----------------------------------------------------------------------
+def naive_im2col(x, k, s, p, d):
+    batch, c, h, w = x.shape
+    oh, ow = out_size(h, k, s, p, d), out_size(w, k, s, p, d)
+    padded = np.zeros((batch, c, h + 2 * p, w + 2 * p))
+    padded[:, :, p:p + h, p:p + w] = x
+    cols = np.zeros((c * k * k, batch * oh * ow))
+    for ch in range(c):
+        for ky in range(k):
+            for kx in range(k):
+                patch = padded[:, ch, ky * d:ky * d + (oh - 1) * s + 1:s, kx * d:kx * d + (ow - 1) * s + 1:s]
+                cols[(ch * k + ky) * k + kx] = patch.reshape(-1)
+    return cols
+
+
+@pytest.mark.parametrize("case", [(2, 3, 7, 9, 3, 1, 1, 1), (2, 3, 7, 9, 3, 2, 1, 1), (1, 2, 8, 8, 5, 2, 2, 1),
+                                  (1, 2, 9, 9, 3, 1, 2, 2), (2, 2, 6, 6, 3, 1, 0, 1), (1, 1, 5, 5, 3, 3, 4, 1)])
+def test_im2col_batch_and_its_adjoint(case):
+    batch, c, h, w, k, s, p, d = case
+    oh, ow = out_size(h, k, s, p, d), out_size(w, k, s, p, d)
+    x = RNG.standard_normal((batch, c, h, w)).astype(np.float32)
+    cols = np.full((c * k * k, batch * oh * ow), np.nan, np.float32)
+    im2col_batch(x, k, s, s, p, d, oh, ow, cols)
+    ref = naive_im2col(x.astype(np.float64), k, s, p, d)
+    np.testing.assert_array_equal(cols, ref.astype(np.float32))
+    # adjoint: <im2col(x), g> == <x, col2im(g)> for every x, so col2im(g) is the gradient of that sum
+    g = RNG.standard_normal(cols.shape).astype(np.float32)
+    back = np.full_like(x, 2.0)
+    col2im_batch_add(g, k, s, s, p, d, oh, ow, back)
+    basis = np.eye(x.size).reshape((x.size,) + x.shape)
+    expected = np.array([(naive_im2col(e, k, s, p, d) * g).sum() for e in basis]).reshape(x.shape)
+    np.testing.assert_allclose(back, expected + 2.0, rtol=1e-5, atol=1e-5)
+
+
+# ---- max pooling ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("size,stride,padding,h,w", [
+    (2, 2, 1, 8, 8), (2, 2, 1, 7, 9), (2, 1, 1, 5, 5), (3, 2, 2, 7, 6), (1, 1, 0, 3, 4), (5, 1, 4, 6, 5),
+    (9, 1, 8, 4, 4), (3, 3, 0, 9, 8), (4, 2, 3, 7, 7), (1, 2, 4, 3, 3),
+])
+def test_maxpool_kernel_matches_naive_with_ties_nan_and_flt_max(size, stride, padding, h, w):
+    x = RNG.integers(-3, 3, (2, 3, h, w)).astype(np.float32)   # many ties: the first maximum must win
+    x[0, 0, 0, 0] = np.nan
+    x[0, 1] = -FLT_MAX                                         # never beats the initial -FLT_MAX
+    x[1, 2, h // 2, :] = np.nan
+    ref, winner = maxpool(x, size, stride, stride, padding)
+    offset = int(-padding / 2)
+    out = np.full(ref.shape, 7.0, np.float32)
+    argmax = np.full(ref.shape, 99, np.int32)
+    pooling.maxpool_forward(x, size, stride, stride, offset, out, argmax)
+    np.testing.assert_array_equal(out, ref)
+    np.testing.assert_array_equal(argmax, winner)
+
+
+# ---- parallel variants (the cases above are too small to cross the thresholds) --------------------------
+def test_parallel_kernels_agree_with_the_references(monkeypatch):
+    import numba
+    from darknetpy.kernels import depthwise, im2col
+    if numba.get_num_threads() < 2:
+        pytest.skip("one Numba thread: the parallel kernels never run")
+    for module, name in [(depthwise, "PARALLEL_MIN_MACS"), (winograd, "PARALLEL_MIN_ELEMENTS"),
+                         (im2col, "PARALLEL_MIN_ELEMENTS"), (bn_kernels, "PARALLEL_MIN_ELEMENTS"),
+                         (pooling, "PARALLEL_MIN_ELEMENTS")]:
+        monkeypatch.setattr(module, name, 1)
+    test_direct_forward_matches_naive(DIRECT_CASES[4])
+    test_direct_backward_matches_torch(DIRECT_CASES[1])
+    test_winograd_matches_naive_for_every_block_size(4, 2, 5, 6, 9, 11, 1)
+    test_im2col_batch_and_its_adjoint((2, 3, 7, 9, 3, 1, 1, 1))
+    test_batchnorm_kernels_match_spec_formulas((4, 3, 7))
+    test_maxpool_kernel_matches_naive_with_ties_nan_and_flt_max(3, 2, 2, 7, 6)
+    test_maxpool_kernel_matches_naive_with_ties_nan_and_flt_max(2, 2, 1, 8, 8)
+    test_training_forward_and_backward_match_torch_and_spec(
+        "filters=5\nsize=3\npad=1\nbatch_normalize=1", 6, "leaky")
+
+
+# ---- thread policy -------------------------------------------------------------------------------------
+def test_idle_openmp_workers_sleep_unless_the_user_said_otherwise():
+    import darknetpy.kernels.threads as threads
+    assert os.environ.get("OMP_WAIT_POLICY")  # set (by us, or earlier by the user)
+    saved = os.environ.pop("OMP_WAIT_POLICY")
+    try:
+        threads.apply_defaults()
+        assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+        os.environ["OMP_WAIT_POLICY"] = "ACTIVE"
+        threads.apply_defaults()
+        assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    finally:
+        os.environ["OMP_WAIT_POLICY"] = saved
+
+
+def test_warns_when_numba_threads_were_started_spinning_before_import():
+    script = ("import warnings, numba\n"
+              "numba.set_num_threads(2)\n"
+              "with warnings.catch_warnings(record=True) as caught:\n"
+              "    warnings.simplefilter('always')\n"
+              "    import darknetpy\n"
+              "print(numba.threading_layer(), sum('OMP_WAIT_POLICY' in str(w.message) for w in caught))\n")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env["NUMBA_NUM_THREADS"] = "2"
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    layer, warned = done.stdout.split()
+    assert warned == ("1" if layer == "omp" else "0"), done.stderr
