@@ -69,31 +69,62 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
+Rect = tuple[int, int, int, int]   # left, top, right, bottom, inclusive
+
+
+def _overlaps(a: Rect, b: Rect) -> bool:
+    return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
+
+
+def _place_label(box: Rect, size: tuple[int, int], image_size: tuple[int, int], taken: list[Rect]) -> Rect:
+    """Where a label of `size` goes: just above the box, else inside its top edge, else below it, else inside
+    its bottom edge; the first spot that hides no label placed before. Crowded scenes (many boxes with the
+    same top edge) otherwise print every label on the same row, where only the last one is readable."""
+    (left, top, right, bottom), (label_w, label_h), (width, height) = box, size, image_size
+    x = min(left, max(0, width - label_w))
+    candidates = [top - label_h, top, bottom + 1, bottom - label_h + 1]
+    step = max(1, label_h)
+    candidates += [top + k * step for k in range(1, max(1, (bottom - top) // step))]
+    fallback = None
+    for y in candidates:
+        y = min(max(0, y), max(0, height - label_h))
+        rect = (x, y, x + label_w - 1, y + label_h - 1)
+        if fallback is None:
+            fallback = rect
+        if not any(_overlaps(rect, other) for other in taken):
+            return rect
+    return fallback
+
+
 def render_detections(image: Drawable, results: Sequence[DetectionResult]) -> Image.Image:
-    """A new RGB image with every detected box and its label drawn in the class colour."""
+    """A new RGB image with every detected box and its label drawn in the class colour. Boxes are drawn
+    first and labels after them, so no box line crosses a label."""
     canvas = _to_pil(image).copy()
     width, height = canvas.size
     draw = ImageDraw.Draw(canvas)
     line = max(2, int(height * 0.006))
     font = _font(max(10, round(height * 0.03)))
+    pad = max(1, line // 2)
+    labels = []
     for _, group in groupby(results, key=lambda r: r.detection_index):
         group = list(group)
         first = group[0]
         colour = class_color_bytes(first.class_id, first.num_classes)
-        left, top, right, bottom = darknet_rect(first.box, width, height)
+        box = darknet_rect(first.box, width, height)
+        left, top, right, bottom = box
         if right < left or bottom < top:
             continue
-        draw.rectangle((left, top, right, bottom), outline=colour, width=line)
-        label = ", ".join(f"{r.name} {darknet_percent(r.score)}" for r in group)
+        draw.rectangle(box, outline=colour, width=line)
+        labels.append((box, colour, ", ".join(f"{r.name} {darknet_percent(r.score)}" for r in group)))
+    taken: list[Rect] = []
+    for box, colour, label in labels:
         x0, y0, x1, y1 = draw.textbbox((0, 0), label, font=font)
-        pad = max(1, line // 2)
-        box_w, box_h = x1 - x0 + 2 * pad, y1 - y0 + 2 * pad
-        label_top = top - box_h if top - box_h >= 0 else top
-        label_left = min(left, max(0, width - box_w))
-        draw.rectangle((label_left, label_top, label_left + box_w - 1, label_top + box_h - 1), fill=colour)
+        rect = _place_label(box, (x1 - x0 + 2 * pad, y1 - y0 + 2 * pad), (width, height), taken)
+        taken.append(rect)
+        draw.rectangle(rect, fill=colour)
         luminance = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
         text_colour = (0, 0, 0) if luminance >= 128 else (255, 255, 255)
-        draw.text((label_left + pad - x0, label_top + pad - y0), label, fill=text_colour, font=font)
+        draw.text((rect[0] + pad - x0, rect[1] + pad - y0), label, fill=text_colour, font=font)
     return canvas
 
 

@@ -285,3 +285,18 @@ def test_render_accepts_pil_and_groups_classes_of_one_box():
     out = render_detections(img, rs)
     assert out.size == (64, 48)
     assert np.asarray(out)[6, 0].tolist() == list(class_color_bytes(0, 2))  # first class's colour
+
+
+def test_labels_of_boxes_with_the_same_top_edge_do_not_cover_each_other():
+    """Three boxes with one top edge, as in a herd of horses (image 300x200, labels 50x12): the first label
+    goes above its box; the second would cover it, so it goes inside its box's top edge; the third finds
+    both spots taken and goes below its box."""
+    from darknetpy.drawing import _place_label
+    taken = []
+    for box in [(20, 60, 200, 190), (30, 60, 120, 150), (40, 60, 260, 170)]:
+        taken.append(_place_label(box, (50, 12), (300, 200), taken))
+    assert taken == [(20, 48, 69, 59), (30, 60, 79, 71), (40, 171, 89, 182)]
+    # at the top of the image the label cannot go above: it goes inside, clamped to the image
+    assert _place_label((5, 0, 100, 50), (50, 12), (300, 200), []) == (5, 0, 54, 11)
+    # a label wider than the space to the right of the box is moved left to stay in the image
+    assert _place_label((280, 100, 299, 150), (50, 12), (300, 200), []) == (250, 88, 299, 99)
