@@ -83,12 +83,14 @@ class Network:
 
     def forward(self, x: np.ndarray, train: bool = False, truth: np.ndarray | None = None) -> np.ndarray:
         """Run the network; returns the last non-cost layer's output buffer (B, C, H, W) — valid until the
-        next call. With `truth` (B, outputs) the loss layers compute their cost (see `cost`)."""
+        next call (a network of cost layers only returns its input, passed through them). With `truth`
+        (B, outputs) the loss layers compute their cost (see `cost`)."""
         x = self._check_input(x)
         self._ensure_batch(x.shape[0])
         self._input = x
         for i, layer in enumerate(self.layers):
-            if getattr(layer, "is_cost", False) and truth is None:
+            if i > self.output_index and truth is None:
+                # only cost layers follow the output layer and nothing reads them at inference
                 self.outputs[i] = None
                 continue
             if truth is not None and hasattr(layer, "set_truth"):

@@ -107,13 +107,17 @@ class Trainer:
             raise ValueError(f"train_batch needs a multiple of the per-pass batch {net.batch} rows, got {rows}")
         total = 0.0
         passes = rows // net.batch
-        for p in range(passes):
-            sl = slice(p * net.batch, (p + 1) * net.batch)
-            self.network.seen += net.batch
-            self.network.forward(x[sl], train=True, truth=truth[sl])
-            self.network.backward()
-            total += self.network.cost()
-            if (self.network.seen // net.batch) % net.subdivisions == 0:
-                self.last_rate = self.current_rate()
-                self.optimizer.step(self.last_rate)
+        # A diverging run overflows to inf/NaN as Darknet's float arithmetic does, silently: the non-finite
+        # loss is what reports it (the training loop names the layer), and numpy's per-operation
+        # RuntimeWarnings would only print noise ahead of that one message.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            for p in range(passes):
+                sl = slice(p * net.batch, (p + 1) * net.batch)
+                self.network.seen += net.batch
+                self.network.forward(x[sl], train=True, truth=truth[sl])
+                self.network.backward()
+                total += self.network.cost()
+                if (self.network.seen // net.batch) % net.subdivisions == 0:
+                    self.last_rate = self.current_rate()
+                    self.optimizer.step(self.last_rate)
         return total / (passes * net.batch)

@@ -20,7 +20,7 @@ from .api import Model, load
 from .config import read_data_file
 from .data import BatchLoader, ClassificationDataset, data_dir_of, resolve_path
 from .errors import DataError, DarknetError
-from .fileio import atomic_writer
+from .fileio import atomic_writer, remove_stale_temporaries
 from .weights import write_weights
 
 
@@ -129,6 +129,11 @@ class TrainingRun:
 
     def run(self) -> Path:
         self.header()
+        # a run killed while writing a checkpoint (SIGKILL, the OOM killer) leaves its temporary file behind
+        stale = remove_stale_temporaries(self.backup)
+        if stale:
+            print(f"removed {len(stale)} temporary file{'s' if len(stale) > 1 else ''} a killed run left in "
+                  f"{self.backup}", file=self.err)
         n_images = len(self.dataset)
         avg_loss = None
         if self.history:
@@ -199,14 +204,25 @@ class TrainingRun:
             print(line, file=self.out, flush=True)
 
     def _diverged(self, loss: float) -> None:
-        culprit = "unknown layer"
+        culprit, detail = "unknown layer", ""
         for layer, output in zip(self.network.layers, self.network.outputs):
             if output is not None and not np.all(np.isfinite(output)):
                 culprit = f"layer {layer.index} [{layer.kind}]"
                 break
-        raise TrainingDiverged(f"loss became {loss} at iteration {self.trainer.current_batch + 1}; the first "
-                               f"non-finite output is in {culprit}. The last checkpoint in {self.backup} is "
-                               f"intact; lower learning_rate or add burn_in", self.cfg)
+        else:
+            # finite outputs can still give an infinite loss, e.g. a softmax that gives a true class the
+            # probability 0 (log 0): then the layer whose cost left the float range is the one to name
+            for layer in self.network.layers:
+                cost = getattr(layer, "cost", None)
+                if cost is not None and not math.isfinite(cost):
+                    culprit = f"layer {layer.index} [{layer.kind}]"
+                    detail = (f" It is the layer's cost: every layer output is finite, but this cost is {cost} "
+                              f"(e.g. the log of a probability 0 given to a true class).")
+                    break
+        # the batch counter already includes the batch that diverged
+        raise TrainingDiverged(f"loss became {loss} at iteration {self.trainer.current_batch}; the first "
+                               f"non-finite output is in {culprit}.{detail} The last checkpoint in {self.backup} "
+                               f"is intact; lower learning_rate or add burn_in", self.cfg)
 
     def validate_quick(self) -> float:
         if not self.data_config.valid:

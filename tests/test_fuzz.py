@@ -6,9 +6,10 @@ live in tools/fuzz.py, which also runs long random campaigns; here hypothesis is
 the same >= 10,000 inputs every run. Several inputs are drawn per hypothesis example for the cheap targets
 (hypothesis's per-example overhead would otherwise dominate); the failing one is named in the error.
 
-Bugs the fuzzer found that are not fixed yet are recognised by `known_bug`: the property tests tolerate them
-(counted, not failed) and each one has a minimal strict-xfail repro at the end of this file, which starts
-to fail once the bug is fixed — then delete its case from `known_bug` too.
+Bugs the fuzzer finds that are not fixed yet are recognised by `known_bug`: the property tests tolerate them
+(counted, not failed) and each one gets a minimal strict-xfail repro at the end of this file, which starts
+to fail once the bug is fixed — then the marker and its case in `known_bug` go, and the repro stays as a
+regression test (those at the end of this file all began that way).
 """
 from __future__ import annotations
 
@@ -48,15 +49,7 @@ KNOWN_SEEN: Counter[str] = Counter()
 
 
 def known_bug(exc: BaseException, case) -> str | None:
-    """Which known bug (with a strict-xfail repro below) a failure is, else None."""
-    if isinstance(exc, MemoryError) or (isinstance(exc, ValueError) and (
-            "array is too big" in str(exc) or "Maximum allowed dimension exceeded" in str(exc))):
-        return "absurd sizes end in MemoryError"
-    text = getattr(case, "text", case)
-    if isinstance(text, str) and "[cost]" in text and (
-            (isinstance(exc, fuzz.ContractViolation) and exc.kind == "forward returned no array")
-            or (isinstance(exc, AttributeError) and "'NoneType' object" in str(exc))):
-        return "a [cost] layer outputs None at inference"
+    """Which known bug (with a strict-xfail repro below) a failure is, else None. None is open now."""
     return None
 
 
@@ -154,14 +147,10 @@ def test_contract_check_rejects_unlocated_and_multiline_errors():
     fuzz.check_located(CfgError("bad", "a.cfg", 2), "a.cfg", "[net]\nx=1", need_line=True)
 
 
-# ---- known bugs: minimal repros (strict xfail: they fail now and must pass once fixed) -----------------------
+# ---- bugs the fuzzer found: minimal repros, kept as regression tests ---------------------------------------
 NET_8x8 = "[net]\nwidth=8\nheight=8\nchannels=1\n\n"
 
 
-@pytest.mark.xfail(strict=True, raises=(MemoryError, ValueError),
-                   reason="absurd sizes are not checked: the parameter or output allocation raises MemoryError "
-                          "(or numpy's ValueError 'array is too big' / 'Maximum allowed dimension exceeded') "
-                          "instead of a CfgError at the line")
 @pytest.mark.parametrize("section", [
     "[convolutional]\nfilters=2147483647\nsize=3\n",
     "[convolutional]\nsize=9223372036854775808\npad=1\n",
@@ -170,17 +159,17 @@ NET_8x8 = "[net]\nwidth=8\nheight=8\nchannels=1\n\n"
     "[upsample]\nstride=1000000\n",
 ])
 def test_absurd_sizes_are_located_cfg_errors(section):
+    """Were a MemoryError (or numpy's ValueError 'array is too big' / 'Maximum allowed dimension exceeded')."""
     with fuzz.memory_headroom(1 << 30), pytest.raises(CfgError) as caught:
         network = network_from_text(NET_8x8 + section, "absurd.cfg")
         network.forward(np.zeros((1, 1, 8, 8), np.float32))
     assert caught.value.line in (6, 7)  # the section header or the offending key
 
 
-@pytest.mark.xfail(strict=True, reason="a [cost] layer's output is None at inference: with only cost layers "
-                                       "forward() returns None (predict would crash), and a layer after [cost] "
-                                       "crashes with AttributeError in its forward")
 @pytest.mark.parametrize("layers", ["[cost]\n", "[cost]\n\n[activation]\n", "[cost]\n\n[logistic]\n"])
 def test_cost_layer_at_inference_gives_an_output_or_a_cfg_error(layers):
+    """A [cost] layer's output was None at inference: with only cost layers forward() returned None, and a
+    layer after [cost] crashed with AttributeError in its forward."""
     try:
         network = network_from_text(NET_8x8 + layers, "cost.cfg")
     except CfgError as err:
@@ -189,10 +178,9 @@ def test_cost_layer_at_inference_gives_an_output_or_a_cfg_error(layers):
     assert isinstance(network.forward(np.zeros((1, 1, 8, 8), np.float32)), np.ndarray)
 
 
-@pytest.mark.xfail(strict=True, reason="maxpool visits every tap of its window even far outside the image: "
-                                       "size=99999999999 (padding defaults to size-1, so the output is 8x8) "
-                                       "never finishes; the taps outside the image cannot win")
 def test_maxpool_window_far_larger_than_the_image_is_fast():
+    """maxpool visited every tap of its window even far outside the image, where they cannot win:
+    size=99999999999 (padding defaults to size-1, so the output is 8x8) never finished."""
     x = np.random.default_rng(0).standard_normal((1, 1, 8, 8)).astype(np.float32)
 
     def timed_forward(size: int) -> tuple[float, np.ndarray]:
@@ -203,18 +191,48 @@ def test_maxpool_window_far_larger_than_the_image_is_fast():
 
     timed_forward(8)  # kernels loaded
     small, _ = timed_forward(8)
-    # 6000x6000 taps for each of the 64 outputs: about a second now; as fast as size=8 when only the
+    # 6000x6000 taps for each of the 64 outputs took about a second; as fast as size=8 when only the
     # in-image taps are visited (every output is then the maximum of the whole image)
     large, y = timed_forward(6000)
     assert np.all(y == x.max())
     assert large < 20 * small + 0.02
+    largest, y = timed_forward(2**31 - 1)  # the largest size a cfg can hold (Darknet's int)
+    assert np.all(y == x.max())
+    assert largest < 20 * small + 0.02
 
 
-@pytest.mark.xfail(strict=True, raises=MemoryError,
-                   reason="the direct convolution (kernels/depthwise.py grouped_conv_forward) allocates "
-                          "stride_y*stride_x phase planes, so a valid 1x1-output convolution with stride=65536 "
-                          "needs ~17 GB of scratch and raises MemoryError")
+@pytest.mark.parametrize("size,stride,padding,h,w", [(9, 1, 8, 4, 4), (13, 2, 12, 6, 9), (7, 3, 2, 5, 3),
+                                                     (12, 1, 3, 8, 11), (20, 4, 30, 3, 2)])
+def test_maxpool_windows_larger_than_the_image_keep_the_first_maximum(size, stride, padding, h, w):
+    """Windows larger than the image visit only its taps: outputs and winners (ties, NaN, -FLT_MAX) as the
+    spec's tap-by-tap reference, and the backward routes each gradient to the winner."""
+    from darknetpy.kernels import pooling
+    from naive_pooling import FLT_MAX, maxpool
+    rng = np.random.default_rng(size)
+    x = rng.integers(-3, 3, (2, 3, h, w)).astype(np.float32)  # many ties: the first maximum must win
+    x[0, 0, 0, 0] = np.nan
+    x[0, 1] = -FLT_MAX                                        # never beats the starting -FLT_MAX
+    x[1, 2, h // 2, :] = np.nan
+    ref, winner = maxpool(x, size, stride, stride, padding)
+    out = np.full(ref.shape, 7.0, np.float32)
+    argmax = np.full(ref.shape, 99, np.int32)
+    pooling.maxpool_forward(x, size, stride, stride, int(-padding / 2), out, argmax)
+    np.testing.assert_array_equal(out, ref)
+    np.testing.assert_array_equal(argmax, winner)
+    dy = rng.standard_normal(out.shape).astype(np.float32)
+    dx = np.zeros_like(x)
+    pooling.maxpool_backward(dy, argmax, dx)
+    expected = np.zeros((2, 3, h * w))
+    for b in range(2):
+        for c in range(3):
+            hits = winner[b, c].ravel() >= 0
+            np.add.at(expected[b, c], winner[b, c].ravel()[hits], dy[b, c].ravel()[hits])
+    np.testing.assert_allclose(dx.reshape(2, 3, h * w), expected, rtol=1e-5, atol=1e-6)  # float32 sums
+
+
 def test_convolution_with_a_stride_far_beyond_the_image_runs():
+    """The direct convolution (kernels/depthwise.py grouped_conv_forward) allocated stride_y*stride_x phase
+    planes, so a valid 1x1-output convolution with stride=65536 needed ~17 GB of scratch (MemoryError)."""
     from naive_conv import conv2d
 
     network = network_from_text(NET_8x8 + "[convolutional]\nfilters=1\nsize=3\nstride=65536\npad=1\n"
@@ -227,3 +245,29 @@ def test_convolution_with_a_stride_far_beyond_the_image_runs():
     with fuzz.memory_headroom(1 << 30):
         y = network.forward(x)
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_direct_kernels_with_a_stride_far_beyond_the_image_match_torch():
+    """The same bounded scratch in the backward (training): weight and input gradients of a grouped 1x1-output
+    convolution with stride 65536 (and a 70000 x 3 one) against PyTorch's autograd."""
+    torch = pytest.importorskip("torch")
+    from darknetpy.kernels.depthwise import grouped_conv_backward, grouped_conv_forward
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 4, 8, 7)).astype(np.float32)
+    weights = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)  # 2 groups of 2 channels
+    bias = rng.standard_normal(4).astype(np.float32)
+    for stride_y, stride_x in [(65536, 65536), (70000, 3)]:
+        tx = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+        tw = torch.tensor(weights, dtype=torch.float64, requires_grad=True)
+        ty = torch.nn.functional.conv2d(tx, tw, torch.tensor(bias, dtype=torch.float64), (stride_y, stride_x),
+                                        1, 1, 2)
+        out = np.full(tuple(ty.shape), np.nan, np.float32)
+        grouped_conv_forward(x, weights, bias, stride_y, stride_x, 1, 1, out)
+        np.testing.assert_allclose(out, ty.detach().numpy(), rtol=1e-5, atol=1e-5)
+        dy = rng.standard_normal(out.shape).astype(np.float32)
+        ty.backward(torch.tensor(dy, dtype=torch.float64))
+        grad_weights = np.zeros_like(weights)
+        dx = np.zeros_like(x)
+        grouped_conv_backward(x, weights, dy, stride_y, stride_x, 1, 1, grad_weights, dx)
+        np.testing.assert_allclose(grad_weights, tw.grad.numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-5, atol=1e-5)

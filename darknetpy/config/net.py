@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from darknetpy.config.options import SectionReader
+from darknetpy.config.options import C_INT_MAX, SectionReader
 
 POLICIES: tuple[str, ...] = ("constant", "step", "exp", "poly", "steps", "sigmoid", "random")
 
@@ -106,6 +106,10 @@ class NetConfig:
         inputs = reader.get_int("inputs", height * width * channels, minimum=0)
         if inputs == 0 and not (height and width and channels):
             raise reader.error("no input size: set width, height and channels (or inputs) in [net]")
+        if inputs > C_INT_MAX:  # Darknet's net->inputs is a C int, as is every layer's size
+            largest = max(("width", width), ("height", height), ("channels", channels), key=lambda kv: kv[1])
+            raise reader.error(f"a {width}x{height}x{channels} input has {inputs} values, more than the "
+                               f"{C_INT_MAX} Darknet can hold (its sizes are C ints)", largest[0])
 
         max_crop = reader.get_int("max_crop", 2 * width)
         min_crop = reader.get_int("min_crop", width)

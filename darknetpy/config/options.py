@@ -51,6 +51,9 @@ DEFAULT_ONLY_KEYS: dict[str, str] = {
 }
 
 _INT_PATTERN = re.compile(r"[+-]?\d+")
+# Darknet reads every integer option into a C int (atoi); a value outside its range wraps or is undefined
+# there, so no Darknet cfg holds one and such a value is refused here.
+C_INT_MIN, C_INT_MAX = -2**31, 2**31 - 1
 _FLOAT_PATTERN = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
 _already_warned: set[tuple[str, ...]] = set()
@@ -170,7 +173,11 @@ class SectionReader:
     def _parse_int(self, option: Option, text: str) -> int:
         if not _INT_PATTERN.fullmatch(text):
             raise self.error(f"{option.key}={option.value}: expected an integer", option.key)
-        return int(text)
+        number = int(text)
+        if not C_INT_MIN <= number <= C_INT_MAX:
+            raise self.error(f"{option.key}={option.value}: does not fit Darknet's 32-bit int "
+                             f"(between {C_INT_MIN} and {C_INT_MAX})", option.key)
+        return number
 
     def _parse_float(self, option: Option, text: str) -> float:
         if not _FLOAT_PATTERN.fullmatch(text):

@@ -9,6 +9,8 @@ whole output planes and reads its input planes through a zero-padded scratch cop
 
 so tap (ky, kx) of output (oy, ox) is phases[(ky*dil) % sy, (kx*dil) % sx] at flat position
     (oy + (ky*dil) // sy) * Wq + ox + (kx*dil) // sx.
+Only the phases some tap reads are kept: min(stride, extent + 1) per axis, so a stride far beyond the image
+(a valid 1x1 output) needs no more scratch than a stride equal to the kernel's extent.
 Computing every output of a plane on the Wq-wide grid (the columns ox >= OW are garbage and dropped) turns
 each tap into ONE long contiguous loop over the whole plane: rows as short as 10 pixels no longer leave LLVM
 with a scalar remainder loop per row, and no loop needs bounds checks. 3x3 kernels with stride 1 or 2 get an
@@ -38,20 +40,21 @@ LANES = 64  # partial sums per weight gradient
 
 def phase_shape(in_per_group: int, ksize: int, stride_y: int, stride_x: int, dilation: int, out_h: int,
                 out_w: int) -> tuple[int, int, int, int, int]:
-    """(in_per_group, sy, sx, Hq, Wq) of the phase scratch. Hq has one spare row because the garbage
-    columns of the last output row read up to (kx*dil)//sx - 1 cells past the rows they need."""
+    """(in_per_group, phases_y, phases_x, Hq, Wq) of the phase scratch. Taps read phases (k*dil) % stride,
+    all below min(stride, extent + 1). Hq has one spare row because the garbage columns of the last output
+    row read up to (kx*dil)//sx - 1 cells past the rows they need."""
     extent = (ksize - 1) * dilation
-    return (in_per_group, stride_y, stride_x, out_h + extent // stride_y + 1, out_w + extent // stride_x)
+    return (in_per_group, min(stride_y, extent + 1), min(stride_x, extent + 1),
+            out_h + extent // stride_y + 1, out_w + extent // stride_x)
 
 
 @jit
-def _fill_phases(x, b, c, pad, phases):
-    """phases (sy, sx, Hq, Wq) of image plane (b, c); cells outside the image are left untouched (they were
-    zeroed at allocation and no plane of the same geometry ever writes them)."""
-    stride_y, stride_x = phases.shape[0], phases.shape[1]
+def _fill_phases(x, b, c, stride_y, stride_x, pad, phases):
+    """phases (phases_y, phases_x, Hq, Wq) of image plane (b, c); cells outside the image are left untouched
+    (they were zeroed at allocation and no plane of the same geometry ever writes them)."""
     rows, cols = phases.shape[2], phases.shape[3]
     height, width = x.shape[2], x.shape[3]
-    for qx in range(stride_x):
+    for qx in range(phases.shape[1]):
         # phase column j holds image column j*sx + qx - pad, valid for j in [j0, j1); the integer divisions
         # are hoisted out of the row loop (they cost more than copying a short row)
         first = pad - qx
@@ -61,7 +64,7 @@ def _fill_phases(x, b, c, pad, phases):
             continue
         start = j0 * stride_x + qx - pad
         count = j1 - j0
-        for qy in range(stride_y):
+        for qy in range(phases.shape[0]):
             for r in range(rows):
                 y = r * stride_y + qy - pad
                 if y < 0 or y >= height:
@@ -124,9 +127,8 @@ def _plane_3x3_stride2(phases, w, accumulate, bias_value, o):
 
 
 @jit
-def _plane_any(phases, w, dilation, accumulate, bias_value, o):
+def _plane_any(phases, w, stride_y, stride_x, dilation, accumulate, bias_value, o):
     ksize = w.shape[0]
-    stride_y, stride_x = phases.shape[0], phases.shape[1]
     wq = phases.shape[3]
     if not accumulate:
         for i in range(o.shape[0]):
@@ -147,15 +149,14 @@ def _leaky(y):
 
 
 @jit
-def _convolve_group_image(x, weights, bias, leaky, b, g, pad, dilation, phases, plane, out):
+def _convolve_group_image(x, weights, bias, leaky, b, g, stride_y, stride_x, pad, dilation, phases, plane, out):
     in_per_group = weights.shape[1]
     ksize = weights.shape[2]
-    stride_y, stride_x = phases.shape[1], phases.shape[2]
     out_per_group = out.shape[1] // (x.shape[1] // in_per_group)
     out_h, out_w = out.shape[2], out.shape[3]
     wq = phases.shape[4]
     for ci in range(in_per_group):
-        _fill_phases(x, b, g * in_per_group + ci, pad, phases[ci])
+        _fill_phases(x, b, g * in_per_group + ci, stride_y, stride_x, pad, phases[ci])
     fast3 = ksize == 3 and dilation == 1
     for fi in range(out_per_group):
         f = g * out_per_group + fi
@@ -166,7 +167,7 @@ def _convolve_group_image(x, weights, bias, leaky, b, g, pad, dilation, phases, 
             elif fast3 and stride_x == 2 and stride_y == 2:
                 _plane_3x3_stride2(phases[ci], w, ci > 0, bias[f], plane)
             else:
-                _plane_any(phases[ci], w, dilation, ci > 0, bias[f], plane)
+                _plane_any(phases[ci], w, stride_y, stride_x, dilation, ci > 0, bias[f], plane)
         for oy in range(out_h):
             src = plane[oy * wq:]
             dst = out[b, f, oy]
@@ -179,23 +180,25 @@ def _convolve_group_image(x, weights, bias, leaky, b, g, pad, dilation, phases, 
 
 
 @jit
-def _forward_serial(x, weights, bias, leaky, pad, dilation, phase_dims, out):
+def _forward_serial(x, weights, bias, leaky, stride_y, stride_x, pad, dilation, phase_dims, out):
     groups = x.shape[1] // weights.shape[1]
     phases = np.zeros(phase_dims, np.float32)
     plane = np.empty(out.shape[2] * phase_dims[4], np.float32)
     for task in range(x.shape[0] * groups):
         b = task // groups
-        _convolve_group_image(x, weights, bias, leaky, b, task - b * groups, pad, dilation, phases, plane, out)
+        _convolve_group_image(x, weights, bias, leaky, b, task - b * groups, stride_y, stride_x, pad, dilation,
+                              phases, plane, out)
 
 
 @jit(parallel=True)
-def _forward_parallel(x, weights, bias, leaky, pad, dilation, phase_dims, out):
+def _forward_parallel(x, weights, bias, leaky, stride_y, stride_x, pad, dilation, phase_dims, out):
     groups = x.shape[1] // weights.shape[1]
     for task in prange(x.shape[0] * groups):
         b = task // groups
         phases = np.zeros(phase_dims, np.float32)
         plane = np.empty(out.shape[2] * phase_dims[4], np.float32)
-        _convolve_group_image(x, weights, bias, leaky, b, task - b * groups, pad, dilation, phases, plane, out)
+        _convolve_group_image(x, weights, bias, leaky, b, task - b * groups, stride_y, stride_x, pad, dilation,
+                              phases, plane, out)
 
 
 def _macs(weights: np.ndarray, out: np.ndarray) -> int:
@@ -212,7 +215,7 @@ def grouped_conv_forward(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, s
                        out.shape[3])
     parallel = threads_pay(_macs(weights, out), x.shape[0] * groups, PARALLEL_MIN_MACS)
     kernel = _forward_parallel if parallel else _forward_serial
-    kernel(x, weights, bias, leaky, pad, dilation, dims, out)
+    kernel(x, weights, bias, leaky, stride_y, stride_x, pad, dilation, dims, out)
 
 
 @jit(inline="always")
@@ -246,14 +249,13 @@ def _sum_lanes(lanes):
 
 
 @jit
-def _backward_group(x, weights, dy, g, pad, dilation, grad_weights, dx, want_dx, phases, dphases, dy_plane,
-                    taps):
+def _backward_group(x, weights, dy, g, stride_y, stride_x, pad, dilation, grad_weights, dx, want_dx, phases,
+                    dphases, dy_plane, taps):
     """Weight gradients of group g's filters and (if want_dx) its input gradients. dy_plane holds dy on the
     Wq-wide grid with zero garbage columns; `taps` (in, out, K*K, LANES) keeps the weight gradients as
     partial sums; dphases collects dx in the phase layout before it is scattered back onto the image."""
     in_per_group = weights.shape[1]
     ksize = weights.shape[2]
-    stride_y, stride_x = phases.shape[1], phases.shape[2]
     rows, wq = phases.shape[3], phases.shape[4]
     height, width = x.shape[2], x.shape[3]
     out_h, out_w = dy.shape[2], dy.shape[3]
@@ -273,7 +275,7 @@ def _backward_group(x, weights, dy, g, pad, dilation, grad_weights, dx, want_dx,
         if want_dx:
             _zero(dphases.ravel())
         for ci in range(in_per_group):
-            _fill_phases(x, b, g * in_per_group + ci, pad, phases[ci])
+            _fill_phases(x, b, g * in_per_group + ci, stride_y, stride_x, pad, phases[ci])
         for fi in range(out_per_group):
             f = g * out_per_group + fi
             for oy in range(out_h):
@@ -293,13 +295,13 @@ def _backward_group(x, weights, dy, g, pad, dilation, grad_weights, dx, want_dx,
         if want_dx:
             for ci in range(in_per_group):
                 c = g * in_per_group + ci
-                for qy in range(stride_y):
+                for qy in range(phases.shape[1]):
                     for r in range(rows):
                         y = r * stride_y + qy - pad
                         if y < 0 or y >= height:
                             continue
                         dst_row = dx[b, c, y]
-                        for qx in range(stride_x):
+                        for qx in range(phases.shape[2]):
                             src_row = dphases[ci, qy, qx, r]
                             first = pad - qx
                             j0 = (first + stride_x - 1) // stride_x if first > 0 else 0
@@ -314,25 +316,27 @@ def _backward_group(x, weights, dy, g, pad, dilation, grad_weights, dx, want_dx,
 
 
 @jit
-def _backward_serial(x, weights, dy, pad, dilation, grad_weights, dx, want_dx, phase_dims, taps_dims):
+def _backward_serial(x, weights, dy, stride_y, stride_x, pad, dilation, grad_weights, dx, want_dx, phase_dims,
+                     taps_dims):
     phases = np.zeros(phase_dims, np.float32)
     dphases = np.zeros(phase_dims if want_dx else (1, 1, 1, 1, 1), np.float32)
     dy_plane = np.zeros(dy.shape[2] * phase_dims[4], np.float32)
     taps = np.empty(taps_dims, np.float32)
     for g in range(x.shape[1] // weights.shape[1]):
-        _backward_group(x, weights, dy, g, pad, dilation, grad_weights, dx, want_dx, phases, dphases,
-                        dy_plane, taps)
+        _backward_group(x, weights, dy, g, stride_y, stride_x, pad, dilation, grad_weights, dx, want_dx, phases,
+                        dphases, dy_plane, taps)
 
 
 @jit(parallel=True)
-def _backward_parallel(x, weights, dy, pad, dilation, grad_weights, dx, want_dx, phase_dims, taps_dims):
+def _backward_parallel(x, weights, dy, stride_y, stride_x, pad, dilation, grad_weights, dx, want_dx,
+                       phase_dims, taps_dims):
     for g in prange(x.shape[1] // weights.shape[1]):
         phases = np.zeros(phase_dims, np.float32)
         dphases = np.zeros(phase_dims if want_dx else (1, 1, 1, 1, 1), np.float32)
         dy_plane = np.zeros(dy.shape[2] * phase_dims[4], np.float32)
         taps = np.empty(taps_dims, np.float32)
-        _backward_group(x, weights, dy, g, pad, dilation, grad_weights, dx, want_dx, phases, dphases,
-                        dy_plane, taps)
+        _backward_group(x, weights, dy, g, stride_y, stride_x, pad, dilation, grad_weights, dx, want_dx, phases,
+                        dphases, dy_plane, taps)
 
 
 def grouped_conv_backward(x: np.ndarray, weights: np.ndarray, dy: np.ndarray, stride_y: int, stride_x: int,
@@ -345,4 +349,5 @@ def grouped_conv_backward(x: np.ndarray, weights: np.ndarray, dy: np.ndarray, st
     taps_dims = (weights.shape[1], dy.shape[1] // groups, weights.shape[2] * weights.shape[3], LANES)
     parallel = threads_pay(_macs(weights, dy), groups, PARALLEL_MIN_MACS)
     kernel = _backward_parallel if parallel else _backward_serial
-    kernel(x, weights, dy, pad, dilation, grad_weights, dx if want_dx else x, want_dx, dims, taps_dims)
+    kernel(x, weights, dy, stride_y, stride_x, pad, dilation, grad_weights, dx if want_dx else x, want_dx, dims,
+           taps_dims)

@@ -10,6 +10,8 @@ Speed: windows that may leave the image read a -FLT_MAX-padded copy of the plane
 checks; each output row is computed with branch-free selects along the row (vectorised). 2x2 windows keep
 the running maximum in registers; larger windows are separable: the first maximum in row-then-column order
 is the first maximum down the rows of each row's first maximum along it, so 2k passes replace k*k.
+Windows larger than the image visit only the taps inside it (the others cannot win), so their cost is bounded
+by the image, not by the window: size=99999999999 costs what a window the size of the image does.
 """
 from __future__ import annotations
 
@@ -195,17 +197,77 @@ def _maxpool_forward_parallel(x, size, stride_y, stride_x, offset, out, argmax, 
                        padded, row_v, row_i, spare_v, spare_i)
 
 
+@jit
+def _clipped_plane(x, b, c, size, stride_y, stride_x, offset, out, argmax, row_v, row_i):
+    """Max pooling of plane (b, c) visiting only the window taps inside the image: a -FLT_MAX tap outside it
+    never beats the starting -FLT_MAX, so skipping them changes no output and no winner. Separable as the
+    padded path: row_v/row_i (H, OW) first hold each image row's first maximum over every window's columns,
+    then the first maximum down each window's rows is taken (the first maximum in row-then-column order)."""
+    height, width = x.shape[2], x.shape[3]
+    out_h, out_w = out.shape[2], out.shape[3]
+    for y in range(height):
+        row = x[b, c, y]
+        for ox in range(out_w):
+            left = offset + ox * stride_x
+            best = NEG_FLT_MAX
+            best_index = np.int32(-1)
+            for ix in range(max(left, 0), min(left + size, width)):
+                v = row[ix]
+                if v > best:
+                    best = v
+                    best_index = np.int32(y * width + ix)
+            row_v[y, ox] = best
+            row_i[y, ox] = best_index
+    for oy in range(out_h):
+        top = offset + oy * stride_y
+        for ox in range(out_w):
+            best = NEG_FLT_MAX
+            best_index = np.int32(-1)
+            for iy in range(max(top, 0), min(top + size, height)):
+                v = row_v[iy, ox]
+                if v > best:
+                    best = v
+                    best_index = row_i[iy, ox]
+            out[b, c, oy, ox] = best
+            argmax[b, c, oy, ox] = best_index
+
+
+@jit
+def _clipped_forward_serial(x, size, stride_y, stride_x, offset, out, argmax):
+    channels = x.shape[1]
+    row_v = np.empty((x.shape[2], out.shape[3]), np.float32)
+    row_i = np.empty((x.shape[2], out.shape[3]), np.int32)
+    for plane in range(x.shape[0] * channels):
+        _clipped_plane(x, plane // channels, plane % channels, size, stride_y, stride_x, offset, out, argmax,
+                       row_v, row_i)
+
+
+@jit(parallel=True)
+def _clipped_forward_parallel(x, size, stride_y, stride_x, offset, out, argmax):
+    channels = x.shape[1]
+    for plane in prange(x.shape[0] * channels):
+        row_v = np.empty((x.shape[2], out.shape[3]), np.float32)
+        row_i = np.empty((x.shape[2], out.shape[3]), np.int32)
+        _clipped_plane(x, plane // channels, plane % channels, size, stride_y, stride_x, offset, out, argmax,
+                       row_v, row_i)
+
+
 def maxpool_forward(x: np.ndarray, size: int, stride_y: int, stride_x: int, offset: int, out: np.ndarray,
                     argmax: np.ndarray) -> None:
     """out[b, c, oy, ox] = max over the size x size window at (offset + oy*stride_y, offset + ox*stride_x);
     argmax (int32, shaped like out) receives the winning in-plane index or -1."""
     height, width = x.shape[2], x.shape[3]
+    threads = use_threads(x.size, x.shape[0] * x.shape[1])
+    if size > height or size > width:
+        # the padded copy and the tap loops of the path below would grow with the window
+        kernel = _clipped_forward_parallel if threads else _clipped_forward_serial
+        kernel(x, size, stride_y, stride_x, offset, out, argmax)
+        return
     rows = (out.shape[2] - 1) * stride_y + size
     cols = (out.shape[3] - 1) * stride_x + size
     inside = offset >= 0 and offset + rows <= height and offset + cols <= width and offset == 0
     padded_shape = (0, 0) if inside else (rows, cols)
-    kernel = _maxpool_forward_parallel if use_threads(x.size, x.shape[0] * x.shape[1]) \
-        else _maxpool_forward_serial
+    kernel = _maxpool_forward_parallel if threads else _maxpool_forward_serial
     kernel(x, size, stride_y, stride_x, offset, out, argmax, padded_shape, 0 if size == 2 else rows)
 
 

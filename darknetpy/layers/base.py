@@ -23,6 +23,11 @@ from ..errors import CfgError
 
 FLOAT = np.float32
 
+#: The most elements a layer's output (per image) or its parameters may have. Darknet keeps these counts in C
+#: ints (l.outputs, l.nweights), so no Darknet network exceeds them, and no real one comes close (VGG-16's
+#: largest layer has 103M weights); beyond it a cfg holds a typo that would otherwise end in a MemoryError.
+MAX_LAYER_ELEMENTS = 2**31 - 1
+
 
 @dataclass(frozen=True)
 class Shape:
@@ -213,14 +218,47 @@ class Layer:
     def build(self, in_shapes: list[Shape]) -> Shape:
         self.in_shapes = list(in_shapes)
         self.out_shape = self.output_shape(in_shapes)
+        shape = self.out_shape
+        self._check_element_count(shape.size, f"output values per image ({shape})" if shape.image
+                                  else "output values per image")
+        self._check_element_count(self.parameters_needed(), "parameters")
         self.allocate_parameters()
         return self.out_shape
 
     def output_shape(self, in_shapes: list[Shape]) -> Shape:
         return in_shapes[0]
 
+    def parameters_needed(self) -> int:
+        """How many elements `allocate_parameters` creates in its big arrays (weights, tables), known from
+        the shapes alone, so that `build` can refuse an absurd layer before allocating anything. Layers
+        whose parameters are per channel need not say: those are bounded by the output."""
+        return 0
+
     def allocate_parameters(self) -> None:
         """Create parameter arrays (once; kept when the network is resized)."""
+
+    def _check_element_count(self, count: int, what: str) -> None:
+        if count > MAX_LAYER_ELEMENTS:
+            raise self.config.error(f"[{self.kind}] would have {count} {what}, more than the "
+                                    f"{MAX_LAYER_ELEMENTS} elements a Darknet layer can hold (its sizes are "
+                                    f"C ints)", self._largest_int_option())
+
+    def _largest_int_option(self) -> str | None:
+        """The integer option of this section with the largest value: an absurd size is nearly always one
+        mistyped number, so errors about sizes point at it (the section header when none is set)."""
+        origin = self.config.origin
+        if origin is None:
+            return None
+        largest: tuple[int, str] | None = None
+        for f in dataclasses.fields(self.config):
+            meta = _option_meta(f)
+            value = getattr(self.config, f.name)
+            if meta is None or isinstance(value, bool) or not isinstance(value, int):
+                continue
+            key = meta["key"] or f.name
+            if key in origin.key_lines and (largest is None or value > largest[0]):
+                largest = (value, key)
+        return largest[1] if largest else None
 
     def require_image(self, shape: Shape) -> None:
         if not shape.image or shape.size == 0:

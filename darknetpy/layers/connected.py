@@ -47,6 +47,9 @@ class Connected(Layer):
             raise self.config.error("[connected] needs a non-empty input")
         return Shape(self.config.output, 1, 1)
 
+    def parameters_needed(self):
+        return self.config.output * self.inputs
+
     def allocate_parameters(self):
         outputs = self.config.output
         shape = (outputs, self.inputs)

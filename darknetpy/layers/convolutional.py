@@ -121,6 +121,10 @@ class Convolutional(Layer):
                             f"(padding {pad}, output {out_w}x{out_h})", "size")
         return Shape(cfg.filters, out_h, out_w)
 
+    def parameters_needed(self):
+        cfg = self.config
+        return cfg.filters * (self.in_shapes[0].c // cfg.groups) * cfg.size * cfg.size
+
     def allocate_parameters(self):
         cfg = self.config
         shape = (cfg.filters, self.in_shapes[0].c // cfg.groups, cfg.size, cfg.size)

@@ -63,6 +63,10 @@ class Deconvolutional(Layer):
                             f"{x.w}x{x.h} input (output {out_w}x{out_h})", "padding" if not cfg.pad else "pad")
         return Shape(cfg.filters, out_h, out_w)
 
+    def parameters_needed(self):
+        cfg = self.config
+        return self.in_shapes[0].c * cfg.filters * cfg.size * cfg.size
+
     def allocate_parameters(self):
         cfg = self.config
         shape = (self.in_shapes[0].c, cfg.filters, cfg.size, cfg.size)

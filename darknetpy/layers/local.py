@@ -58,6 +58,9 @@ class Local(Layer):
     def depth(self) -> int:
         return self.in_shapes[0].c * self.config.size ** 2
 
+    def parameters_needed(self):
+        return self.locations * self.config.filters * self.depth
+
     def allocate_parameters(self):
         filters = self.config.filters
         shape = (self.locations, filters, self.depth)

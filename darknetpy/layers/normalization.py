@@ -48,6 +48,9 @@ class Normalization(Layer):
                                     f"the input has {shape.c}", "size")
         return shape
 
+    def parameters_needed(self):
+        return self.in_shapes[0].c ** 2  # the dense channel x channel coefficient table
+
     def allocate_parameters(self):
         coef = nk.lrn_coefficients(self.in_shapes[0].c, self.config.size)
         rows, cols = np.nonzero(coef)

@@ -6,6 +6,7 @@ recurrent cfgs work; loading or saving such a file moves the sub-layers' arrays 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,6 +69,9 @@ class _Recurrent(Layer):
         if in_shapes[0].size == 0:
             raise self.config.error(f"[{self.kind}] needs a non-empty input")
         return Shape.flat(self.config.output)
+
+    def parameters_needed(self):
+        return sum(math.prod(shape) for block in self.blocks() for shape in block.shapes())
 
     def allocate_parameters(self):
         blocks = self.blocks()

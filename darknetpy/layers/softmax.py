@@ -148,7 +148,7 @@ class CostConfig(LayerConfig):
 
 @register
 class Cost(_TruthLayer):
-    """Error per element as output; skipped by the network at inference (is_cost)."""
+    """Error per element as output when given truth; its input, unchanged, at inference (is_cost)."""
     kind = "cost"
     Config = CostConfig
     is_cost = True
@@ -160,7 +160,11 @@ class Cost(_TruthLayer):
         truth = self._take_truth(batch)
         out = _flat_rows(self.output)
         if truth is None:
-            out.fill(0.0)
+            # Darknet does not run [cost] at inference: the network's output is the last non-cost layer's,
+            # and a layer placed after [cost] reads a stale buffer (zeros on a fresh network, the errors of
+            # the last training pass otherwise), which is no defined value. Passing the input through makes
+            # the layer transparent at inference, the same rule extended to the layers after it.
+            np.copyto(out, _flat_rows(xs[0]))
             self._no_loss()
             return self.output
         # Darknet's masked cost writes -1234 into its *input* first; darknetpy leaves the input alone and
