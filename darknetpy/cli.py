@@ -119,7 +119,7 @@ def cmd_predict(args) -> int:
             print(json.dumps({"image": path, "seconds": round(seconds, 6), "predictions": [
                 {"class_id": p.class_id, "name": p.name, "probability": p.probability} for p in predictions]}))
         else:
-            print(f"{path}: Predicted in {seconds:f} seconds.", file=sys.stderr)
+            print(f"{path}: Predicted in {seconds:f} seconds.")   # on stdout, as Darknet: says which image
             for p in predictions:
                 print(f"{p.probability * 100:5.2f}%: {p.name}")
         sys.stdout.flush()

@@ -335,7 +335,9 @@ PREDICTION_LINE = re.compile(r"(\s*\d+\.\d{2})%: (.*)")
 
 def parse_prediction_lines(stdout: str) -> list[tuple[float, str]]:
     out = []
-    for line in stdout.splitlines():
+    lines = stdout.splitlines()
+    assert re.fullmatch(r".+: Predicted in \d+\.\d{6} seconds\.", lines[0]), lines[0]   # Darknet's header line
+    for line in lines[1:]:
         m = PREDICTION_LINE.fullmatch(line)
         assert m, f"not a '%5.2f%%: name' line: {line!r}"
         assert len(m.group(1)) >= 5, line   # %5.2f pads to width 5
