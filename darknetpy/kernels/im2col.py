@@ -149,14 +149,130 @@ def _im2col_parallel(images, ksize, pad, dilation, stride_y, out_w, rows, cols, 
                           columns)
 
 
+# "Same" convolutions (stride 1, output the size of the input: 3x3 pad 1 above all) need no padded plane: a
+# tap's whole column block is the plane shifted by dy*W + dx, so it is one long contiguous copy (or add); only
+# the outputs whose window tap leaves the image through a side are then fixed up (zeroed), a few per row.
+
+@jit(inline="always")
+def _same_tap_geometry(ky, kx, ksize, pad, dilation, height, width):
+    """(row offset, column offset, first valid output row, end of valid rows, first valid output column,
+    end of valid columns) of tap (ky, kx)."""
+    row_offset = ky * dilation - pad
+    col_offset = kx * dilation - pad
+    oy0 = min(max(0, -row_offset), height)
+    oy1 = max(min(height, height - row_offset), oy0)
+    ox0 = min(max(0, -col_offset), width)
+    ox1 = max(min(width, width - col_offset), ox0)
+    return row_offset, col_offset, oy0, oy1, ox0, ox1
+
+
+@jit
+def _im2col_same_channel(images, c, ksize, pad, dilation, columns):
+    """Channel c of every image: tap by tap, image by image, so each of the channel's K*K column rows is
+    written front to back (the channel's planes stay in cache while they are read K*K times)."""
+    batch, height, width = images.shape[0], images.shape[2], images.shape[3]
+    spatial = height * width
+    zero = np.float32(0.0)
+    for ky in range(ksize):
+        for kx in range(ksize):
+            tap_row = columns[(c * ksize + ky) * ksize + kx]
+            row_offset, col_offset, oy0, oy1, ox0, ox1 = _same_tap_geometry(ky, kx, ksize, pad, dilation,
+                                                                             height, width)
+            shift = row_offset * width + col_offset
+            # valid rows in one run; the source index j + shift is clamped into the plane (what falls outside
+            # lies in a column zeroed below)
+            start = max(oy0 * width, -shift)
+            stop = max(min(oy1 * width, spatial - shift), start)
+            for b in range(batch):
+                plane = images[b, c].reshape(-1)
+                dst = tap_row[b * spatial:(b + 1) * spatial]
+                for j in range(start):
+                    dst[j] = zero
+                src = plane[start + shift:]
+                run = dst[start:]
+                for j in range(stop - start):
+                    run[j] = src[j]
+                for j in range(stop, spatial):
+                    dst[j] = zero
+                if ox0 > 0 or ox1 < width:
+                    for oy in range(oy0, oy1):
+                        row = dst[oy * width:(oy + 1) * width]
+                        for ox in range(ox0):
+                            row[ox] = zero
+                        for ox in range(ox1, width):
+                            row[ox] = zero
+
+
+@jit
+def _col2im_same_channel(columns, c, ksize, pad, dilation, images):
+    """The adjoint of _im2col_same_channel; the invalid outputs of each tap are zeroed in `columns` (scratch
+    here) so that the shifted run adds nothing through them."""
+    batch, height, width = images.shape[0], images.shape[2], images.shape[3]
+    spatial = height * width
+    zero = np.float32(0.0)
+    for ky in range(ksize):
+        for kx in range(ksize):
+            tap_row = columns[(c * ksize + ky) * ksize + kx]
+            row_offset, col_offset, oy0, oy1, ox0, ox1 = _same_tap_geometry(ky, kx, ksize, pad, dilation,
+                                                                             height, width)
+            shift = row_offset * width + col_offset
+            start = max(oy0 * width, -shift)
+            stop = max(min(oy1 * width, spatial - shift), start)
+            for b in range(batch):
+                src = tap_row[b * spatial:(b + 1) * spatial]
+                if ox0 > 0 or ox1 < width:
+                    for oy in range(oy0, oy1):
+                        row = src[oy * width:(oy + 1) * width]
+                        for ox in range(ox0):
+                            row[ox] = zero
+                        for ox in range(ox1, width):
+                            row[ox] = zero
+                dst = images[b, c].reshape(-1)[start + shift:]
+                run = src[start:]
+                for j in range(stop - start):
+                    dst[j] += run[j]
+
+
+@jit
+def _im2col_same_serial(images, ksize, pad, dilation, columns):
+    for c in range(images.shape[1]):
+        _im2col_same_channel(images, c, ksize, pad, dilation, columns)
+
+
+@jit(parallel=True)
+def _im2col_same_parallel(images, ksize, pad, dilation, columns):
+    for c in prange(images.shape[1]):
+        _im2col_same_channel(images, c, ksize, pad, dilation, columns)
+
+
+@jit
+def _col2im_same_serial(columns, ksize, pad, dilation, images):
+    for c in range(images.shape[1]):
+        _col2im_same_channel(columns, c, ksize, pad, dilation, images)
+
+
+@jit(parallel=True)
+def _col2im_same_parallel(columns, ksize, pad, dilation, images):
+    for c in prange(images.shape[1]):
+        _col2im_same_channel(columns, c, ksize, pad, dilation, images)
+
+
+def _is_same(images: np.ndarray, stride_y: int, stride_x: int, out_h: int, out_w: int) -> bool:
+    return (stride_y == 1 and stride_x == 1 and out_h == images.shape[2] and out_w == images.shape[3]
+            and images.flags.c_contiguous)
+
+
 def im2col_batch(images: np.ndarray, ksize: int, stride_y: int, stride_x: int, pad: int, dilation: int,
                  out_h: int, out_w: int, columns: np.ndarray) -> None:
     """images (B, C, H, W) -> columns (C*K*K, B*OH*OW): image b's patch columns at [b*OH*OW, (b+1)*OH*OW),
     so one matrix product covers the whole batch."""
-    rows, cols, starts = _padded_geometry(ksize, stride_y, stride_x, dilation, out_h, out_w)
     parallel = threads_pay(columns.size, images.shape[0] * images.shape[1], PARALLEL_MIN_ELEMENTS)
-    kernel = _im2col_parallel if parallel else _im2col_serial
     tasks = images.shape[0] * images.shape[1]
+    if _is_same(images, stride_y, stride_x, out_h, out_w):
+        (_im2col_same_parallel if parallel else _im2col_same_serial)(images, ksize, pad, dilation, columns)
+        return
+    rows, cols, starts = _padded_geometry(ksize, stride_y, stride_x, dilation, out_h, out_w)
+    kernel = _im2col_parallel if parallel else _im2col_serial
     kernel(images, ksize, pad, dilation, stride_y, out_w if stride_x == 1 else 0, rows, cols, starts, columns,
            min(tasks, CHUNKS_PER_THREAD * numba.get_num_threads()))
 
@@ -217,10 +333,13 @@ def _col2im_parallel(columns, ksize, pad, dilation, stride_y, out_w, rows, cols,
 def col2im_batch_add(columns: np.ndarray, ksize: int, stride_y: int, stride_x: int, pad: int, dilation: int,
                      out_h: int, out_w: int, images: np.ndarray) -> None:
     """images (B, C, H, W) += the adjoint of im2col_batch; each (b, c) plane is owned by one task."""
-    rows, cols, starts = _padded_geometry(ksize, stride_y, stride_x, dilation, out_h, out_w)
     parallel = threads_pay(columns.size, images.shape[0] * images.shape[1], PARALLEL_MIN_ELEMENTS)
-    kernel = _col2im_parallel if parallel else _col2im_serial
     tasks = images.shape[0] * images.shape[1]
+    if _is_same(images, stride_y, stride_x, out_h, out_w):
+        (_col2im_same_parallel if parallel else _col2im_same_serial)(columns, ksize, pad, dilation, images)
+        return
+    rows, cols, starts = _padded_geometry(ksize, stride_y, stride_x, dilation, out_h, out_w)
+    kernel = _col2im_parallel if parallel else _col2im_serial
     kernel(columns, ksize, pad, dilation, stride_y, out_w if stride_x == 1 else 0, rows, cols, starts, images,
            min(tasks, CHUNKS_PER_THREAD * numba.get_num_threads()))
 

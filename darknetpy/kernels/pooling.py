@@ -331,13 +331,15 @@ def maxpool_forward(x: np.ndarray, size: int, stride_y: int, stride_x: int, offs
 
 @jit
 def _maxpool_backward_plane(dy, argmax, dx, b, c):
-    width = dx.shape[3]
+    # the winner's in-plane index addresses the flattened (contiguous) plane directly: no division
+    plane = dx[b, c].reshape(-1)
     for oy in range(dy.shape[2]):
+        winners = argmax[b, c, oy]
+        gradients = dy[b, c, oy]
         for ox in range(dy.shape[3]):
-            index = argmax[b, c, oy, ox]
+            index = winners[ox]
             if index >= 0:
-                iy = index // width
-                dx[b, c, iy, index - iy * width] += dy[b, c, oy, ox]
+                plane[index] += gradients[ox]
 
 
 @jit
@@ -355,7 +357,9 @@ def _maxpool_backward_parallel(dy, argmax, dx):
 
 
 def maxpool_backward(dy: np.ndarray, argmax: np.ndarray, dx: np.ndarray) -> None:
-    """dx[b, c, winner] += dy[b, c, oy, ox] for every output with a winner."""
+    """dx[b, c, winner] += dy[b, c, oy, ox] for every output with a winner (dx C-contiguous)."""
+    if not dx.flags.c_contiguous:
+        raise ValueError("maxpool_backward needs a C-contiguous dx")
     kernel = _maxpool_backward_parallel if use_threads(dx.size, dx.shape[0] * dx.shape[1]) \
         else _maxpool_backward_serial
     kernel(dy, argmax, dx)
