@@ -123,6 +123,12 @@ def _leaky(y):
 
 
 @jit(inline="always")
+def _inverse_std(v):
+    """1 / (std + 1e-6), the forward's normaliser."""
+    return np.float32(1.0) / (np.float32(math.sqrt(v)) + FORWARD_EPSILON)
+
+
+@jit(inline="always")
 def _store_statistics(c, m, squares, count, rolling_mean, rolling_var, mean, var):
     """Store channel c's batch mean/variance, update the rolling ones; returns 1/(std + eps)."""
     v = np.float32(squares / (count - 1)) if count > 1 else np.float32(0.0)
@@ -130,7 +136,7 @@ def _store_statistics(c, m, squares, count, rolling_mean, rolling_var, mean, var
     var[c] = v
     rolling_mean[c] = ROLLING_KEEP * rolling_mean[c] + ROLLING_NEW * m
     rolling_var[c] = ROLLING_KEEP * rolling_var[c] + ROLLING_NEW * v
-    return np.float32(1.0) / (np.float32(math.sqrt(v)) + FORWARD_EPSILON)
+    return _inverse_std(v)
 
 
 @jit
@@ -246,6 +252,13 @@ def train_backward(dy: np.ndarray, x_saved: np.ndarray, mean: np.ndarray, var: n
 
 
 # ------------------------------------------------------------------------ channel-major (convolution) variants
+@jit(inline="always")
+def _normalized(x, m, inv, sc, sh):
+    # the one expression of the channel-major forward; the backward re-evaluates it bit for bit to know
+    # leaky's side instead of reading the layer output back
+    return ((x - m) * inv) * sc + sh
+
+
 @jit
 def _forward_cm_channel(product, c, scale, bias, rolling_mean, rolling_var, mean, var, normalize, leaky, lanes,
                         out):
@@ -264,10 +277,10 @@ def _forward_cm_channel(product, c, scale, bias, rolling_mean, rolling_var, mean
         dst = out[n, c]
         if normalize and leaky:
             for s in range(spatial):
-                dst[s] = _leaky(((src[s] - m) * inv) * sc + sh)
+                dst[s] = _leaky(_normalized(src[s], m, inv, sc, sh))
         elif normalize:
             for s in range(spatial):
-                dst[s] = ((src[s] - m) * inv) * sc + sh
+                dst[s] = _normalized(src[s], m, inv, sc, sh)
         elif leaky:
             for s in range(spatial):
                 dst[s] = _leaky(src[s] + sh)
@@ -304,31 +317,40 @@ def train_forward_channel_major(product: np.ndarray, scale: np.ndarray, bias: np
 
 
 @jit(inline="always")
-def _leaky_gradient(dy, y, leaky):
-    if leaky and not y > np.float32(0.0):
+def _through_leaky(dy, z, leaky):
+    # leaky(z) > 0 exactly when z > 0 (NaN: neither), so the pre-activation z decides the gradient
+    if leaky and not z > np.float32(0.0):
         return dy * LEAKY_SLOPE
     return dy
 
 
 @jit
-def _backward_cm_channel(dy, y, x_saved, mean, var, scale, grad_scale, grad_bias, normalize, leaky, c, lanes,
+def _backward_cm_channel(dy, x_saved, mean, var, scale, bias, grad_scale, grad_bias, normalize, leaky, c, lanes,
                          lanes2, dx_t):
+    """Two passes over channel c (sums, then dL/d(product)); leaky's side comes from re-evaluating the
+    forward's pre-activation from the saved input, so the layer output is never read: on a first layer's
+    large maps this pass is bound by memory traffic."""
     batch, spatial = dy.shape[0], dy.shape[2]
     count = batch * spatial
     xrow = x_saved[c]
     m = mean[c] if normalize else np.float32(0.0)
+    inv = _inverse_std(var[c]) if normalize else np.float32(1.0)
+    sc = scale[c] if normalize else np.float32(1.0)
+    sh = bias[c]
     for n in range(batch):
-        g_row, y_row = dy[n, c], y[n, c]
+        g_row = dy[n, c]
         x = xrow[n * spatial:(n + 1) * spatial]
         full = spatial // LANES * LANES
         for start in range(0, full, LANES):
-            pg, py, px = g_row[start:start + LANES], y_row[start:start + LANES], x[start:start + LANES]
+            pg, px = g_row[start:start + LANES], x[start:start + LANES]
             for i in range(LANES):
-                g = _leaky_gradient(pg[i], py[i], leaky)
+                z = _normalized(px[i], m, inv, sc, sh) if normalize else px[i] + sh
+                g = _through_leaky(pg[i], z, leaky)
                 lanes[i] += g
                 lanes2[i] += g * (px[i] - m)
         for i in range(full, spatial):
-            g = _leaky_gradient(g_row[i], y_row[i], leaky)
+            z = _normalized(x[i], m, inv, sc, sh) if normalize else x[i] + sh
+            g = _through_leaky(g_row[i], z, leaky)
             lanes[i - full] += g
             lanes2[i - full] += g * (x[i] - m)
     sum_dy = _take_total(lanes)
@@ -339,44 +361,46 @@ def _backward_cm_channel(dy, y, x_saved, mean, var, scale, grad_scale, grad_bias
         grad_bias[c] += np.float32(sum_dy)
         a, b, k = np.float32(1.0), np.float32(0.0), np.float32(0.0)
     for n in range(batch):
-        g_row, y_row = dy[n, c], y[n, c]
+        g_row = dy[n, c]
         x = xrow[n * spatial:(n + 1) * spatial]
         dst = dx_t[c, n * spatial:(n + 1) * spatial]
         if normalize:
             for s in range(spatial):
-                dst[s] = _leaky_gradient(g_row[s], y_row[s], leaky) * a + (x[s] - m) * b + k
+                g = _through_leaky(g_row[s], _normalized(x[s], m, inv, sc, sh), leaky)
+                dst[s] = g * a + (x[s] - m) * b + k
         else:
             for s in range(spatial):
-                dst[s] = _leaky_gradient(g_row[s], y_row[s], leaky)
+                dst[s] = _through_leaky(g_row[s], x[s] + sh, leaky)
 
 
 @jit
-def _backward_cm_serial(dy, y, x_saved, mean, var, scale, grad_scale, grad_bias, normalize, leaky, dx_t):
+def _backward_cm_serial(dy, x_saved, mean, var, scale, bias, grad_scale, grad_bias, normalize, leaky, dx_t):
     lanes = np.zeros(LANES, np.float64)
     lanes2 = np.zeros(LANES, np.float64)
     for c in range(dy.shape[1]):
-        _backward_cm_channel(dy, y, x_saved, mean, var, scale, grad_scale, grad_bias, normalize, leaky, c,
+        _backward_cm_channel(dy, x_saved, mean, var, scale, bias, grad_scale, grad_bias, normalize, leaky, c,
                              lanes, lanes2, dx_t)
 
 
 @jit(parallel=True)
-def _backward_cm_parallel(dy, y, x_saved, mean, var, scale, grad_scale, grad_bias, normalize, leaky, dx_t):
+def _backward_cm_parallel(dy, x_saved, mean, var, scale, bias, grad_scale, grad_bias, normalize, leaky, dx_t):
     for c in prange(dy.shape[1]):
         lanes = np.zeros(LANES, np.float64)
         lanes2 = np.zeros(LANES, np.float64)
-        _backward_cm_channel(dy, y, x_saved, mean, var, scale, grad_scale, grad_bias, normalize, leaky, c,
+        _backward_cm_channel(dy, x_saved, mean, var, scale, bias, grad_scale, grad_bias, normalize, leaky, c,
                              lanes, lanes2, dx_t)
 
 
-def train_backward_channel_major(dy: np.ndarray, y: np.ndarray, x_saved: np.ndarray, mean: np.ndarray,
-                                 var: np.ndarray, scale: np.ndarray, grad_scale: np.ndarray,
+def train_backward_channel_major(dy: np.ndarray, x_saved: np.ndarray, mean: np.ndarray, var: np.ndarray,
+                                 scale: np.ndarray, bias: np.ndarray, grad_scale: np.ndarray,
                                  grad_bias: np.ndarray, normalize: bool, leaky: bool, dx_t: np.ndarray) -> None:
-    """dx_t (C, B*S) = dL/d(product) for dy (B, C, S) = dL/d(layer output): through leaky's gradient at the
-    output y (if `leaky`; otherwise dy must already be dL/d(BN output)), then BN's backward (if `normalize`)
-    with x_saved = the product. Accumulates grad_bias (and grad_scale)."""
+    """dx_t (C, B*S) = dL/d(product) for dy (B, C, S) = dL/d(layer output) after train_forward_channel_major
+    of the same product (x_saved) and parameters: through leaky's gradient (if `leaky`; otherwise dy must
+    already be dL/d(BN output)), then BN's backward (if `normalize`; else only the bias). dx_t may be
+    x_saved itself. Accumulates grad_bias (and grad_scale)."""
     parallel = threads_pay(dy.size, dy.shape[1], PARALLEL_MIN_ELEMENTS)
     kernel = _backward_cm_parallel if parallel else _backward_cm_serial
-    kernel(dy, y, x_saved, mean, var, scale, grad_scale, grad_bias, normalize, leaky, dx_t)
+    kernel(dy, x_saved, mean, var, scale, bias, grad_scale, grad_bias, normalize, leaky, dx_t)
 
 
 @jit(parallel=True)

@@ -377,16 +377,16 @@ class Convolutional(Layer):
             pre = self.pre_activation.reshape(-1) if self.pre_activation is not None else np.empty(0, FLOAT)
             act.gradient(dy.reshape(-1), self.output.reshape(-1), pre, self.activation)
         dy3 = dy.reshape(batch, s.c, s.h * s.w)
-        out3 = self.output.reshape(batch, s.c, s.h * s.w)
         product = self._product_buffer()
         dy_t = product  # elementwise in place: each channel reads its saved input before overwriting it
         bn = self.bn
         if bn is not None:
-            bn_kernels.train_backward_channel_major(dy3, out3, product, bn.mean, bn.var, bn.scales,
+            bn_kernels.train_backward_channel_major(dy3, product, bn.mean, bn.var, bn.scales, self.biases,
                                                     bn.grad_scales, self.grad_biases, True, fuse_leaky, dy_t)
         else:
-            bn_kernels.train_backward_channel_major(dy3, out3, product, self.biases, self.biases, self.biases,
-                                                    self.biases, self.grad_biases, False, fuse_leaky, dy_t)
+            bn_kernels.train_backward_channel_major(dy3, product, self.biases, self.biases, self.biases,
+                                                    self.biases, self.biases, self.grad_biases, False,
+                                                    fuse_leaky, dy_t)
         if self._train_path == "direct":
             sy, sx = cfg.strides
             grouped_conv_backward(x, self.weights, self._planes(dy_t), sy, sx, cfg.effective_padding,
@@ -396,8 +396,9 @@ class Convolutional(Layer):
         cols = self.columns if self._columns_hold_input and self.columns is not None else self._fill_columns(x)
         self._columns_hold_input = False
         dy_g = self._grouped(dy_t)
+        # as (K, F) = cols . dy^T: OpenBLAS runs this orientation 5-10% faster than dy . cols^T here
         self.grad_weights.reshape(cfg.groups, cfg.filters // cfg.groups, -1)[...] += \
-            np.matmul(dy_g, self._grouped(cols).transpose(0, 2, 1))
+            np.matmul(self._grouped(cols), dy_g.transpose(0, 2, 1)).transpose(0, 2, 1)
         if dx is not None and self.winograd_tile and cfg.effective_padding <= 2 \
                 and dx.shape[2] * dx.shape[3] >= WINOGRAD_TRAIN_MIN_PIXELS:
             # dL/dx of a stride-1 3x3 convolution is itself one: of dy with the rotated, transposed weights
