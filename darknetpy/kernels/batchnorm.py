@@ -44,23 +44,32 @@ def fold_inference(scale, bias, rolling_mean, rolling_var, a, b):
 
 
 @jit(inline="always")
-def _add_row(lanes, row):
-    """lanes += partial sums of row: eight float32 partial sums (one AVX2 register, no memory traffic) per
-    BLOCK elements, each block's total added in float64; a shorter tail goes into the float64 lanes."""
+def _term(v, m, squared):
+    if squared:
+        d = v - m
+        return d * d
+    return v
+
+
+@jit(inline="always")
+def _add_terms(lanes, row, m, squared):
+    """lanes += partial sums of row (or of (row - m)^2): eight float32 partial sums (one AVX2 register, no
+    memory traffic) per BLOCK elements, each block's total added in float64; a shorter tail goes into the
+    float64 lanes. `squared` is a constant at every call, so the branch in _term folds away."""
     n = row.shape[0]
     full = n - n % BLOCK
     total = 0.0
     for block in range(0, full, BLOCK):
         a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
         for j in range(block, block + BLOCK, 8):  # a constant trip count: a variable one is not vectorised
-            a0 += row[j]
-            a1 += row[j + 1]
-            a2 += row[j + 2]
-            a3 += row[j + 3]
-            a4 += row[j + 4]
-            a5 += row[j + 5]
-            a6 += row[j + 6]
-            a7 += row[j + 7]
+            a0 += _term(row[j], m, squared)
+            a1 += _term(row[j + 1], m, squared)
+            a2 += _term(row[j + 2], m, squared)
+            a3 += _term(row[j + 3], m, squared)
+            a4 += _term(row[j + 4], m, squared)
+            a5 += _term(row[j + 5], m, squared)
+            a6 += _term(row[j + 6], m, squared)
+            a7 += _term(row[j + 7], m, squared)
         total += np.float64((a0 + a1) + (a2 + a3)) + np.float64((a4 + a5) + (a6 + a7))
     lanes[0] += total
     tail = row[full:]
@@ -68,42 +77,19 @@ def _add_row(lanes, row):
     for start in range(0, full_lanes, LANES):
         part = tail[start:start + LANES]
         for i in range(LANES):
-            lanes[i] += part[i]
+            lanes[i] += _term(part[i], m, squared)
     for i in range(full_lanes, tail.shape[0]):
-        lanes[i - full_lanes] += tail[i]
+        lanes[i - full_lanes] += _term(tail[i], m, squared)
+
+
+@jit(inline="always")
+def _add_row(lanes, row):
+    _add_terms(lanes, row, np.float32(0.0), False)
 
 
 @jit(inline="always")
 def _add_squared_deviation(lanes, row, m):
-    """lanes += partial sums of (row - m)^2, blocked as _add_row."""
-    n = row.shape[0]
-    full = n - n % BLOCK
-    total = 0.0
-    for block in range(0, full, BLOCK):
-        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
-        for j in range(block, block + BLOCK, 8):
-            d0, d1, d2, d3 = row[j] - m, row[j + 1] - m, row[j + 2] - m, row[j + 3] - m
-            d4, d5, d6, d7 = row[j + 4] - m, row[j + 5] - m, row[j + 6] - m, row[j + 7] - m
-            a0 += d0 * d0
-            a1 += d1 * d1
-            a2 += d2 * d2
-            a3 += d3 * d3
-            a4 += d4 * d4
-            a5 += d5 * d5
-            a6 += d6 * d6
-            a7 += d7 * d7
-        total += np.float64((a0 + a1) + (a2 + a3)) + np.float64((a4 + a5) + (a6 + a7))
-    lanes[0] += total
-    tail = row[full:]
-    full_lanes = tail.shape[0] // LANES * LANES
-    for start in range(0, full_lanes, LANES):
-        part = tail[start:start + LANES]
-        for i in range(LANES):
-            d = np.float64(part[i] - m)
-            lanes[i] += d * d
-    for i in range(full_lanes, tail.shape[0]):
-        d = np.float64(tail[i] - m)
-        lanes[i - full_lanes] += d * d
+    _add_terms(lanes, row, m, True)
 
 
 @jit(inline="always")

@@ -154,16 +154,34 @@ def _im2col_parallel(images, ksize, pad, dilation, stride_y, out_w, rows, cols, 
 # the outputs whose window tap leaves the image through a side are then fixed up (zeroed), a few per row.
 
 @jit(inline="always")
-def _same_tap_geometry(ky, kx, ksize, pad, dilation, height, width):
-    """(row offset, column offset, first valid output row, end of valid rows, first valid output column,
-    end of valid columns) of tap (ky, kx)."""
+def _same_tap_geometry(ky, kx, pad, dilation, height, width):
+    """Tap (ky, kx) of a same convolution: (shift, start, stop, oy0, oy1, ox0, ox1). Output j of a plane
+    reads input j + shift; outputs [start, stop) are one valid run (outside it, or in rows outside
+    [oy0, oy1) or columns outside [ox0, ox1), the tap is off the image)."""
     row_offset = ky * dilation - pad
     col_offset = kx * dilation - pad
     oy0 = min(max(0, -row_offset), height)
     oy1 = max(min(height, height - row_offset), oy0)
     ox0 = min(max(0, -col_offset), width)
     ox1 = max(min(width, width - col_offset), ox0)
-    return row_offset, col_offset, oy0, oy1, ox0, ox1
+    shift = row_offset * width + col_offset
+    # the source index j + shift is clamped into the plane: what falls outside lies in an invalid column
+    start = max(oy0 * width, -shift)
+    stop = max(min(oy1 * width, height * width - shift), start)
+    return shift, start, stop, oy0, oy1, ox0, ox1
+
+
+@jit(inline="always")
+def _zero_side_columns(plane_block, oy0, oy1, ox0, ox1, width):
+    """Zero columns [0, ox0) and [ox1, width) of rows [oy0, oy1) of a flat (H*W) block."""
+    if ox0 > 0 or ox1 < width:
+        zero = np.float32(0.0)
+        for oy in range(oy0, oy1):
+            row = plane_block[oy * width:(oy + 1) * width]
+            for ox in range(ox0):
+                row[ox] = zero
+            for ox in range(ox1, width):
+                row[ox] = zero
 
 
 @jit
@@ -176,31 +194,18 @@ def _im2col_same_channel(images, c, ksize, pad, dilation, columns):
     for ky in range(ksize):
         for kx in range(ksize):
             tap_row = columns[(c * ksize + ky) * ksize + kx]
-            row_offset, col_offset, oy0, oy1, ox0, ox1 = _same_tap_geometry(ky, kx, ksize, pad, dilation,
-                                                                             height, width)
-            shift = row_offset * width + col_offset
-            # valid rows in one run; the source index j + shift is clamped into the plane (what falls outside
-            # lies in a column zeroed below)
-            start = max(oy0 * width, -shift)
-            stop = max(min(oy1 * width, spatial - shift), start)
+            shift, start, stop, oy0, oy1, ox0, ox1 = _same_tap_geometry(ky, kx, pad, dilation, height, width)
             for b in range(batch):
-                plane = images[b, c].reshape(-1)
                 dst = tap_row[b * spatial:(b + 1) * spatial]
                 for j in range(start):
                     dst[j] = zero
-                src = plane[start + shift:]
+                src = images[b, c].reshape(-1)[start + shift:]
                 run = dst[start:]
                 for j in range(stop - start):
                     run[j] = src[j]
                 for j in range(stop, spatial):
                     dst[j] = zero
-                if ox0 > 0 or ox1 < width:
-                    for oy in range(oy0, oy1):
-                        row = dst[oy * width:(oy + 1) * width]
-                        for ox in range(ox0):
-                            row[ox] = zero
-                        for ox in range(ox1, width):
-                            row[ox] = zero
+                _zero_side_columns(dst, oy0, oy1, ox0, ox1, width)
 
 
 @jit
@@ -209,24 +214,13 @@ def _col2im_same_channel(columns, c, ksize, pad, dilation, images):
     here) so that the shifted run adds nothing through them."""
     batch, height, width = images.shape[0], images.shape[2], images.shape[3]
     spatial = height * width
-    zero = np.float32(0.0)
     for ky in range(ksize):
         for kx in range(ksize):
             tap_row = columns[(c * ksize + ky) * ksize + kx]
-            row_offset, col_offset, oy0, oy1, ox0, ox1 = _same_tap_geometry(ky, kx, ksize, pad, dilation,
-                                                                             height, width)
-            shift = row_offset * width + col_offset
-            start = max(oy0 * width, -shift)
-            stop = max(min(oy1 * width, spatial - shift), start)
+            shift, start, stop, oy0, oy1, ox0, ox1 = _same_tap_geometry(ky, kx, pad, dilation, height, width)
             for b in range(batch):
                 src = tap_row[b * spatial:(b + 1) * spatial]
-                if ox0 > 0 or ox1 < width:
-                    for oy in range(oy0, oy1):
-                        row = src[oy * width:(oy + 1) * width]
-                        for ox in range(ox0):
-                            row[ox] = zero
-                        for ox in range(ox1, width):
-                            row[ox] = zero
+                _zero_side_columns(src, oy0, oy1, ox0, ox1, width)
                 dst = images[b, c].reshape(-1)[start + shift:]
                 run = src[start:]
                 for j in range(stop - start):
