@@ -135,18 +135,56 @@ def test_sigkill_leaves_last_checkpoint_loadable(tmp_path):
         assert model.seen > start_seen
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether a running (not zombie) process is left in process group pgid (Linux /proc; elsewhere False:
+    a zombie still answers kill(0), and who reaps orphans depends on the machine's init)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            return True
+    return False
+
+
 def test_ctrl_c_saves_backup_and_exits_cleanly(tmp_path):
     data = make_dataset(tmp_path / "ds")
     cfg = tiny_model(tmp_path, 4, 1, "tiny.cfg", max_batches=100000)
-    proc = subprocess.Popen([sys.executable, "-m", "darknetpy", "train", str(cfg), str(data), "--seed", "3",
-                             "--workers", "1"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    for line in proc.stdout:
-        if line.startswith("5, "):
-            break
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    # output to files, not pipes: the loader's worker processes inherit them, and the verdict must rest on the
+    # trainer's own exit, not on when the last of its children closes a pipe
+    out_path, err_path = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with open(out_path, "w") as out_file, open(err_path, "w") as err_file:
+        proc = subprocess.Popen([sys.executable, "-m", "darknetpy", "train", str(cfg), str(data), "--seed", "3",
+                                 "--workers", "1"], cwd=tmp_path, stdout=out_file, stderr=err_file,
+                                env={**os.environ, "PYTHONFAULTHANDLER": "1"}, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if any(line.startswith("5, ") for line in out_path.read_text().splitlines()):
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, f"training ended early: {err_path.read_text()[-2000:]}"
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)  # faulthandler: every thread's stack into stderr.txt
+            proc.wait(timeout=30)
+            pytest.fail(f"no exit 120 s after SIGINT; stderr and stacks:\n{err_path.read_text()[-6000:]}")
+        # nothing of the run may outlive it (loader workers, multiprocessing's resource tracker)
+        deadline = time.time() + 10
+        while time.time() < deadline and _group_alive(proc.pid):
+            time.sleep(0.05)
+        assert not _group_alive(proc.pid), "processes of the training run outlived it"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if _group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)  # zombies are fine to signal
+    err = err_path.read_text()
+    assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and "saved" in err
     model = darknetpy.load(cfg, tmp_path / "backup" / "tiny.backup")
     assert model.seen >= 20
