@@ -30,6 +30,8 @@ import collections
 import concurrent.futures as cf
 import multiprocessing
 import os
+import signal
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -343,6 +345,30 @@ _PROCESS_DATASET: ClassificationDataset | None = None
 def _process_init(dataset: ClassificationDataset) -> None:
     global _PROCESS_DATASET
     _PROCESS_DATASET = dataset
+    # Ctrl-C on a terminal reaches the whole process group; the trainer decides what happens (it saves a
+    # checkpoint and closes the pool), a worker dying of KeyboardInterrupt would only print a traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _no_op() -> None:
+    return None
+
+
+def _start_worker_pool(workers: int, dataset: ClassificationDataset) -> cf.ProcessPoolExecutor:
+    """A spawned pool whose processes all start at once with SIGINT ignored, a disposition they keep through
+    exec: a Ctrl-C during their start-up (imports take ~1 s) must not kill them with a traceback either.
+    The trainer's own handler is back as soon as the processes exist."""
+    executor = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                      initializer=_process_init, initargs=(dataset,))
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
+    try:
+        for _ in range(workers):  # each submit starts one more process while none is idle
+            executor.submit(_no_op)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous)
+    return executor
 
 
 def _process_chunk(seed: int, batch_number: int, start: int, indices: np.ndarray, width: int,
@@ -408,8 +434,7 @@ class BatchLoader:
         if backend == "thread":
             self._executor: cf.Executor = cf.ThreadPoolExecutor(self.workers, thread_name_prefix="darknetpy-data")
         else:
-            self._executor = cf.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                                    initializer=_process_init, initargs=(dataset,))
+            self._executor = _start_worker_pool(self.workers, dataset)
         self._closed = False
         self._fill()
 

@@ -11,8 +11,6 @@ import pytest
 from PIL import Image
 
 import darknetpy
-from darknetpy.network import network_from_text
-from darknetpy.weights import read_weights
 
 TINY_CFG = """[net]
 batch={batch}
@@ -165,7 +163,7 @@ def test_ctrl_c_saves_backup_and_exits_cleanly(tmp_path):
                 break
             time.sleep(0.05)
         assert proc.poll() is None, f"training ended early: {err_path.read_text()[-2000:]}"
-        proc.send_signal(signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C on a terminal: the whole foreground process group
         try:
             proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
