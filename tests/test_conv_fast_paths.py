@@ -301,8 +301,15 @@ def test_training_input_gradient_by_winograd_on_large_maps(padding, monkeypatch)
     assert calls == [{"accumulate": True}]
 
 
+@pytest.mark.parametrize("text", ["filters=5\nsize=3\npad=1\nbatch_normalize=1", "filters=5\nsize=3\npad=1"])
+def test_training_statistics_over_several_float32_blocks(text):
+    # 3 images of 17x16: 816 values per channel, three 256-value blocks of partial sums and a tail
+    test_training_forward_and_backward_match_torch_and_spec(text, 6, "leaky", 17, 16)
+
+
 # ---- batch-norm kernels ((B, C, S) layout, used by [batchnorm] and [connected]) ------------------------
-@pytest.mark.parametrize("shape", [(4, 3, 7), (3, 2, 70), (16, 5, 1)])
+@pytest.mark.parametrize("shape", [(4, 3, 7), (3, 2, 70), (16, 5, 1),
+                                   (2, 3, 600)])  # rows of 2 float32 blocks of 256 and a tail
 def test_batchnorm_kernels_match_spec_formulas(shape):
     y = (RNG.standard_normal(shape) * 2 + 0.5).astype(np.float32)
     channels = shape[1]
@@ -370,7 +377,10 @@ def naive_im2col(x, k, s, p, d):
 
 
 @pytest.mark.parametrize("case", [(2, 3, 7, 9, 3, 1, 1, 1), (2, 3, 7, 9, 3, 2, 1, 1), (1, 2, 8, 8, 5, 2, 2, 1),
-                                  (1, 2, 9, 9, 3, 1, 2, 2), (2, 2, 6, 6, 3, 1, 0, 1), (1, 1, 5, 5, 3, 3, 4, 1)])
+                                  (1, 2, 9, 9, 3, 1, 2, 2), (2, 2, 6, 6, 3, 1, 0, 1), (1, 1, 5, 5, 3, 3, 4, 1),
+                                  # more "same" convolutions (shifted-run path): 5x5, thin and one-row maps
+                                  (2, 3, 6, 11, 5, 1, 2, 1), (1, 2, 1, 5, 3, 1, 1, 1), (2, 1, 7, 2, 3, 1, 1, 1),
+                                  (1, 2, 4, 7, 1, 1, 0, 1)])
 def test_im2col_batch_and_its_adjoint(case):
     batch, c, h, w, k, s, p, d = case
     oh, ow = out_size(h, k, s, p, d), out_size(w, k, s, p, d)
