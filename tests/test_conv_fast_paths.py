@@ -172,6 +172,21 @@ def test_winograd_layer_with_folded_batch_norm(size, activation):
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
 
 
+def test_resize_across_the_winograd_tile_threshold():
+    # 52x52 outputs use 4x4 tiles and 40x40 2x2 tiles: the cached transformed weights must follow the tile
+    net = make_net("[convolutional]\nfilters=5\nsize=3\npad=1\nbatch_normalize=1\nactivation=leaky", 52, 52, 6)
+    layer = net.layers[0]
+    randomise(layer, RNG)
+    for size in (52, 40, 52):
+        net.resize(size, size)
+        assert layer.winograd_tile == (4 if size == 52 else 2)
+        x = RNG.standard_normal((1, 6, size, size)).astype(np.float32)
+        got = net.forward(x)
+        raw = shifted_conv(x.astype(np.float64), layer.weights, 1, 1)
+        ref = batchnorm_inference(raw, layer.bn.scales, layer.biases, layer.bn.rolling_mean, layer.bn.rolling_var)
+        np.testing.assert_allclose(got, leaky(ref), rtol=1e-4, atol=1e-4)
+
+
 def test_layer_paths_are_chosen_from_the_shapes():
     def layer(text, c, size=16):
         net = make_net("[convolutional]\n" + text, size, size, c)

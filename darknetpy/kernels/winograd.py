@@ -35,13 +35,22 @@ def tile_positions(tile: int) -> int:
     return (tile + 2) ** 2
 
 
+# Filters transformed per float64 step: bounds the temporaries (a whole 512->1024 layer at once would add
+# ~140 MB to the peak memory of a yolov3-tiny process).
+TRANSFORM_FILTERS_PER_STEP = 64
+
+
 def transform_weights(weights: np.ndarray, tile: int) -> np.ndarray:
     """U[t, k, c] = (G g_kc G^T) at position t, computed in float64: weights (K, C, 3, 3) -> (a*a, K, C)."""
     g = _G[tile]
-    u = g @ weights.astype(np.float64) @ g.T            # (K, C, a, a)
     alpha = tile + 2
-    u = u.reshape(weights.shape[0], weights.shape[1], alpha * alpha).transpose(2, 0, 1)
-    return np.ascontiguousarray(u, dtype=np.float32)
+    filters, channels = weights.shape[0], weights.shape[1]
+    u = np.empty((alpha * alpha, filters, channels), np.float32)
+    for k0 in range(0, filters, TRANSFORM_FILTERS_PER_STEP):
+        k1 = min(filters, k0 + TRANSFORM_FILTERS_PER_STEP)
+        part = g @ weights[k0:k1].astype(np.float64) @ g.T  # (k1 - k0, C, a, a)
+        u[:, k0:k1] = part.reshape(k1 - k0, channels, alpha * alpha).transpose(2, 0, 1)
+    return u
 
 
 def transposed_weights(weights: np.ndarray) -> np.ndarray:

@@ -147,8 +147,10 @@ class Convolutional(Layer):
 
     def parameters_changed(self) -> None:
         self._folded = None
-        self._winograd_weights = None       # folded weights, inference
-        self._winograd_transposed = None    # rotated, transposed weights: dL/dx in training
+        # (tile, transformed weights, biases): inference, from the folded weights. Keyed by tile because
+        # Network.resize can move a layer across WINOGRAD_F4_MIN_PIXELS.
+        self._winograd_weights = None
+        self._winograd_transposed = None    # (tile, transformed rotated weights): dL/dx in training
 
     @property
     def is_pointwise(self) -> bool:
@@ -333,12 +335,16 @@ class Convolutional(Layer):
     def _forward_winograd(self, x: np.ndarray) -> np.ndarray:
         s = self.out_shape
         tile, rows, v, m = self._winograd_plan(self.in_shapes[0].c, s.c, s.h, s.w)
-        weights, biases = self._inference_weights()
-        if self._winograd_weights is None:
-            self._winograd_weights = winograd.transform_weights(weights, tile)
+        if self._winograd_weights is None or self._winograd_weights[0] != tile:
+            weights, biases = self._inference_weights()
+            self._winograd_weights = (tile, winograd.transform_weights(weights, tile), biases)
+            # only the transform is used from now on: not keeping the folded copy saves a weights-sized
+            # array per layer (34 MB on yolov3-tiny)
+            self._folded = None
+        _, transformed, biases = self._winograd_weights
         fuse_leaky = self._fuses_leaky()
-        winograd.winograd_conv(x, self._winograd_weights, biases, self.config.effective_padding, tile,
-                               fuse_leaky, rows, v, m, self.output)
+        winograd.winograd_conv(x, transformed, biases, self.config.effective_padding, tile, fuse_leaky, rows, v,
+                               m, self.output)
         if not fuse_leaky and (self.activation != act.LINEAR or self.pre_activation is not None):
             self._activate(self.output.reshape(x.shape[0], self.out_shape.c, -1))
         return self.output
@@ -403,10 +409,10 @@ class Convolutional(Layer):
                 and dx.shape[2] * dx.shape[3] >= WINOGRAD_TRAIN_MIN_PIXELS:
             # dL/dx of a stride-1 3x3 convolution is itself one: of dy with the rotated, transposed weights
             tile, rows, v, m = self._winograd_plan(s.c, dx.shape[1], dx.shape[2], dx.shape[3])
-            if self._winograd_transposed is None:
-                self._winograd_transposed = winograd.transform_weights(winograd.transposed_weights(self.weights),
-                                                                      tile)
-            winograd.winograd_conv(self._planes(dy_t), self._winograd_transposed,
+            if self._winograd_transposed is None or self._winograd_transposed[0] != tile:
+                self._winograd_transposed = (tile, winograd.transform_weights(
+                    winograd.transposed_weights(self.weights), tile))
+            winograd.winograd_conv(self._planes(dy_t), self._winograd_transposed[1],
                                    np.zeros(self.in_shapes[0].c, FLOAT), 2 - cfg.effective_padding, tile, False,
                                    rows, v, m, dx, accumulate=True)
         elif dx is not None:
