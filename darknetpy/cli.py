@@ -262,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     except DarknetError as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    except MemoryError as exc:  # outside the network's buffers (those errors name their layer)
+        print(f"out of memory: {exc or 'an allocation failed'}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

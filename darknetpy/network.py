@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
-from typing import Iterable
 
 import numpy as np
 
@@ -16,7 +15,7 @@ from .config.document import Document
 from .config.options import summarised_ignored_keys
 from .errors import CfgError
 from .layers import layer_class
-from .layers.base import FLOAT, Layer, Shape
+from .layers.base import Layer, Shape
 
 
 class Network:
@@ -57,10 +56,26 @@ class Network:
     # ---- buffers --------------------------------------------------------------------------------------------
     def _ensure_batch(self, batch: int) -> None:
         if batch != self._batch:
-            for layer in self.layers:
-                layer.allocate(batch)
+            self._batch = 0  # until every layer has its buffers
+            index = 0
+            try:
+                for index, layer in enumerate(self.layers):
+                    layer.allocate(batch)
+            except MemoryError as exc:
+                raise self._out_of_memory(index, batch, exc) from None
             self._batch = batch
             self._deltas = None
+
+    def _out_of_memory(self, index: int, batch: int, exc: MemoryError) -> CfgError:
+        """The located error for a MemoryError while layer `index` allocated or ran."""
+        layer = self.layers[min(max(index, 0), len(self.layers) - 1)]
+        gib = 4 / 2 ** 30
+        outputs = sum(shape.size for shape in self.shapes) * batch * gib
+        reason = str(exc) or "the allocation failed"
+        return layer.config.error(f"not enough memory for layer {layer.index} [{layer.kind}] ({reason}); its "
+                                  f"output is {layer.out_shape.size * batch * gib:.2f} GiB and all layer "
+                                  f"outputs {outputs:.2f} GiB for a batch of {batch}: lower width/height or "
+                                  f"batch")
 
     def _check_input(self, x: np.ndarray) -> np.ndarray:
         if not isinstance(x, np.ndarray) or x.dtype != np.float32:
@@ -88,15 +103,19 @@ class Network:
         x = self._check_input(x)
         self._ensure_batch(x.shape[0])
         self._input = x
-        for i, layer in enumerate(self.layers):
-            if i > self.output_index and truth is None:
-                # only cost layers follow the output layer and nothing reads them at inference
-                self.outputs[i] = None
-                continue
-            if truth is not None and hasattr(layer, "set_truth"):
-                layer.set_truth(truth)
-            xs = [x if j < 0 else self.outputs[j] for j in layer.input_indices()]
-            self.outputs[i] = layer.forward(xs, train)
+        i = 0
+        try:
+            for i, layer in enumerate(self.layers):
+                if i > self.output_index and truth is None:
+                    # only cost layers follow the output layer and nothing reads them at inference
+                    self.outputs[i] = None
+                    continue
+                if truth is not None and hasattr(layer, "set_truth"):
+                    layer.set_truth(truth)
+                xs = [x if j < 0 else self.outputs[j] for j in layer.input_indices()]
+                self.outputs[i] = layer.forward(xs, train)
+        except MemoryError as exc:  # scratch buffers (im2col columns, ...) are made on first use
+            raise self._out_of_memory(i, x.shape[0], exc) from None
         return self.outputs[self.output_index]
 
     def cost(self) -> float:
@@ -106,17 +125,24 @@ class Network:
 
     def backward(self) -> None:
         """Backpropagate from the loss layers of the last forward(train=True, truth=...) pass."""
-        if self._deltas is None:
-            self._deltas = [np.zeros_like(layer.output) for layer in self.layers]
-        for d in self._deltas:
-            d.fill(0.0)
-        for i in range(len(self.layers) - 1, -1, -1):
-            layer = self.layers[i]
-            if layer.config.stopbackward:
-                break
-            xs = [self._input if j < 0 else self.outputs[j] for j in layer.input_indices()]
-            dxs = [None if j < 0 else self._deltas[j] for j in layer.input_indices()]
-            layer.backward(self._deltas[i], xs, dxs)
+        i = len(self.layers) - 1
+        try:
+            if self._deltas is None:
+                deltas = []
+                for i, layer in enumerate(self.layers):
+                    deltas.append(np.zeros_like(layer.output))
+                self._deltas = deltas
+            for d in self._deltas:
+                d.fill(0.0)
+            for i in range(len(self.layers) - 1, -1, -1):
+                layer = self.layers[i]
+                if layer.config.stopbackward:
+                    break
+                xs = [self._input if j < 0 else self.outputs[j] for j in layer.input_indices()]
+                dxs = [None if j < 0 else self._deltas[j] for j in layer.input_indices()]
+                layer.backward(self._deltas[i], xs, dxs)
+        except MemoryError as exc:
+            raise self._out_of_memory(i, self._input.shape[0], exc) from None
 
     def initialize(self, seed: int | None = 0) -> None:
         """Random initial weights (Darknet's distributions) for training from scratch."""

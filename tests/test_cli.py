@@ -668,3 +668,24 @@ def test_error_from_a_fresh_interpreter(tmp_path):
     cfg = tmp_path / "bad.cfg"
     cfg.write_text(cfg_variant("stride=2", "strid=2"))
     assert_one_line_error(run_cli("summary", cfg), "did you mean", prefix=f"{cfg}:16:")
+
+
+def test_out_of_memory_names_the_layer(tmp_path):
+    """A network too large for the memory at hand: one located line, exit 2, no traceback (Python caps the
+    child's address space; the buffers are never touched, so no real memory is used)."""
+    import darknetpy
+    layers = "\n".join("[convolutional]\nfilters=32\nsize=3\npad=1\nactivation=leaky\n" for _ in range(4))
+    cfg = tmp_path / "big.cfg"
+    cfg.write_text(f"[net]\nwidth=3000\nheight=3000\nchannels=3\n\n{layers}\n[avgpool]\n\n[softmax]\n")
+    weights = tmp_path / "big.weights"
+    darknetpy.load(cfg).save_weights(weights)
+    image = tmp_path / "grey.png"
+    Image.new("RGB", (8, 8), (90, 90, 90)).save(image)
+    limit = 3 << 30  # each layer output is 1.07 GiB: the address space runs out within the four layers
+    code = ("import resource, runpy, sys; "
+            f"resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit})); "
+            "sys.argv = ['darknetpy'] + sys.argv[1:]; runpy.run_module('darknetpy', run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", code, "predict", str(cfg), str(weights), str(image)],
+                            capture_output=True, text=True, env=_environment(), timeout=120)
+    line = assert_one_line_error(result, "not enough memory for layer", "[convolutional]", "GiB")
+    assert re.match(rf"{re.escape(str(cfg))}:(6|12|18|24): ", line), line  # a [convolutional] header
