@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 

@@ -80,7 +80,7 @@ def _place_label(box: Rect, size: tuple[int, int], image_size: tuple[int, int], 
     """Where a label of `size` goes: just above the box, else inside its top edge, else below it, else inside
     its bottom edge; the first spot that hides no label placed before. Crowded scenes (many boxes with the
     same top edge) otherwise print every label on the same row, where only the last one is readable."""
-    (left, top, right, bottom), (label_w, label_h), (width, height) = box, size, image_size
+    (left, top, _, bottom), (label_w, label_h), (width, height) = box, size, image_size
     x = min(left, max(0, width - label_w))
     candidates = [top - label_h, top, bottom + 1, bottom - label_h + 1]
     step = max(1, label_h)
