@@ -153,9 +153,13 @@ def test_ctrl_c_saves_backup_and_exits_cleanly(tmp_path):
     # trainer's own exit, not on when the last of its children closes a pipe
     out_path, err_path = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     with open(out_path, "w") as out_file, open(err_path, "w") as err_file:
+        # SIGINT back to its default first: a test run started in the background of a non-interactive shell
+        # ignores SIGINT, its children inherit that, and Python then installs no KeyboardInterrupt handler
+        # (the trainer rightly keeps ignoring Ctrl-C then, as `nohup ... &` asks)
         proc = subprocess.Popen([sys.executable, "-m", "darknetpy", "train", str(cfg), str(data), "--seed", "3",
                                  "--workers", "1"], cwd=tmp_path, stdout=out_file, stderr=err_file,
-                                env={**os.environ, "PYTHONFAULTHANDLER": "1"}, start_new_session=True)
+                                env={**os.environ, "PYTHONFAULTHANDLER": "1"}, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
