@@ -6,8 +6,7 @@ and the first strict maximum in row-then-column order wins. The winner's positio
 (y*W + x) is stored for the backward pass; -1 means no tap beat -FLT_MAX (all taps outside the image,
 or NaN), and such outputs pass no gradient.
 
-Speed: 2x2/2 windows inside the image (most max pooling there is) take a plain per-plane loop of selects.
-Otherwise windows that may leave the image read a -FLT_MAX-padded copy of the plane, so no loop has bounds
+Speed: windows that may leave the image read a -FLT_MAX-padded copy of the plane, so no loop has bounds
 checks; each output row is computed with branch-free selects along the row (vectorised). 2x2 windows keep
 the running maximum in registers; larger windows are separable: the first maximum in row-then-column order
 is the first maximum down the rows of each row's first maximum along it, so 2k passes replace k*k.
@@ -16,6 +15,7 @@ by the image, not by the window: size=99999999999 costs what a window the size o
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import prange
 
@@ -27,6 +27,8 @@ NEG_FLT_MAX = np.float32(-3.4028234663852886e38)
 
 # Below this many elements starting the thread team costs more than the work (memory-bound loops).
 PARALLEL_MIN_ELEMENTS = 1 << 14
+# Parallel plane loops hand each thread this many chunks of planes (balance; scratch is made per chunk).
+CHUNKS_PER_THREAD = 4
 
 
 def use_threads(elements: int, planes: int) -> bool:
@@ -34,35 +36,37 @@ def use_threads(elements: int, planes: int) -> bool:
 
 
 @jit(inline="always")
-def _first_max_2x2(best, best_index, r0a, r0b, r1a, r1b, index0, index1, step):
-    """One output row of a 2x2 window: taps r0a[i], r0b[i], r1a[i], r1b[i] in row-then-column order with
-    in-plane indices index0 + i*step (+1) and index1 + i*step (+1). The running maximum lives in registers
-    and each output is stored once: a read-compare-store on the output row would be turned into masked
-    stores, which are very slow on some x86 CPUs."""
+def _first_max_2x2(best, best_index, r0, r1, index0, index1, step):
+    """One output row of a 2x2 window with column stride `step`: output i reads r0[i*step], r0[i*step + 1],
+    r1[i*step], r1[i*step + 1] in row-then-column order, whose in-plane indices are index0 + i*step (+1) and
+    index1 + i*step (+1). Plain indexing (strided row views are several times slower), the running maximum
+    in registers and each output stored once: a read-compare-store on the output row would be turned into
+    masked stores, which are very slow on some x86 CPUs."""
     for i in range(best.shape[0]):
+        j = i * step
         b = NEG_FLT_MAX
         k = np.int32(-1)
-        v = r0a[i]
+        v = r0[j]
         if v > b:
             b = v
-            k = np.int32(index0 + i * step)
-        v = r0b[i]
+            k = np.int32(index0 + j)
+        v = r0[j + 1]
         if v > b:
             b = v
-            k = np.int32(index0 + i * step + 1)
-        v = r1a[i]
+            k = np.int32(index0 + j + 1)
+        v = r1[j]
         if v > b:
             b = v
-            k = np.int32(index1 + i * step)
-        v = r1b[i]
+            k = np.int32(index1 + j)
+        v = r1[j + 1]
         if v > b:
             b = v
-            k = np.int32(index1 + i * step + 1)
+            k = np.int32(index1 + j + 1)
         best[i] = b
         best_index[i] = k
 
 
-@jit
+@jit(inline="always")
 def _maxpool_rows(src, origin, width, size, stride_y, stride_x, out_plane, index_plane, row_v, row_i, spare_v,
                   spare_i):
     """out_plane/index_plane (OH, OW) from `src`, a plane in which every window tap is readable;
@@ -73,14 +77,14 @@ def _maxpool_rows(src, origin, width, size, stride_y, stride_x, out_plane, index
         top = oy * stride_y
         best = out_plane[oy]
         best_index = index_plane[oy]
+        index0, index1 = (top + origin) * width + origin, (top + 1 + origin) * width + origin
+        # literal steps for the common strides: with the step known at compile time the loads vectorise
         if size == 2 and stride_x == 2:
-            r0, r1 = src[top], src[top + 1]
-            _first_max_2x2(best, best_index, r0[0::2], r0[1::2], r1[0::2], r1[1::2],
-                           (top + origin) * width + origin, (top + 1 + origin) * width + origin, 2)
+            _first_max_2x2(best, best_index, src[top], src[top + 1], index0, index1, 2)
         elif size == 2 and stride_x == 1:
-            r0, r1 = src[top], src[top + 1]
-            _first_max_2x2(best, best_index, r0[0:], r0[1:], r1[0:], r1[1:],
-                           (top + origin) * width + origin, (top + 1 + origin) * width + origin, 1)
+            _first_max_2x2(best, best_index, src[top], src[top + 1], index0, index1, 1)
+        elif size == 2:
+            _first_max_2x2(best, best_index, src[top], src[top + 1], index0, index1, stride_x)
         else:
             _separable_rows(src, origin, width, size, stride_y, stride_x, oy, best, best_index, row_v, row_i,
                             spare_v, spare_i)
@@ -159,7 +163,7 @@ def _pad_plane(x, b, c, origin, padded):
             row[px] = src[ix] if 0 <= ix < width else NEG_FLT_MAX
 
 
-@jit
+@jit(inline="always")
 def _maxpool_plane(x, b, c, size, stride_y, stride_x, offset, out, argmax, padded, row_v, row_i, spare_v,
                    spare_i):
     width = x.shape[3]
@@ -186,16 +190,20 @@ def _maxpool_forward_serial(x, size, stride_y, stride_x, offset, out, argmax, pa
 
 
 @jit(parallel=True)
-def _maxpool_forward_parallel(x, size, stride_y, stride_x, offset, out, argmax, padded_shape, rows_shape):
+def _maxpool_forward_parallel(x, size, stride_y, stride_x, offset, out, argmax, padded_shape, rows_shape,
+                              chunks):
     channels = x.shape[1]
-    for plane in prange(x.shape[0] * channels):
+    planes = x.shape[0] * channels
+    for chunk in prange(chunks):
+        # scratch per chunk of planes, not per plane: five allocations per 14x14 plane cost as much as the work
         padded = np.empty(padded_shape, np.float32)
         row_v = np.empty((rows_shape, out.shape[3]), np.float32)
         row_i = np.empty((rows_shape, out.shape[3]), np.int32)
         spare_v = np.empty(out.shape[3], np.float32)
         spare_i = np.empty(out.shape[3], np.int32)
-        _maxpool_plane(x, plane // channels, plane % channels, size, stride_y, stride_x, offset, out, argmax,
-                       padded, row_v, row_i, spare_v, spare_i)
+        for plane in range(chunk * planes // chunks, (chunk + 1) * planes // chunks):
+            _maxpool_plane(x, plane // channels, plane % channels, size, stride_y, stride_x, offset, out, argmax,
+                           padded, row_v, row_i, spare_v, spare_i)
 
 
 @jit
@@ -253,60 +261,6 @@ def _clipped_forward_parallel(x, size, stride_y, stride_x, offset, out, argmax):
                        row_v, row_i)
 
 
-@jit(inline="always")
-def _maxpool_2x2_plane(src, dst, winner):
-    """2x2/2 windows wholly inside the plane (src (H, W), dst/winner (OH, OW)) as plain scalar loops, which
-    LLVM turns into select chains: 4-6x faster than the general row-slice path below, on 14x14 training
-    planes as on yolov3-tiny's 416x416 ones (measured, 1 thread)."""
-    width = src.shape[1]
-    for oy in range(dst.shape[0]):
-        r0 = src[2 * oy]
-        r1 = src[2 * oy + 1]
-        index0 = 2 * oy * width
-        index1 = index0 + width
-        best_row = dst[oy]
-        winner_row = winner[oy]
-        for ox in range(dst.shape[1]):
-            b = NEG_FLT_MAX
-            k = np.int32(-1)
-            v = r0[2 * ox]
-            if v > b:
-                b = v
-                k = np.int32(index0 + 2 * ox)
-            v = r0[2 * ox + 1]
-            if v > b:
-                b = v
-                k = np.int32(index0 + 2 * ox + 1)
-            v = r1[2 * ox]
-            if v > b:
-                b = v
-                k = np.int32(index1 + 2 * ox)
-            v = r1[2 * ox + 1]
-            if v > b:
-                b = v
-                k = np.int32(index1 + 2 * ox + 1)
-            best_row[ox] = b
-            winner_row[ox] = k
-
-
-@jit
-def _maxpool_2x2_serial(x, out, argmax):
-    channels = x.shape[1]
-    for plane in range(x.shape[0] * channels):
-        b = plane // channels
-        c = plane - b * channels
-        _maxpool_2x2_plane(x[b, c], out[b, c], argmax[b, c])
-
-
-@jit(parallel=True)
-def _maxpool_2x2_parallel(x, out, argmax):
-    channels = x.shape[1]
-    for plane in prange(x.shape[0] * channels):
-        b = plane // channels
-        c = plane - b * channels
-        _maxpool_2x2_plane(x[b, c], out[b, c], argmax[b, c])
-
-
 def maxpool_forward(x: np.ndarray, size: int, stride_y: int, stride_x: int, offset: int, out: np.ndarray,
                     argmax: np.ndarray) -> None:
     """out[b, c, oy, ox] = max over the size x size window at (offset + oy*stride_y, offset + ox*stride_x);
@@ -322,11 +276,13 @@ def maxpool_forward(x: np.ndarray, size: int, stride_y: int, stride_x: int, offs
     cols = (out.shape[3] - 1) * stride_x + size
     inside = offset >= 0 and offset + rows <= height and offset + cols <= width and offset == 0
     padded_shape = (0, 0) if inside else (rows, cols)
-    if inside and size == 2 and stride_y == 2 and stride_x == 2:
-        (_maxpool_2x2_parallel if threads else _maxpool_2x2_serial)(x, out, argmax)
-        return
-    kernel = _maxpool_forward_parallel if threads else _maxpool_forward_serial
-    kernel(x, size, stride_y, stride_x, offset, out, argmax, padded_shape, 0 if size == 2 else rows)
+    rows_shape = 0 if size == 2 else rows
+    if threads:
+        chunks = min(x.shape[0] * x.shape[1], CHUNKS_PER_THREAD * numba.get_num_threads())
+        _maxpool_forward_parallel(x, size, stride_y, stride_x, offset, out, argmax, padded_shape, rows_shape,
+                                  chunks)
+    else:
+        _maxpool_forward_serial(x, size, stride_y, stride_x, offset, out, argmax, padded_shape, rows_shape)
 
 
 @jit
