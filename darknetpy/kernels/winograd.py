@@ -112,16 +112,19 @@ def _split_rows(x, b, c, first_row, ranges, plane):
                 part[j] = 0.0
 
 
+@jit(inline="always")
+def _bt4(d0, d1, d2, d3):
+    """B^T of F(2x2, 3x3) applied to four values along a window column or row."""
+    return d0 - d2, d1 + d2, d2 - d1, d1 - d3
+
+
 @jit
 def _tile_f2(rows, work, v, c, p, tiles_w):
     """Input tiles of one tile row (rows: its 4 phase-split window rows) into v[:, c, p:p + tiles_w]."""
     d0, d1, d2, d3 = rows[0].ravel(), rows[1].ravel(), rows[2].ravel(), rows[3].ravel()
     w0, w1, w2, w3 = work[0].ravel(), work[1].ravel(), work[2].ravel(), work[3].ravel()
     for i in range(d0.shape[0]):  # B^T down the window columns
-        w0[i] = d0[i] - d2[i]
-        w1[i] = d1[i] + d2[i]
-        w2[i] = d2[i] - d1[i]
-        w3[i] = d1[i] - d3[i]
+        w0[i], w1[i], w2[i], w3[i] = _bt4(d0[i], d1[i], d2[i], d3[i])
     for i in range(4):  # B^T along the window rows, one tile per lane
         e0, e1 = work[i, 0, 0:], work[i, 1, 0:]
         e2, e3 = work[i, 0, 1:], work[i, 1, 1:]
@@ -130,10 +133,7 @@ def _tile_f2(rows, work, v, c, p, tiles_w):
         o2 = v[4 * i + 2, c, p:p + tiles_w]
         o3 = v[4 * i + 3, c, p:p + tiles_w]
         for tx in range(tiles_w):
-            o0[tx] = e0[tx] - e2[tx]
-            o1[tx] = e1[tx] + e2[tx]
-            o2[tx] = e2[tx] - e1[tx]
-            o3[tx] = e1[tx] - e3[tx]
+            o0[tx], o1[tx], o2[tx], o3[tx] = _bt4(e0[tx], e1[tx], e2[tx], e3[tx])
 
 
 @jit(inline="always")
@@ -237,19 +237,14 @@ def _input_small_f2_channel(x, c, g0, g1, pad, tiles_h, tiles_w, padded, v):
         for tx in range(tiles_w):
             p = p0 + tx
             x0 = 2 * tx
-            # B^T down the window columns, then along each window row, in _tile_f2's order
-            w00, w01, w02, w03 = r0[x0] - r2[x0], r0[x0 + 1] - r2[x0 + 1], r0[x0 + 2] - r2[x0 + 2], \
-                r0[x0 + 3] - r2[x0 + 3]
-            w10, w11, w12, w13 = r1[x0] + r2[x0], r1[x0 + 1] + r2[x0 + 1], r1[x0 + 2] + r2[x0 + 2], \
-                r1[x0 + 3] + r2[x0 + 3]
-            w20, w21, w22, w23 = r2[x0] - r1[x0], r2[x0 + 1] - r1[x0 + 1], r2[x0 + 2] - r1[x0 + 2], \
-                r2[x0 + 3] - r1[x0 + 3]
-            w30, w31, w32, w33 = r1[x0] - r3[x0], r1[x0 + 1] - r3[x0 + 1], r1[x0 + 2] - r3[x0 + 2], \
-                r1[x0 + 3] - r3[x0 + 3]
-            v[0, c, p], v[1, c, p], v[2, c, p], v[3, c, p] = w00 - w02, w01 + w02, w02 - w01, w01 - w03
-            v[4, c, p], v[5, c, p], v[6, c, p], v[7, c, p] = w10 - w12, w11 + w12, w12 - w11, w11 - w13
-            v[8, c, p], v[9, c, p], v[10, c, p], v[11, c, p] = w20 - w22, w21 + w22, w22 - w21, w21 - w23
-            v[12, c, p], v[13, c, p], v[14, c, p], v[15, c, p] = w30 - w32, w31 + w32, w32 - w31, w31 - w33
+            # B^T down the window columns (column s holds w[0..3][s]), then along each window row
+            col0 = _bt4(r0[x0], r1[x0], r2[x0], r3[x0])
+            col1 = _bt4(r0[x0 + 1], r1[x0 + 1], r2[x0 + 1], r3[x0 + 1])
+            col2 = _bt4(r0[x0 + 2], r1[x0 + 2], r2[x0 + 2], r3[x0 + 2])
+            col3 = _bt4(r0[x0 + 3], r1[x0 + 3], r2[x0 + 3], r3[x0 + 3])
+            for i in range(4):
+                v[4 * i, c, p], v[4 * i + 1, c, p], v[4 * i + 2, c, p], v[4 * i + 3, c, p] = \
+                    _bt4(col0[i], col1[i], col2[i], col3[i])
 
 
 @jit
