@@ -104,9 +104,7 @@ def _pad_plane(images, b, c, pad, padded):
 
 
 @jit
-def _im2col_plane(images, b, c, ksize, pad, dilation, stride_y, out_w, starts, padded, columns):
-    """out_w > 0: stride_x is 1, so each output row of a tap is one contiguous run of the padded plane (a
-    vectorised copy); otherwise (out_w == 0) every output gathers through the `starts` table."""
+def _im2col_plane(images, b, c, ksize, pad, dilation, starts, padded, columns):
     _pad_plane(images, b, c, pad, padded)
     flat = padded.ravel()
     wp = padded.shape[1]
@@ -115,29 +113,21 @@ def _im2col_plane(images, b, c, ksize, pad, dilation, stride_y, out_w, starts, p
         for kx in range(ksize):
             dst = columns[(c * ksize + ky) * ksize + kx, b * spatial:(b + 1) * spatial]
             src = flat[ky * dilation * wp + kx * dilation:]
-            if out_w > 0:
-                for oy in range(spatial // out_w):
-                    run = src[oy * stride_y * wp:]
-                    out_row = dst[oy * out_w:(oy + 1) * out_w]
-                    for ox in range(out_w):
-                        out_row[ox] = run[ox]
-            else:
-                for s in range(spatial):
-                    dst[s] = src[starts[s]]
+            for s in range(spatial):
+                dst[s] = src[starts[s]]
 
 
 @jit
-def _im2col_serial(images, ksize, pad, dilation, stride_y, out_w, rows, cols, starts, columns, chunks):
+def _im2col_serial(images, ksize, pad, dilation, rows, cols, starts, columns):
     padded = np.zeros((rows, cols), np.float32)
     channels = images.shape[1]
     for task in range(images.shape[0] * channels):
         b = task // channels
-        _im2col_plane(images, b, task - b * channels, ksize, pad, dilation, stride_y, out_w, starts, padded,
-                      columns)
+        _im2col_plane(images, b, task - b * channels, ksize, pad, dilation, starts, padded, columns)
 
 
 @jit(parallel=True)
-def _im2col_parallel(images, ksize, pad, dilation, stride_y, out_w, rows, cols, starts, columns, chunks):
+def _im2col_parallel(images, ksize, pad, dilation, rows, cols, starts, columns, chunks):
     channels = images.shape[1]
     tasks = images.shape[0] * channels
     for chunk in prange(chunks):
@@ -145,8 +135,7 @@ def _im2col_parallel(images, ksize, pad, dilation, stride_y, out_w, rows, cols, 
         padded = np.zeros((rows, cols), np.float32)
         for task in range(chunk * tasks // chunks, (chunk + 1) * tasks // chunks):
             b = task // channels
-            _im2col_plane(images, b, task - b * channels, ksize, pad, dilation, stride_y, out_w, starts, padded,
-                          columns)
+            _im2col_plane(images, b, task - b * channels, ksize, pad, dilation, starts, padded, columns)
 
 
 # "Same" convolutions (stride 1, output the size of the input: 3x3 pad 1 above all) need no padded plane: a
@@ -261,19 +250,19 @@ def im2col_batch(images: np.ndarray, ksize: int, stride_y: int, stride_x: int, p
     """images (B, C, H, W) -> columns (C*K*K, B*OH*OW): image b's patch columns at [b*OH*OW, (b+1)*OH*OW),
     so one matrix product covers the whole batch."""
     parallel = threads_pay(columns.size, images.shape[0] * images.shape[1], PARALLEL_MIN_ELEMENTS)
-    tasks = images.shape[0] * images.shape[1]
     if _is_same(images, stride_y, stride_x, out_h, out_w):
         (_im2col_same_parallel if parallel else _im2col_same_serial)(images, ksize, pad, dilation, columns)
         return
     rows, cols, starts = _padded_geometry(ksize, stride_y, stride_x, dilation, out_h, out_w)
-    kernel = _im2col_parallel if parallel else _im2col_serial
-    kernel(images, ksize, pad, dilation, stride_y, out_w if stride_x == 1 else 0, rows, cols, starts, columns,
-           min(tasks, CHUNKS_PER_THREAD * numba.get_num_threads()))
+    if parallel:
+        chunks = min(images.shape[0] * images.shape[1], CHUNKS_PER_THREAD * numba.get_num_threads())
+        _im2col_parallel(images, ksize, pad, dilation, rows, cols, starts, columns, chunks)
+    else:
+        _im2col_serial(images, ksize, pad, dilation, rows, cols, starts, columns)
 
 
 @jit
-def _col2im_plane(columns, b, c, ksize, pad, dilation, stride_y, out_w, starts, padded, images):
-    """The adjoint of _im2col_plane (out_w > 0: contiguous runs, stride_x 1; else through `starts`)."""
+def _col2im_plane(columns, b, c, ksize, pad, dilation, starts, padded, images):
     flat = padded.ravel()
     for i in range(flat.shape[0]):
         flat[i] = 0.0
@@ -283,15 +272,8 @@ def _col2im_plane(columns, b, c, ksize, pad, dilation, stride_y, out_w, starts, 
         for kx in range(ksize):
             src = columns[(c * ksize + ky) * ksize + kx, b * spatial:(b + 1) * spatial]
             dst = flat[ky * dilation * wp + kx * dilation:]
-            if out_w > 0:
-                for oy in range(spatial // out_w):
-                    run = dst[oy * stride_y * wp:]
-                    in_row = src[oy * out_w:(oy + 1) * out_w]
-                    for ox in range(out_w):
-                        run[ox] += in_row[ox]
-            else:
-                for s in range(spatial):
-                    dst[starts[s]] += src[s]
+            for s in range(spatial):
+                dst[starts[s]] += src[s]
     height, width = images.shape[2], images.shape[3]
     y_end = min(height, padded.shape[0] - pad)
     x_end = min(width, padded.shape[1] - pad)
@@ -303,39 +285,38 @@ def _col2im_plane(columns, b, c, ksize, pad, dilation, stride_y, out_w, starts, 
 
 
 @jit
-def _col2im_serial(columns, ksize, pad, dilation, stride_y, out_w, rows, cols, starts, images, chunks):
+def _col2im_serial(columns, ksize, pad, dilation, rows, cols, starts, images):
     padded = np.empty((rows, cols), np.float32)
     channels = images.shape[1]
     for task in range(images.shape[0] * channels):
         b = task // channels
-        _col2im_plane(columns, b, task - b * channels, ksize, pad, dilation, stride_y, out_w, starts, padded,
-                      images)
+        _col2im_plane(columns, b, task - b * channels, ksize, pad, dilation, starts, padded, images)
 
 
 @jit(parallel=True)
-def _col2im_parallel(columns, ksize, pad, dilation, stride_y, out_w, rows, cols, starts, images, chunks):
+def _col2im_parallel(columns, ksize, pad, dilation, rows, cols, starts, images, chunks):
     channels = images.shape[1]
     tasks = images.shape[0] * channels
     for chunk in prange(chunks):
         padded = np.empty((rows, cols), np.float32)
         for task in range(chunk * tasks // chunks, (chunk + 1) * tasks // chunks):
             b = task // channels
-            _col2im_plane(columns, b, task - b * channels, ksize, pad, dilation, stride_y, out_w, starts,
-                          padded, images)
+            _col2im_plane(columns, b, task - b * channels, ksize, pad, dilation, starts, padded, images)
 
 
 def col2im_batch_add(columns: np.ndarray, ksize: int, stride_y: int, stride_x: int, pad: int, dilation: int,
                      out_h: int, out_w: int, images: np.ndarray) -> None:
     """images (B, C, H, W) += the adjoint of im2col_batch; each (b, c) plane is owned by one task."""
     parallel = threads_pay(columns.size, images.shape[0] * images.shape[1], PARALLEL_MIN_ELEMENTS)
-    tasks = images.shape[0] * images.shape[1]
     if _is_same(images, stride_y, stride_x, out_h, out_w):
         (_col2im_same_parallel if parallel else _col2im_same_serial)(columns, ksize, pad, dilation, images)
         return
     rows, cols, starts = _padded_geometry(ksize, stride_y, stride_x, dilation, out_h, out_w)
-    kernel = _col2im_parallel if parallel else _col2im_serial
-    kernel(columns, ksize, pad, dilation, stride_y, out_w if stride_x == 1 else 0, rows, cols, starts, images,
-           min(tasks, CHUNKS_PER_THREAD * numba.get_num_threads()))
+    if parallel:
+        chunks = min(images.shape[0] * images.shape[1], CHUNKS_PER_THREAD * numba.get_num_threads())
+        _col2im_parallel(columns, ksize, pad, dilation, rows, cols, starts, images, chunks)
+    else:
+        _col2im_serial(columns, ksize, pad, dilation, rows, cols, starts, images)
 
 
 @jit(parallel=True)
