@@ -286,7 +286,8 @@ def _col2im_parallel(columns, ksize, pad, dilation, rows, cols, starts, images, 
 
 def col2im_batch_add(columns: np.ndarray, ksize: int, stride_y: int, stride_x: int, pad: int, dilation: int,
                      out_h: int, out_w: int, images: np.ndarray) -> None:
-    """images (B, C, H, W) += the adjoint of im2col_batch; each (b, c) plane is owned by one task."""
+    """images (B, C, H, W) += the adjoint of im2col_batch; each (b, c) plane is owned by one task. `columns`
+    is scratch: the same-convolution path zeroes its entries whose taps fall off the image."""
     parallel = threads_pay(columns.size, images.shape[0] * images.shape[1], PARALLEL_MIN_ELEMENTS)
     if _is_same(images, stride_y, stride_x, out_h, out_w):
         (_same_parallel if parallel else _same_serial)(images, columns, ksize, pad, dilation, True)
