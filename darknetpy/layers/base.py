@@ -313,6 +313,34 @@ class Layer:
         return f"{shape.w:4d} x{shape.h:4d} x{shape.c:4d}"
 
 
+class LossLayer(Layer):
+    """A layer that takes the network's truth and owns a cost: truth in, cost out (Darknet's net->truth).
+
+    Before a training forward pass the network hands every loss layer the same truth rows of that pass,
+    (B, truth_size) float32 (a classifier's one-hot rows, a detector's 90 x (x, y, w, h, class) boxes, a
+    segmenter's per-pixel class indices). The layer consumes them in that one forward pass, keeps `cost`
+    (None when no truth was given) and its loss gradient (standard dL/dx) for backward.
+    """
+    #: a [cost] layer is not the network's output: at inference it passes its input on
+    cost_only: ClassVar[bool] = False
+
+    def __init__(self, config: LayerConfig, index: int):
+        super().__init__(config, index)
+        self.cost: float | None = None
+        self._truth: np.ndarray | None = None
+
+    def truth_size(self) -> int:
+        """Floats per image in the truth rows this layer reads (by default: one target per output value)."""
+        return self.out_shape.size
+
+    def set_truth(self, truth: np.ndarray | None) -> None:
+        self._truth = truth
+
+    def statistics(self) -> dict[str, float]:
+        """Figures of the last training pass to print and record (a detection head's Avg IOU, recall...)."""
+        return {}
+
+
 def c_div(a: int, b: int) -> int:
     """C integer division (truncates toward zero), which Darknet's shape formulas use."""
     q = abs(a) // abs(b)
