@@ -9,9 +9,10 @@ from .api import Model, Prediction, load  # noqa: E402
 from .config import parse_cfg, parse_cfg_text  # noqa: E402
 from .errors import (CfgError, DarknetError, DarknetWarning, DataError, ImageError,  # noqa: E402
                      UnsupportedError, WeightsError)
+from .export import export_onnx  # noqa: E402  (needs the onnx extra only when called)
 from .network import Network, build_network, load_cfg  # noqa: E402
 from .weights import read_weights, write_weights  # noqa: E402
 
 __all__ = ["load", "Model", "Prediction", "Network", "build_network", "load_cfg", "parse_cfg", "parse_cfg_text",
            "read_weights", "write_weights", "DarknetError", "CfgError", "UnsupportedError", "WeightsError",
-           "ImageError", "DataError", "DarknetWarning", "__version__"]
+           "ImageError", "DataError", "DarknetWarning", "export_onnx", "__version__"]

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from . import images
-from .config import read_data_file, read_list_file
-from .errors import DataError
+from .config import folder_of, read_data_file, read_list_file, resolve_path
+from .errors import CfgError, DataError
 from .network import Network, load_cfg
 from .weights import read_weights, write_weights
 
@@ -29,42 +28,53 @@ class Prediction:
 
 
 def read_names(path: str | os.PathLike) -> list[str]:
-    return [name for name in read_list_file(path)]
+    return read_list_file(path)
 
 
-def names_from_data(data_path: str | os.PathLike) -> list[str]:
-    """Darknet's rule: the .data `names`, else `labels`; paths relative to the cwd or the .data folder."""
+def names_path_from_data(data_path: str | os.PathLike) -> str:
+    """Darknet's rule: the .data `names`, else `labels`, found by the one path rule (config.resolve_path)."""
     data = read_data_file(data_path)
     entry = data.names or data.labels
     if not entry:
         raise DataError("has neither 'names' nor 'labels'", str(data_path))
-    return read_names(_resolve(entry, Path(data_path).parent))
+    return resolve_path(entry, folder_of(data_path))
 
 
-def _resolve(entry: str, base: Path) -> str:
-    if os.path.exists(entry) or os.path.isabs(entry):
-        return entry
-    candidate = base / entry
-    return str(candidate) if candidate.exists() else entry
+def names_from_data(data_path: str | os.PathLike) -> list[str]:
+    return read_names(names_path_from_data(data_path))
 
 
-def to_net_channels(img: np.ndarray, channels: int) -> np.ndarray:
-    """(3, H, W) RGB -> the network's channel count. One channel uses stb's integer luma weights
-    (77, 150, 29)/256, so a grey image read as RGB comes back unchanged, as Darknet reads it."""
-    if channels == 3:
-        return img
-    if channels == 1:
-        grey = (np.float32(77) * img[0] + np.float32(150) * img[1] + np.float32(29) * img[2]) / np.float32(256)
-        return grey[None].astype(np.float32)
-    raise ValueError(f"images can feed networks with 1 or 3 channels, not {channels}")
+def class_count(network: Network) -> int:
+    """How many classes the network tells apart: its detection layers' classes (the last layer's, as
+    Darknet sizes its score arrays), a segmenter's classes per pixel, else the size of a classifier's output."""
+    from .detect import detection_layers, output_classes
+    from .segmentation import head_classes, is_segmenter
+    if detection_layers(network):
+        return output_classes(network)
+    if is_segmenter(network):
+        return head_classes(network)
+    return network.shapes[network.output_index].size
+
+
+def check_names(names: Sequence[str], classes: int, source: str | os.PathLike | None = None) -> list[str]:
+    """`names` if there is one for every class; else a DataError naming `source` (Darknet would read past
+    the end of its names array; printing class numbers instead would hide a wrong names file)."""
+    names = list(names)
+    if len(names) < classes:
+        what = "is empty" if not names else f"has {len(names)} names"
+        raise DataError(f"names file {what}, but the network predicts {classes} classes",
+                        None if source is None else os.fspath(source))
+    return names
 
 
 class Model:
     """A network with its names; the object `darknetpy.load` returns."""
 
-    def __init__(self, network: Network, names: Sequence[str] | None = None):
+    def __init__(self, network: Network, names: Sequence[str] | None = None,
+                 names_source: str | os.PathLike | None = None):
         self.network = network
-        self.names = list(names) if names is not None else None
+        self.names = check_names(names, class_count(network), names_source) if names is not None else None
+        self._trainer = None  # made on first use: inference never needs the optimiser's state
 
     # ---- basics ---------------------------------------------------------------------------------------------
     @property
@@ -99,11 +109,9 @@ class Model:
 
     # ---- classification -------------------------------------------------------------------------------------
     def prepare(self, image) -> np.ndarray:
-        """Darknet's classifier preprocessing: RGB in [0, 1], letterboxed to the network size."""
-        img = images.load_image(image)
+        """Darknet's classifier preprocessing: letterboxed to the network size (images.network_input)."""
         w, h = self.input_size
-        boxed = images.letterbox_image(img, w, h)
-        return to_net_channels(boxed, self.network.net.channels)
+        return images.network_input(image, w, h, network_channels(self.network), images.LETTERBOX).pixels
 
     def probabilities(self, image) -> np.ndarray:
         x = self.prepare(image)
@@ -113,6 +121,11 @@ class Model:
         """Top-k classes, highest first; equal values keep the lower index first (Darknet's top_k)."""
         if top is not None and top < 1:
             raise ValueError(f"top must be at least 1, got {top}")
+        from .segmentation import is_segmenter
+        if is_segmenter(self.network):  # its outputs are pixels' class shares, not classes
+            head = self.network.output_layer
+            raise head.config.error(f"the network is a segmenter (last layer {head.index} [{head.kind}] predicts "
+                                    f"a class per pixel): use `darknetpy segment` / Model.segment")
         probs = self.probabilities(image)
         order = np.argsort(-probs, kind="stable")
         if top is not None:
@@ -122,14 +135,17 @@ class Model:
     # ---- training -------------------------------------------------------------------------------------------
     @property
     def trainer(self):
-        if getattr(self, "_trainer", None) is None:
+        """Darknet's training state for this network (optimiser velocities, lr schedule, statistics)."""
+        if self._trainer is None:
             from .optim import Trainer
             self._trainer = Trainer(self.network)
         return self._trainer
 
     def train_batch(self, x: np.ndarray, truth: np.ndarray) -> float:
-        """One Darknet train_network call: x (batch·subdivisions, C, H, W), truth (same rows, outputs);
-        returns the mean per-image loss, updates the weights once."""
+        """One Darknet train_network call: x (batch·subdivisions, C, H, W), truth (same rows, one truth row
+        per image as the loss layers take it: a classifier's one-hot outputs, a detector's boxes...);
+        returns the mean per-image loss, updates the weights once. The loss layers' statistics of the
+        iteration are then in `trainer.last_statistics`."""
         return self.trainer.train_batch(x, truth)
 
     def current_rate(self) -> float:
@@ -137,6 +153,12 @@ class Model:
         return self.trainer.current_rate()
 
     # ---- detection ------------------------------------------------------------------------------------------
+    # ---- segmentation ---------------------------------------------------------------------------------------
+    def segment(self, image) -> np.ndarray:
+        """(H, W) uint8 class of every pixel, at the image's own size (segmenters: darknetpy.segmentation)."""
+        from .segmentation import class_map
+        return class_map(self.network, image)
+
     def detect(self, image, thresh: float = 0.25, nms: float = 0.45, letterbox: bool | None = None):
         from .detect import detect
         return detect(self.network, image, thresh=thresh, nms=nms, letterbox=letterbox, names=self.names)
@@ -147,12 +169,27 @@ def load(cfg: str | os.PathLike, weights: str | os.PathLike | None = None, *, na
          seed: int | None = 0) -> Model:
     """Build the network of a .cfg file and load a .weights file into it, or without one initialise the
     weights randomly as Darknet does (seeded). `names` is a names file path or a list of class names.
-    `cutoff` loads only the first N layers' weights (the rest keep their random initialisation)."""
+    `cutoff` loads only the first N layers' weights (the rest keep their random initialisation).
+    cfg, weights and names may be bare names of bundled networks (darknetpy.bundled): load("mnist", "mnist")."""
+    from .bundled import resolve
+    cfg, weights = resolve(cfg, "cfg"), resolve(weights, "weights")
+    if isinstance(names, (str, os.PathLike)):
+        names = resolve(names, "names")
     network = load_cfg(cfg, width=width, height=height)
     if weights is None or cutoff is not None:
         network.initialize(seed)
     if weights is not None:
         read_weights(network, weights, cutoff)
+    source = None
     if isinstance(names, (str, os.PathLike)):
-        names = read_names(names)
-    return Model(network, names)
+        source, names = names, read_names(names)
+    return Model(network, names, source)
+
+
+def network_channels(network: Network) -> int:
+    """The [net] channels if images can feed the network (1 or 3), else a CfgError at the [net] section."""
+    channels = network.net.channels
+    if channels not in (1, 3):
+        raise CfgError(f"[net] channels={channels}: images can feed networks with 1 (grey) or 3 (RGB) "
+                       f"channels", network.path, network.net.line)
+    return channels

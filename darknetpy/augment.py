@@ -20,17 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from darknetpy.images import center_crop_image
+from darknetpy.images import as_planar, center_crop_image
 from darknetpy.kernels import augment as kernels
-
-
-def _as_image(img: np.ndarray) -> np.ndarray:
-    if not isinstance(img, np.ndarray) or img.dtype != np.float32 or img.ndim != 3:
-        raise TypeError("expected a float32 (C, H, W) image array, got "
-                        + (f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__))
-    if img.shape[1] < 1 or img.shape[2] < 1:
-        raise ValueError(f"image has zero size: shape {img.shape}")
-    return np.ascontiguousarray(img)
 
 
 # ------------------------------------------------------------------------------- Darknet's draws
@@ -102,7 +93,7 @@ def rotate_crop_image(img: np.ndarray, rad: float, scale: float, w: int, h: int,
     pixel centre for even W and a pixel corner for odd W (e.g. a 90° turn of an n×n image is np.rot90
     moved down by one row).
     """
-    src = _as_image(img)
+    src = as_planar(img)
     if w < 1 or h < 1:
         raise ValueError(f"crop size must be positive, got {w}x{h}")
     if scale <= 0 or not math.isfinite(scale):
@@ -115,7 +106,7 @@ def rotate_crop_image(img: np.ndarray, rad: float, scale: float, w: int, h: int,
 def random_augment_image(img: np.ndarray, rng: np.random.Generator, angle: float, aspect: float,
                          low: int, high: int, w: int, h: int | None = None) -> np.ndarray:
     """Darknet's random_augment_image: draw_crop then rotate_crop_image (h defaults to w: square crop)."""
-    src = _as_image(img)
+    src = as_planar(img)
     h = w if h is None else h
     params = draw_crop(rng, src.shape[2], src.shape[1], angle, aspect, low, high, w, h)
     return rotate_crop_image(src, params.rad, params.scale, w, h, params.dx, params.dy, params.aspect)
@@ -123,7 +114,7 @@ def random_augment_image(img: np.ndarray, rng: np.random.Generator, angle: float
 
 def flip_image(img: np.ndarray) -> np.ndarray:
     """Left-right mirror (a new array)."""
-    return np.ascontiguousarray(_as_image(img)[:, :, ::-1])
+    return np.ascontiguousarray(as_planar(img)[:, :, ::-1])
 
 
 # ------------------------------------------------------------------------------- colour
@@ -131,7 +122,7 @@ def flip_image(img: np.ndarray) -> np.ndarray:
 def rgb_to_hsv(img: np.ndarray) -> np.ndarray:
     """Darknet's rgb_to_hsv on a (3, H, W) image: planes h in [0, 1), s, v. Grey pixels get h = 0
     (Darknet: NaN, never read because their s is 0)."""
-    src = _as_image(img)
+    src = as_planar(img)
     if src.shape[0] != 3:
         raise ValueError(f"rgb_to_hsv needs 3 channels, got {src.shape[0]}")
     dst = np.empty_like(src)
@@ -141,7 +132,7 @@ def rgb_to_hsv(img: np.ndarray) -> np.ndarray:
 
 def hsv_to_rgb(img: np.ndarray) -> np.ndarray:
     """Darknet's hsv_to_rgb on (3, H, W) HSV planes (no clamping)."""
-    src = _as_image(img)
+    src = as_planar(img)
     if src.shape[0] != 3:
         raise ValueError(f"hsv_to_rgb needs 3 channels, got {src.shape[0]}")
     dst = np.empty_like(src)
@@ -152,7 +143,7 @@ def hsv_to_rgb(img: np.ndarray) -> np.ndarray:
 def distort_image(img: np.ndarray, dhue: float, dsat: float, dexp: float) -> np.ndarray:
     """Darknet's distort_image on a copy: saturation ×dsat, value ×dexp, hue +dhue (wrapped once into
     [0, 1]), clamped to [0, 1]. 1- or 2-channel images only get the exposure scaling."""
-    out = np.array(_as_image(img), dtype=np.float32, copy=True)
+    out = np.array(as_planar(img), dtype=np.float32, copy=True)
     kernels.distort_hsv(out, float(dhue), float(dsat), float(dexp))
     return out
 
@@ -219,7 +210,7 @@ class AugmentSettings:
 
 def augment_image(img: np.ndarray, rng: np.random.Generator, settings: AugmentSettings) -> np.ndarray:
     """Spec §7.7 steps 3–5 for one loaded (3, H, W) image: crop (centre or random), flip, distort."""
-    src = _as_image(img)
+    src = as_planar(img)
     if settings.center:
         out = center_crop_image(src, settings.width, settings.height)
     else:

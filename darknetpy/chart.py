@@ -1,28 +1,30 @@
 """chart.png for training runs, drawn with Pillow (no plotting dependency): loss and average loss on the
-left axis, learning rate and validation top-1 (when measured) scaled onto the right."""
+left axis, learning rate and the task's main validation metric (top-1, mAP, mIoU: a fraction in [0, 1],
+when measured) scaled onto the right."""
 from __future__ import annotations
 
 import math
 import os
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
 from .fileio import atomic_writer
 
+if TYPE_CHECKING:
+    from .training.metrics import IterationRow
+
 WIDTH, HEIGHT = 960, 540
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 80, 80, 50, 60
-COLOURS = {"loss": (170, 190, 230), "avg_loss": (20, 60, 200), "rate": (230, 120, 20), "top1": (20, 160, 60)}
+COLOURS = {"loss": (170, 190, 230), "avg_loss": (20, 60, 200), "rate": (230, 120, 20), "metric": (20, 160, 60)}
 
 
-def _series(rows: list[dict], key: str) -> list[tuple[float, float]]:
+def _series(rows: Sequence[IterationRow], value: Callable[[IterationRow], float | None]) -> list[tuple[float, float]]:
     points = []
     for row in rows:
-        value = row.get(key, "")
-        if value in ("", None):
-            continue
-        v = float(value)
-        if math.isfinite(v):
-            points.append((float(row["batch"]), v))
+        v = value(row)
+        if v is not None and math.isfinite(v):
+            points.append((float(row.batch), float(v)))
     return points
 
 
@@ -33,7 +35,9 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def write_chart(rows: list[dict], path: str | os.PathLike, title: str = "training") -> None:
+def write_chart(rows: Sequence[IterationRow], path: str | os.PathLike, title: str = "training",
+                metric: str | None = None) -> None:
+    """Draw the rows; `metric` names the validation metric to plot (a key of the rows' metrics)."""
     image = Image.new("RGB", (WIDTH, HEIGHT), "white")
     draw = ImageDraw.Draw(image)
     font = _font(14)
@@ -41,10 +45,10 @@ def write_chart(rows: list[dict], path: str | os.PathLike, title: str = "trainin
     top, bottom = MARGIN_TOP, HEIGHT - MARGIN_BOTTOM
     draw.rectangle([left, top, right, bottom], outline="black")
     draw.text((left, 15), title, fill="black", font=_font(18))
-    loss = _series(rows, "loss")
-    avg = _series(rows, "avg_loss")
-    rate = _series(rows, "rate")
-    top1 = _series(rows, "top1")
+    loss = _series(rows, lambda row: row.loss)
+    avg = _series(rows, lambda row: row.avg_loss)
+    rate = _series(rows, lambda row: row.rate)
+    measured = _series(rows, lambda row: row.metrics.get(metric)) if metric else []
     if not loss:
         _save(image, path)
         return
@@ -70,18 +74,18 @@ def write_chart(rows: list[dict], path: str | os.PathLike, title: str = "trainin
     if len(rate) > 1:
         draw.line([to_xy(x, y, rate_max) for x, y in rate], fill=COLOURS["rate"], width=2)
     draw.text((right + 6, top - 7), f"lr {rate_max:.3g}", fill=COLOURS["rate"], font=font)
-    if top1:
-        pts = [to_xy(x, y, 1.0) for x, y in top1]
+    if measured:
+        pts = [to_xy(x, y, 1.0) for x, y in measured]
         if len(pts) > 1:
-            draw.line(pts, fill=COLOURS["top1"], width=2)
+            draw.line(pts, fill=COLOURS["metric"], width=2)
         for px, py in pts:
-            draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=COLOURS["top1"])
-        draw.text((right + 6, top + 10), "top-1 1.0", fill=COLOURS["top1"], font=font)
-        last = top1[-1][1]
-        draw.text((right - 200, top + 8), f"last top-1: {last * 100:.2f}%", fill=COLOURS["top1"], font=font)
+            draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=COLOURS["metric"])
+        draw.text((right + 6, top + 10), f"{metric} 1.0", fill=COLOURS["metric"], font=font)
+        last = measured[-1][1]
+        draw.text((right - 200, top + 8), f"last {metric}: {last * 100:.2f}%", fill=COLOURS["metric"], font=font)
     legend = [("loss", "loss"), ("avg_loss", "avg loss"), ("rate", "learning rate")]
-    if top1:
-        legend.append(("top1", "valid top-1"))
+    if measured:
+        legend.append(("metric", f"valid {metric}"))
     x = left + 260
     for key, label in legend:
         draw.line([x, 26, x + 20, 26], fill=COLOURS[key], width=3)

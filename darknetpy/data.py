@@ -3,7 +3,7 @@ that augments images (spec §7.7) reproducibly from a seed.
 
 Paths. Darknet opens every path relative to the working directory. We do the same, and when an entry
 is not there we also look next to the .data file, so a dataset folder can be used from anywhere
-(`resolve_path`).
+(`darknetpy.config.resolve_path`, the one rule for every command).
 
 Labels. Darknet decides an image's classes by searching each label string in the path *as written in
 the list file* (C strstr), and so do we — resolved prefixes are never searched, so a folder name on
@@ -20,18 +20,23 @@ first or how many workers there are.
 
 Deliberate differences: images are checked for existence up front (Darknet dies on the first bad one
 during training); a dataset in which no path matches any label is an error; grey networks
-(channels=1) get the ITU-R 601 luminance of the augmented RGB image (Darknet has no working path for
-them); list entries are stripped of surrounding whitespace and empty lines are skipped
-(read_list_file), so an empty label can never match every path as it does in Darknet.
+(channels=1) get stb's luma of the augmented RGB image (images.to_channels, the rule every command
+uses; Darknet has no working path for them); list entries are stripped of surrounding whitespace and
+empty lines are skipped (read_list_entries), so an empty label can never match every path as it does
+in Darknet.
 """
 from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import ctypes
+import functools
 import multiprocessing
 import os
 import signal
+import sys
 import threading
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -39,11 +44,9 @@ from typing import Any
 import numpy as np
 
 from darknetpy.augment import AugmentSettings, augment_image
-from darknetpy.config import DataConfig, read_list_file
-from darknetpy.config.grammar import read_text_file
+from darknetpy.config import DataConfig, folder_of, locate_path, read_list_entries, read_list_file, resolve_path
 from darknetpy.errors import DarknetWarning, DataError, ImageError
-from darknetpy.images import center_crop_image, load_image
-from darknetpy.kernels import augment as augment_kernels
+from darknetpy.images import CENTER_CROP, network_input
 
 # Darknet's defaults for the classifier commands (spec §7.1).
 DEFAULT_CLASSES = 2
@@ -56,37 +59,9 @@ _MAX_LABEL_WARNINGS = 20
 
 # ------------------------------------------------------------------------------------------- paths
 
-def _locate(entry: str, data_dir: str | os.PathLike | None) -> str | None:
-    if os.path.exists(entry):
-        return entry
-    if data_dir is not None and not os.path.isabs(entry):
-        beside_data = os.path.join(os.fspath(data_dir), entry)
-        if os.path.exists(beside_data):
-            return beside_data
-    return None
-
-
-def resolve_path(entry: str, data_dir: str | os.PathLike | None) -> str:
-    """Where a path from a .data or list file points: `entry` itself if it exists relative to the working
-    directory (Darknet's only rule) or is absolute, else `data_dir/entry` if that exists, else `entry`
-    unchanged (so errors name what was written)."""
-    found = _locate(entry, data_dir)
-    return entry if found is None else found
-
-
 def data_dir_of(data_config: DataConfig) -> str:
     """The folder of the .data file, which relative list entries may be relative to."""
-    return os.path.dirname(os.path.abspath(data_config.path))
-
-
-def _numbered_entries(path: str) -> list[tuple[int, str]]:
-    """(line number, entry) for each entry read_list_file returns, so errors can point at the line."""
-    entries = read_list_file(path)
-    text = read_text_file(path, DataError, "list file")
-    numbered = [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
-    if [entry for _, entry in numbered] != entries:  # read_list_file changed its rules; keep its entries
-        return [(0, entry) for entry in entries]
-    return numbered
+    return folder_of(data_config.path)
 
 
 # ------------------------------------------------------------------------------------------ labels
@@ -177,21 +152,9 @@ class LabelMatcher:
 
 # ------------------------------------------------------------------------------------------ images
 
-def to_channels(img: np.ndarray, channels: int) -> np.ndarray:
-    """A (3, H, W) RGB image in the network's channel count: 3 → unchanged, 1 → ITU-R 601 luminance
-    (Pillow's 'L' weights without its rounding to bytes; exact for grey images)."""
-    if channels == img.shape[0]:
-        return img
-    if channels == 1 and img.shape[0] == 3:
-        grey = np.empty((1, img.shape[1], img.shape[2]), np.float32)
-        augment_kernels.luminance(np.ascontiguousarray(img, dtype=np.float32), grey)
-        return grey
-    raise ValueError(f"cannot convert a {img.shape[0]}-channel image to {channels} channels")
-
-
 def load_validation_image(path: str | os.PathLike, net_w: int, net_h: int, channels: int = 3) -> np.ndarray:
     """What classifier `valid` feeds the network (spec §8.1): the centred square, resized to net_w×net_h."""
-    return to_channels(center_crop_image(load_image(path), net_w, net_h), channels)
+    return network_input(path, net_w, net_h, channels, CENTER_CROP).pixels
 
 
 class ClassificationDataset:
@@ -224,17 +187,17 @@ class ClassificationDataset:
         key = "train" if self.train else "valid"
         written_list = getattr(data_config, key) or DEFAULT_TRAIN_LIST
         self.list_path = resolve_path(written_list, self.data_dir)
-        numbered = _numbered_entries(self.list_path)
+        numbered = read_list_entries(self.list_path)
         if not numbered:
             raise DataError(f"list file ({key}=) has no entries", self.list_path)
-        self.lines = np.array([number for number, _ in numbered], np.int64)
-        self.entries: list[str] = [entry for _, entry in numbered]
+        self.lines = np.array([entry.line for entry in numbered], np.int64)
+        self.entries: list[str] = [entry.text for entry in numbered]
         self.paths: list[str] = []
-        for number, entry in numbered:
-            found = _locate(entry, self.data_dir)
+        for entry in numbered:
+            found = locate_path(entry.text, self.data_dir)
             if found is None:
-                raise DataError(f"image {entry!r} not found (relative to the working directory "
-                                f"{os.getcwd()} or to {self.data_dir})", self.list_path, number or None)
+                raise DataError(f"image {entry.text!r} not found (relative to the working directory "
+                                f"{os.getcwd()} or to {self.data_dir})", self.list_path, entry.line)
             self.paths.append(found)
 
         self.classes = data_config.classes if data_config.classes is not None else DEFAULT_CLASSES
@@ -248,8 +211,10 @@ class ClassificationDataset:
             raise DataError(f"{len(labels)} labels but classes={self.classes} in {data_config.path}",
                             self.labels_path)
         if len(labels) > self.classes:
-            warnings.warn(DarknetWarning(f"{self.labels_path}: {len(labels)} labels, only the first "
-                                         f"classes={self.classes} are used"), stacklevel=2)
+            # Darknet uses the first `classes` labels: images of the others would train with no class at all
+            raise DataError(f"{len(labels)} labels but classes={self.classes} in {data_config.path}: images "
+                            f"of label {labels[self.classes]!r} and later would have no class; set classes="
+                            f"{len(labels)} or remove the extra labels", self.labels_path)
         self.matcher = LabelMatcher(labels[:self.classes], self.labels_path)
         self.labels = self.matcher.labels
 
@@ -260,8 +225,8 @@ class ClassificationDataset:
                             f"{', ...' if self.classes > 10 else ''}); Darknet finds classes by "
                             "substring of the image path", self.labels_path)
         if self.train:
-            self.truths = np.stack([self.matcher.truth(entry, f"{self.list_path}:{number}")
-                                    for number, entry in numbered])
+            self.truths = np.stack([self.matcher.truth(entry.text, f"{self.list_path}:{entry.line}")
+                                    for entry in numbered])
         else:
             self.truths = np.zeros((len(self.entries), self.classes), np.float32)
             valid_rows = np.flatnonzero(self.class_indices >= 0)
@@ -271,11 +236,17 @@ class ClassificationDataset:
         if self.train and unused:
             names = ", ".join(repr(self.labels[i]) for i in unused[:10])
             warnings.warn(DarknetWarning(f"{self.labels_path}: {len(unused)} label(s) match no path in "
-                                         f"{self.list_path}: {names}{', ...' if len(unused) > 10 else ''}"),
-                          stacklevel=2)
+                                         f"{self.list_path}: {names}{', ...' if len(unused) > 10 else ''}; "
+                                         f"training goes on, but the network never sees an example of "
+                                         f"{'them' if len(unused) > 1 else 'it'}"), stacklevel=2)
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @property
+    def truth_size(self) -> int:
+        """Floats per truth row (BatchLoader reads this from any dataset it loads)."""
+        return self.classes
 
     def _settings_for(self, width: int, height: int) -> AugmentSettings:
         # Darknet's multi-scale resize sets min/max = ratio·new width, like the initial load args.
@@ -290,33 +261,28 @@ class ClassificationDataset:
         """`count` image indices drawn with replacement (Darknet's rand() % N per image)."""
         return rng.integers(0, len(self.paths), size=count)
 
-    def load_image(self, index: int) -> np.ndarray:
-        """Decode image `index` as (3, H, W) RGB; ImageError names the list line too."""
-        try:
-            return load_image(self.paths[index])
-        except ImageError as exc:
-            line = int(self.lines[index])
-            where = f"{self.list_path}:{line}" if line else self.list_path
-            raise ImageError(f"{exc.message} (listed at {where})", path=exc.path) from None
-
     def load(self, index: int, rng: np.random.Generator | None = None, width: int | None = None,
              height: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(image (channels, h, w) float32, truth [classes] float32) for image `index`.
 
         Training data is augmented (spec §7.7) with `rng`; validation data is centre-cropped (spec §8.1).
-        width/height override the network size (multi-scale training).
+        width/height override the network size (multi-scale training). ImageError names the list line too.
         """
         width = self.width if width is None else int(width)
         height = self.height if height is None else int(height)
-        img = self.load_image(index)
         if self.train:
             if rng is None:
                 raise ValueError("training images are augmented: pass a numpy Generator")
             settings = self._settings_for(width, height)
-            out = augment_image(img, rng, settings)
+            fit = functools.partial(augment_image, rng=rng, settings=settings)
         else:
-            out = center_crop_image(img, width, height)
-        return to_channels(out, self.channels), self.truths[index]
+            fit = CENTER_CROP
+        try:
+            pixels = network_input(self.paths[index], width, height, self.channels, fit).pixels
+        except ImageError as exc:
+            where = f"{self.list_path}:{int(self.lines[index])}"
+            raise ImageError(f"{exc.message} (listed at {where})", path=exc.path) from None
+        return pixels, self.truths[index]
 
 
 # ------------------------------------------------------------------------------------------ loader
@@ -342,12 +308,41 @@ def _load_chunk(dataset: ClassificationDataset, seed: int, batch_number: int, st
 _PROCESS_DATASET: ClassificationDataset | None = None
 
 
-def _process_init(dataset: ClassificationDataset) -> None:
+def _process_init(dataset: ClassificationDataset, trainer_pid: int) -> None:
     global _PROCESS_DATASET
     _PROCESS_DATASET = dataset
     # Ctrl-C on a terminal reaches the whole process group; the trainer decides what happens (it saves a
     # checkpoint and closes the pool), a worker dying of KeyboardInterrupt would only print a traceback
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with(trainer_pid)
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with(trainer_pid: int) -> None:
+    """End this worker when the trainer ends, however it ends. A SIGKILLed trainer (the OOM killer) cannot
+    shut its pool down, and its workers, reparented to init, would wait for work forever. On Linux the
+    kernel sends SIGKILL when the parent goes (prctl PR_SET_PDEATHSIG; the parent is the thread that started
+    the worker, the trainer's thread that created the BatchLoader); elsewhere a daemon thread watches the
+    parent pid. A trainer that died before this ran is caught by the parent pid check."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+        if armed:
+            if os.getppid() != trainer_pid:
+                os._exit(1)
+            return
+    threading.Thread(target=_watch_parent, args=(trainer_pid,), name="darknetpy-parent-watch", daemon=True).start()
+
+
+def _watch_parent(trainer_pid: int, interval: float = 0.5) -> None:
+    while os.getppid() == trainer_pid:
+        time.sleep(interval)
+    os._exit(1)
 
 
 def _no_op() -> None:
@@ -359,7 +354,7 @@ def _start_worker_pool(workers: int, dataset: ClassificationDataset) -> cf.Proce
     exec: a Ctrl-C during their start-up (imports take ~1 s) must not kill them with a traceback either.
     The trainer's own handler is back as soon as the processes exist."""
     executor = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                      initializer=_process_init, initargs=(dataset,))
+                                      initializer=_process_init, initargs=(dataset, os.getpid()))
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
     try:
@@ -376,7 +371,7 @@ def _process_chunk(seed: int, batch_number: int, start: int, indices: np.ndarray
     dataset = _PROCESS_DATASET
     assert dataset is not None
     images = np.empty((len(indices), dataset.channels, height, width), np.float32)
-    truths = np.empty((len(indices), dataset.classes), np.float32)
+    truths = np.empty((len(indices), dataset.truth_size), np.float32)
     _load_chunk(dataset, seed, batch_number, start, indices, width, height, images, truths)
     return images, truths
 
@@ -443,7 +438,7 @@ class BatchLoader:
     def _submit(self, number: int) -> _PendingBatch:
         indices = self.dataset.draw_indices(_batch_seed(self.seed, number), self.batch_size)
         images = np.empty((self.batch_size, self.dataset.channels, self.height, self.width), np.float32)
-        truths = np.empty((self.batch_size, self.dataset.classes), np.float32)
+        truths = np.empty((self.batch_size, self.dataset.truth_size), np.float32)
         chunk_count = min(self.batch_size, self.workers * 2)
         bounds = np.linspace(0, self.batch_size, chunk_count + 1).astype(int)
         chunks = []

@@ -13,10 +13,12 @@ from typing import Sequence, Union
 
 import numpy as np
 
+from .api import check_names, network_channels
 from .boxes import NMS_KINDS, Detection, diou_nms, nms_sort, to_pixel_box
 from .config.datafile import read_list_file
 from .errors import DarknetError
-from .images import ImageSource, letterbox_image, load_image, resize_image
+from .images import LETTERBOX, RESIZE, ImageSource, network_input
+from .layers.detection import DetectionHead
 
 Names = Union[Sequence[str], str, os.PathLike, None]
 
@@ -36,9 +38,9 @@ class DetectionResult:
     num_classes: int
 
 
-def detection_layers(network) -> list[tuple[int, object]]:
+def detection_layers(network) -> list[tuple[int, DetectionHead]]:
     """(index, layer) of every layer that decodes boxes, in network order."""
-    return [(i, layer) for i, layer in enumerate(network.layers) if hasattr(layer, "detections")]
+    return [(i, layer) for i, layer in enumerate(network.layers) if isinstance(layer, DetectionHead)]
 
 
 def network_boxes(network, img_w: int, img_h: int, thresh: float, letterbox: bool) -> list[Detection]:
@@ -58,23 +60,24 @@ def network_boxes(network, img_w: int, img_h: int, thresh: float, letterbox: boo
     return dets
 
 
-def _output_classes(network) -> int:
+def output_classes(network) -> int:
     """Darknet sizes the score arrays and runs NMS with the classes of the network's last layer."""
     last = network.layers[-1]
-    if hasattr(last, "detections"):
+    if isinstance(last, DetectionHead):
         return last.classes
-    return detection_layers(network)[-1][1].classes
+    heads = detection_layers(network)
+    if not heads:
+        raise DarknetError("the network has no detection layer ([yolo], [region] or [detection])",
+                           network.path)
+    return heads[-1][1].classes
 
 
 def _resolve_names(names: Names, classes: int) -> list[str]:
     if names is None:
         return [str(j) for j in range(classes)]
     if isinstance(names, (str, os.PathLike)):
-        names = read_list_file(names)
-    names = list(names)
-    if len(names) < classes:
-        raise ValueError(f"{len(names)} class names given, but the network predicts {classes} classes")
-    return names
+        return check_names(read_list_file(names), classes, names)
+    return check_names(names, classes)
 
 
 def _nms_setting(network, nms_kind: str) -> tuple[str, float]:
@@ -86,12 +89,12 @@ def _nms_setting(network, nms_kind: str) -> tuple[str, float]:
     return getattr(last.config, "nms_kind", "default"), getattr(last.config, "beta_nms", 0.6)
 
 
-def preprocess(image: ImageSource, width: int, height: int, letterbox: bool) -> tuple[np.ndarray, int, int]:
-    """(network input (3, height, width), original width, original height)."""
-    img = load_image(image)
-    img_h, img_w = img.shape[1:]
-    sized = letterbox_image(img, width, height) if letterbox else resize_image(img, width, height)
-    return sized, img_w, img_h
+def preprocess(image: ImageSource, width: int, height: int, letterbox: bool,
+               channels: int = 3) -> tuple[np.ndarray, int, int]:
+    """(network input (channels, height, width), original width, original height): images.network_input,
+    letterboxed or stretched."""
+    prepared = network_input(image, width, height, channels, LETTERBOX if letterbox else RESIZE)
+    return prepared.pixels, prepared.image_width, prepared.image_height
 
 
 def detect(network, image: ImageSource, thresh: float = 0.25, nms: float = 0.45,
@@ -106,12 +109,13 @@ def detect(network, image: ImageSource, thresh: float = 0.25, nms: float = 0.45,
     detection layer, as AlexeyAB's detector does. `names`: a list or a .names file; default: "0", "1", ...
     """
     if letterbox is None:
-        letterbox = bool(getattr(network.net, "letter_box", False))
-    sized, img_w, img_h = preprocess(image, network.net.width, network.net.height, letterbox)
+        letterbox = network.net.letter_box
+    classes = output_classes(network)
+    labels = _resolve_names(names, classes)
+    sized, img_w, img_h = preprocess(image, network.net.width, network.net.height, letterbox,
+                                     network_channels(network))
     network.forward(sized[None])
     dets = network_boxes(network, img_w, img_h, thresh, letterbox)
-    classes = _output_classes(network)
-    labels = _resolve_names(names, classes)
     if nms:
         kind, beta = _nms_setting(network, nms_kind)
         if kind in ("default", "cornersnms"):

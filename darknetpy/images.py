@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -217,7 +218,9 @@ def _one_line(value: object) -> str:
 
 # ------------------------------------------------------------------------------------- geometry
 
-def _as_planar(img: np.ndarray) -> np.ndarray:
+def as_planar(img: np.ndarray) -> np.ndarray:
+    """`img` as a C-contiguous float32 (C, H, W) array; TypeError/ValueError for anything else (a
+    programming error: user images go through load_image, which raises ImageError)."""
     if not isinstance(img, np.ndarray) or img.dtype != np.float32 or img.ndim != 3:
         raise TypeError("expected a float32 (C, H, W) image array, got "
                         + (f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__))
@@ -238,7 +241,7 @@ def resize_image(img: np.ndarray, w: int, h: int) -> np.ndarray:
     Reproduces the near-black last row for the (H, h) pairs where float32 rounding puts the last row's
     source position just below H - 1. h == 1 (undefined behaviour in Darknet) reads source row 0.
     """
-    src = _as_planar(img)
+    src = as_planar(img)
     _check_size_args(w=w, h=h)
     dst = np.empty((src.shape[0], int(h), int(w)), np.float32)
     kernels.resize_image(src, dst)
@@ -257,14 +260,14 @@ def letterbox_geometry(img_w: int, img_h: int, net_w: int, net_h: int) -> tuple[
 
 def letterbox_image(img: np.ndarray, w: int, h: int) -> np.ndarray:
     """Darknet letterbox_image: aspect-preserving resize onto a (C, h, w) canvas of 0.5 (spec §7.5)."""
-    src = _as_planar(img)
+    src = as_planar(img)
     _check_size_args(w=w, h=h)
     return kernels.letterbox(src, int(w), int(h))
 
 
 def center_crop_image(img: np.ndarray, w: int, h: int) -> np.ndarray:
     """Darknet center_crop_image: the centred min(W, H) square resized to (C, h, w) (classifier valid)."""
-    src = _as_planar(img)
+    src = as_planar(img)
     _check_size_args(w=w, h=h)
     dst = np.empty((src.shape[0], int(h), int(w)), np.float32)
     kernels.center_crop_image(src, dst)
@@ -273,7 +276,7 @@ def center_crop_image(img: np.ndarray, w: int, h: int) -> np.ndarray:
 
 def crop_image(img: np.ndarray, dx: int, dy: int, w: int, h: int) -> np.ndarray:
     """Darknet crop_image: the w×h window at (dx, dy); coordinates outside the image repeat the edge."""
-    src = _as_planar(img)
+    src = as_planar(img)
     _check_size_args(w=w, h=h)
     dst = np.empty((src.shape[0], int(h), int(w)), np.float32)
     kernels.crop_image(src, int(dx), int(dy), dst)
@@ -283,7 +286,7 @@ def crop_image(img: np.ndarray, dx: int, dy: int, w: int, h: int) -> np.ndarray:
 def resize_min(img: np.ndarray, m: int) -> np.ndarray:
     """Darknet resize_min: shorter side → m, the other scaled with int arithmetic (a square counts as
     wider). Returns `img` itself when the size does not change, as Darknet does."""
-    src = _as_planar(img)
+    src = as_planar(img)
     _check_size_args(m=m)
     height, width = src.shape[1:]
     if width < height:
@@ -297,7 +300,7 @@ def resize_min(img: np.ndarray, m: int) -> np.ndarray:
 
 def resize_max(img: np.ndarray, m: int) -> np.ndarray:
     """Darknet resize_max: longer side → m (a square counts as taller). Returns `img` when unchanged."""
-    src = _as_planar(img)
+    src = as_planar(img)
     _check_size_args(m=m)
     height, width = src.shape[1:]
     if width > height:
@@ -307,6 +310,66 @@ def resize_max(img: np.ndarray, m: int) -> np.ndarray:
     if (new_w, new_h) == (width, height):
         return img
     return resize_image(src, new_w, new_h)
+
+
+# -------------------------------------------------------------------------------- network input
+
+LETTERBOX = "letterbox"      # aspect kept, grey 0.5 borders: classifier predict, pjreddie's detector test
+RESIZE = "resize"            # stretched: AlexeyAB's detector and OpenCV (cfg letter_box=0)
+CENTER_CROP = "center_crop"  # centred square: classifier valid
+FITS = (LETTERBOX, RESIZE, CENTER_CROP)
+
+#: stb_image's integer luma weights (stbi__compute_y: (77 r + 150 g + 29 b) >> 8), which is what Darknet
+#: gets when it asks stb for one channel. They sum to 256, so a grey image keeps its values exactly.
+LUMA_WEIGHTS = (77, 150, 29)
+
+
+def to_channels(img: np.ndarray, channels: int) -> np.ndarray:
+    """A (3, H, W) RGB image in a network's channel count: 3 → unchanged, 1 → stb's luma
+    (77 R + 150 G + 29 B) / 256, computed in double (exact) and rounded once to float32, without stb's
+    truncation to a byte (the pixels are no longer bytes after resizing or augmentation)."""
+    if channels == img.shape[0]:
+        return img
+    if channels == 1 and img.shape[0] == 3:
+        r, g, b = (plane.astype(np.float64) for plane in img)
+        wr, wg, wb = LUMA_WEIGHTS
+        return ((wr * r + wg * g + wb * b) / sum(LUMA_WEIGHTS)).astype(np.float32)[None]
+    raise ValueError(f"images can feed networks with 1 or 3 channels, not {channels} "
+                     f"(from a {img.shape[0]}-channel image)")
+
+
+def fit_image(img: np.ndarray, width: int, height: int, fit: str) -> np.ndarray:
+    """One of Darknet's preprocessing geometries (FITS) of a loaded image to width x height."""
+    if fit == LETTERBOX:
+        return letterbox_image(img, width, height)
+    if fit == RESIZE:
+        return resize_image(img, width, height)
+    if fit == CENTER_CROP:
+        return center_crop_image(img, width, height)
+    raise ValueError(f"fit must be one of {', '.join(FITS)} or a function, not {fit!r}")
+
+
+@dataclass(frozen=True)
+class NetworkInput:
+    """What a network receives for one image, and the size of the image it came from (for boxes)."""
+    pixels: np.ndarray  # float32 (channels, height, width)
+    image_width: int
+    image_height: int
+
+
+def network_input(source: ImageSource, width: int, height: int, channels: int,
+                  fit: str | Callable[[np.ndarray], np.ndarray]) -> NetworkInput:
+    """The one path from any image source to a network's input, used by predict, valid, train and detect:
+    load as RGB (load_image), bring to width x height (`fit`: LETTERBOX, RESIZE, CENTER_CROP, or a
+    function of the RGB image, e.g. training augmentation), then convert to the network's channels
+    (to_channels). The geometry always runs on RGB, so every command gives a grey network the same
+    pixels for the same image."""
+    if channels not in (1, 3):
+        raise ValueError(f"images can feed networks with 1 or 3 channels, not {channels}")
+    img = load_image(source)
+    image_height, image_width = img.shape[1:]
+    sized = fit(img) if callable(fit) else fit_image(img, width, height, fit)
+    return NetworkInput(to_channels(sized, channels), int(image_width), int(image_height))
 
 
 # ----------------------------------------------------------------------------------------- saving

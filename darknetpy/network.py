@@ -15,7 +15,7 @@ from .config.document import Document
 from .config.options import summarised_ignored_keys
 from .errors import CfgError
 from .layers import layer_class
-from .layers.base import Layer, Shape
+from .layers.base import Layer, LossLayer, Shape
 
 
 class Network:
@@ -24,12 +24,16 @@ class Network:
         self.layers = layers
         self.path = path
         self.seen = 0
+        #: header version of the weights file last read (weights.py writes it back); None: never read
+        self.weights_version: tuple[int, int, int] | None = None
         self._batch = 0
         self._deltas: list[np.ndarray] | None = None
         self.outputs: list[np.ndarray | None] = [None] * len(layers)
         self.input_shape = Shape(net.channels, net.height, net.width) if net.height and net.width \
             else Shape.flat(net.inputs)
         self.shapes = self._build_shapes()
+        #: the layers that take the truth of a training pass and own a cost, in file order
+        self.loss_layers: list[LossLayer] = [layer for layer in layers if isinstance(layer, LossLayer)]
         self.output_index = self._last_non_cost_index()
 
     # ---- construction ---------------------------------------------------------------------------------------
@@ -37,12 +41,14 @@ class Network:
         shapes: list[Shape] = []
         for layer in self.layers:
             in_shapes = [self.input_shape if j < 0 else shapes[j] for j in layer.input_indices()]
-            shapes.append(layer.build(in_shapes))
+            shapes.append(layer.build(in_shapes, self.net))
         return shapes
 
     def _last_non_cost_index(self) -> int:
+        """The output layer: the last one that is not a [cost] layer (Darknet's get_network_output_layer)."""
         for i in range(len(self.layers) - 1, -1, -1):
-            if not getattr(self.layers[i], "is_cost", False):
+            layer = self.layers[i]
+            if not (isinstance(layer, LossLayer) and layer.cost_only):
                 return i
         return len(self.layers) - 1
 
@@ -103,6 +109,9 @@ class Network:
         x = self._check_input(x)
         self._ensure_batch(x.shape[0])
         self._input = x
+        for layer in self.loss_layers:  # None too: no truth left over from an interrupted pass
+            layer.set_truth(truth)
+            layer.seen = self.seen
         i = 0
         try:
             for i, layer in enumerate(self.layers):
@@ -110,8 +119,6 @@ class Network:
                     # only cost layers follow the output layer and nothing reads them at inference
                     self.outputs[i] = None
                     continue
-                if truth is not None and hasattr(layer, "set_truth"):
-                    layer.set_truth(truth)
                 xs = [x if j < 0 else self.outputs[j] for j in layer.input_indices()]
                 self.outputs[i] = layer.forward(xs, train)
         except MemoryError as exc:  # scratch buffers (im2col columns, ...) are made on first use
@@ -120,7 +127,7 @@ class Network:
 
     def cost(self) -> float:
         """Darknet's net->cost: the mean over the cost-bearing layers of their summed cost."""
-        costs = [layer.cost for layer in self.layers if getattr(layer, "cost", None) is not None]
+        costs = [layer.cost for layer in self.loss_layers if layer.cost is not None]
         return float(sum(costs) / len(costs)) if costs else float("nan")
 
     def backward(self) -> None:

@@ -41,9 +41,7 @@ class DarknetSGD:
             v *= momentum
             p.grad.fill(0.0)
         for layer in self.network.layers:
-            changed = getattr(layer, "parameters_changed", None)
-            if changed is not None:
-                changed()
+            layer.parameters_changed()
 
 
 class Adam:
@@ -75,9 +73,7 @@ class Adam:
             p.value -= np.float32(lr) * m / (np.sqrt(v) + np.float32(eps))
             p.grad.fill(0.0)
         for layer in self.network.layers:
-            changed = getattr(layer, "parameters_changed", None)
-            if changed is not None:
-                changed()
+            layer.parameters_changed()
 
 
 class Trainer:
@@ -89,6 +85,8 @@ class Trainer:
         self.optimizer = Adam(network) if network.net.adam else DarknetSGD(network)
         self.rng = rng or np.random.default_rng(0)
         self.last_rate = 0.0
+        #: per loss layer (by index), its statistics() averaged over the passes of the last train_batch
+        self.last_statistics: dict[int, dict[str, float]] = {}
 
     @property
     def current_batch(self) -> int:
@@ -107,6 +105,8 @@ class Trainer:
             raise ValueError(f"train_batch needs a multiple of the per-pass batch {net.batch} rows, got {rows}")
         total = 0.0
         passes = rows // net.batch
+        sums: dict[int, dict[str, float]] = {}
+        counts: dict[int, dict[str, int]] = {}
         # A diverging run overflows to inf/NaN as Darknet's float arithmetic does, silently: the non-finite
         # loss is what reports it (the training loop names the layer), and numpy's per-operation
         # RuntimeWarnings would only print noise ahead of that one message.
@@ -117,7 +117,21 @@ class Trainer:
                 self.network.forward(x[sl], train=True, truth=truth[sl])
                 self.network.backward()
                 total += self.network.cost()
+                for layer in self.network.loss_layers:
+                    layer_sums = sums.setdefault(layer.index, {})
+                    layer_counts = counts.setdefault(layer.index, {})
+                    for name, value in layer.statistics().items():
+                        # a ratio of a pass without truths is NaN (Darknet prints -nan): the passes that
+                        # had some make the iteration's figure
+                        if math.isfinite(value):
+                            layer_sums[name] = layer_sums.get(name, 0.0) + float(value)
+                            layer_counts[name] = layer_counts.get(name, 0) + 1
+                        else:
+                            layer_sums.setdefault(name, 0.0)
                 if (self.network.seen // net.batch) % net.subdivisions == 0:
                     self.last_rate = self.current_rate()
                     self.optimizer.step(self.last_rate)
+        self.last_statistics = {index: {name: value / counts[index][name] if counts[index].get(name) else
+                                        float("nan") for name, value in values.items()}
+                                for index, values in sums.items()}
         return total / (passes * net.batch)

@@ -129,10 +129,12 @@ def test_syntax_errors_carry_line_and_column(text, line, column, fragment):
     assert fragment in caught.value.message
 
 
-def test_line_without_equals_warns_and_is_skipped():
-    with pytest.warns(DarknetWarning, match=r"^odd\.cfg:3: ignoring line without '='"):
-        (net,) = parse_cfg_text("[net]\nbatch=1\nfilters 32\nwidth=2\n", "odd.cfg").sections
-    assert options_of(net) == [("batch", "1"), ("width", "2")]
+def test_line_without_equals_is_an_error_at_its_line():
+    # Darknet would store `filters` with no value and the layer would silently get filters=1
+    with pytest.raises(CfgError) as caught:
+        parse_cfg_text("[net]\nbatch=1\n[convolutional]\n  filters 32\nsize=3\n", "odd.cfg")
+    assert str(caught.value).startswith("odd.cfg:4: line without '=': 'filters 32'")
+    assert caught.value.column == 3
 
 
 def test_garbage_never_leaks_a_pyparsing_exception():

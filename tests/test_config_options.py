@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import pytest
 
 from darknetpy.config import SectionReader, parse_cfg_text
-from darknetpy.config.options import KNOWN_UNUSED_KEYS
+from darknetpy.config.key_rules import ANY_LAYER, DEFAULT_ONLY, RULES, SILENT, WARN, rule_for
 from darknetpy.errors import CfgError, DarknetWarning, UnsupportedError
 
 
@@ -146,7 +146,7 @@ def test_finish_accepts_fully_read_sections_silently():
     reader.get_int("filters", 1)
     reader.get_int("size", 1)
     with no_warnings():
-        reader.finish(valid=("filters", "size", "stride"))
+        reader.finish("convolutional", valid=("filters", "size", "stride"))
 
 
 def test_finish_reports_typos_with_a_suggestion():
@@ -154,7 +154,7 @@ def test_finish_reports_typos_with_a_suggestion():
     reader.get_int("filters", 1)
     reader.get_int("size", 1)
     with pytest.raises(CfgError) as caught:
-        reader.finish(valid=("filters", "size", "stride", "pad"))
+        reader.finish("convolutional", valid=("filters", "size", "stride", "pad"))
     assert caught.value.message == "unknown key 'filtres' in [convolutional]; did you mean 'filters'?"
     assert (caught.value.path, caught.value.line) == ("typo.cfg", 5)
 
@@ -163,52 +163,52 @@ def test_suggestions_also_come_from_queried_keys():
     reader = reader_for("strdie=2\n", "queried.cfg", name="maxpool")
     reader.get_int("stride", 1)
     with pytest.raises(CfgError, match="did you mean 'stride'"):
-        reader.finish()
+        reader.finish("maxpool")
 
 
 def test_unknown_key_without_a_close_match_lists_the_known_ones():
     reader = reader_for("zzz=1\n", "nomatch.cfg", name="upsample")
     reader.get_int("stride", 2)
     with pytest.raises(CfgError) as caught:
-        reader.finish(valid=("stride", "scale"))
+        reader.finish("upsample", valid=("stride", "scale"))
     assert caught.value.message == "unknown key 'zzz' in [upsample]; known keys: scale, stride"
 
 
-def test_known_unused_keys_warn_once_per_file_and_key():
-    assert {"iou_loss", "ignore_thresh", "jitter", "random", "counters_per_class"} <= KNOWN_UNUSED_KEYS
-    assert "nms_kind" not in KNOWN_UNUSED_KEYS
-    body = "classes=80\niou_loss=ciou\njitter=.3\n"
+def test_training_only_keys_warn_once_per_file_and_key():
+    assert rule_for("yolo", "track_history_size").action == WARN
+    assert rule_for("yolo", "grad_centr").action == WARN  # shared by every layer section
+    assert rule_for("net", "grad_centr") is None          # but not [net]
+    body = "classes=80\ntrack_history_size=5\nstream=1\n"
     with pytest.warns(DarknetWarning) as record:
         for _ in range(2):
             reader = reader_for(body, "yolo-unused.cfg", name="yolo")
             reader.get_int("classes", 20)
-            reader.finish()
+            reader.finish("yolo")
     messages = sorted(str(item.message) for item in record)
     assert len(messages) == 2
-    assert messages[0].startswith("yolo-unused.cfg:4: [yolo] ignoring 'iou_loss'")
-    assert messages[1].startswith("yolo-unused.cfg:5: [yolo] ignoring 'jitter'")
+    assert messages[0].startswith("yolo-unused.cfg:4: [yolo] ignoring 'track_history_size'")
+    assert messages[1].startswith("yolo-unused.cfg:5: [yolo] ignoring 'stream'")
 
 
-def test_caller_ignored_and_valid_but_unread_keys_warn():
-    reader = reader_for("special=1\nstep=3\n", "caller.cfg", name="net")
+def test_valid_but_unread_keys_warn():
+    reader = reader_for("step=3\n", "caller.cfg", name="net")
     with pytest.warns(DarknetWarning) as record:
-        reader.finish(ignored=("special",), valid=("step",))
-    assert sorted(str(item.message) for item in record) == [
-        "caller.cfg:3: [net] ignoring 'special' (training-only or unsupported key)",
-        "caller.cfg:4: [net] ignoring 'step' (not used with these settings)",
-    ]
+        reader.finish("net", valid=("step",))
+    assert [str(item.message) for item in record] == [
+        "caller.cfg:3: [net] ignoring 'step' (not used with these settings)"]
 
 
 def test_silent_keys_are_accepted_without_a_word():
-    reader = reader_for("mosaic=1\n", "silent.cfg", name="net")
+    assert rule_for("net", "mosaic_bound").action == SILENT
+    reader = reader_for("mosaic_bound=1\n", "silent.cfg", name="net")
     with no_warnings():
-        reader.finish(silent=("mosaic",))
+        reader.finish("net")
 
 
 def test_keys_that_change_results_are_refused_unless_default():
     reader = reader_for("antialiasing=0\nflipped=0\n", "aa-default.cfg")
     with pytest.warns(DarknetWarning) as record:
-        reader.finish()
+        reader.finish("convolutional")
     assert [str(item.message) for item in record] == [
         "aa-default.cfg:3: [convolutional] ignoring 'antialiasing=0' (the default)",
         "aa-default.cfg:4: [convolutional] ignoring 'flipped=0' (the default)",
@@ -216,6 +216,6 @@ def test_keys_that_change_results_are_refused_unless_default():
     reader = reader_for("filters=2\nantialiasing=1\n", "aa-on.cfg")
     reader.get_int("filters", 1)
     with pytest.raises(UnsupportedError) as caught:
-        reader.finish()
+        reader.finish("convolutional")
     assert caught.value.line == 4
     assert "antialiasing=1" in caught.value.message

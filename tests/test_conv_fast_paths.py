@@ -192,11 +192,14 @@ def test_layer_paths_are_chosen_from_the_shapes():
         net = make_net("[convolutional]\n" + text, size, size, c)
         net.layers[0].allocate(1)
         return net.layers[0]
-    assert layer("filters=8\nsize=3\npad=1\ngroups=8\nactivation=leaky", 8).path == "direct"
-    assert layer("filters=16\nsize=3\npad=1\nactivation=leaky", 3).path == "direct"
-    assert layer("filters=16\nsize=3\npad=1\nactivation=leaky", 16).path == "gemm"
-    assert layer("filters=16\nsize=1\nactivation=leaky", 3).path == "gemm"
-    assert layer("filters=64\nsize=3\npad=1\ngroups=2\nactivation=leaky", 64).path == "gemm"
+    def engines(text, c):
+        conv = layer(text, c)
+        return conv.engine.name, conv.trainer.name
+    assert engines("filters=8\nsize=3\npad=1\ngroups=8\nactivation=leaky", 8) == ("direct", "direct")
+    assert engines("filters=16\nsize=3\npad=1\nactivation=leaky", 3) == ("direct", "gemm")
+    assert engines("filters=16\nsize=3\npad=1\nactivation=leaky", 16) == ("winograd", "gemm")
+    assert engines("filters=16\nsize=1\nactivation=leaky", 3) == ("gemm", "gemm")
+    assert engines("filters=64\nsize=3\npad=1\ngroups=2\nactivation=leaky", 64) == ("gemm", "gemm")
     assert layer("filters=16\nsize=3\npad=1\nactivation=leaky", 16).winograd_tile == 2
     assert layer("filters=16\nsize=3\npad=1\nactivation=leaky", 16, 64).winograd_tile == 4
     assert layer("filters=16\nsize=3\nstride=2\npad=1\nactivation=leaky", 16).winograd_tile == 0
@@ -213,7 +216,7 @@ def test_direct_layer_inference_with_folded_batch_norm(text, c):
     randomise(layer, RNG)
     x = RNG.standard_normal((2, c, 9, 11)).astype(np.float32)
     got = net.forward(x)
-    assert layer.path == "direct"
+    assert layer.engine.name == "direct"
     cfg = layer.config
     raw = conv2d(x.astype(np.float64), layer.weights, np.zeros(cfg.filters), cfg.stride, cfg.stride, 1,
                  cfg.groups)
@@ -306,7 +309,7 @@ def test_training_forward_and_backward_match_torch_and_spec(text, c, activation,
 
 @pytest.mark.parametrize("padding", [1, 0, 2])
 def test_training_input_gradient_by_winograd_on_large_maps(padding, monkeypatch):
-    import darknetpy.layers.convolutional as conv
+    import darknetpy.layers.conv_engines as conv
     monkeypatch.setattr(conv, "WINOGRAD_TRAIN_MIN_PIXELS", 1)  # small maps keep the test fast
     calls = []
     real = winograd.winograd_conv

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from darknetpy.config import NetConfig, SectionReader, parse_cfg_text, read_data_file
-from darknetpy.data import (BatchLoader, ClassificationDataset, LabelMatcher, load_validation_image,
-                            resolve_path, to_channels)
+from darknetpy.config import resolve_path
+from darknetpy.data import BatchLoader, ClassificationDataset, LabelMatcher, load_validation_image
 from darknetpy.errors import DarknetWarning, DataError, ImageError
 
 LABELS = ["cat", "dog", "bird"]
@@ -199,14 +199,17 @@ def test_validation_images_are_centre_crops_with_first_match_classes(dataset_dir
     np.testing.assert_array_equal(y, [0, 1, 0])
 
 
-def test_grey_networks_get_luminance(dataset_dir):
+def test_grey_networks_get_stb_luma(dataset_dir):
+    # stb_image's stbi__compute_y: (77 r + 150 g + 29 b) >> 8 on bytes; darknetpy keeps the fraction
     image = np.empty((6, 8, 3), np.uint8)
     image[:] = (200, 100, 30)
-    rgb = image.transpose(2, 0, 1) / np.float32(255)
-    pillow_l = np.asarray(Image.fromarray(image).convert("L"), np.float32) / 255
-    np.testing.assert_allclose(to_channels(rgb.astype(np.float32), 1)[0], pillow_l, atol=0.5 / 255 + 1e-7)
-    grey = np.full((3, 2, 2), 77 / 255, np.float32)
-    np.testing.assert_array_equal(to_channels(grey, 1)[0], grey[0])
+    Image.fromarray(image).save(dataset_dir / "img" / "dog_1.png")
+    dataset = ClassificationDataset(read_data_file(dataset_dir / "set.data"), net_config(channels=1), train=False)
+    x, _ = dataset.load(0)
+    assert x.shape == (1, 6, 6)
+    r, g, b = (float(np.float32(v) / np.float32(255)) for v in (200, 100, 30))  # Darknet's pixel values
+    np.testing.assert_array_equal(x, np.float32((77 * r + 150 * g + 29 * b) / 256))
+    assert int(x[0, 0, 0] * 255) == (77 * 200 + 150 * 100 + 29 * 30) >> 8
 
 
 # ------------------------------------------------------------------------------------ loader

@@ -165,8 +165,7 @@ def test_training_matches_darknet_oracle(shared_dir):
             p.value += rate / batch * v
             v *= momentum
         for layer in net.layers:
-            if hasattr(layer, "parameters_changed"):
-                layer.parameters_changed()
+            layer.parameters_changed()
         expected = load_cfg(case / "fc.cfg")
         read_weights(expected, case / f"weights_{step['update']}.weights")
         for mine, theirs in zip(net.layers, expected.layers):

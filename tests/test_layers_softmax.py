@@ -127,7 +127,7 @@ def test_softmax_then_cost_gives_one_plus_scale_times_p_minus_t():
     rng = np.random.default_rng(4)
     net = vector_net("[softmax]\n\n[cost]\nscale=0.5", 4)
     softmax, cost = net.layers
-    assert net.output_index == 0 and cost.is_cost and not softmax.is_cost
+    assert net.output_index == 0 and cost.cost_only and not softmax.cost_only
     x = rng.standard_normal((2, 4)).astype(np.float32)
     truth = np.eye(4, dtype=np.float32)[[2, 0]]
     p = run(softmax, x, truth)

@@ -1,5 +1,7 @@
 """Training semantics and the `darknetpy train` command: subdivisions, checkpoints, resume, Ctrl-C and SIGKILL."""
+import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -91,13 +93,29 @@ def run_cli(*args, cwd, timeout=120, **kw):
 def test_train_command_writes_darknet_checkpoints_and_resumes(tmp_path):
     data = make_dataset(tmp_path / "ds")
     cfg = tiny_model(tmp_path, 4, 1, "tiny.cfg", max_batches=8)
-    result = run_cli("train", cfg, data, "--seed", "1", "--checkpoint-every", "4", "--workers", "1", cwd=tmp_path)
+    result = run_cli("train", cfg, data, "--seed", "1", "--checkpoint-every", "4", "--workers", "1", "--validate",
+                     cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    lines = [l for l in result.stdout.splitlines() if " avg, " in l]
+    out = result.stdout.splitlines()
+    # the chosen task, then Darknet's banner (spec §6.4), all on stdout: stderr is for warnings and errors
+    assert out[:5] == ["task: classification (last layer 3 [softmax])", "tiny",
+                       "Learning Rate: 0.05, Momentum: 0.9, Decay: 0.001", "24", "8 8"]
+    assert "Learning Rate" not in result.stderr
+    lines = [l for l in out if " avg, " in l]
     assert len(lines) == 8 and lines[0].startswith("1, 0.167: ") and lines[-1].startswith("8, 1.333: ")
+    # --validate: the metric after the epoch that ends at iteration 6, printed and recorded
+    valid_lines = [l for l in out if l.startswith("valid ")]
+    assert len(valid_lines) == 1 and re.fullmatch(
+        r"valid at iteration 6 \(epoch 1\): top 1: [01]\.\d{6}, top 1: [01]\.\d{6}  \(24 images\)",
+        valid_lines[0]), valid_lines
     backup = tmp_path / "backup"  # relative to the working directory, as Darknet
     names = sorted(p.name for p in backup.iterdir())
-    assert {"tiny.backup", "tiny.weights", "tiny_1.weights", "metrics.csv", "chart.png"} <= set(names)
+    assert {"tiny.backup", "tiny.weights", "tiny_1.weights", "tiny_best.weights", "metrics.csv",
+            "chart.png"} <= set(names)
+    rows = list(csv.DictReader((backup / "metrics.csv").read_text().splitlines()))
+    top1 = float(valid_lines[0].split("top 1: ")[1].split(",")[0])
+    assert [r["top1"] for r in rows] == [""] * 5 + [f"{top1:.7g}"] + [""] * 2
+    assert out[-1] == f"Saving weights to {Path('backup') / 'tiny.weights'}"
     model = darknetpy.load(cfg, backup / "tiny.weights")
     assert model.seen == 32
     # resuming from the checkpoint continues the count (and so the lr schedule) from its `seen`

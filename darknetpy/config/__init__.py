@@ -1,5 +1,6 @@
 """Reading Darknet text inputs: .cfg files (grammar -> Document -> typed sections), [net], .data and lists."""
-from darknetpy.config.datafile import DataConfig, read_data_file, read_list_file
+from darknetpy.config.datafile import (DataConfig, ListEntry, folder_of, locate_path, read_data_file, read_list_entries,
+                                      read_list_file, resolve_path)
 from darknetpy.config.document import Document, Option, Section
 from darknetpy.config.grammar import parse_cfg, parse_cfg_text
 from darknetpy.config.net import NetConfig, learning_rate_at
@@ -7,5 +8,6 @@ from darknetpy.config.options import SectionReader
 
 __all__ = [
     "Document", "Section", "Option", "parse_cfg", "parse_cfg_text", "SectionReader", "NetConfig",
-    "learning_rate_at", "DataConfig", "read_data_file", "read_list_file",
+    "learning_rate_at", "DataConfig", "read_data_file", "read_list_file", "read_list_entries", "ListEntry",
+    "locate_path", "resolve_path", "folder_of",
 ]

@@ -4,7 +4,8 @@ one-entry-per-line list files they point to.
 Deliberate difference from Darknet: it deletes every space inside a .data line, so paths cannot contain
 spaces; we strip only around the value. A comment may follow a value when whitespace separates them
 (`names = coco.names  # note`); a `#` glued to a word stays part of the path. Relative paths are
-returned as written; the caller resolves them.
+returned as written; `resolve_path` (the one rule for every command) finds them: relative to the working
+directory as Darknet does, else relative to the folder of the file that names them.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from types import MappingProxyType
 import pyparsing as pp
 
 from darknetpy.config.grammar import describe_rest_of_line, read_text_file
+from darknetpy.config.options import c_int_or_none
 from darknetpy.errors import DataError, DarknetWarning
 
 _INLINE_WHITESPACE = " \t"
@@ -115,7 +117,11 @@ def read_data_file(path: str | os.PathLike) -> DataConfig:
             return None
         if not _INTEGER.fullmatch(values[key]):
             raise DataError(f"{key}={values[key]}: expected an integer", shown, lines[key])
-        return int(values[key])
+        number = c_int_or_none(values[key])
+        if number is None:
+            raise DataError(f"{key}: {len(values[key])}-character value does not fit a 32-bit int", shown,
+                            lines[key])
+        return number
 
     return DataConfig(
         path=shown,
@@ -132,8 +138,44 @@ def read_data_file(path: str | os.PathLike) -> DataConfig:
     )
 
 
-def read_list_file(path: str | os.PathLike) -> list[str]:
-    """Entries of a list file (image paths, label or class names): one per line, surrounding whitespace
-    and line endings stripped, empty lines skipped."""
+@dataclass(frozen=True)
+class ListEntry:
+    """One entry of a list file and the line it is on (for errors that point at it)."""
+    line: int
+    text: str
+
+
+def read_list_entries(path: str | os.PathLike) -> list[ListEntry]:
+    """Entries of a list file (image paths, label or class names) with their line numbers: one per line,
+    surrounding whitespace and line endings stripped, empty lines skipped."""
     text = read_text_file(path, DataError, "list file")
-    return [entry for entry in (line.strip() for line in text.splitlines()) if entry]
+    return [ListEntry(number, line.strip()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
+def read_list_file(path: str | os.PathLike) -> list[str]:
+    """The entries of read_list_entries without their line numbers."""
+    return [entry.text for entry in read_list_entries(path)]
+
+
+def locate_path(entry: str, base_dir: str | os.PathLike | None) -> str | None:
+    """Where a path written in a .data or list file is: `entry` itself if it exists relative to the working
+    directory (Darknet's only rule), else `base_dir/entry` if `entry` is relative and that exists, else None.
+    `base_dir` is the folder of the file that names the path."""
+    if os.path.exists(entry):
+        return entry
+    if base_dir is not None and not os.path.isabs(entry):
+        beside = os.path.join(os.fspath(base_dir), entry)
+        if os.path.exists(beside):
+            return beside
+    return None
+
+
+def resolve_path(entry: str, base_dir: str | os.PathLike | None) -> str:
+    """locate_path, or `entry` unchanged when it is nowhere (so errors name what was written)."""
+    found = locate_path(entry, base_dir)
+    return entry if found is None else found
+
+
+def folder_of(path: str | os.PathLike) -> str:
+    """The folder relative paths written in the file `path` may be relative to."""
+    return os.path.dirname(os.path.abspath(path))

@@ -9,18 +9,18 @@ Accepted, line by line (spaces and tabs may appear anywhere between tokens, line
 Darknet deletes every space and tab inside a line, so option values and section names are stored with all
 whitespace removed. Deliberate differences from Darknet: a `key=` line, an option before the first section,
 and any line the grammar cannot read are errors with line and column instead of crashes or silent
-misreads; a line with no `=` is skipped with a warning (Darknet keeps it as an unused NULL-valued key).
+misreads. A line with no `=` (`filters 8`) is an error too: Darknet keeps it as a key without a value, so
+the layer silently gets the option's default.
 """
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 
 import pyparsing as pp
 
 from darknetpy.config.document import Document, Option, Section
-from darknetpy.errors import CfgError, DarknetError, DarknetWarning
+from darknetpy.errors import CfgError, DarknetError
 
 # Newlines end statements, so no expression may skip over them.
 _INLINE_WHITESPACE = " \t"
@@ -143,8 +143,9 @@ def parse_cfg_text(text: str, path: str = "<string>") -> Document:
         elif isinstance(statement, _OptionLine):
             options.append(Option(statement.key, statement.value, line, column))
         else:
-            warnings.warn(DarknetWarning(f"{path}:{line}: ignoring line without '=': {statement.text!r}"),
-                          stacklevel=2)
+            raise CfgError(f"line without '=': {statement.text!r} (expected 'key=value'; Darknet would "
+                           f"keep it as a key without a value and use the option's default)",
+                           path, line, column)
     close_section()
     if not sections:
         raise CfgError("no sections found (a cfg starts with [net] or [network])", path)

@@ -22,22 +22,10 @@ NET_KEYS: frozenset[str] = frozenset({
     "batch", "subdivisions", "time_steps", "learning_rate", "momentum", "decay", "notruth", "random",
     "adam", "B1", "B2", "eps", "height", "width", "channels", "inputs", "max_crop", "min_crop",
     "max_ratio", "min_ratio", "center", "clip", "angle", "aspect", "saturation", "exposure", "hue",
-    "flip", "letter_box", "policy", "burn_in", "power", "step", "scale", "steps", "scales", "gamma",
+    "flip", "letter_box", "mosaic", "resize_step", "policy", "burn_in", "power", "step", "scale", "steps",
+    "scales", "gamma",
     "max_batches",
 })
-
-# [net] keys other Darknet versions (mostly AlexeyAB) define; Darknet itself never reports unread
-# [net] keys, so these are accepted without a word. `seen` appears in pjreddie's own writing.cfg.
-OTHER_DARKNET_NET_KEYS: frozenset[str] = frozenset({
-    "seen", "learning_rate_min", "sgdr_cycle", "sgdr_mult", "seq_scales", "track", "augment_speed",
-    "sequential_subdivisions", "try_fix_nan", "weights_reject_freq", "equidistant_point",
-    "badlabels_rejection_percentage", "num_sigmas_reject_badlabels", "ema_alpha", "use_cuda_graph",
-    "loss_scale", "dynamic_minibatch", "optimized_memory", "workspace_size_limit_MB", "blur",
-    "gaussian_noise", "mixup", "cutmix", "mosaic", "mosaic_bound", "contrastive", "contrastive_jit_flip",
-    "contrastive_color", "unsupervised", "label_smooth_eps", "resize_step", "attention", "adversarial_lr",
-    "max_chart_loss", "show_receptive_field",
-})
-
 
 @dataclass(frozen=True)
 class NetConfig:
@@ -84,6 +72,8 @@ class NetConfig:
     hue: float
     flip: bool
     letter_box: bool
+    mosaic: bool = False       # AlexeyAB: detection training puts 4 images in one (detection_augment.py)
+    resize_step: int = 32      # AlexeyAB: multi-scale sizes are multiples of this
 
     @classmethod
     def from_section(cls, reader: SectionReader) -> NetConfig:
@@ -176,8 +166,10 @@ class NetConfig:
             hue=reader.get_float("hue", 0.0),
             flip=reader.get_bool("flip", True),
             letter_box=reader.get_bool("letter_box", False),
+            mosaic=reader.get_bool("mosaic", False),
+            resize_step=reader.get_int("resize_step", 32, minimum=1),
         )
-        reader.finish(valid=NET_KEYS, silent=OTHER_DARKNET_NET_KEYS)
+        reader.finish("net", valid=NET_KEYS)
         return config
 
 

@@ -1,54 +1,23 @@
 """Typed, tracked option lookups for one cfg section, and the end-of-section report of keys nobody read.
 
 Darknet looks keys up one by one (first match wins), marks each one used, and afterwards prints the keys
-nobody read. We do the same, but: values are parsed strictly (Darknet's atoi turns "abc" into 0), a key
-nobody read is an error with a did-you-mean suggestion unless it is a known Darknet key we deliberately
-skip (then a warning, once per file and key), and keys that would change results if set to anything but
-their default are refused instead of skipped.
+nobody read. We do the same, but: values are parsed strictly (Darknet's atoi turns "abc" into 0, a number
+beyond a C int or a float is an error), and what happens to a key nobody read is decided by
+config/key_rules.py alone (warning, silence, refusal of a non-default value, or an unknown-key error with a
+did-you-mean suggestion).
 """
 from __future__ import annotations
 
 import contextlib
 import difflib
+import math
 import re
 import warnings
 from collections.abc import Iterable, Sequence
 
 from darknetpy.config.document import Option, Section
+from darknetpy.config.key_rules import DEFAULT_ONLY, WARN, rule_for
 from darknetpy.errors import CfgError, DarknetWarning, UnsupportedError
-
-# Layer-section keys of pjreddie or AlexeyAB Darknet that only matter for training losses, augmentation,
-# GPU scheduling, tracking or display; skipping them never changes a forward pass.
-KNOWN_UNUSED_KEYS: frozenset[str] = frozenset({
-    # detection losses and training targets ([yolo], [region], [detection], [Gaussian_yolo], [contrastive])
-    "jitter", "resize", "random", "ignore_thresh", "truth_thresh", "iou_thresh", "iou_thresh_kind",
-    "iou_loss", "iou_normalizer", "obj_normalizer", "cls_normalizer", "delta_normalizer", "uc_normalizer",
-    "max_delta", "counters_per_class", "label_smooth_eps", "objectness_smooth", "focal_loss", "rescore",
-    "object_scale", "noobject_scale", "class_scale", "coord_scale", "mask_scale", "bias_match", "absolute",
-    "forced", "classfix", "log", "max", "beta_nms", "contrastive_neg_max", "yolo_layer",
-    # object tracking (AlexeyAB)
-    "track_history_size", "sim_thresh", "dets_for_track", "dets_for_show", "track_ciou_norm",
-    "embedding_layer", "show_details",
-    # training-time behaviour shared by all layers
-    "clip", "onlyforward", "stopbackward", "dont_update", "burnin_update", "train_only_bn", "dontsave",
-    "truth", "smooth", "noloss", "grad_centr", "dot", "assisted_excitation",
-    # [dropout] variants are identity at inference; [crop] random shift is augmentation
-    "dropblock", "dropblock_size_rel", "dropblock_size_abs", "shift",
-    # [cost] training-only knobs, [maxpool] training-only trick
-    "ratio", "maxpool_zero_nonmax",
-    # GPU streams (AlexeyAB)
-    "stream", "wait_stream",
-})
-
-# Keys that change the forward pass or the .weights layout: harmless only at their default, which is the
-# literal given here (compared numerically when both sides are numbers).
-DEFAULT_ONLY_KEYS: dict[str, str] = {
-    "antialiasing": "0", "sway": "0", "rotate": "0", "stretch": "0", "stretch_sway": "0", "deform": "0",
-    "share_index": "-1000000000", "binary": "0", "xnor": "0", "bin_output": "0", "cbn": "0",
-    "flipped": "0", "coordconv": "0", "dontload": "0", "dontloadscales": "0", "numload": "0",
-    "maxpool_depth": "0", "out_channels": "1", "weights_type": "none", "weights_normalization": "none",
-    "new_coords": "0", "noadjust": "0",
-}
 
 _INT_PATTERN = re.compile(r"[+-]?\d+")
 # Darknet reads every integer option into a C int (atoi); a value outside its range wraps or is undefined
@@ -57,6 +26,23 @@ C_INT_MIN, C_INT_MAX = -2**31, 2**31 - 1
 _FLOAT_PATTERN = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
 _already_warned: set[tuple[str, ...]] = set()
+
+
+def c_int_or_none(text: str) -> int | None:
+    """The value of a decimal integer (sign and digits, already matched) if it fits a C int, else None.
+
+    Python refuses to convert strings of more than 4,300 digits (sys.get_int_max_str_digits), so the digit
+    count is judged before converting: no C int has more than 10 significant digits."""
+    digits = text.lstrip("+-").lstrip("0")
+    if len(digits) > len(str(C_INT_MAX)):
+        return None
+    number = int(text[:len(text) - len(text.lstrip("+-"))] + (digits or "0"))
+    return number if C_INT_MIN <= number <= C_INT_MAX else None
+
+
+def _shown(value: str, limit: int = 40) -> str:
+    """A cfg value as quoted in an error, shortened when it is absurdly long (one line stays readable)."""
+    return value if len(value) <= limit else f"{value[:limit]}... ({len(value)} characters)"
 
 
 def warn_once(identity: tuple[str, ...], message: str) -> None:
@@ -172,17 +158,20 @@ class SectionReader:
 
     def _parse_int(self, option: Option, text: str) -> int:
         if not _INT_PATTERN.fullmatch(text):
-            raise self.error(f"{option.key}={option.value}: expected an integer", option.key)
-        number = int(text)
-        if not C_INT_MIN <= number <= C_INT_MAX:
-            raise self.error(f"{option.key}={option.value}: does not fit Darknet's 32-bit int "
+            raise self.error(f"{option.key}={_shown(option.value)}: expected an integer", option.key)
+        number = c_int_or_none(text)
+        if number is None:
+            raise self.error(f"{option.key}={_shown(option.value)}: does not fit Darknet's 32-bit int "
                              f"(between {C_INT_MIN} and {C_INT_MAX})", option.key)
         return number
 
     def _parse_float(self, option: Option, text: str) -> float:
         if not _FLOAT_PATTERN.fullmatch(text):
-            raise self.error(f"{option.key}={option.value}: expected a number", option.key)
-        return float(text)
+            raise self.error(f"{option.key}={_shown(option.value)}: expected a number", option.key)
+        number = float(text)
+        if not math.isfinite(number):
+            raise self.error(f"{option.key}={_shown(option.value)}: beyond the range of a float", option.key)
+        return number
 
     def _split_list(self, option: Option) -> list[str]:
         items = option.value.split(",")
@@ -247,31 +236,30 @@ class SectionReader:
 
     # -- end of section ---------------------------------------------------------------------------------
 
-    def finish(self, ignored: Iterable[str] = (), valid: Iterable[str] = (), silent: Iterable[str] = ()) -> None:
-        """Report every key no getter read.
-
-        `valid`: keys this section type understands (unread ones warn as "not used with these settings");
-        `ignored`: extra keys the caller knows and skips (warn); `silent`: keys skipped without a word.
-        Anything else is a CfgError with a suggestion drawn from `valid` and the keys that were queried.
-        """
-        ignored, valid, silent = set(ignored), set(valid), set(silent)
+    def finish(self, kind: str, valid: Iterable[str] = ()) -> None:
+        """Report every key no getter read, by config.key_rules (the one place that decides) for a section of
+        `kind` ("net" or a layer kind). `valid`: keys this section type reads under some settings (an unread
+        one warns as "not used with these settings"). Any other key is a CfgError with a suggestion drawn from
+        `valid` and the keys that were queried."""
+        valid = set(valid)
         name = self.section.name
         for key, option in self._first.items():
-            if key in self._used or key in silent:
+            if key in self._used:
                 continue
             where = f"{self.path}:{option.line}: [{name}]"
-            if key in DEFAULT_ONLY_KEYS:
-                if not _is_default_value(option.value, DEFAULT_ONLY_KEYS[key]):
-                    raise UnsupportedError(f"[{name}] {key}={option.value} is not supported by darknetpy "
-                                           f"(only the default {DEFAULT_ONLY_KEYS[key]})",
+            rule = rule_for(kind, key)
+            if key in valid:
+                warn_once((self.path, key), f"{where} ignoring '{key}' (not used with these settings)")
+            elif rule is None:
+                raise self._unknown_key(option, valid | self._queried)
+            elif rule.action == DEFAULT_ONLY:
+                if not _is_default_value(option.value, rule.default):
+                    raise UnsupportedError(f"[{name}] {key}={_shown(option.value)} is not supported by "
+                                           f"darknetpy ({rule.reason}; only the default {rule.default})",
                                            self.path, option.line, option.column)
                 warn_once((self.path, key), f"{where} ignoring '{key}={option.value}' (the default)")
-            elif key in valid:
-                warn_once((self.path, key), f"{where} ignoring '{key}' (not used with these settings)")
-            elif key in KNOWN_UNUSED_KEYS or key in ignored:
+            elif rule.action == WARN:
                 _ignore_key(self.path, option.line, key, where)
-            else:
-                raise self._unknown_key(option, valid | self._queried)
 
     def _unknown_key(self, option: Option, candidates: set[str]) -> CfgError:
         message = f"unknown key '{option.key}' in [{self.section.name}]"

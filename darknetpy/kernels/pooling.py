@@ -67,143 +67,180 @@ def _first_max_2x2(best, best_index, r0, r1, index0, index1, step):
 
 
 @jit(inline="always")
-def _maxpool_rows(src, origin, width, size, stride_y, stride_x, out_plane, index_plane, row_v, row_i, spare_v,
-                  spare_i):
-    """out_plane/index_plane (OH, OW) from `src`, a plane in which every window tap is readable;
-    src[py, px] is image pixel (py + origin, px + origin), so its in-plane index is
+def _maxpool_rows_2x2(src, origin, width, stride_y, stride_x, out_plane, index_plane):
+    """out_plane/index_plane (OH, OW) of a 2x2 window from `src`, a plane in which every window tap is
+    readable; src[py, px] is image pixel (py + origin, px + origin), so its in-plane index is
     (py + origin)*width + px + origin (taps outside the image hold -FLT_MAX there and never win)."""
-    out_h, out_w = out_plane.shape
+    out_h = out_plane.shape[0]
     for oy in range(out_h):
         top = oy * stride_y
         best = out_plane[oy]
         best_index = index_plane[oy]
         index0, index1 = (top + origin) * width + origin, (top + 1 + origin) * width + origin
         # literal steps for the common strides: with the step known at compile time the loads vectorise
-        if size == 2 and stride_x == 2:
+        if stride_x == 2:
             _first_max_2x2(best, best_index, src[top], src[top + 1], index0, index1, 2)
-        elif size == 2 and stride_x == 1:
+        elif stride_x == 1:
             _first_max_2x2(best, best_index, src[top], src[top + 1], index0, index1, 1)
-        elif size == 2:
-            _first_max_2x2(best, best_index, src[top], src[top + 1], index0, index1, stride_x)
         else:
-            _separable_rows(src, origin, width, size, stride_y, stride_x, oy, best, best_index, row_v, row_i,
-                            spare_v, spare_i)
+            _first_max_2x2(best, best_index, src[top], src[top + 1], index0, index1, stride_x)
 
 
 @jit(inline="always")
-def _running_max(src_v, src_i, dst_v, dst_i, values, value_index, first_index, index_step):
-    # ping-pong step of a first-strict-maximum: every store unconditional (see _first_max_2x2); the index of
-    # a value is first_index + i*index_step, or value_index[i] when value_index is not empty
-    for i in range(dst_v.shape[0]):
-        v = values[i]
-        b = src_v[i]
-        better = v > b
-        dst_v[i] = v if better else b
-        if value_index.shape[0] > 0:
-            dst_i[i] = value_index[i] if better else src_i[i]
-        else:
-            dst_i[i] = np.int32(first_index + i * index_step) if better else src_i[i]
-
-
-@jit
-def _separable_rows(src, origin, width, size, stride_y, stride_x, oy, best, best_index, row_v, row_i, spare_v,
-                    spare_i):
-    """Output row oy of a size x size window as a column pass over per-row maxima: the first maximum in
-    row-then-column order is the first maximum (down the rows) of each row's first maximum (along it), so
-    2*size passes replace size*size. row_v/row_i (rows, OW) cache the row maxima of the plane; they are
-    filled when oy == 0."""
-    out_w = best.shape[0]
-    no_index = spare_i[:0]  # empty: indices are computed, not looked up
-    if oy == 0:
-        for py in range(row_v.shape[0]):
-            row = src[py]
-            # each tap moves the running maximum to the other buffer: start where it ends in row_v[py]
-            if size % 2 == 1:
-                cur_v, cur_i, nxt_v, nxt_i = spare_v, spare_i, row_v[py], row_i[py]
-            else:
-                cur_v, cur_i, nxt_v, nxt_i = row_v[py], row_i[py], spare_v, spare_i
-            for ox in range(out_w):
-                cur_v[ox] = NEG_FLT_MAX
-                cur_i[ox] = -1
-            for kx in range(size):
-                first = (py + origin) * width + kx + origin
-                if stride_x == 1:
-                    _running_max(cur_v, cur_i, nxt_v, nxt_i, row[kx:kx + out_w], no_index, first, 1)
-                else:
-                    _running_max(cur_v, cur_i, nxt_v, nxt_i, row[kx:kx + (out_w - 1) * stride_x + 1:stride_x],
-                                 no_index, first, stride_x)
-                cur_v, cur_i, nxt_v, nxt_i = nxt_v, nxt_i, cur_v, cur_i
-    top = oy * stride_y
-    if size % 2 == 1:
-        cur_v, cur_i, nxt_v, nxt_i = spare_v, spare_i, best, best_index
-    else:
-        cur_v, cur_i, nxt_v, nxt_i = best, best_index, spare_v, spare_i
-    for ox in range(out_w):
-        cur_v[ox] = NEG_FLT_MAX
-        cur_i[ox] = -1
-    for ky in range(size):
-        _running_max(cur_v, cur_i, nxt_v, nxt_i, row_v[top + ky], row_i[top + ky], 0, 0)
-        cur_v, cur_i, nxt_v, nxt_i = nxt_v, nxt_i, cur_v, cur_i
+def _fill(values, start, stop, value):
+    for j in range(start, stop):
+        values[j] = value
 
 
 @jit
 def _pad_plane(x, b, c, origin, padded):
     """padded[py, px] = x[b, c, py + origin, px + origin], -FLT_MAX outside the image."""
     height, width = x.shape[2], x.shape[3]
+    cols = padded.shape[1]
+    # padded columns [left, right) hold image columns [left + origin, right + origin)
+    left = min(cols, max(0, -origin))
+    right = max(left, min(cols, width - origin))
     for py in range(padded.shape[0]):
         iy = py + origin
         row = padded[py]
         if iy < 0 or iy >= height:
-            for px in range(row.shape[0]):
-                row[px] = NEG_FLT_MAX
+            _fill(row, 0, cols, NEG_FLT_MAX)
             continue
         src = x[b, c, iy]
-        for px in range(row.shape[0]):
-            ix = px + origin
-            row[px] = src[ix] if 0 <= ix < width else NEG_FLT_MAX
+        _fill(row, 0, left, NEG_FLT_MAX)
+        for px in range(left, right):
+            row[px] = src[px + origin]
+        _fill(row, right, cols, NEG_FLT_MAX)
 
 
 @jit(inline="always")
-def _maxpool_plane(x, b, c, size, stride_y, stride_x, offset, out, argmax, padded, row_v, row_i, spare_v,
-                   spare_i):
+def _maxpool_plane_2x2(x, b, c, stride_y, stride_x, offset, out, argmax, padded):
     width = x.shape[3]
     if padded.shape[0] == 0:
-        _maxpool_rows(x[b, c], 0, width, size, stride_y, stride_x, out[b, c], argmax[b, c], row_v, row_i,
-                      spare_v, spare_i)
+        _maxpool_rows_2x2(x[b, c], 0, width, stride_y, stride_x, out[b, c], argmax[b, c])
     else:
         _pad_plane(x, b, c, offset, padded)
-        _maxpool_rows(padded, offset, width, size, stride_y, stride_x, out[b, c], argmax[b, c], row_v, row_i,
-                      spare_v, spare_i)
+        _maxpool_rows_2x2(padded, offset, width, stride_y, stride_x, out[b, c], argmax[b, c])
 
 
 @jit
-def _maxpool_forward_serial(x, size, stride_y, stride_x, offset, out, argmax, padded_shape, rows_shape):
+def _maxpool_2x2_serial(x, stride_y, stride_x, offset, out, argmax, padded_shape):
     channels = x.shape[1]
     padded = np.empty(padded_shape, np.float32)
-    row_v = np.empty((rows_shape, out.shape[3]), np.float32)
-    row_i = np.empty((rows_shape, out.shape[3]), np.int32)
-    spare_v = np.empty(out.shape[3], np.float32)
-    spare_i = np.empty(out.shape[3], np.int32)
     for plane in range(x.shape[0] * channels):
-        _maxpool_plane(x, plane // channels, plane % channels, size, stride_y, stride_x, offset, out, argmax,
-                       padded, row_v, row_i, spare_v, spare_i)
+        _maxpool_plane_2x2(x, plane // channels, plane % channels, stride_y, stride_x, offset, out, argmax,
+                           padded)
 
 
 @jit(parallel=True)
-def _maxpool_forward_parallel(x, size, stride_y, stride_x, offset, out, argmax, padded_shape, rows_shape,
-                              chunks):
+def _maxpool_2x2_parallel(x, stride_y, stride_x, offset, out, argmax, padded_shape, chunks):
     channels = x.shape[1]
     planes = x.shape[0] * channels
     for chunk in prange(chunks):
-        # scratch per chunk of planes, not per plane: five allocations per 14x14 plane cost as much as the work
+        # scratch per chunk of planes, not per plane: an allocation per 14x14 plane costs as much as the work
         padded = np.empty(padded_shape, np.float32)
-        row_v = np.empty((rows_shape, out.shape[3]), np.float32)
-        row_i = np.empty((rows_shape, out.shape[3]), np.int32)
-        spare_v = np.empty(out.shape[3], np.float32)
-        spare_i = np.empty(out.shape[3], np.int32)
         for plane in range(chunk * planes // chunks, (chunk + 1) * planes // chunks):
-            _maxpool_plane(x, plane // channels, plane % channels, size, stride_y, stride_x, offset, out, argmax,
-                           padded, row_v, row_i, spare_v, spare_i)
+            _maxpool_plane_2x2(x, plane // channels, plane % channels, stride_y, stride_x, offset, out, argmax,
+                               padded)
+
+
+# ---- any other window --------------------------------------------------------------------------------------
+@jit(inline="always")
+def _window_rows(src, origin, width, rows, size, stride_y, stride_x, out_plane, index_plane):
+    """out_plane/index_plane (OH, OW) of rows x size windows from `src`, a plane in which every window tap is
+    readable (src[py, px] is image pixel (py + origin, px + origin)); the running maximum in registers: with
+    literal `rows`, `size` and `stride_x` the tap loops unroll and the loop over outputs vectorises."""
+    out_h, out_w = out_plane.shape
+    for oy in range(out_h):
+        top = oy * stride_y
+        best = out_plane[oy]
+        best_index = index_plane[oy]
+        for ox in range(out_w):
+            left = ox * stride_x
+            b = NEG_FLT_MAX
+            k = np.int32(-1)
+            for ky in range(rows):
+                row = src[top + ky]
+                first = (top + ky + origin) * width + left + origin
+                for kx in range(size):
+                    v = row[left + kx]
+                    if v > b:
+                        b = v
+                        k = np.int32(first + kx)
+            best[ox] = b
+            best_index[ox] = k
+
+
+@jit(inline="always")
+def _separable_rows(src, origin, width, size, stride_y, stride_x, out_plane, index_plane, row_v, row_i):
+    """The first maximum in row-then-column order is the first maximum down the window's rows of each row's
+    first maximum along it: 2*size taps per output instead of size*size. row_v/row_i receive the row maxima
+    of every row of `src`."""
+    _window_rows(src, origin, width, 1, size, 1, stride_x, row_v, row_i)
+    out_h, out_w = out_plane.shape
+    for oy in range(out_h):
+        top = oy * stride_y
+        best = out_plane[oy]
+        best_index = index_plane[oy]
+        for ox in range(out_w):
+            b = NEG_FLT_MAX
+            k = np.int32(-1)
+            for ky in range(size):
+                v = row_v[top + ky, ox]
+                if v > b:
+                    b = v
+                    k = row_i[top + ky, ox]
+            best[ox] = b
+            best_index[ox] = k
+
+
+@jit
+def _window_plane(x, b, c, size, stride_y, stride_x, offset, out, argmax, padded, row_v, row_i):
+    """Max pooling of plane (b, c) with a size x size window (any size but 2), from the padded copy unless the
+    windows stay inside the image. 3x3 (stride-2 downsampling, or stride 1) and 5x5 (SPP) get literal tap
+    loops over every tap (measured faster than the separable passes at these sizes); other windows up to 3x3
+    take every tap, larger ones go separable."""
+    if padded.shape[0] == 0:
+        src, origin = x[b, c], 0
+    else:
+        _pad_plane(x, b, c, offset, padded)
+        src, origin = padded, offset
+    width = x.shape[3]
+    o, a = out[b, c], argmax[b, c]
+    if size == 3 and stride_x == 2:
+        _window_rows(src, origin, width, 3, 3, stride_y, 2, o, a)
+    elif size == 3 and stride_x == 1:
+        _window_rows(src, origin, width, 3, 3, stride_y, 1, o, a)
+    elif size == 5 and stride_x == 1:
+        _window_rows(src, origin, width, 5, 5, stride_y, 1, o, a)
+    elif size <= 3:
+        _window_rows(src, origin, width, size, size, stride_y, stride_x, o, a)
+    else:
+        _separable_rows(src, origin, width, size, stride_y, stride_x, o, a, row_v, row_i)
+
+
+@jit
+def _window_serial(x, size, stride_y, stride_x, offset, out, argmax, padded_shape, rows):
+    channels = x.shape[1]
+    padded = np.empty(padded_shape, np.float32)
+    row_v = np.empty((rows, out.shape[3]), np.float32)
+    row_i = np.empty((rows, out.shape[3]), np.int32)
+    for plane in range(x.shape[0] * channels):
+        _window_plane(x, plane // channels, plane % channels, size, stride_y, stride_x, offset, out, argmax,
+                      padded, row_v, row_i)
+
+
+@jit(parallel=True)
+def _window_parallel(x, size, stride_y, stride_x, offset, out, argmax, padded_shape, rows, chunks):
+    channels = x.shape[1]
+    planes = x.shape[0] * channels
+    for chunk in prange(chunks):
+        padded = np.empty(padded_shape, np.float32)
+        row_v = np.empty((rows, out.shape[3]), np.float32)
+        row_i = np.empty((rows, out.shape[3]), np.int32)
+        for plane in range(chunk * planes // chunks, (chunk + 1) * planes // chunks):
+            _window_plane(x, plane // channels, plane % channels, size, stride_y, stride_x, offset, out, argmax,
+                          padded, row_v, row_i)
 
 
 @jit
@@ -274,15 +311,18 @@ def maxpool_forward(x: np.ndarray, size: int, stride_y: int, stride_x: int, offs
         return
     rows = (out.shape[2] - 1) * stride_y + size
     cols = (out.shape[3] - 1) * stride_x + size
-    inside = offset >= 0 and offset + rows <= height and offset + cols <= width and offset == 0
+    chunks = min(x.shape[0] * x.shape[1], CHUNKS_PER_THREAD * numba.get_num_threads())
+    inside = offset == 0 and rows <= height and cols <= width
     padded_shape = (0, 0) if inside else (rows, cols)
-    rows_shape = 0 if size == 2 else rows
-    if threads:
-        chunks = min(x.shape[0] * x.shape[1], CHUNKS_PER_THREAD * numba.get_num_threads())
-        _maxpool_forward_parallel(x, size, stride_y, stride_x, offset, out, argmax, padded_shape, rows_shape,
-                                  chunks)
+    if size == 2:
+        if threads:
+            _maxpool_2x2_parallel(x, stride_y, stride_x, offset, out, argmax, padded_shape, chunks)
+        else:
+            _maxpool_2x2_serial(x, stride_y, stride_x, offset, out, argmax, padded_shape)
+    elif threads:
+        _window_parallel(x, size, stride_y, stride_x, offset, out, argmax, padded_shape, rows, chunks)
     else:
-        _maxpool_forward_serial(x, size, stride_y, stride_x, offset, out, argmax, padded_shape, rows_shape)
+        _window_serial(x, size, stride_y, stride_x, offset, out, argmax, padded_shape, rows)
 
 
 @jit

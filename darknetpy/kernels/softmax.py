@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numba import prange
 
 from . import jit
 
@@ -108,4 +109,158 @@ def cost_errors(pred, truth, kind, errors, delta):
     for b in range(batch):
         for i in range(n):
             cost += errors[b, i]
+    return cost
+
+
+# ---- pixel-wise heads ---------------------------------------------------------------------------------------
+# Segmentation truth holds one class index per pixel (as float32); IGNORE_INDEX marks pixels that give no loss
+# and no gradient (borders, unlabelled regions). Losses are computed from the logits, so a confident and
+# correct pixel costs ~0 instead of 0·log 0 = NaN, and a confident wrong one a large finite number.
+IGNORE_INDEX = 255
+
+
+#: pixels per parallel task of softmax_channels (a few KiB per channel row, so the rows stay in cache)
+PIXEL_CHUNK = 1024
+# 2^f on [0, 1): Taylor coefficients of exp(f ln 2), highest first; relative error < 2e-7 in float32
+_EXP2_COEFFICIENTS = (1.5403530393381606e-04, 1.3333558146428443e-03, 9.6181291076284772e-03,
+                      5.5504108664821580e-02, 2.4022650695910071e-01, 6.9314718055994531e-01, 1.0)
+
+
+@jit
+def _exp_non_positive(v, mantissa, exponent_bits):
+    """exp(v) for v <= 0 as mantissa * 2^k with 2^k's float32 bits in exponent_bits (view them as float32):
+    v·log2(e) = k + f, 2^f by a polynomial. A loop LLVM vectorises, unlike calls to libm's exp (6x faster
+    here); arguments below -126·ln 2 give 2^-126 times the polynomial (far below any softmax share)."""
+    for i in range(v.shape[0]):
+        t = v[i] * np.float32(1.4426950408889634)
+        if t < np.float32(-126.0):
+            t = np.float32(-126.0)
+        k = np.floor(t)
+        f = t - k
+        p = np.float32(_EXP2_COEFFICIENTS[0])
+        p = p * f + np.float32(_EXP2_COEFFICIENTS[1])
+        p = p * f + np.float32(_EXP2_COEFFICIENTS[2])
+        p = p * f + np.float32(_EXP2_COEFFICIENTS[3])
+        p = p * f + np.float32(_EXP2_COEFFICIENTS[4])
+        p = p * f + np.float32(_EXP2_COEFFICIENTS[5])
+        p = p * f + np.float32(_EXP2_COEFFICIENTS[6])
+        mantissa[i] = p
+        exponent_bits[i] = (np.int32(k) + np.int32(127)) << 23
+
+
+@jit(parallel=True)
+def softmax_channels(x, temperature, y):
+    """y[b, :, k] = softmax(x[b, :, k] / T) for every pixel k of (B, C, H*W) arrays: a softmax over the
+    channels of every pixel (Darknet's GPU `spatial=1`, which computes in float: so float32 here too, with
+    the vectorised exp above; shares agree with a double-precision softmax to ~1e-6 relative).
+    Runs along contiguous channel rows, a chunk of pixels at a time."""
+    batch, channels, plane = x.shape
+    chunks = (plane + PIXEL_CHUNK - 1) // PIXEL_CHUNK
+    inverse_t = np.float32(1.0) / temperature
+    for task in prange(batch * chunks):
+        b = task // chunks
+        start = (task % chunks) * PIXEL_CHUNK
+        n = min(start + PIXEL_CHUNK, plane) - start
+        largest = np.empty(n, np.float32)
+        total = np.zeros(n, np.float32)
+        shifted = np.empty(n, np.float32)
+        mantissa = np.empty(n, np.float32)
+        exponent_bits = np.empty(n, np.int32)
+        scale = exponent_bits.view(np.float32)
+        for k in range(n):   # the largest x/T (a negative temperature flips which x that is)
+            largest[k] = x[b, 0, start + k] * inverse_t
+        for c in range(1, channels):
+            for k in range(n):
+                if x[b, c, start + k] * inverse_t > largest[k]:
+                    largest[k] = x[b, c, start + k] * inverse_t
+        for c in range(channels):
+            for k in range(n):
+                shifted[k] = x[b, c, start + k] * inverse_t - largest[k]
+            _exp_non_positive(shifted, mantissa, exponent_bits)
+            for k in range(n):
+                e = mantissa[k] * scale[k]
+                y[b, c, start + k] = e
+                total[k] += e
+        for k in range(n):
+            total[k] = np.float32(1.0) / total[k]
+        for c in range(channels):
+            for k in range(n):
+                y[b, c, start + k] *= total[k]
+
+
+@jit
+def count_bad_class_indices(truth, classes):
+    """How many truth entries are neither a whole class index in [0, classes) nor IGNORE_INDEX."""
+    bad = 0
+    for b in range(truth.shape[0]):
+        for k in range(truth.shape[1]):
+            t = truth[b, k]
+            if t == IGNORE_INDEX:
+                continue
+            if not (t >= 0 and t < classes and t == math.floor(t)):
+                bad += 1
+    return bad
+
+
+@jit(parallel=True)
+def pixel_softmax_cross_entropy(x, temperature, p, truth, delta, errors):
+    """Per-pixel cross-entropy of softmax(x / T) against class indices truth[b, i*W + j].
+
+    error = logsumexp(x/T) - x_t/T (from the logits, in double), delta = onehot(t) - p (Darknet's sign and
+    its softmax convention: the unit softmax + cross-entropy, no 1/T factor); IGNORE_INDEX pixels get error 0
+    and delta 0. `delta` is (B, C*H*W) in CHW order, `errors` (B, H*W). Returns the float32 sum of the
+    errors. Indices must have been checked (count_bad_class_indices)."""
+    batch, channels, height, width = x.shape
+    plane = height * width
+    for row in prange(batch * height):
+        b = row // height
+        i = row % height
+        for j in range(width):
+            pixel = i * width + j
+            t = truth[b, pixel]
+            if t == IGNORE_INDEX:
+                errors[b, pixel] = np.float32(0.0)
+                for c in range(channels):
+                    delta[b, c * plane + pixel] = np.float32(0.0)
+                continue
+            target = int(t)
+            largest = np.float64(x[b, 0, i, j]) / temperature
+            for c in range(1, channels):
+                v = np.float64(x[b, c, i, j]) / temperature
+                if v > largest:
+                    largest = v
+            total = 0.0
+            for c in range(channels):
+                total += math.exp(np.float64(x[b, c, i, j]) / temperature - largest)
+            errors[b, pixel] = np.float32(math.log(total) + largest - np.float64(x[b, target, i, j]) / temperature)
+            for c in range(channels):
+                onehot = np.float32(1.0) if c == target else np.float32(0.0)
+                delta[b, c * plane + pixel] = onehot - p[b, c, i, j]
+    cost = np.float32(0.0)
+    for b in range(batch):
+        for k in range(plane):
+            cost += errors[b, k]
+    return cost
+
+
+@jit(parallel=True)
+def logistic_cross_entropy_logits(x, p, truth, delta, errors):
+    """[logistic] loss per value from the logits: error = max(x, 0) - x·t + log(1 + exp(-|x|)) (equal to
+    -t log p - (1-t) log(1-p), spec §12.3, but finite when p rounds to 0 or 1), delta = t - p; truth
+    IGNORE_INDEX: no error, no delta. Rows are (B, N) views. Returns the float32 sum of the errors."""
+    batch, n = x.shape
+    for b in prange(batch):
+        for k in range(n):
+            t = truth[b, k]
+            if t == IGNORE_INDEX:
+                errors[b, k] = np.float32(0.0)
+                delta[b, k] = np.float32(0.0)
+                continue
+            v = np.float64(x[b, k])
+            errors[b, k] = np.float32(max(v, 0.0) - v * np.float64(t) + math.log1p(math.exp(-abs(v))))
+            delta[b, k] = t - p[b, k]
+    cost = np.float32(0.0)
+    for b in range(batch):
+        for k in range(n):
+            cost += errors[b, k]
     return cost

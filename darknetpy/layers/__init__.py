@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from . import (activation, batchnorm, connected, convolutional, crop, deconvolutional, detection, dropout,  # noqa: F401
-               local, normalization, pooling, recurrent, resampling, routing, softmax)
+               local, local_avgpool, normalization, pooling, recurrent, resampling, routing, softmax)
 from .base import Layer, LayerConfig, Param, Shape
 from .registry import REGISTRY, layer_class, register
 

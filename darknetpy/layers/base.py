@@ -3,11 +3,19 @@
 A layer class declares
   * `Config`: a frozen dataclass whose fields are the section's options (typed, with Darknet's defaults),
     read generically from the cfg section by `read_config`, each value remembering its line;
-  * `build(in_shapes) -> Shape`: validates against the incoming shapes and allocates parameters once;
-  * `forward(xs, train) -> y`, `backward(dy, xs, dxs)` (standard dL/dx, accumulated into dxs);
-  * `params()`: trainable arrays with their gradient buffers, for the optimiser;
+  * `output_shape(in_shapes) -> Shape`: validates against the incoming shapes (the network calls
+    `build(in_shapes, net)`, which stores the [net] settings as `self.net`, checks sizes and calls
+    `allocate_parameters()` once);
+  * `allocate(batch)`, `forward(xs, train) -> y`, `backward(dy, xs, dxs)` (standard dL/dx, accumulated
+    into dxs);
+  * `params()`: trainable arrays with their gradient buffers, for the optimiser, and
+    `parameters_changed()`, which the optimiser and the weights reader call after changing them;
   * `weight_arrays(saving)`: the arrays in Darknet's `.weights` file order;
   * `summary_row()` and `flops()` for the layer table.
+
+Every hook the network, the optimiser or a task calls is declared here: on `Layer`, or on `LossLayer`
+(truth in, cost out; `cost_only` for a [cost] layer that is not the network's output). Detection heads
+are `DetectionHead(LossLayer)` in layers/detection.py. Nothing outside a layer asks it what it has.
 """
 from __future__ import annotations
 
@@ -18,8 +26,9 @@ from typing import Any, ClassVar, Iterable, Mapping
 
 import numpy as np
 
+from ..config.net import NetConfig
 from ..config.options import SectionReader
-from ..errors import CfgError
+from ..errors import CfgError, UnsupportedError
 
 FLOAT = np.float32
 
@@ -66,9 +75,9 @@ class Origin:
     section: str
     key_lines: Mapping[str, int] = field(default_factory=dict)
 
-    def error(self, message: str, key: str | None = None) -> CfgError:
+    def error(self, message: str, key: str | None = None, kind: type[CfgError] = CfgError) -> CfgError:
         line = self.key_lines.get(key, self.line) if key else self.line
-        return CfgError(message, self.path, line)
+        return kind(message, self.path, line)
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,12 @@ class LayerConfig:
         if self.origin is None:
             return CfgError(message)
         return self.origin.error(message, key)
+
+    def unsupported(self, message: str, key: str | None = None) -> UnsupportedError:
+        """A valid Darknet construct darknetpy does not run, located like `error`."""
+        if self.origin is None:
+            return UnsupportedError(message)
+        return self.origin.error(message, key, UnsupportedError)
 
 
 _READERS = {
@@ -113,9 +128,9 @@ def config_keys(config_cls: type) -> dict[str, str]:
     return keys
 
 
-def read_config(config_cls: type, reader: SectionReader, ignored: Iterable[str] = (),
-                silent: Iterable[str] = ()) -> LayerConfig:
-    """Read every declared option of `config_cls` from the section, then reject unknown keys."""
+def read_config(config_cls: type, reader: SectionReader, kind: str) -> LayerConfig:
+    """Read every declared option of `config_cls` from a section of `kind`; config/key_rules.py decides
+    about the keys left over."""
     hints = typing.get_type_hints(config_cls)
     values: dict[str, Any] = {}
     for f in dataclasses.fields(config_cls):
@@ -124,7 +139,7 @@ def read_config(config_cls: type, reader: SectionReader, ignored: Iterable[str] 
             continue
         key = meta["key"] or f.name
         values[f.name] = _read_value(reader, key, hints[f.name], f.default, meta)
-    reader.finish(ignored=ignored, valid=config_keys(config_cls), silent=silent)
+    reader.finish(kind, valid=config_keys(config_cls))
     section = reader.section
     key_lines = {o.key: o.line for o in section.options}
     origin = Origin(reader.path, section.line, section.name, key_lines)
@@ -157,26 +172,6 @@ def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
     return hint, False
 
 
-def config_to_options(config: LayerConfig) -> dict[str, str]:
-    """The cfg options that reproduce `config` (values that differ from the defaults), for round trips."""
-    out: dict[str, str] = {}
-    for f in dataclasses.fields(config):
-        meta = _option_meta(f)
-        if meta is None:
-            continue
-        value = getattr(config, f.name)
-        if value == f.default:
-            continue
-        key = meta["key"] or f.name
-        if isinstance(value, bool):
-            out[key] = str(int(value))
-        elif isinstance(value, tuple):
-            out[key] = ",".join(repr(v) if isinstance(v, float) else str(v) for v in value)
-        else:
-            out[key] = repr(value) if isinstance(value, float) else str(value)
-    return out
-
-
 @dataclass
 class Param:
     """A trainable array and the accumulated gradient dL/dparam (summed over the batch)."""
@@ -191,12 +186,6 @@ class Layer:
     kind: ClassVar[str] = ""
     aliases: ClassVar[tuple[str, ...]] = ()
     Config: ClassVar[type] = LayerConfig
-    #: keys Darknet defines for this section that darknetpy reads nowhere (warned once, never an error)
-    ignored_keys: ClassVar[tuple[str, ...]] = ()
-    #: keys Darknet defines that only matter for training features darknetpy replaces (accepted silently)
-    silent_keys: ClassVar[tuple[str, ...]] = ()
-    #: whether backward is implemented (detection layers train in a later issue)
-    trainable_backward: ClassVar[bool] = True
 
     def __init__(self, config: LayerConfig, index: int):
         self.config = config
@@ -204,18 +193,22 @@ class Layer:
         self.in_shapes: list[Shape] = []
         self.out_shape: Shape | None = None
         self.output: np.ndarray | None = None
+        self.net: NetConfig | None = None  # the [net] settings, known from build() on
         self._batch = 0
 
     # ---- construction -------------------------------------------------------------------------------------
     @classmethod
     def from_section(cls, reader: SectionReader, index: int) -> "Layer":
-        return cls(read_config(cls.Config, reader, cls.ignored_keys, cls.silent_keys), index)
+        return cls(read_config(cls.Config, reader, cls.kind), index)
 
     def input_indices(self) -> list[int]:
         """Indices of the layers whose outputs feed this one (-1 is the network input)."""
         return [self.index - 1]
 
-    def build(self, in_shapes: list[Shape]) -> Shape:
+    def build(self, in_shapes: list[Shape], net: NetConfig) -> Shape:
+        """Take the input shapes and the [net] settings (batch, steps, network size...), return the output
+        shape; parameters are allocated the first time only (a resized network keeps its weights)."""
+        self.net = net
         self.in_shapes = list(in_shapes)
         self.out_shape = self.output_shape(in_shapes)
         shape = self.out_shape
@@ -328,6 +321,9 @@ class LossLayer(Layer):
         super().__init__(config, index)
         self.cost: float | None = None
         self._truth: np.ndarray | None = None
+        #: images the network has seen including this pass (Darknet's *net->seen), set by the network before
+        #: every forward; [region]'s loss depends on it (spec §12.2.3)
+        self.seen = 0
 
     def truth_size(self) -> int:
         """Floats per image in the truth rows this layer reads (by default: one target per output value)."""
@@ -339,6 +335,13 @@ class LossLayer(Layer):
     def statistics(self) -> dict[str, float]:
         """Figures of the last training pass to print and record (a detection head's Avg IOU, recall...)."""
         return {}
+
+    def pixelwise(self) -> bool:
+        """Whether this head's truth is a map over its input's pixels (segmentation) rather than one row per
+        image: by default a loss over several channels of an image larger than 1x1. The training task is
+        chosen from this (darknetpy.tasks.task_for)."""
+        shape = self.in_shapes[0] if self.in_shapes else None
+        return shape is not None and shape.image and shape.h * shape.w > 1 and shape.c > 1
 
 
 def c_div(a: int, b: int) -> int:

@@ -11,11 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..kernels import activations as act
-from ..kernels import batchnorm as bn_kernels
-from .activation import (ACTIVATION_NAMES, activate_in_place, activation_gradient, bias_activate_in_place,
-                         input_copy_buffer)
+from .activation import ACTIVATION_NAMES
 from .base import FLOAT, Layer, LayerConfig, Param, Shape, option
-from .batchnorm import BatchNormBlock
+from .epilogue import Epilogue, EpilogueOwner
 from .registry import register
 
 
@@ -27,7 +25,7 @@ class ConnectedConfig(LayerConfig):
 
 
 @register
-class Connected(Layer):
+class Connected(EpilogueOwner, Layer):
     kind = "connected"
     aliases = ("conn",)
     Config = ConnectedConfig
@@ -36,7 +34,7 @@ class Connected(Layer):
         super().__init__(config, index)
         self.activation = act.ACTIVATION_CODES[config.activation]
         self.weights: np.ndarray | None = None
-        self.bn: BatchNormBlock | None = None
+        self.epilogue: Epilogue | None = None
 
     @property
     def inputs(self) -> int:
@@ -56,12 +54,8 @@ class Connected(Layer):
         if self.weights is not None and self.weights.shape == shape:
             return
         self.weights = np.zeros(shape, FLOAT)
-        self.biases = np.zeros(outputs, FLOAT)
         self.grad_weights = np.zeros(self.weights.shape, FLOAT)
-        self.grad_biases = np.zeros_like(self.biases)
-        self.bn = BatchNormBlock(outputs) if self.config.batch_normalize else None
-        self._fold_scale = np.empty(outputs, FLOAT)
-        self._fold_shift = np.empty(outputs, FLOAT)
+        self.epilogue = Epilogue(outputs, self.activation, self.config.batch_normalize)
 
     def initialize(self, rng):
         # Darknet: uniform(-1, 1) * sqrt(2 / inputs), biases 0
@@ -72,7 +66,7 @@ class Connected(Layer):
 
     def allocate(self, batch):
         super().allocate(batch)
-        self.pre_activation = input_copy_buffer(self.output.shape, self.activation)
+        self.epilogue.allocate(self.output.shape)
 
     # ---- computation ---------------------------------------------------------------------------------------
     def forward(self, xs, train):
@@ -80,47 +74,27 @@ class Connected(Layer):
         batch = x2.shape[0]
         out2 = self.output.reshape(batch, -1)
         np.matmul(x2, self.weights.T, out=out2)
-        out3 = out2.reshape(batch, -1, 1)
-        if self.bn is None:
-            bias_activate_in_place(out3, self.biases, self.activation, self.pre_activation)
-            return self.output
-        if train:
-            self.bn.forward_train(out3, self.biases)
-        else:
-            bn = self.bn
-            bn_kernels.fold_inference(bn.scales, self.biases, bn.rolling_mean, bn.rolling_var,
-                                      self._fold_scale, self._fold_shift)
-            bn_kernels.affine_channels(out3, self._fold_scale, self._fold_shift)
-        activate_in_place(out3, self.activation, self.pre_activation)
+        self.epilogue.forward(out2.reshape(batch, -1, 1), train)
         return self.output
 
     def backward(self, dy, xs, dxs):
         x2 = xs[0].reshape(xs[0].shape[0], -1)
         batch = x2.shape[0]
-        activation_gradient(dy, self.output, self.activation, self.pre_activation)
         dy2 = dy.reshape(batch, -1)
-        if self.bn is not None:
-            self.bn.backward(dy2.reshape(batch, -1, 1), self.grad_biases)
-        else:
-            self.grad_biases += dy2.sum(axis=0, dtype=np.float32)
+        self.epilogue.backward(dy2.reshape(batch, -1, 1), self.output)
         self.grad_weights += dy2.T @ x2
         if dxs[0] is not None:
             dxs[0].reshape(batch, -1)[...] += dy2 @ self.weights
 
     def params(self):
-        ps = [Param("biases", self.biases, self.grad_biases, decay=False),
-              Param("weights", self.weights, self.grad_weights, decay=True)]
-        if self.bn is not None:
-            ps += self.bn.params()
-        return ps
+        tail = self.epilogue.params()
+        return tail[:1] + [Param("weights", self.weights, self.grad_weights, decay=True)] + tail[1:]
 
     # ---- weights file --------------------------------------------------------------------------------------
     def weight_arrays(self, saving=False):
         # unlike conv, the BN arrays come after the weights (spec §5)
-        arrays = [self.biases, self.weights]
-        if self.bn is not None and (saving or not self.config.dontloadscales):
-            arrays += self.bn.file_arrays()
-        return arrays
+        biases, *bn = self.epilogue.file_arrays(with_bn=saving or not self.config.dontloadscales)
+        return [biases, self.weights, *bn]
 
     def after_load(self, transposed):
         if transposed:

@@ -27,7 +27,6 @@ class Crop(Layer):
     kind = "crop"
     Config = CropConfig
     # read by Darknet but unused by its CPU forward pass (GPU augmentation only)
-    ignored_keys = ("angle", "saturation", "exposure", "shift")
 
     def __init__(self, config: CropConfig, index: int):
         super().__init__(config, index)

@@ -15,12 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..kernels import activations as act
-from ..kernels import batchnorm as bn_kernels
 from ..kernels.im2col import col2im_add, im2col
-from .activation import (ACTIVATION_NAMES, activate_in_place, activation_gradient, bias_activate_in_place,
-                         input_copy_buffer)
+from .activation import ACTIVATION_NAMES
 from .base import FLOAT, Layer, LayerConfig, Param, Shape, option
-from .batchnorm import BatchNormBlock
+from .epilogue import Epilogue, EpilogueOwner
 from .registry import register
 
 
@@ -40,7 +38,7 @@ class DeconvolutionalConfig(LayerConfig):
 
 
 @register
-class Deconvolutional(Layer):
+class Deconvolutional(EpilogueOwner, Layer):
     kind = "deconvolutional"
     aliases = ("deconv",)
     Config = DeconvolutionalConfig
@@ -49,7 +47,7 @@ class Deconvolutional(Layer):
         super().__init__(config, index)
         self.activation = act.ACTIVATION_CODES[config.activation]
         self.weights: np.ndarray | None = None
-        self.bn: BatchNormBlock | None = None
+        self.epilogue: Epilogue | None = None
 
     def output_shape(self, in_shapes):
         cfg = self.config
@@ -73,12 +71,8 @@ class Deconvolutional(Layer):
         if self.weights is not None and self.weights.shape == shape:
             return
         self.weights = np.zeros(shape, FLOAT)
-        self.biases = np.zeros(cfg.filters, FLOAT)
         self.grad_weights = np.zeros(self.weights.shape, FLOAT)
-        self.grad_biases = np.zeros_like(self.biases)
-        self.bn = BatchNormBlock(cfg.filters) if cfg.batch_normalize else None
-        self._fold_scale = np.empty(cfg.filters, FLOAT)
-        self._fold_shift = np.empty(cfg.filters, FLOAT)
+        self.epilogue = Epilogue(cfg.filters, self.activation, cfg.batch_normalize)
 
     def initialize(self, rng):
         # Darknet: N(0, 1) * 0.02, then scaled by (out_w * out_h) / (w * h)
@@ -91,7 +85,7 @@ class Deconvolutional(Layer):
         super().allocate(batch)
         x = self.in_shapes[0]
         self.columns = np.empty((self.config.filters * self.config.size ** 2, x.h * x.w), FLOAT)
-        self.pre_activation = input_copy_buffer(self.output.shape, self.activation)
+        self.epilogue.allocate(self.output.shape)
 
     # ---- computation ---------------------------------------------------------------------------------------
     def _scatter_args(self):
@@ -108,30 +102,14 @@ class Deconvolutional(Layer):
         for n in range(batch):
             np.matmul(w2.T, x[n].reshape(channels, -1), out=self.columns)
             col2im_add(self.columns, *args, self.output[n])
-        out3 = self.output.reshape(batch, self.config.filters, -1)
-        if self.bn is None:
-            bias_activate_in_place(out3, self.biases, self.activation, self.pre_activation)
-            return self.output
-        if train:
-            self.bn.forward_train(out3, self.biases)
-        else:
-            bn = self.bn
-            bn_kernels.fold_inference(bn.scales, self.biases, bn.rolling_mean, bn.rolling_var,
-                                      self._fold_scale, self._fold_shift)
-            bn_kernels.affine_channels(out3, self._fold_scale, self._fold_shift)
-        activate_in_place(out3, self.activation, self.pre_activation)
+        self.epilogue.forward(self.output.reshape(batch, self.config.filters, -1), train)
         return self.output
 
     def backward(self, dy, xs, dxs):
         x = xs[0]
         dx = dxs[0]
         batch, channels = x.shape[:2]
-        activation_gradient(dy, self.output, self.activation, self.pre_activation)
-        dy3 = dy.reshape(batch, self.config.filters, -1)
-        if self.bn is not None:
-            self.bn.backward(dy3, self.grad_biases)
-        else:
-            self.grad_biases += dy3.sum(axis=(0, 2), dtype=np.float32)
+        self.epilogue.backward(dy.reshape(batch, self.config.filters, -1), self.output)
         w2 = self.weights.reshape(channels, -1)
         gw2 = self.grad_weights.reshape(channels, -1)
         args = self._scatter_args()
@@ -143,19 +121,11 @@ class Deconvolutional(Layer):
                 dx[n].reshape(channels, -1)[...] += w2 @ self.columns
 
     def params(self):
-        ps = [Param("biases", self.biases, self.grad_biases, decay=False)]
-        if self.bn is not None:
-            ps += self.bn.params()
-        ps.append(Param("weights", self.weights, self.grad_weights, decay=True))
-        return ps
+        return self.epilogue.params() + [Param("weights", self.weights, self.grad_weights, decay=True)]
 
     # ---- weights file --------------------------------------------------------------------------------------
     def weight_arrays(self, saving=False):
-        arrays = [self.biases]
-        if self.bn is not None and (saving or not self.config.dontloadscales):
-            arrays += self.bn.file_arrays()
-        arrays.append(self.weights)
-        return arrays
+        return self.epilogue.file_arrays(with_bn=saving or not self.config.dontloadscales) + [self.weights]
 
     # ---- reporting -----------------------------------------------------------------------------------------
     def flops(self):

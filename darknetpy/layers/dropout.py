@@ -25,7 +25,6 @@ class Dropout(Layer):
     Config = DropoutConfig
     #: AlexeyAB's DropBlock options only change which values training drops; inference is the identity
     #: either way, so they are accepted without a warning (training uses plain dropout).
-    silent_keys = ("dropblock", "dropblock_size_rel", "dropblock_size_abs")
 
     def __init__(self, config: DropoutConfig, index: int):
         super().__init__(config, index)

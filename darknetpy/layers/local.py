@@ -12,8 +12,9 @@ import numpy as np
 from ..kernels import activations as act
 from ..kernels.im2col import col2im_add, im2col
 from ..kernels.local import local_backward, local_forward
-from .activation import ACTIVATION_NAMES, activate_in_place, activation_gradient, input_copy_buffer
+from .activation import ACTIVATION_NAMES
 from .base import FLOAT, Layer, LayerConfig, Param, Shape, c_div, option
+from .epilogue import ActivationTail
 from .registry import register
 
 
@@ -34,6 +35,7 @@ class Local(Layer):
     def __init__(self, config: LocalConfig, index: int):
         super().__init__(config, index)
         self.activation = act.ACTIVATION_CODES[config.activation]
+        self.tail = ActivationTail(self.activation)
         self.weights: np.ndarray | None = None
 
     def output_shape(self, in_shapes):
@@ -82,7 +84,7 @@ class Local(Layer):
         super().allocate(batch)
         self.columns = np.empty((self.depth, self.locations), FLOAT)
         self.dcolumns = np.empty_like(self.columns)
-        self.pre_activation = input_copy_buffer(self.output.shape, self.activation)
+        self.tail.allocate(self.output.shape)
 
     def _im2col(self, image: np.ndarray) -> None:
         cfg = self.config
@@ -95,7 +97,7 @@ class Local(Layer):
         for n in range(x.shape[0]):
             self._im2col(x[n])
             local_forward(self.weights, self.columns, biases, self.output[n].reshape(biases.shape))
-        activate_in_place(self.output, self.activation, self.pre_activation)
+        self.tail.apply(self.output)
         return self.output
 
     def backward(self, dy, xs, dxs):
@@ -103,7 +105,7 @@ class Local(Layer):
         x = xs[0]
         dx = dxs[0]
         s = self.out_shape
-        activation_gradient(dy, self.output, self.activation, self.pre_activation)
+        self.tail.backprop(dy, self.output)
         self.grad_biases += dy.sum(axis=0, dtype=np.float32)
         for n in range(x.shape[0]):
             self._im2col(x[n])

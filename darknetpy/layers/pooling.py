@@ -22,9 +22,6 @@ class MaxpoolConfig(LayerConfig):
     stride_y: int | None = option(None, minimum=1)
     size: int | None = option(None, minimum=1)       # default: stride
     padding: int | None = option(None, minimum=0)    # default: size - 1
-    maxpool_depth: int = option(0, minimum=0)        # AlexeyAB: pool across channels instead
-    out_channels: int = option(1, minimum=1)         # AlexeyAB: only read together with maxpool_depth
-    antialiasing: int = option(0, minimum=0)
 
     @property
     def window(self) -> int:
@@ -50,14 +47,9 @@ class Maxpool(Layer):
     kind = "maxpool"
     aliases = ("max",)
     Config = MaxpoolConfig
-    ignored_keys = ("maxpool_zero_nonmax",)
 
     def __init__(self, config: MaxpoolConfig, index: int):
         super().__init__(config, index)
-        if config.maxpool_depth:
-            raise config.error("maxpool_depth (pooling across channels) is not supported yet", "maxpool_depth")
-        if config.antialiasing:
-            raise config.error("antialiasing is not supported yet", "antialiasing")
         self.argmax: np.ndarray | None = None
 
     def output_shape(self, in_shapes: list[Shape]) -> Shape:

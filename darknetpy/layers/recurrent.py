@@ -46,7 +46,6 @@ class _Block:
 class _Recurrent(Layer):
     """Shared behaviour: flat output, lazily allocated file arrays, no computation."""
     title = ""
-    trainable_backward = False
 
     def __init__(self, config: LayerConfig, index: int):
         super().__init__(config, index)
@@ -62,8 +61,7 @@ class _Recurrent(Layer):
         return self._array_blocks
 
     def _unsupported(self) -> UnsupportedError:
-        err = self.config.error(f"[{self.kind}] layers are not supported yet")
-        return UnsupportedError(err.message, err.path, err.line)
+        return self.config.unsupported(f"[{self.kind}] layers are not supported yet")
 
     def output_shape(self, in_shapes):
         if in_shapes[0].size == 0:
@@ -120,7 +118,6 @@ class Rnn(_Recurrent):
     kind = "rnn"
     Config = RnnConfig
     title = "RNN"
-    ignored_keys = ("hidden",)  # older Darknet's hidden size; pjreddie's rnn uses output for every sub-layer
 
     def blocks(self):
         cfg = self.config

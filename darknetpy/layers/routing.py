@@ -15,6 +15,7 @@ import numpy as np
 from ..kernels import activations as act
 from ..kernels import routing as kernels
 from .base import FLOAT, Layer, LayerConfig, Shape, option
+from .epilogue import ActivationTail
 from .registry import register
 
 ACTIVATION_NAMES = tuple(act.ACTIVATION_CODES)
@@ -123,7 +124,6 @@ class ShortcutConfig(LayerConfig):
 class Shortcut(Layer):
     kind = "shortcut"
     Config = ShortcutConfig
-    ignored_keys = ("assisted_excitation",)
 
     def __init__(self, config: ShortcutConfig, index: int):
         super().__init__(config, index)
@@ -138,9 +138,9 @@ class Shortcut(Layer):
                                "weights_normalization")
         self.source = resolve_reference(config, "from", config.from_layers[0], index)
         self.activation = act.ACTIVATION_CODES[config.activation]
+        self.tail = ActivationTail(self.activation)
         self.alpha = FLOAT(config.alpha)
         self.beta = FLOAT(config.beta)
-        self.pre_activation: np.ndarray | None = None
 
     def input_indices(self) -> list[int]:
         return [self.index - 1, self.source]
@@ -160,25 +160,16 @@ class Shortcut(Layer):
 
     def allocate(self, batch: int) -> None:
         super().allocate(batch)
-        self.pre_activation = np.empty_like(self.output) if self.activation in act.NEEDS_INPUT else None
+        self.tail.allocate(self.output.shape)
 
     def forward(self, xs: list[np.ndarray], train: bool) -> np.ndarray:
         y = self.output
         kernels.shortcut_forward(xs[0], xs[1], self.alpha, self.beta, y)
-        if self.activation == act.LINEAR:
-            return y
-        flat = y.reshape(-1)
-        if self.pre_activation is None:
-            act.activate(flat, self.activation)
-        else:
-            pre = self.pre_activation.reshape(-1)
-            np.copyto(pre, flat)
-            act.activate_to(pre, flat, self.activation)
+        self.tail.apply(y)
         return y
 
     def backward(self, dy: np.ndarray, xs: list[np.ndarray], dxs: list[np.ndarray | None]) -> None:
-        pre = self.pre_activation.reshape(-1) if self.pre_activation is not None else np.empty(0, FLOAT)
-        act.gradient(dy.reshape(-1), self.output.reshape(-1), pre, self.activation)
+        self.tail.backprop(dy, self.output)
         dprev, dadd = dxs
         if dprev is not None:
             added = self.in_shapes[1]

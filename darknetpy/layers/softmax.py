@@ -4,12 +4,20 @@ Truth protocol: before a forward pass with targets the network calls `set_truth(
 float32). A layer consumes the truth in that one forward pass, storing its cost (`self.cost`, None when no
 truth was given) and its loss gradient for the backward pass.
 
+Pixel-wise heads (segmentation): `[softmax] spatial=1` is a softmax over the channels of every pixel (Darknet's
+GPU path) whose truth is one class index per pixel, (B, H*W) floats; `[logistic]` takes one target per value.
+Both skip truth entries equal to IGNORE_INDEX (255): no loss, no gradient. Their losses are computed from the
+logits, so saturated pixels stay finite. `class_probabilities` turns the head's output into per-class maps
+and `mask_encoder` gives the (picklable) function that turns class-index masks into its truth rows, for the
+segmentation task.
+
 Gradients follow Darknet's choices, with the standard sign: softmax and logistic pass the incoming gradient
 straight through and add (p - t), i.e. they treat "activation + cross-entropy" as one unit instead of
 differentiating the activation; [cost] adds scale * (p - t) for SSE (half the derivative of its own error).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,21 +25,37 @@ import numpy as np
 from ..errors import UnsupportedError
 from ..kernels import activations as act
 from ..kernels import softmax as sk
-from .base import FLOAT, Layer, LayerConfig, Shape, option
+from .base import FLOAT, LayerConfig, LossLayer, Shape, option
 from .registry import register
+
+
+def class_index_rows(masks: np.ndarray) -> np.ndarray:
+    """(B, H, W) class-index masks -> truth rows of one class index per pixel, (B, H*W) float32."""
+    return masks.reshape(masks.shape[0], -1).astype(np.float32)
+
+
+def one_hot_rows(masks: np.ndarray, channels: int) -> np.ndarray:
+    """(B, H, W) class-index masks -> one target per value of a `channels`-map head in CHW order: a single
+    channel takes the mask itself (0 background, 1 foreground), several channels one-hot per pixel; ignored
+    pixels are ignored in every channel."""
+    batch = masks.shape[0]
+    if channels == 1:
+        return class_index_rows(masks)
+    flat = masks.reshape(batch, 1, -1)
+    truth = (flat == np.arange(channels, dtype=masks.dtype)[None, :, None]).astype(np.float32)
+    truth[np.broadcast_to(flat == sk.IGNORE_INDEX, truth.shape)] = sk.IGNORE_INDEX
+    return truth.reshape(batch, -1)
 
 
 def _flat_rows(array: np.ndarray) -> np.ndarray:
     return array.reshape(array.shape[0], -1)
 
 
-class _TruthLayer(Layer):
+class _TruthLayer(LossLayer):
     """A layer that can take the network's truth and then owns a cost and a loss gradient."""
 
     def __init__(self, config: LayerConfig, index: int):
         super().__init__(config, index)
-        self.cost: float | None = None
-        self._truth: np.ndarray | None = None
         self._has_loss = False
 
     def output_shape(self, in_shapes):
@@ -44,9 +68,6 @@ class _TruthLayer(Layer):
         self.loss_grad = np.zeros((batch, self.out_shape.size), FLOAT)  # dL/d(input), standard sign
         self.errors = np.zeros((batch, self.out_shape.size), FLOAT)
 
-    def set_truth(self, truth: np.ndarray) -> None:
-        self._truth = truth
-
     def _take_truth(self, batch: int) -> np.ndarray | None:
         truth, self._truth = self._truth, None
         if truth is None:
@@ -55,7 +76,7 @@ class _TruthLayer(Layer):
         if truth.dtype != np.float32:
             raise TypeError(f"truth must be float32, got {truth.dtype}")
         truth = truth.reshape(truth.shape[0], -1) if truth.ndim != 2 else truth
-        expected = (batch, self.out_shape.size)
+        expected = (batch, self.truth_size())
         if truth.shape != expected:
             raise ValueError(f"[{self.kind}] layer {self.index} needs truth of shape {expected}, "
                              f"got {truth.shape}")
@@ -78,6 +99,7 @@ class SoftmaxConfig(LayerConfig):
     temperature: float = option(1.0)
     tree: str | None = option(None)
     noloss: bool = option(False)
+    spatial: bool = option(False)
 
 
 @register
@@ -85,22 +107,25 @@ class Softmax(_TruthLayer):
     kind = "softmax"
     aliases = ("soft",)
     Config = SoftmaxConfig
-    is_cost = False
-    # spatial: GPU-only in Darknet (per-pixel softmax); the CPU path always uses the contiguous groups
-    ignored_keys = ("spatial",)
 
     def __init__(self, config: SoftmaxConfig, index: int):
         super().__init__(config, index)
         self._unsupported: UnsupportedError | None = None
         if config.tree is not None:
             # the network still builds (shapes, summaries, weights size); running it is refused
-            err = config.error("tree= (hierarchical softmax) is not supported yet", "tree")
-            self._unsupported = UnsupportedError(err.message, err.path, err.line)
+            self._unsupported = config.unsupported("tree= (hierarchical softmax) is not supported yet", "tree")
         if config.temperature == 0:
             raise config.error("temperature must not be 0", "temperature")
         self.temperature = np.float32(config.temperature)
 
     def output_shape(self, in_shapes):
+        if self.config.spatial:
+            # per pixel over the channels: the output keeps the input's map (Darknet's GPU spatial=1)
+            self.require_image(in_shapes[0])
+            if self.config.groups != 1:
+                raise self.config.error("groups cannot be combined with spatial=1 (the softmax runs over the "
+                                        "channels of each pixel)", "groups")
+            return in_shapes[0]
         shape = super().output_shape(in_shapes)
         if shape.size % self.config.groups:
             raise self.config.error(f"groups={self.config.groups} does not divide the {shape.size} inputs",
@@ -112,7 +137,11 @@ class Softmax(_TruthLayer):
             raise self._unsupported
         batch = xs[0].shape[0]
         p = _flat_rows(self.output)
-        sk.softmax_groups(_flat_rows(xs[0]), self.config.groups, self.temperature, p)
+        if self.config.spatial:
+            b, c, h, w = xs[0].shape
+            sk.softmax_channels(xs[0].reshape(b, c, h * w), self.temperature, self.output.reshape(b, c, h * w))
+        else:
+            sk.softmax_groups(_flat_rows(xs[0]), self.config.groups, self.temperature, p)
         truth = self._take_truth(batch)
         if truth is None:
             self._no_loss()
@@ -120,9 +149,39 @@ class Softmax(_TruthLayer):
             # Darknet still counts this layer's (zero) cost when it averages the network's loss
             self._no_loss()
             self.cost = 0.0
+        elif self.config.spatial:
+            classes = self.out_shape.c
+            bad = sk.count_bad_class_indices(truth, classes)
+            if bad:
+                raise ValueError(f"[softmax] layer {self.index}: {bad} truth entries are not a class index "
+                                 f"below {classes} nor the ignore index {sk.IGNORE_INDEX}")
+            self._store_loss(sk.pixel_softmax_cross_entropy(xs[0], np.float64(self.temperature), self.output,
+                                                            truth, self.loss_grad, self.errors))
         else:
             self._store_loss(sk.softmax_cross_entropy(p, truth, self.loss_grad, self.errors))
         return self.output
+
+    def allocate(self, batch):
+        super().allocate(batch)
+        if self.config.spatial:
+            self.errors = np.zeros((batch, self.truth_size()), FLOAT)  # one cross-entropy per pixel
+
+    def truth_size(self) -> int:
+        s = self.out_shape
+        return s.h * s.w if self.config.spatial else s.size
+
+    def pixelwise(self) -> bool:
+        s = self.out_shape
+        return self.config.spatial and s.h * s.w > 1
+
+    def class_probabilities(self, output: np.ndarray) -> np.ndarray:
+        """(B, classes, H, W) probabilities of a spatial head's output (a view)."""
+        s = self.out_shape
+        return output.reshape(output.shape[0], s.c, s.h, s.w)
+
+    def mask_encoder(self):
+        """Class-index masks -> this layer's truth rows: the indices themselves, one per pixel."""
+        return class_index_rows
 
     def backward(self, dy, xs, dxs):
         if dxs[0] is None:
@@ -133,6 +192,8 @@ class Softmax(_TruthLayer):
             dx += self.loss_grad
 
     def summary_row(self):
+        if self.config.spatial:
+            return f"softmax per pixel           {self.describe_shape(self.out_shape)}"
         return f"softmax                                        {self.out_shape.size:4d}"
 
 
@@ -148,12 +209,10 @@ class CostConfig(LayerConfig):
 
 @register
 class Cost(_TruthLayer):
-    """Error per element as output when given truth; its input, unchanged, at inference (is_cost)."""
+    """Error per element as output when given truth; its input, unchanged, at inference (cost_only)."""
     kind = "cost"
     Config = CostConfig
-    is_cost = True
-    # GPU-only knobs of Darknet's cost layer
-    ignored_keys = ("ratio", "noobj", "thresh")
+    cost_only = True
 
     def forward(self, xs, train):
         batch = xs[0].shape[0]
@@ -192,7 +251,6 @@ class Logistic(_TruthLayer):
     """Logistic activation with an optional binary cross-entropy loss."""
     kind = "logistic"
     Config = LayerConfig
-    is_cost = False
 
     def forward(self, xs, train):
         batch = xs[0].shape[0]
@@ -201,9 +259,22 @@ class Logistic(_TruthLayer):
         if truth is None:
             self._no_loss()
         else:
-            self._store_loss(sk.logistic_cross_entropy(_flat_rows(self.output), truth, self.loss_grad,
-                                                       self.errors))
+            self._store_loss(sk.logistic_cross_entropy_logits(_flat_rows(xs[0]), _flat_rows(self.output), truth,
+                                                              self.loss_grad, self.errors))
         return self.output
+
+    def class_probabilities(self, output: np.ndarray) -> np.ndarray:
+        """(B, classes, H, W) probabilities: one channel is a binary map (classes background, foreground),
+        several channels are independent per-class probabilities (compared by argmax)."""
+        s = self.in_shapes[0]
+        maps = output.reshape(output.shape[0], s.c, s.h, s.w)
+        if s.c == 1:
+            return np.concatenate([1 - maps, maps], axis=1)
+        return maps
+
+    def mask_encoder(self):
+        """Class-index masks -> one target per value (one_hot_rows for this layer's channel count)."""
+        return functools.partial(one_hot_rows, channels=self.in_shapes[0].c)
 
     def backward(self, dy, xs, dxs):
         if dxs[0] is None:
@@ -212,6 +283,11 @@ class Logistic(_TruthLayer):
         dx += _flat_rows(dy)
         if self._has_loss:
             dx += self.loss_grad
+
+    def pixelwise(self):
+        # one independent probability per value: a 1-channel map is already a (binary) segmentation
+        shape = self.in_shapes[0]
+        return shape.image and shape.h * shape.w > 1
 
     def summary_row(self):
         return f"logistic x entropy                             {self.out_shape.size:4d}"

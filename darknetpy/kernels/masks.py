@@ -1,0 +1,83 @@
+"""Geometry of segmentation masks: (H, W) uint8 class-index maps that follow their image through the
+augmentation of kernels/augment.py, sampled by nearest neighbour (a class index cannot be interpolated).
+
+Positions map exactly as in the image kernels; where the image reads bilinear weights of the pixels around
+(sx, sy), the mask takes the pixel nearest to it, floor(s + 0.5). Pixels that come from outside the source
+get `fill` (the ignore index: nothing is known there).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import jit
+
+
+@jit
+def rotate_crop_nearest(src, rad, scale, dx, dy, aspect, fill, dst):
+    """The mask counterpart of augment.rotate_crop (same source position for every output pixel)."""
+    in_h, in_w = src.shape
+    out_h, out_w = dst.shape
+    cos_r = math.cos(rad)
+    sin_r = math.sin(rad)
+    centre_x = in_w / 2.0
+    centre_y = in_h / 2.0
+    for y in range(out_h):
+        v = (y - out_h / 2.0) / scale + dy / scale
+        for x in range(out_w):
+            u = (x - out_w / 2.0) / scale * aspect + dx / scale * aspect
+            sx = np.float32(cos_r * u - sin_r * v + centre_x)
+            sy = np.float32(sin_r * u + cos_r * v + centre_y)
+            if not (math.isfinite(sx) and math.isfinite(sy)):
+                dst[y, x] = fill
+                continue
+            ix = int(math.floor(sx + np.float32(0.5)))
+            iy = int(math.floor(sy + np.float32(0.5)))
+            if ix < 0 or iy < 0 or ix >= in_w or iy >= in_h:
+                dst[y, x] = fill
+            else:
+                dst[y, x] = src[iy, ix]
+
+
+@jit
+def resize_region_nearest(src, x0, y0, region_w, region_h, dst):
+    """The region (x0, y0, region_w, region_h) of src resized into dst with the align-corners positions of
+    Darknet's resize_image (output i reads i·(region-1)/(out-1)), nearest pixel."""
+    out_h, out_w = dst.shape
+    x_step = np.float32(region_w - 1) / np.float32(out_w - 1) if out_w > 1 else np.float32(0.0)
+    y_step = np.float32(region_h - 1) / np.float32(out_h - 1) if out_h > 1 else np.float32(0.0)
+    for y in range(out_h):
+        sy = int(math.floor(np.float32(y) * y_step + np.float32(0.5)))
+        for x in range(out_w):
+            sx = int(math.floor(np.float32(x) * x_step + np.float32(0.5)))
+            dst[y, x] = src[y0 + min(sy, region_h - 1), x0 + min(sx, region_w - 1)]
+
+
+@jit
+def downsample_nearest(src, dst):
+    """A mask at the network's input size to its output size: each output cell takes the input pixel at the
+    cell's centre (cells of a stride-s map cover s x s input pixels)."""
+    in_h, in_w = src.shape
+    out_h, out_w = dst.shape
+    for y in range(out_h):
+        sy = ((2 * y + 1) * in_h) // (2 * out_h)
+        for x in range(out_w):
+            sx = ((2 * x + 1) * in_w) // (2 * out_w)
+            dst[y, x] = src[sy, sx]
+
+
+@jit
+def argmax_channels(p, out):
+    """out[k] = the channel of p (C, N) with the largest value at k, the lowest channel on ties (as
+    numpy's argmax), along contiguous rows."""
+    channels, n = p.shape
+    best = np.empty(n, np.float32)
+    for k in range(n):
+        best[k] = p[0, k]
+        out[k] = 0
+    for c in range(1, channels):
+        for k in range(n):
+            if p[c, k] > best[k]:
+                best[k] = p[c, k]
+                out[k] = c

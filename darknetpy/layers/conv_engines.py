@@ -1,0 +1,312 @@
+"""The ways [convolutional] convolves, one object each, chosen once per allocation by `choose_engines`:
+
+  * GemmEngine: whole-batch im2col + one BLAS matrix product per group (all groups in one batched matmul);
+  * DirectEngine: groups with few channels each (depthwise above all) and first layers reading 1-4 channels
+    are convolved by a direct Numba kernel (kernels/depthwise.py): tiny per-group matrix products, or an
+    im2col matrix 9x the size of the image, cost far more than the arithmetic;
+  * WinogradEngine: 3x3 stride-1 ungrouped convolutions at inference use F(2x2,3x3), or F(4x4,3x3) on large
+    maps (kernels/winograd.py), with the weights transformed once; in training it computes dL/dx of large
+    maps for a GemmEngine (the convolution of dy with the rotated, transposed weights, no col2im).
+
+An engine owns its scratch (created on first use: inference never needs the training buffers). Inference:
+`prepare(weights, shift)` with the batch norm already folded in, then `forward(x, out, epilogue)`, which
+adds the shift and applies the activation. Training: `forward_train(x, weights)` returns the raw
+convolution as a channel-major (F, B*S) product (the epilogue turns it into the output and keeps it as BN's
+saved input); `backward(x, weights, dy_t, grad_weights, dx)` takes dL/d(product) in that same layout.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..kernels import winograd
+from ..kernels.depthwise import grouped_conv_backward, grouped_conv_forward
+from ..kernels.im2col import (batch_to_channel_major, channel_major_to_batch, channel_major_to_batch_add,
+                              col2im_batch_add, im2col_batch)
+from .base import FLOAT
+from .epilogue import Epilogue
+
+# The direct kernel beats im2col + GEMM (forward + backward, 3x3 kernels, 1 thread) for groups of up to
+# 8 input and 8 output channels, and for any layer reading at most 4 channels per group (first layers on
+# RGB or grey images: 2-3x faster forward, the whole im2col matrix is never written).
+DIRECT_MAX_IN_PER_GROUP = 8
+DIRECT_MAX_OUT_PER_GROUP = 8
+DIRECT_MAX_IN_ANY_OUT = 4
+# Winograd: output maps with at least this many pixels use 4x4 tiles (4x fewer multiplications, the
+# transforms stay cheap relative to the products); smaller maps use 2x2 tiles (16 products, less tile
+# padding waste on e.g. 13x13 maps, and 10x more accurate).
+WINOGRAD_F4_MIN_PIXELS = 48 * 48
+# Tile rows go through the transform -> product -> transform steps in blocks of about this many bytes of
+# transformed data, so a block stays in cache; never fewer tiles per block than this, so that the matrix
+# products keep a useful width and the transformed weights are not re-read too often.
+WINOGRAD_BLOCK_BYTES = 2 << 20
+WINOGRAD_MIN_BLOCK_TILES = 256
+# Training computes dL/dx of large maps by Winograd too; on small maps such as MNIST's 14x14 and 7x7 the
+# per-tile-row transforms cost more than they save. (The training forward keeps im2col + GEMM: the weight
+# gradient needs the im2col matrix anyway.)
+WINOGRAD_TRAIN_MIN_PIXELS = 24 * 24
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Everything about a convolution's shape that an engine needs."""
+    channels: int
+    height: int
+    width: int
+    filters: int
+    out_h: int
+    out_w: int
+    size: int
+    stride_y: int
+    stride_x: int
+    padding: int
+    dilation: int
+    groups: int
+
+    @property
+    def in_per_group(self) -> int:
+        return self.channels // self.groups
+
+    @property
+    def out_per_group(self) -> int:
+        return self.filters // self.groups
+
+    @property
+    def is_pointwise(self) -> bool:
+        return self.size == 1 and self.stride_y == 1 and self.stride_x == 1 and self.padding == 0
+
+    @property
+    def suits_direct(self) -> bool:
+        narrow_groups = (self.in_per_group <= DIRECT_MAX_IN_PER_GROUP
+                         and self.out_per_group <= DIRECT_MAX_OUT_PER_GROUP)
+        if self.groups > 1 and narrow_groups:
+            return True
+        return self.in_per_group <= DIRECT_MAX_IN_ANY_OUT and not self.is_pointwise
+
+    @property
+    def winograd_tile(self) -> int:
+        """Output tile size of a Winograd convolution of this shape (0: not applicable)."""
+        if self.size != 3 or (self.stride_y, self.stride_x) != (1, 1) or self.dilation != 1 or self.groups != 1:
+            return 0
+        return 4 if self.out_h * self.out_w >= WINOGRAD_F4_MIN_PIXELS else 2
+
+
+def choose_engines(g: ConvGeometry, batch: int) -> tuple[GemmEngine | DirectEngine | WinogradEngine,
+                                                          GemmEngine | DirectEngine]:
+    """(inference engine, training engine) for a batch of `batch` images: the one selection rule."""
+    if g.suits_direct and g.groups > 1:
+        # grouped layers keep the direct kernel in training too
+        direct = DirectEngine(g, batch)
+        return direct, direct
+    winograd_dx = None
+    if g.winograd_tile and g.padding <= 2 and g.height * g.width >= WINOGRAD_TRAIN_MIN_PIXELS:
+        # dL/dx of a stride-1 3x3 convolution is itself one: of dy with the rotated, transposed weights
+        winograd_dx = WinogradEngine(g.filters, g.channels, g.height, g.width, 2 - g.padding, batch,
+                                     g.winograd_tile)
+    # Training a whole batch, im2col + GEMM beats the direct kernel on ungrouped layers reading few channels
+    # (the first layer): its weight gradient is one well-shaped product (MNIST's first layer, batch 128:
+    # backward 10.6 -> 7.7 ms, 1 thread).
+    gemm = GemmEngine(g, batch, winograd_dx)
+    if g.suits_direct:
+        return DirectEngine(g, batch), gemm
+    if g.winograd_tile:
+        return WinogradEngine(g.channels, g.filters, g.out_h, g.out_w, g.padding, batch, g.winograd_tile), gemm
+    return gemm, gemm
+
+
+class _ChannelMajorProduct:
+    """The (F, B*S) product buffer of the training forward (and of batched GEMM inference)."""
+
+    def __init__(self, g: ConvGeometry, batch: int):
+        self.g = g
+        self.batch = batch
+        self.product: np.ndarray | None = None
+
+    def _product_buffer(self) -> np.ndarray:
+        if self.product is None:
+            self.product = np.empty((self.g.filters, self.batch * self.g.out_h * self.g.out_w), FLOAT)
+        return self.product
+
+    def _planes(self, channel_major: np.ndarray) -> np.ndarray:
+        """A (F, B*S) buffer seen as (B, F, OH, OW) planes (a strided view, no copy)."""
+        g = self.g
+        return channel_major.reshape(g.filters, self.batch, g.out_h, g.out_w).transpose(1, 0, 2, 3)
+
+    def parameters_changed(self) -> None:
+        """The training weights changed (caches derived from them are stale)."""
+
+
+class GemmEngine(_ChannelMajorProduct):
+    name = "gemm"
+
+    def __init__(self, g: ConvGeometry, batch: int, input_gradient: WinogradEngine | None = None):
+        super().__init__(g, batch)
+        self.input_gradient = input_gradient
+        self.columns: np.ndarray | None = None
+        self.dcolumns: np.ndarray | None = None
+        self._columns_hold_input = False
+        self._weights: np.ndarray | None = None
+        self._shift: np.ndarray | None = None
+
+    def _columns_buffer(self) -> np.ndarray | None:
+        """Whole-batch im2col (K, B*S): one matrix product per group covers every image (a 1x1 convolution
+        of a single image needs no columns at all)."""
+        g = self.g
+        if self.columns is None and not (g.is_pointwise and self.batch == 1):
+            self.columns = np.empty((g.channels * g.size ** 2, self.batch * g.out_h * g.out_w), FLOAT)
+        return self.columns
+
+    def _fill_columns(self, x: np.ndarray) -> np.ndarray:
+        """The (K, B*S) patch matrix of the batch."""
+        g = self.g
+        columns = self._columns_buffer()
+        if columns is None:
+            return x[0].reshape(x.shape[1], -1)
+        if g.is_pointwise:
+            batch_to_channel_major(x.reshape(x.shape[0], x.shape[1], -1), columns)
+        else:
+            im2col_batch(x, g.size, g.stride_y, g.stride_x, g.padding, g.dilation, g.out_h, g.out_w, columns)
+        return columns
+
+    def _grouped(self, matrix: np.ndarray) -> np.ndarray:
+        return matrix.reshape(self.g.groups, -1, matrix.shape[-1])
+
+    def prepare(self, weights: np.ndarray, shift: np.ndarray) -> None:
+        self._weights, self._shift = weights, shift
+
+    def forward(self, x: np.ndarray, out: np.ndarray, epilogue: Epilogue) -> None:
+        g = self.g
+        batch = x.shape[0]
+        out3 = out.reshape(batch, g.filters, -1)
+        cols = self._fill_columns(x)
+        self._columns_hold_input = False
+        # a single image's product is already in the output layout: write it there directly
+        target = out3[0] if batch == 1 else self._product_buffer()
+        np.matmul(self._weights.reshape(g.groups, g.out_per_group, -1), self._grouped(cols),
+                  out=self._grouped(target))
+        if batch > 1:
+            channel_major_to_batch(target, out3)
+        epilogue.shift_activate(out3, self._shift)
+
+    def forward_train(self, x: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        g = self.g
+        product = self._product_buffer()
+        cols = self._fill_columns(x)
+        self._columns_hold_input = True
+        np.matmul(weights.reshape(g.groups, g.out_per_group, -1), self._grouped(cols), out=self._grouped(product))
+        return product
+
+    def backward(self, x: np.ndarray, weights: np.ndarray, dy_t: np.ndarray, grad_weights: np.ndarray,
+                 dx: np.ndarray | None) -> None:
+        g = self.g
+        cols = self.columns if self._columns_hold_input and self.columns is not None else self._fill_columns(x)
+        self._columns_hold_input = False
+        dy_g = self._grouped(dy_t)
+        # as (K, F) = cols . dy^T: OpenBLAS runs this orientation 5-10% faster than dy . cols^T here
+        grad_weights.reshape(g.groups, g.out_per_group, -1)[...] += \
+            np.matmul(self._grouped(cols), dy_g.transpose(0, 2, 1)).transpose(0, 2, 1)
+        if dx is None:
+            return
+        if self.input_gradient is not None:
+            self.input_gradient.accumulate_input_gradient(self._planes(dy_t), weights, dx)
+            return
+        if self.dcolumns is None:
+            self.dcolumns = np.empty((cols.shape[0], cols.shape[1]), FLOAT)
+        w_g = weights.reshape(g.groups, g.out_per_group, -1)
+        np.matmul(w_g.transpose(0, 2, 1), dy_g, out=self._grouped(self.dcolumns))
+        if g.is_pointwise:
+            channel_major_to_batch_add(self.dcolumns, dx.reshape(dx.shape[0], dx.shape[1], -1))
+        else:
+            col2im_batch_add(self.dcolumns, g.size, g.stride_y, g.stride_x, g.padding, g.dilation, g.out_h,
+                             g.out_w, dx)
+
+    def parameters_changed(self) -> None:
+        if self.input_gradient is not None:
+            self.input_gradient.forget_weights()
+
+
+class DirectEngine(_ChannelMajorProduct):
+    name = "direct"
+
+    def __init__(self, g: ConvGeometry, batch: int):
+        super().__init__(g, batch)
+        self._zero_shift = np.zeros(g.filters, FLOAT)
+        self._weights: np.ndarray | None = None
+        self._shift: np.ndarray | None = None
+
+    def prepare(self, weights: np.ndarray, shift: np.ndarray) -> None:
+        self._weights, self._shift = weights, shift
+
+    def forward(self, x: np.ndarray, out: np.ndarray, epilogue: Epilogue) -> None:
+        g = self.g
+        fuse_leaky = epilogue.activation.fuses_leaky
+        grouped_conv_forward(x, self._weights, self._shift, g.stride_y, g.stride_x, g.padding, g.dilation, out,
+                             fuse_leaky)
+        epilogue.activation.apply_unless_fused(out)
+
+    def forward_train(self, x: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        g = self.g
+        product = self._product_buffer()
+        grouped_conv_forward(x, weights, self._zero_shift, g.stride_y, g.stride_x, g.padding, g.dilation,
+                             self._planes(product))
+        return product
+
+    def backward(self, x: np.ndarray, weights: np.ndarray, dy_t: np.ndarray, grad_weights: np.ndarray,
+                 dx: np.ndarray | None) -> None:
+        g = self.g
+        grouped_conv_backward(x, weights, self._planes(dy_t), g.stride_y, g.stride_x, g.padding, g.dilation,
+                              grad_weights, dx)
+
+
+class WinogradEngine:
+    """A stride-1 3x3 ungrouped convolution from in_channels to out_channels with an out_h x out_w output,
+    by Winograd tiles of `tile` x `tile` outputs."""
+    name = "winograd"
+
+    def __init__(self, in_channels: int, out_channels: int, out_h: int, out_w: int, padding: int, batch: int,
+                 tile: int):
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.out_h, self.out_w = out_h, out_w
+        self.padding = padding
+        self.batch = batch
+        self.tile = tile
+        self._plan: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._transformed: np.ndarray | None = None
+        self._shift: np.ndarray | None = None
+
+    def _scratch(self) -> tuple[int, np.ndarray, np.ndarray]:
+        """(tile rows per block, v scratch, m scratch)."""
+        if self._plan is None:
+            tiles_h, tiles_w = winograd.tile_counts(self.out_h, self.out_w, self.tile)
+            total_rows = self.batch * tiles_h
+            rows = winograd.block_rows(self.in_channels, self.out_channels, self.tile, tiles_w, total_rows,
+                                       WINOGRAD_BLOCK_BYTES)
+            rows = max(rows, min(total_rows, -(-WINOGRAD_MIN_BLOCK_TILES // tiles_w)))
+            v_size, m_size = winograd.scratch_sizes(self.in_channels, self.out_channels, self.tile, tiles_w, rows)
+            self._plan = (rows, np.empty(v_size, FLOAT), np.empty(m_size, FLOAT))
+        return self._plan
+
+    def prepare(self, weights: np.ndarray, shift: np.ndarray) -> None:
+        # only the transform is kept: not keeping the folded weights saves a weights-sized array per layer
+        # (34 MB on yolov3-tiny)
+        self._transformed = winograd.transform_weights(weights, self.tile)
+        self._shift = shift
+
+    def forward(self, x: np.ndarray, out: np.ndarray, epilogue: Epilogue) -> None:
+        rows, v, m = self._scratch()
+        fuse_leaky = epilogue.activation.fuses_leaky
+        winograd.winograd_conv(x, self._transformed, self._shift, self.padding, self.tile, fuse_leaky, rows, v, m,
+                               out)
+        epilogue.activation.apply_unless_fused(out)
+
+    def accumulate_input_gradient(self, dy: np.ndarray, weights: np.ndarray, dx: np.ndarray) -> None:
+        """dx += dL/dx of the convolution by `weights` (this engine runs the transposed convolution)."""
+        if self._transformed is None:
+            self.prepare(winograd.transposed_weights(weights), np.zeros(self.out_channels, FLOAT))
+        rows, v, m = self._scratch()
+        winograd.winograd_conv(dy, self._transformed, self._shift, self.padding, self.tile, False, rows, v, m,
+                               dx, accumulate=True)
+
+    def forget_weights(self) -> None:
+        self._transformed = None

@@ -1,0 +1,93 @@
+"""[local_avgpool] (AlexeyAB): average pooling over size x size windows, the windowed counterpart of the
+global [avgpool].
+
+Keys and geometry are those of [maxpool] (AlexeyAB parses both with the same code): `stride` (1),
+`stride_x`/`stride_y`, `size` (default stride), `padding` (the *total* padding, default size - 1), window
+origin at the C-truncated (-padding)/2, out = (in + padding - size) / stride + 1. So `size=2 stride=2` on an
+even map halves it with no padding used (padding 1 goes to the right/bottom, beyond the last window).
+
+Averages count only the taps inside the image (AlexeyAB's forward); see kernels/local_avgpool.py for the
+backward pass, which is the exact gradient (AlexeyAB's CPU backward divides by size*size at the borders too).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..kernels import local_avgpool as kernels
+from .base import Layer, LayerConfig, Shape, c_div, option
+from .registry import register
+
+
+@dataclass(frozen=True)
+class LocalAvgpoolConfig(LayerConfig):
+    stride: int = option(1, minimum=1)
+    stride_x: int | None = option(None, minimum=1)
+    stride_y: int | None = option(None, minimum=1)
+    size: int | None = option(None, minimum=1)       # default: stride
+    padding: int | None = option(None, minimum=0)    # default: size - 1
+
+    @property
+    def window(self) -> int:
+        return self.size if self.size is not None else self.stride
+
+    @property
+    def total_padding(self) -> int:
+        return self.padding if self.padding is not None else self.window - 1
+
+    @property
+    def strides(self) -> tuple[int, int]:
+        """(stride_y, stride_x)."""
+        return (self.stride_y or self.stride, self.stride_x or self.stride)
+
+    @property
+    def origin_offset(self) -> int:
+        return c_div(-self.total_padding, 2)
+
+
+@register
+class LocalAvgpool(Layer):
+    kind = "local_avgpool"
+    Config = LocalAvgpoolConfig
+
+    def output_shape(self, in_shapes: list[Shape]) -> Shape:
+        cfg = self.config
+        x = in_shapes[0]
+        self.require_image(x)
+        sy, sx = cfg.strides
+        out_h = c_div(x.h + cfg.total_padding - cfg.window, sy) + 1
+        out_w = c_div(x.w + cfg.total_padding - cfg.window, sx) + 1
+        if out_h <= 0 or out_w <= 0:
+            key = "size" if cfg.size is not None else "stride"
+            raise cfg.error(f"a {cfg.window}x{cfg.window} window does not fit the {x.w}x{x.h} input "
+                            f"(padding {cfg.total_padding}, output {out_w}x{out_h})", key)
+        offset = cfg.origin_offset
+        if offset + cfg.window <= 0 or offset + (out_w - 1) * sx >= x.w or offset + (out_h - 1) * sy >= x.h:
+            # such a window has no tap to average (AlexeyAB divides 0 by 0 there)
+            raise cfg.error(f"padding={cfg.total_padding} puts a {cfg.window}x{cfg.window} window entirely "
+                            f"outside the {x.w}x{x.h} input", "padding")
+        return Shape(x.c, out_h, out_w)
+
+    def forward(self, xs: list[np.ndarray], train: bool) -> np.ndarray:
+        cfg = self.config
+        sy, sx = cfg.strides
+        kernels.local_avgpool_forward(xs[0], cfg.window, sy, sx, cfg.origin_offset, self.output)
+        return self.output
+
+    def backward(self, dy: np.ndarray, xs: list[np.ndarray], dxs: list[np.ndarray | None]) -> None:
+        if dxs[0] is not None:
+            cfg = self.config
+            sy, sx = cfg.strides
+            kernels.local_avgpool_backward(dy, cfg.window, sy, sx, cfg.origin_offset, dxs[0])
+
+    def flops(self) -> float:
+        s = self.out_shape
+        return self.config.window ** 2 * s.c * s.h * s.w / 1e9
+
+    def summary_row(self) -> str:
+        cfg = self.config
+        sy, sx = cfg.strides
+        stride = f"{sx:2d}" if sx == sy else f"{sx:2d}x{sy:2d}"
+        return (f"avg          {cfg.window} x {cfg.window} / {stride} {self.describe_shape(self.in_shapes[0])}"
+                f"   ->  {self.describe_shape(self.out_shape)}")
