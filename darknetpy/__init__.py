@@ -3,6 +3,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .distributed.threads import share_cores_among_local_ranks as _share_cores  # noqa: E402
+
+_share_cores()  # under mpiexec: each local rank gets its share of the cores, before numpy and numba load
+
 from .kernels import threads as _threads  # noqa: E402,F401  (thread wait policy before Numba starts threads)
 
 from .api import Model, Prediction, load  # noqa: E402

@@ -69,8 +69,10 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 # ---- inputs ---------------------------------------------------------------------------------------------------
 def expand_images(items: list[str]) -> list[str]:
     """Image paths from arguments that may be images, directories (sorted, images only) or list files
-    (entries found by config.resolve_path, relative to the working directory or to the list's folder)."""
-    from .config import folder_of, read_list_file, resolve_path
+    (entries found by config.resolve_path, relative to the working directory or to the list's folder).
+    Every path must exist, so that a missing image stops the command before anything is printed."""
+    from .config import folder_of, locate_path, read_list_entries
+    from .errors import ImageError
     out: list[str] = []
     for item in items:
         path = Path(item)
@@ -80,10 +82,17 @@ def expand_images(items: list[str]) -> list[str]:
                 raise DataError("directory contains no images", item)
             out.extend(found)
         elif path.suffix.lower() in LIST_SUFFIXES and path.is_file():
-            entries = read_list_file(path)
+            entries = read_list_entries(path)
             if not entries:
                 raise DataError("list file has no entries (expected one image path per line)", item)
-            out.extend(resolve_path(entry, folder_of(path)) for entry in entries)
+            for entry in entries:
+                found = locate_path(entry.text, folder_of(path))
+                if found is None:
+                    raise DataError(f"image {entry.text!r} not found (relative to the working directory or to "
+                                    f"the list's folder)", item, entry.line)
+                out.append(found)
+        elif not os.path.lexists(item):
+            raise ImageError("no such file", item)
         else:
             out.append(item)
     return out
@@ -265,6 +274,10 @@ def cmd_train(args) -> int:
                            validate_each_epoch=args.validate or args.validate_every is not None,
                            validate_every=args.validate_every,
                            workers=args.workers)
+    from .distributed import mpi_world_size
+    if mpi_world_size() > 1:  # started by mpiexec -n K: data-parallel training (darknetpy/distributed/mpi.py)
+        from .distributed.mpi import train_data_parallel
+        return train_data_parallel(args.cfg, args.data, options)
     TrainingRun(args.cfg, args.data, options).run()
     return 0
 
@@ -427,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     box.add_argument("--no-letterbox", action="store_true", help="stretch to the network size (OpenCV default)")
     p.set_defaults(run=cmd_detect)
 
-    p = sub.add_parser("train", help="train a classifier from a .data file")
+    p = sub.add_parser("train", help="train a network (classifier, detector, segmenter) from a .data file")
     p.add_argument("cfg")
     p.add_argument("data")
     p.add_argument("--weights", help="start from these weights (keeps their `seen`, so the schedule resumes)")
@@ -435,7 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed for batch sampling and augmentation")
     p.add_argument("--max-batches", type=non_negative_int, help="override [net] max_batches")
     p.add_argument("--checkpoint-every", type=positive_int, metavar="N",
-                   help="save <base>.backup every N batches (default as Darknet: 1000 for classifiers)")
+                   help="save <base>.backup every N batches (default as Darknet: 1000 for classifiers, 100 for "
+                        "detectors)")
     p.add_argument("--validate", "--map", action="store_true", dest="validate",
                    help="measure the task's metric on the valid list after every epoch (classifiers: top-1, "
                         "detectors: mAP@0.5), keeping <base>_best.weights")

@@ -295,10 +295,9 @@ def _image_seed(seed: int, batch_number: int, position: int) -> np.random.Genera
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(batch_number, 1, position)))
 
 
-def _load_chunk(dataset: ClassificationDataset, seed: int, batch_number: int, start: int,
+def _load_chunk(dataset: ClassificationDataset, seed: int, batch_number: int, positions: np.ndarray,
                 indices: np.ndarray, width: int, height: int, images: np.ndarray, truths: np.ndarray) -> None:
-    for offset, index in enumerate(indices):
-        position = start + offset
+    for offset, (position, index) in enumerate(zip(positions.tolist(), indices)):
         rng = _image_seed(seed, batch_number, position) if dataset.train else None
         image, truth = dataset.load(int(index), rng, width, height)
         images[offset] = image
@@ -366,13 +365,13 @@ def _start_worker_pool(workers: int, dataset: ClassificationDataset) -> cf.Proce
     return executor
 
 
-def _process_chunk(seed: int, batch_number: int, start: int, indices: np.ndarray, width: int,
+def _process_chunk(seed: int, batch_number: int, positions: np.ndarray, indices: np.ndarray, width: int,
                    height: int) -> tuple[np.ndarray, np.ndarray]:
     dataset = _PROCESS_DATASET
     assert dataset is not None
     images = np.empty((len(indices), dataset.channels, height, width), np.float32)
     truths = np.empty((len(indices), dataset.truth_size), np.float32)
-    _load_chunk(dataset, seed, batch_number, start, indices, width, height, images, truths)
+    _load_chunk(dataset, seed, batch_number, positions, indices, width, height, images, truths)
     return images, truths
 
 
@@ -401,16 +400,24 @@ class BatchLoader:
     the GIL away from the training loop between its kernel calls. Spawned workers re-import the main
     module, so scripts need the usual `if __name__ == "__main__":` guard. `backend="thread"` starts
     instantly (no process start-up of ~2 s), which suits tests and tiny datasets.
+
+    `rows` (positions in the batch, e.g. an MPI rank's passes) loads only those rows of every batch: the
+    indices are still drawn for the whole batch and each image keeps the generator of its position, so the
+    rows are exactly those rows of the whole batch.
     """
 
     def __init__(self, dataset: ClassificationDataset, batch_size: int | None = None, seed: int | None = None,
-                 workers: int = 2, prefetch: int = 2, backend: str = "process", start_batch: int = 0):
+                 workers: int = 2, prefetch: int = 2, backend: str = "process", start_batch: int = 0,
+                 rows: Sequence[int] | None = None):
         if backend not in ("thread", "process"):
             raise ValueError(f"backend must be 'thread' or 'process', got {backend!r}")
         self.dataset = dataset
         self.batch_size = int(batch_size if batch_size is not None else dataset.batch_size)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        self.rows = np.arange(self.batch_size) if rows is None else np.asarray(rows, np.int64)
+        if self.rows.size == 0 or self.rows.min() < 0 or self.rows.max() >= self.batch_size:
+            raise ValueError(f"rows must be positions in a batch of {self.batch_size}")
         if seed is None:
             seed = dataset.seed
         if seed is None:
@@ -436,21 +443,22 @@ class BatchLoader:
     # -- scheduling -------------------------------------------------------------------------------------
 
     def _submit(self, number: int) -> _PendingBatch:
-        indices = self.dataset.draw_indices(_batch_seed(self.seed, number), self.batch_size)
-        images = np.empty((self.batch_size, self.dataset.channels, self.height, self.width), np.float32)
-        truths = np.empty((self.batch_size, self.dataset.truth_size), np.float32)
-        chunk_count = min(self.batch_size, self.workers * 2)
-        bounds = np.linspace(0, self.batch_size, chunk_count + 1).astype(int)
+        indices = self.dataset.draw_indices(_batch_seed(self.seed, number), self.batch_size)[self.rows]
+        count = len(self.rows)
+        images = np.empty((count, self.dataset.channels, self.height, self.width), np.float32)
+        truths = np.empty((count, self.dataset.truth_size), np.float32)
+        chunk_count = min(count, self.workers * 2)
+        bounds = np.linspace(0, count, chunk_count + 1).astype(int)
         chunks = []
         for start, stop in zip(bounds[:-1], bounds[1:]):
             if stop <= start:
                 continue
             if self.backend == "thread":
-                future = self._executor.submit(_load_chunk, self.dataset, self.seed, number, int(start),
-                                               indices[start:stop], self.width, self.height,
+                future = self._executor.submit(_load_chunk, self.dataset, self.seed, number,
+                                               self.rows[start:stop], indices[start:stop], self.width, self.height,
                                                images[start:stop], truths[start:stop])
             else:
-                future = self._executor.submit(_process_chunk, self.seed, number, int(start),
+                future = self._executor.submit(_process_chunk, self.seed, number, self.rows[start:stop],
                                                indices[start:stop], self.width, self.height)
             chunks.append((int(start), int(stop), future))
         return _PendingBatch(number, indices, images, truths, chunks)

@@ -117,12 +117,18 @@ def detect(network, image: ImageSource, thresh: float = 0.25, nms: float = 0.45,
     network.forward(sized[None])
     dets = network_boxes(network, img_w, img_h, thresh, letterbox)
     if nms:
-        kind, beta = _nms_setting(network, nms_kind)
-        if kind in ("default", "cornersnms"):
-            nms_sort(dets, classes, nms)
-        else:
-            diou_nms(dets, classes, nms, kind, beta)
+        suppress(network, dets, classes, nms, nms_kind)
     return collect_results(dets, classes, thresh, img_w, img_h, labels)
+
+
+def suppress(network, dets: list[Detection], classes: int, thresh: float, nms_kind: str = "cfg") -> None:
+    """NMS in place as `detect` runs it: Darknet's do_nms_sort, or AlexeyAB's DIoU variants; "cfg" takes the
+    kind and beta_nms from the last detection layer (AlexeyAB's detector and its `map`)."""
+    kind, beta = _nms_setting(network, nms_kind)
+    if kind in ("default", "cornersnms"):
+        nms_sort(dets, classes, thresh)
+    else:
+        diou_nms(dets, classes, thresh, kind, beta)
 
 
 def collect_results(dets: Sequence[Detection], classes: int, thresh: float, img_w: int, img_h: int,

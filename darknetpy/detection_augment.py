@@ -86,9 +86,11 @@ class DetectionAugmentSettings:
     def __post_init__(self) -> None:
         if self.width < 1 or self.height < 1:
             raise ValueError(f"augmentation needs a positive canvas size, got {self.width}x{self.height}")
-        for name in ("saturation", "exposure"):  # Darknet's load args treat 0 as 1
-            if getattr(self, name) == 0:
-                object.__setattr__(self, name, 1.0)
+        # Darknet's load args treat a saturation or exposure of 0 as 1
+        if self.saturation == 0:
+            object.__setattr__(self, "saturation", 1.0)
+        if self.exposure == 0:
+            object.__setattr__(self, "exposure", 1.0)
         if self.mosaic or self.letter_box:
             object.__setattr__(self, "alexeyab", True)
 
@@ -205,7 +207,9 @@ def render(img: np.ndarray, placement: Placement, w: int, h: int) -> np.ndarray:
     """The (C, h, w) canvas of a placement (resampled, filled, flipped)."""
     src = np.ascontiguousarray(img, dtype=np.float32)
     if placement.fill == "mean":
-        fill = src.reshape(src.shape[0], -1).mean(axis=1).astype(np.float32)
+        # the mean colour of a big photo is as well known from a 1-in-step² sample of its pixels
+        step = max(1, int(math.sqrt(src.shape[1] * src.shape[2] / 65536)))
+        fill = src[:, ::step, ::step].mean(axis=(1, 2)).astype(np.float32)
     else:
         fill = np.full(src.shape[0], 0.5, np.float32)
     canvas = np.empty((src.shape[0], int(h), int(w)), np.float32)

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import pytest
 
 from darknetpy.config import SectionReader, parse_cfg_text
-from darknetpy.config.key_rules import ANY_LAYER, DEFAULT_ONLY, RULES, SILENT, WARN, rule_for
+from darknetpy.config.key_rules import SILENT, WARN, rule_for
 from darknetpy.errors import CfgError, DarknetWarning, UnsupportedError
 
 

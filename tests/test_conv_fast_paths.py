@@ -420,6 +420,11 @@ def test_im2col_batch_and_its_adjoint(case):
 @pytest.mark.parametrize("size,stride,padding,h,w", [
     (2, 2, 1, 8, 8), (2, 2, 1, 7, 9), (2, 1, 1, 5, 5), (3, 2, 2, 7, 6), (1, 1, 0, 3, 4), (5, 1, 4, 6, 5),
     (9, 1, 8, 4, 4), (3, 3, 0, 9, 8), (4, 2, 3, 7, 7), (1, 2, 4, 3, 3),
+    # the literal-tap windows (3x3 at strides 1 and 2, 5x5 at stride 1) and the separable ones (SPP's 9 and 13),
+    # odd sizes, every padding from none to beyond the window, strides that skip pixels
+    (3, 2, 0, 9, 11), (3, 2, 1, 8, 7), (3, 1, 2, 7, 10), (3, 1, 3, 5, 6), (5, 1, 4, 13, 11), (5, 1, 2, 9, 7),
+    (5, 2, 4, 11, 9), (5, 3, 5, 10, 12), (9, 1, 8, 13, 13), (13, 1, 12, 13, 15), (7, 3, 6, 11, 9),
+    (3, 4, 2, 9, 9), (2, 3, 1, 7, 8),
 ])
 def test_maxpool_kernel_matches_naive_with_ties_nan_and_flt_max(size, stride, padding, h, w):
     x = RNG.integers(-3, 3, (2, 3, h, w)).astype(np.float32)   # many ties: the first maximum must win
@@ -431,6 +436,19 @@ def test_maxpool_kernel_matches_naive_with_ties_nan_and_flt_max(size, stride, pa
     out = np.full(ref.shape, 7.0, np.float32)
     argmax = np.full(ref.shape, 99, np.int32)
     pooling.maxpool_forward(x, size, stride, stride, offset, out, argmax)
+    np.testing.assert_array_equal(out, ref)
+    np.testing.assert_array_equal(argmax, winner)
+
+
+@pytest.mark.parametrize("size,stride_y,stride_x,padding", [
+    (3, 1, 2, 2), (3, 2, 1, 1), (5, 2, 1, 4), (5, 1, 3, 3), (9, 2, 1, 8), (4, 3, 2, 0),
+])
+def test_maxpool_kernel_with_different_row_and_column_strides(size, stride_y, stride_x, padding):
+    x = RNG.integers(-3, 3, (2, 2, 11, 13)).astype(np.float32)
+    ref, winner = maxpool(x, size, stride_y, stride_x, padding)
+    out = np.empty(ref.shape, np.float32)
+    argmax = np.empty(ref.shape, np.int32)
+    pooling.maxpool_forward(x, size, stride_y, stride_x, int(-padding / 2), out, argmax)
     np.testing.assert_array_equal(out, ref)
     np.testing.assert_array_equal(argmax, winner)
 
@@ -451,6 +469,8 @@ def test_parallel_kernels_agree_with_the_references(monkeypatch):
     test_im2col_batch_and_its_adjoint((2, 3, 7, 9, 3, 1, 1, 1))
     test_batchnorm_kernels_match_spec_formulas((4, 3, 7))
     test_maxpool_kernel_matches_naive_with_ties_nan_and_flt_max(3, 2, 2, 7, 6)
+    test_maxpool_kernel_matches_naive_with_ties_nan_and_flt_max(2, 2, 1, 7, 9)
+    test_maxpool_kernel_matches_naive_with_ties_nan_and_flt_max(13, 1, 12, 13, 15)
     test_maxpool_kernel_matches_naive_with_ties_nan_and_flt_max(2, 2, 1, 8, 8)
     test_training_forward_and_backward_match_torch_and_spec(
         "filters=5\nsize=3\npad=1\nbatch_normalize=1", 6, "leaky")

@@ -566,3 +566,74 @@ def test_yolov2_tiny_region_reads_its_keys_and_trains():
     assert np.isfinite(head.cost) and head.statistics()["count"] == 1
     grads = [p.grad for _, p in net.params()]
     assert all(np.isfinite(g).all() for g in grads) and any(np.abs(g).max() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("bias_match, owner", [(True, 1), (False, 0)])
+def test_region_anchor_choice_with_and_without_bias_match(bias_match, owner):
+    """bias_match=1 picks the anchor by its own shape (anchor 1 = the .5x.5 truth exactly); without it the
+    current predictions' shapes decide: anchor 1 predicts exp(2)·.5 wide (IoU .135), anchor 0
+    exp(.3)·.25 x .25 (IoU .337), so anchor 0 wins."""
+    net = build(REGION.replace("bias_match=1", f"bias_match={int(bias_match)}"))
+    x = region_input().reshape(1, 2, 7, 4, 4)
+    x[0, 1, 2] = 2.0
+    truth = np.zeros((1, 150), F)
+    truth[0, :5] = (1.75 / 4, 1.5 / 4, 0.5, 0.5, 1)
+    net.seen = 20000
+    net.forward(x.reshape(1, 14, 4, 4), train=True, truth=truth)
+    d = net.layers[0].delta.reshape(2, 7, 4, 4)
+    assert d[owner, 4, 1, 1] == F(0.5) and d[1 - owner, 4, 1, 1] <= 0
+
+
+@pytest.mark.parametrize("extra, expected", [("", (-1.0, 0.5)), ("obj_normalizer=1\n", (0.0, 0.5))])
+def test_already_set_test_looks_at_class_zero_in_pjreddie_and_the_true_class_in_alexeyab(extra, expected):
+    """Class 0's output saturates at 1, so the first truth (class 0) leaves the class-0 delta at exactly 0.
+    pjreddie then sees "not set yet" for the second truth (class 1) and rewrites both classes (class 0:
+    0 − 1); AlexeyAB finds class 1's delta set (−.5) and only rewrites class 1."""
+    first = (0.3, 0.375, 0.5, 0.5, 0)
+    second = (0.45, 0.375, 0.5, 0.5, 1)
+    net = yolo_head(extra)
+    x = np.zeros((1, 2, 7, 4, 4), F)
+    x[0, 1, 5, 1, 1] = 100.0
+    layer = train_forward(net, x.reshape(1, 14, 4, 4), truth_rows([first, second]))
+    np.testing.assert_array_equal(planes(net, layer.delta)[0, 1, 5:, 1, 1], F(expected))
+
+
+def test_region_gpu_rule_gradient_is_the_derivative_of_its_squared_errors():
+    """With σ' applied (the GPU rule), [region]'s input gradient is the exact derivative of
+    coord·(2−wh)/2·Σ(t − box)² (σ outputs for x, y; raw tw, th) + object/2·(1 − σ(o))² + class·CE(softmax)
+    at the owning prediction and noobject/2·σ(o)² at the others (no prior term: seen ≥ 12800)."""
+    net = build(REGION.replace("thresh=.6", "thresh=.99") + "coord_scale=2\nobject_scale=3\nnoobject_scale=.5\n"
+                "class_scale=1.5\n")
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 0.5, (1, 14, 4, 4)).astype(F)
+    gx, gy, gw, gh = 1.6 / 4, 1.3 / 4, 0.45, 0.55
+    truth = np.zeros((1, 150), F)
+    truth[0, :5] = (gx, gy, gw, gh, 1)
+    net.seen = 20000
+    net.forward(x, train=True, truth=truth)
+    layer = net.layers[0]
+    dx = np.zeros_like(x)
+    layer.backward(np.zeros_like(layer.output), [x], [dx])
+    raw = x.reshape(2, 7, 4, 4).astype(np.float64)
+    targets = (gx * 4 - 1, gy * 4 - 1, math.log(gw * 4 / 2), math.log(gh * 4 / 2))   # anchor 1: 2x2 cells
+
+    def owner_loss(v):
+        scale = 2 * (2 - gw * gh)
+        box = (sigmoid(v[0]), sigmoid(v[1]), v[2], v[3])
+        p = np.exp(v[5:] - v[5:].max())
+        p /= p.sum()
+        return (scale / 2 * sum((t - b) ** 2 for t, b in zip(targets, box))
+                + 3 / 2 * (1 - sigmoid(v[4])) ** 2 - 1.5 * math.log(p[1]))
+
+    step = 1e-6
+    v = raw[1, :, 1, 1].copy()
+    fd = []
+    for k in range(7):
+        up, down = v.copy(), v.copy()
+        up[k] += step
+        down[k] -= step
+        fd.append((owner_loss(up) - owner_loss(down)) / (2 * step))
+    np.testing.assert_allclose(dx.reshape(2, 7, 4, 4)[1, :, 1, 1], fd, rtol=1e-4, atol=1e-6)
+    z = raw[0, 4, 3, 2]
+    assert dx.reshape(2, 7, 4, 4)[0, 4, 3, 2] == pytest.approx(0.5 * sigmoid(z) * sigmoid(z) * (1 - sigmoid(z)),
+                                                              rel=1e-5)

@@ -13,13 +13,10 @@ regression test (those at the end of this file all began that way).
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
 import traceback
 import warnings
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,18 +26,7 @@ from hypothesis import strategies as st
 from darknetpy.errors import CfgError, DarknetWarning
 from darknetpy.network import network_from_text
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_fuzz_tool():
-    spec = importlib.util.spec_from_file_location("darknetpy_fuzz_tool", ROOT / "tools" / "fuzz.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-fuzz = _load_fuzz_tool()
+import strategies as fuzz
 
 CI_SETTINGS = dict(deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck),
                    print_blob=True)
@@ -117,6 +103,27 @@ def test_mutated_corpus_cfgs_build_run_or_raise_located_cfg_errors(shared_dir):
 def test_weights_reader_raises_only_weights_errors_and_checks_sizes(scratch, cases):
     for case in cases:
         run_checked("weights", lambda c: fuzz.check_weights(c, scratch), case)
+
+
+@settings(max_examples=60, **CI_SETTINGS)
+@given(case=fuzz.data_file_cases())
+def test_data_list_and_label_files_load_or_raise_located_errors(scratch, case):
+    run_checked("data", lambda c: fuzz.check_data_files(c, scratch), case)
+
+
+@settings(max_examples=40, **CI_SETTINGS)
+@given(case=fuzz.cli_cases())
+def test_cli_options_and_output_paths_exit_0_or_one_located_line(scratch, case):
+    run_checked("cli", lambda c: fuzz.check_cli(c, scratch), case)
+
+
+def test_header_rule_of_the_oracle_is_the_one_the_reader_applies():
+    """The weights family judges headers by fuzz.header_is_valid (the README's rule); the versions named in
+    issue 19 fall on the sides the rule gives them."""
+    for version in [(0, 2, 0), (0, 2, 5), (0, 1, 0), (1, 0, 0), (0, 1001, 0), (1001, 5, 0)]:
+        assert fuzz.header_is_valid(*version), version
+    for version in [(2**31 - 1,) * 3, (1000, 0, 0), (2, 0, 0), (999, 999, 0), (0, 2, -1), (1001, 1001, 0)]:
+        assert not fuzz.header_is_valid(*version), version
 
 
 def test_weights_zoo_needs_the_float_counts_of_the_spec():

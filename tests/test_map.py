@@ -41,7 +41,7 @@ def random_case(seed: int, images: int = 25, classes: int = 3, ties: bool = Fals
         boxes, scores = [], []
         for b, c in zip(tb, tc):
             for _ in range(int(rng.integers(0, 3))):  # 0, 1 or 2 detections of this truth
-                jitter = rng.normal(0, 0.15, 4) * np.array([b[2], b[3], b[2], b[3]])
+                jitter = rng.normal(0, rng.uniform(0.02, 0.2), 4) * np.array([b[2], b[3], b[2], b[3]])
                 nb = b + jitter
                 nb[2:] = np.abs(nb[2:]) + 0.01
                 s = np.zeros(classes)

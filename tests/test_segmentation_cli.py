@@ -103,6 +103,11 @@ def test_train_valid_segment(dataset, capsys, monkeypatch):
     assert "segmentation" in out
     weights = dataset / "backup" / "seg.weights"
     assert weights.exists()
+    import csv
+    rows = list(csv.DictReader(open(dataset / "backup" / "metrics.csv")))
+    measured = [float(row["miou"]) for row in rows if row["miou"]]
+    assert measured and all(0 <= value <= 1 for value in measured)      # --validate: mIoU each epoch
+    assert "mIoU" in out
     code, out, err = run(["valid", "seg.cfg", weights, "seg.data", "--json"], capsys)
     assert code == 0, err
     result = json.loads(out)
@@ -189,3 +194,71 @@ def test_model_segment_matches_the_written_mask(dataset, tmp_path, monkeypatch):
     assert classes.shape == (16, 16) and classes.dtype == np.uint8 and classes.max() < 3
     mask_path, _ = write_segmentation_pictures("images/s1.png", classes, ["bg", "red", "green"], tmp_path, "s1")
     np.testing.assert_array_equal(np.asarray(Image.open(mask_path)), classes)
+
+
+DECONV_UNET = """[net]
+batch=8
+subdivisions=1
+width=16
+height=16
+channels=3
+learning_rate=0.002
+momentum=0.9
+decay=0.0005
+max_batches=60
+
+[convolutional]
+batch_normalize=1
+filters=8
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+stride=2
+pad=1
+activation=leaky
+
+[deconvolutional]
+filters=8
+size=2
+stride=2
+activation=leaky
+
+[route]
+layers=-1,0
+
+[convolutional]
+filters=3
+size=1
+stride=1
+pad=0
+activation=linear
+
+[softmax]
+spatial=1
+"""
+
+
+def test_a_deconvolutional_unet_learns_a_pixel_task(dataset, monkeypatch):
+    """Colour -> class is a per-pixel rule: the loss of a [deconvolutional] + [route] U-Net falls fast."""
+    monkeypatch.chdir(dataset)
+    import darknetpy
+    from darknetpy.config import read_data_file
+    from darknetpy.tasks import task_for
+    (dataset / "unet.cfg").write_text(DECONV_UNET)
+    model = darknetpy.load("unet.cfg", seed=1)
+    task = task_for(model.network)(model, read_data_file("seg.data"))
+    assert task.name == "segmentation"
+    data = task.dataset(train=True, seed=0)
+    rng = np.random.default_rng(0)
+    batch = [data.load(i % len(data), rng, 16, 16) for i in range(8)]
+    x = np.stack([image for image, _ in batch])
+    truth = np.stack([row for _, row in batch])
+    losses = [model.train_batch(x, truth) for _ in range(60)]
+    assert np.all(np.isfinite(losses))
+    assert losses[-1] < 0.3 * losses[0], losses[::10]

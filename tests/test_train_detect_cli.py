@@ -248,3 +248,38 @@ def test_iteration_statistics_skip_passes_without_truths():
     averaged = trained.trainer.last_statistics[3]
     assert averaged["avg_iou"] == pytest.approx(first_pass["avg_iou"], rel=1e-6)
     assert averaged["count"] == pytest.approx(first_pass["count"] / 2)
+
+
+def test_multiscale_size_of_a_block_is_the_same_after_a_resume(detector):
+    # Every iteration of a block of 10 trains at the size drawn for the block from (seed, block start), so a
+    # run resumed at iteration 13 continues at the size an uninterrupted run used from iteration 10 on.
+    import io
+    from darknetpy.config import read_data_file
+    from darknetpy.tasks.detection import DetectionTask
+    from darknetpy.training import IterationContext
+    cfg, data = detector(max_batches=1000)
+
+    class Loader:
+        def __init__(self):
+            self.sizes = []
+
+        def resize(self, w, h):
+            self.sizes.append((w, h))
+
+    def sizes_from(start, stop):
+        model = darknetpy.load(str(cfg))
+        task = DetectionTask(model, read_data_file(data))
+        task.dataset(train=True, seed=7)
+        loader = Loader()
+        seen = []
+        for batch in range(start, stop):
+            task.before_iteration(IterationContext(batch, 1000, model.network, loader, None, io.StringIO()))
+            seen.append((model.network.net.width, model.network.net.height))
+        return seen, loader.sizes
+
+    uninterrupted, _ = sizes_from(0, 40)
+    resumed, resizes = sizes_from(13, 40)
+    assert resumed == uninterrupted[13:]
+    assert all(size in ((64, 64), (96, 96)) for size in uninterrupted)     # (k + 10)/13 of 64, step 32
+    assert len(set(uninterrupted)) == 2 and len(set(uninterrupted[10:20])) == 1
+    assert resizes and all(r in uninterrupted for r in resizes)

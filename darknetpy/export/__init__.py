@@ -5,6 +5,7 @@ The file is written atomically: an error leaves no partial .onnx behind.
 """
 from __future__ import annotations
 
+import importlib
 import os
 
 from ..errors import DarknetError
@@ -22,17 +23,11 @@ class ExportError(DarknetError):
 
 def _onnx_module():
     try:
-        from . import onnx as onnx_export
+        return importlib.import_module(".onnx", __name__)
     except ImportError as exc:
-        if exc.name not in ("onnx", "google", "google.protobuf"):
+        if exc.name is None or exc.name.split(".")[0] not in ("onnx", "google"):
             raise
         raise ExportError(f"ONNX export needs the onnx package: {INSTALL_HINT}") from None
-    return onnx_export
-
-
-def max_opset() -> int:
-    import onnx.defs
-    return onnx.defs.onnx_opset_version()
 
 
 def build_onnx(model, *, batch: int = 1, dynamic_batch: bool = False, decode: bool = False,
@@ -43,9 +38,10 @@ def build_onnx(model, *, batch: int = 1, dynamic_batch: bool = False, decode: bo
     network = model.network if isinstance(model, Model) else model
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
-    if not MIN_OPSET <= opset <= max_opset():
+    newest = module.newest_opset()
+    if not MIN_OPSET <= opset <= newest:
         raise ExportError(f"opset {opset} is not available: the installed onnx package writes opsets "
-                          f"{MIN_OPSET} to {max_opset()}")
+                          f"{MIN_OPSET} to {newest}")
     return module.build_model(network, batch=batch, dynamic_batch=dynamic_batch, decode=decode, opset=opset)
 
 

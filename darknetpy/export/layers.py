@@ -343,12 +343,15 @@ def softmax(g: Graph, layer: Softmax, xs: list[str]) -> str:
     cfg = layer.config
     if cfg.tree is not None:
         raise cfg.error("tree= (hierarchical softmax) cannot be exported to ONNX", "tree")
-    n = layer.out_shape.size
-    rows = g.reshape(xs[0], [0, cfg.groups, n // cfg.groups], "groups")
+    if cfg.spatial:   # per pixel, over the channels
+        rows, axis = xs[0], 1
+    else:             # over each of `groups` contiguous chunks of the flattened input
+        n = layer.out_shape.size
+        rows, axis = g.reshape(xs[0], [0, cfg.groups, n // cfg.groups], "groups"), -1
     if cfg.temperature != 1.0:
         rows = g.op("Div", [rows, g.const(np.float32(cfg.temperature), "temperature")], "temperature")
-    y = g.op("Softmax", [rows], "Softmax", axis=-1)
-    return _to_shape(g, y, layer.out_shape)
+    y = g.op("Softmax", [rows], "Softmax", axis=axis)
+    return y if cfg.spatial else _to_shape(g, y, layer.out_shape)
 
 
 @exports(L2Norm, "l2norm")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 import onnx
+import onnx.defs
 
 from .. import __version__
 from ..layers.base import Layer
@@ -18,6 +19,10 @@ from .layers import exporter_for, tensor_dims
 
 INPUT_NAME = "input"
 DECODED_NAMES = ("boxes", "objectness", "scores")
+
+
+def newest_opset() -> int:
+    return onnx.defs.onnx_opset_version()
 
 
 def output_layers(network: Network) -> list[Layer]:

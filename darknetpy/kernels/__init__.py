@@ -1,14 +1,13 @@
 """Numba kernels: pure functions over float32 arrays that write into preallocated outputs.
 
 `jit` is the one compilation policy for every kernel in this package. Numba's on-disk cache does not
-notice edits to njit functions imported from *other* modules, so each kernel module keeps its own
-callees local (or bumps CACHE_EPOCH below when a shared helper changes).
+notice edits to njit functions imported from *other* modules (a kernel would keep running the old callee's
+machine code), so each kernel module keeps its own callees local. If a callee must be shared anyway, delete
+the cached files (`__pycache__/*.nbi`, `*.nbc` of the calling modules) after changing it.
 """
 from __future__ import annotations
 
 import numba
-
-CACHE_EPOCH = 1  # bump to invalidate cached machine code after changing a cross-module helper
 
 _OPTIONS = dict(nogil=True, cache=True, fastmath=False, error_model="numpy")
 

@@ -168,17 +168,3 @@ def distort_hsv(img, dhue, dsat, dexp):
             img[0, y, x] = _clamp01(r)
             img[1, y, x] = _clamp01(g)
             img[2, y, x] = _clamp01(b)
-
-
-@jit
-def luminance(src, dst):
-    """(3, H, W) RGB → (1, H, W) ITU-R 601 luma with Pillow's 16-bit weights, in double precision.
-
-    The weights sum to 65536 and every product is exact in double, so grey pixels keep their value bit
-    for bit.
-    """
-    for y in range(src.shape[1]):
-        for x in range(src.shape[2]):
-            weighted = (19595.0 * np.float64(src[0, y, x]) + 38470.0 * np.float64(src[1, y, x])
-                        + 7471.0 * np.float64(src[2, y, x]))
-            dst[0, y, x] = np.float32(weighted / 65536.0)

@@ -398,15 +398,3 @@ def affine_channels(y, a, b):
         c = nc - n * channels
         for s in range(spatial):
             y[n, c, s] = y[n, c, s] * a[c] + b[c]
-
-
-@jit
-def channel_sums(dy, out):
-    """out[c] += sum over batch and space of dy[:, c, :] (bias gradients)."""
-    batch, channels, spatial = dy.shape
-    for n in range(batch):
-        for c in range(channels):
-            t = np.float32(0.0)
-            for s in range(spatial):
-                t += dy[n, c, s]
-            out[c] += t

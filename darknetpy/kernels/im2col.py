@@ -65,12 +65,6 @@ def col2im_add(columns, ksize, stride_y, stride_x, pad, dilation, out_h, out_w, 
                             image[c, iy, ix] += columns[row, base + ox]
 
 
-def conv_output_size(size: int, ksize: int, stride: int, pad: int, dilation: int = 1) -> int:
-    """(W - F_eff + 2P) // S + 1 with the dilated kernel extent; C division as Darknet (inputs are >= 0)."""
-    extent = dilation * (ksize - 1) + 1
-    return (size + 2 * pad - extent) // stride + 1
-
-
 # ------------------------------------------------------------------------------------------ whole batch
 # The batch versions work through a zero-padded copy of each plane and a table of where each output's window
 # starts in it: a column is then `dst[s] = padded.flat[start[s] + tap_offset]`, one branch-free loop per tap

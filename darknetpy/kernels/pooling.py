@@ -7,9 +7,10 @@ and the first strict maximum in row-then-column order wins. The winner's positio
 or NaN), and such outputs pass no gradient.
 
 Speed: windows that may leave the image read a -FLT_MAX-padded copy of the plane, so no loop has bounds
-checks; each output row is computed with branch-free selects along the row (vectorised). 2x2 windows keep
-the running maximum in registers; larger windows are separable: the first maximum in row-then-column order
-is the first maximum down the rows of each row's first maximum along it, so 2k passes replace k*k.
+checks. Every output keeps its running maximum in registers, one output per loop iteration, with the tap
+loops unrolled for the usual windows (2x2, 3x3, 5x5 by literal sizes and column strides), so the loop over
+an output row vectorises. Other windows larger than 3x3 are separable: the first maximum in row-then-column
+order is the first maximum down the rows of each row's first maximum along it, so 2k taps replace k*k.
 Windows larger than the image visit only the taps inside it (the others cannot win), so their cost is bounded
 by the image, not by the window: size=99999999999 costs what a window the size of the image does.
 """

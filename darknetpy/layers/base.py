@@ -343,6 +343,16 @@ class LossLayer(Layer):
         shape = self.in_shapes[0] if self.in_shapes else None
         return shape is not None and shape.image and shape.h * shape.w > 1 and shape.c > 1
 
+    # ---- pixel-wise heads (the segmentation task and darknetpy.segmentation call these) ------------------
+    def class_probabilities(self, output: np.ndarray) -> np.ndarray:
+        """(B, classes, H, W) per-class probabilities of every pixel, from this layer's output."""
+        raise NotImplementedError(f"[{self.kind}] does not predict classes per pixel")
+
+    def mask_encoder(self):
+        """A picklable function: (B, H, W) uint8 class-index masks (255 = ignore) -> this layer's truth rows
+        (B, truth_size()) float32. The segmentation data loader runs it in its worker processes."""
+        raise NotImplementedError(f"[{self.kind}] does not train from class-index masks")
+
 
 def c_div(a: int, b: int) -> int:
     """C integer division (truncates toward zero), which Darknet's shape formulas use."""

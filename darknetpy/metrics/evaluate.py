@@ -16,9 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from darknetpy.api import check_names, names_path_from_data, network_channels, read_names
-from darknetpy.boxes import diou_nms, nms_sort
 from darknetpy.config import DataConfig, folder_of, locate_path, read_list_entries, resolve_path
-from darknetpy.detect import _nms_setting, network_boxes, output_classes
+from darknetpy.detect import network_boxes, output_classes, suppress
 from darknetpy.detection_labels import read_labels
 from darknetpy.errors import DataError, ImageError
 from darknetpy.images import LETTERBOX, RESIZE, NetworkInput, network_input
@@ -123,16 +122,12 @@ def detect_images(network, images: LabelledImages, progress: Progress | None = N
     if letterbox is None:
         letterbox = bool(net.letter_box)
     classes = output_classes(network)
-    kind, beta = _nms_setting(network, "cfg")
     results: list[ImageDetections] = []
     prepared = _prefetched(images, net.width, net.height, network_channels(network), letterbox)
     for done, sized in enumerate(prepared, 1):
         network.forward(sized.pixels[None], train=False)
         dets = network_boxes(network, sized.image_width, sized.image_height, MAP_DETECTION_THRESH, letterbox)
-        if kind in ("default", "cornersnms"):
-            nms_sort(dets, classes, MAP_NMS)
-        else:
-            diou_nms(dets, classes, MAP_NMS, kind, beta)
+        suppress(network, dets, classes, MAP_NMS, "cfg")
         boxes = np.array([d.box for d in dets], np.float64).reshape(-1, 4)
         scores = np.zeros((len(dets), classes), np.float32)
         for row, d in enumerate(dets):

@@ -36,6 +36,7 @@ from .checkpoints import backup_folder, base_name
 from .metrics import IterationRow, MetricsLog
 
 if TYPE_CHECKING:  # tasks/base.py imports this package's checkpoints and metrics
+    from ..distributed.mpi import DataParallel
     from ..tasks.base import Task
 
 
@@ -53,6 +54,9 @@ class TrainOptions:
     validate_each_epoch: bool = False
     validate_every: int | None = None     # validate every N iterations instead of the task's rule
     workers: int = 2
+    #: data-parallel training (darknetpy.distributed.mpi.DataParallel): this process is one rank of several;
+    #: it trains its share of each update's passes, and only rank 0 prints or writes files
+    parallel: DataParallel | None = None
 
 
 @dataclass
@@ -95,7 +99,9 @@ class TrainingRun:
         if options.validate_each_epoch:  # its list is checked now, not after the first epoch
             self.task.dataset(train=False, seed=0)
         self.backup = backup_folder(self.data_config)  # created only once the data checked out
-        self.trainer = self.model.trainer
+        parallel = options.parallel
+        self.is_root = parallel is None or parallel.is_root
+        self.trainer = self.model.trainer if parallel is None else parallel.trainer(self.network)
         self.trainer.rng = np.random.default_rng(self.seed)
         self.checkpoints = self.task.checkpoint_policy(self.base, options.checkpoint_every)
         self.metrics = MetricsLog(self.backup / "metrics.csv", self.task.statistic_names, self.task.metric_names)
@@ -107,10 +113,13 @@ class TrainingRun:
     # ---- files ------------------------------------------------------------------------------------------------
     def checkpoint(self, name: str) -> Path:
         path = self.backup / name
-        write_weights(self.network, path)
+        if self.is_root:  # every rank holds the same weights
+            write_weights(self.network, path)
         return path
 
     def _write_records(self) -> None:
+        if not self.is_root:
+            return
         self.metrics.write()
         write_chart(self.metrics.rows, self.chart_path, title=f"{self.base}: training",
                     metric=self.task.main_metric)
@@ -132,7 +141,7 @@ class TrainingRun:
             print(line, file=self.out)
         self.out.flush()
         # a run killed while writing a checkpoint (SIGKILL, the OOM killer) leaves its temporary file behind
-        stale = remove_stale_temporaries(self.backup)
+        stale = remove_stale_temporaries(self.backup) if self.is_root else []
         if stale:
             print(f"removed {len(stale)} temporary file{'s' if len(stale) > 1 else ''} a killed run left in "
                   f"{self.backup}", file=self.err)
@@ -145,8 +154,9 @@ class TrainingRun:
         interrupted = False
         previous = signal.getsignal(signal.SIGTERM)
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        rows = None if self.options.parallel is None else self.options.parallel.rows(self.network.net)
         loader = BatchLoader(self.dataset, batch_size=self.network.net.full_batch, seed=self.seed,
-                             workers=self.options.workers, start_batch=self.trainer.current_batch)
+                             workers=self.options.workers, start_batch=self.trainer.current_batch, rows=rows)
         try:
             with loader:
                 while self._more_batches():
@@ -158,7 +168,7 @@ class TrainingRun:
                     x, y = loader.next_batch()
                     loaded = time.perf_counter() - t0
                     t1 = time.perf_counter()
-                    loss = self.model.train_batch(x, y)
+                    loss = self.trainer.train_batch(x, y)
                     seconds = time.perf_counter() - t1
                     if not math.isfinite(loss):
                         self._diverged(loss)
@@ -174,7 +184,9 @@ class TrainingRun:
                     new_epoch = epoch > last_epoch
                     last_epoch = max(epoch, last_epoch)
                     changed = False
-                    if self.options.validate_each_epoch and self._validation_due(batch, new_epoch):
+                    # rank 0 validates alone; the others wait for it in the next update's all-reduce
+                    if self.options.validate_each_epoch and self.is_root and \
+                            self._validation_due(batch, new_epoch):
                         best = self._validate(row, epoch, best)
                         changed = True
                     for name in self.checkpoints.after_iteration(batch, epoch, new_epoch):
