@@ -113,6 +113,13 @@ class Model:
         w, h = self.input_size
         return images.network_input(image, w, h, network_channels(self.network), images.LETTERBOX).pixels
 
+    @property
+    def outputs_probabilities(self) -> bool:
+        """Whether the output is a probability per class: the network ends in [softmax] (a distribution) or
+        [logistic] (independent probabilities). Other outputs are raw scores, never to be shown as percentages."""
+        from .layers.softmax import Logistic, Softmax
+        return isinstance(self.network.output_layer, (Softmax, Logistic))
+
     def probabilities(self, image) -> np.ndarray:
         x = self.prepare(image)
         return self.network.forward(x[None], train=False)[0].reshape(-1).copy()
@@ -121,11 +128,14 @@ class Model:
         """Top-k classes, highest first; equal values keep the lower index first (Darknet's top_k)."""
         if top is not None and top < 1:
             raise ValueError(f"top must be at least 1, got {top}")
-        from .segmentation import is_segmenter
-        if is_segmenter(self.network):  # its outputs are pixels' class shares, not classes
+        from .tasks import task_name_for
+        task = task_name_for(self.network)
+        if task != "classification":  # a segmenter's outputs are pixels' classes, a detector's raw box maps
             head = self.network.output_layer
-            raise head.config.error(f"the network is a segmenter (last layer {head.index} [{head.kind}] predicts "
-                                    f"a class per pixel): use `darknetpy segment` / Model.segment")
+            use = ("`darknetpy segment` / Model.segment" if task == "segmentation"
+                   else "`darknetpy detect` / Model.detect")
+            raise head.config.error(f"the network is a {task} network (last layer {head.index} [{head.kind}]), "
+                                    f"not a classifier: use {use}")
         probs = self.probabilities(image)
         order = np.argsort(-probs, kind="stable")
         if top is not None:

@@ -56,6 +56,12 @@ def unit_float(text: str) -> float:
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        # wide enough that every command's description stays on one line; epilogs (examples) keep their lines
+        kwargs.setdefault("formatter_class",
+                          lambda prog: argparse.RawDescriptionHelpFormatter(prog, width=130, max_help_position=16))
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # argparse would exit itself; keep the one-line contract
         raise UsageError(f"{self.prog}: {message}")
 
@@ -124,13 +130,14 @@ def _refuse_overwriting(target: str | os.PathLike, inputs: list[str], what: str)
 
 
 class _OutputFolder:
-    """detect --out: checked (and created) before any image is processed, so a bad folder fails before any
-    output; folders this run created are removed again if it ends with an error before writing into them."""
+    """detect --out (and --plots): checked (and created) before any image is processed, so a bad folder fails
+    before any output; folders this run created are removed again if it ends with an error before writing
+    into them."""
 
-    def __init__(self, folder: str, images: list[str]):
+    def __init__(self, folder: str, images: list[str], option: str = "--out"):
         self.folder = Path(folder)
         if self.folder.exists() and not self.folder.is_dir():
-            raise UsageError("--out must be a folder, but this is an existing file", folder)
+            raise UsageError(f"{option} must be a folder, but this is an existing file", folder)
         self.created: list[Path] = []
         missing = self.folder
         while not missing.exists() and missing != missing.parent:
@@ -140,10 +147,10 @@ class _OutputFolder:
             os.makedirs(self.folder, exist_ok=True)
         except OSError as exc:
             self.created = []
-            raise UsageError(f"--out folder cannot be created: {exc.strerror or exc}", folder) from None
-        if not os.access(self.folder, os.W_OK | os.X_OK):
+            raise UsageError(f"{option} folder cannot be created: {exc.strerror or exc}", folder) from None
+        if not _can_write_in(self.folder):
             self.discard()
-            raise UsageError("--out folder is not writable", folder)
+            raise UsageError(f"{option} folder is not writable", folder)
         for image in images:
             try:
                 _refuse_overwriting(self.target(image), images, "--out would write")
@@ -162,6 +169,19 @@ class _OutputFolder:
                 folder.rmdir()
 
 
+def _can_write_in(folder: Path) -> bool:
+    """Whether a file can be created in `folder`, tried for real: permission bits do not stop root, and a
+    read-only file system or a full quota shows only when writing."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return False
+    import tempfile
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
 # ---- subcommands ----------------------------------------------------------------------------------------------
 def cmd_summary(args) -> int:
     from .network import load_cfg
@@ -170,27 +190,111 @@ def cmd_summary(args) -> int:
     return 0
 
 
+def _dask_requested(args) -> bool:
+    """--dask / --workers / --results of predict, detect and segment: checked before any work is done."""
+    if args.dask is None:
+        for flag, value in (("--workers", args.dask_workers), ("--results", args.results)):
+            if value is not None:
+                raise UsageError(f"{flag} goes with --dask (batch prediction on a Dask cluster)")
+        return False
+    from .distributed import require
+    require("distributed", "--dask")
+    if args.dask_workers is not None and args.dask != "local":
+        raise UsageError("--workers sets the size of a --dask local cluster; an existing cluster has its own")
+    return True
+
+
+def _dask_batch(args, task: str, images: list[str], **options) -> int:
+    """The command's --json records computed on a Dask cluster (darknetpy/distributed/dask.py)."""
+    from .distributed.dask import run_batch_command
+    if args.results:
+        _refuse_overwriting(args.results, [*images, args.cfg, args.weights], "--results")
+        if os.path.isdir(args.results):
+            raise UsageError("--results is a folder; give the .jsonl file to write", args.results)
+    return run_batch_command(args.dask, args.dask_workers, args.results, args.cfg, args.weights, images, task,
+                             **options)
+
+
+#: the command that serves each task (what `predict` does for it, and what a task mismatch points to)
+TASK_COMMANDS = {"classification": "predict", "detection": "detect", "segmentation": "segment"}
+
+
+def _require_task(model, task: str, command: str) -> None:
+    """A located one-line error when `command` is used on a network of another task, naming the network's
+    task and the command for it."""
+    from .tasks import task_name_for
+    found = task_name_for(model.network)
+    if found != task:
+        head = model.network.output_layer
+        right = TASK_COMMANDS[found]
+        use = f"`darknetpy {right}`" + ("" if right == "predict" else " (or `darknetpy predict`, for every task)")
+        raise head.config.error(f"`darknetpy {command}` needs a {task} network, but this is a {found} network "
+                                f"(last layer {head.index} [{head.kind}]): use {use}")
+
+
+def _image_progress(command: str, args):
+    """The per-image bar on a terminal's stderr; nothing in logs (the per-image lines already show how far)."""
+    from .progress import Progress
+    return Progress(command, log_lines=False)
+
+
+def _emit(progress, lines: list[str]) -> None:
+    """Print a result's lines on stdout, wiping the progress bar first when both share the terminal."""
+    if sys.stdout.isatty():
+        progress.hide()
+    for line in lines:
+        print(line)
+    sys.stdout.flush()
+
+
 def cmd_predict(args) -> int:
+    """What the network predicts, by its task (darknetpy.tasks.task_name_for, as the trainer chooses it): a
+    classifier's top-k, a detector's boxes as `detect`, a segmenter's class shares and masks as `segment`."""
     from . import api
+    from .tasks import task_name_for
+    dask = _dask_requested(args)
     images = expand_images(args.images)
     model = api.load(args.cfg, args.weights, names=_names_source(args))
+    task = task_name_for(model.network)
+    if task == "classification":
+        return _classify_images(model, images, args, dask)
+    if task == "detection":
+        return cmd_detect(args, model, images)
+    return cmd_segment(args, model, images)
+
+
+def _classify_images(model, images: list[str], args, dask: bool = False) -> int:
+    from .records import classification_record
+    if args.out:
+        raise UsageError("--out draws boxes (detectors) or masks (segmenters); a classifier has nothing to draw",
+                         args.out)
     top = args.top
     if top is None and args.data:
         from .config import read_data_file
         top = read_data_file(args.data).top or None
     top = top or 5
-    for path in images:
-        start = time.perf_counter()
-        predictions = model.predict(path, top=top)
-        seconds = time.perf_counter() - start
-        if args.json:
-            print(json.dumps({"image": path, "seconds": round(seconds, 6), "predictions": [
-                {"class_id": p.class_id, "name": p.name, "probability": p.probability} for p in predictions]}))
-        else:
-            print(f"{path}: Predicted in {seconds:f} seconds.")   # on stdout, as Darknet: says which image
-            for p in predictions:
-                print(f"{p.probability * 100:5.2f}%: {p.name}")
-        sys.stdout.flush()
+    if dask:
+        return _dask_batch(args, "classification", images, names=_names_source(args), top=top)
+    probabilities = model.outputs_probabilities
+    head = model.network.output_layer
+    what = "" if probabilities else (f" Scores, not probabilities: the last layer {head.index} [{head.kind}] "
+                                     f"is not a softmax or logistic.")
+    progress = _image_progress("predict", args)
+    try:
+        for done, path in enumerate(images, 1):
+            start = time.perf_counter()
+            predictions = model.predict(path, top=top)
+            seconds = time.perf_counter() - start
+            if args.json:
+                lines = [json.dumps(classification_record(path, seconds, predictions, probabilities))]
+            else:
+                lines = [f"{path}: Predicted in {seconds:f} seconds.{what}"]   # on stdout, as Darknet
+                lines += [f"{p.probability * 100:5.2f}%: {p.name}" if probabilities
+                          else f"{p.probability:.6g}: {p.name}" for p in predictions]
+            _emit(progress, lines)
+            progress(done, len(images))
+    finally:
+        progress.close()
     return 0
 
 
@@ -230,11 +334,19 @@ def cmd_partial(args) -> int:
     return 0
 
 
-def cmd_detect(args) -> int:
+def cmd_detect(args, model=None, images: list[str] | None = None) -> int:
     from . import api
-    images = expand_images(args.images)
-    model = api.load(args.cfg, args.weights, names=_names_source(args))
+    if images is None:
+        images = expand_images(args.images)
+    if model is None:
+        model = api.load(args.cfg, args.weights, names=_names_source(args))
+    _require_task(model, "detection", "detect")
     letterbox = True if args.letterbox else (False if args.no_letterbox else None)
+    if _dask_requested(args):
+        if args.out:
+            raise UsageError("--out is not available with --dask: the records give the boxes")
+        return _dask_batch(args, "detection", images, names=_names_source(args), thresh=args.thresh, nms=args.nms,
+                           letterbox=letterbox)
     out = _OutputFolder(args.out, images) if args.out else None
     try:
         _detect_images(model, images, letterbox, out, args)
@@ -247,24 +359,26 @@ def cmd_detect(args) -> int:
 
 def _detect_images(model, images: list[str], letterbox: bool | None, out: _OutputFolder | None, args) -> None:
     from .detect import format_detections
-    for path in images:
-        start = time.perf_counter()
-        results = model.detect(path, thresh=args.thresh, nms=args.nms, letterbox=letterbox)
-        seconds = time.perf_counter() - start
-        if args.json:
-            print(json.dumps({"image": path, "seconds": round(seconds, 6), "detections": [
-                {"class_id": r.class_id, "name": r.name, "score": r.score,
-                 "box": [round(v, 2) for v in r.box_pixels]} for r in results]}))
-        else:
-            print(f"{path}: Predicted in {seconds:f} seconds.")
-            for line in format_detections(results):
-                print(line)
-        if out is not None:
-            from .drawing import draw_detections
-            from .images import load_image
-            draw_detections(load_image(path), results, out.target(path))
-            out.written = True
-        sys.stdout.flush()
+    from .records import detection_record
+    progress = _image_progress(args.command, args)
+    try:
+        for done, path in enumerate(images, 1):
+            start = time.perf_counter()
+            results = model.detect(path, thresh=args.thresh, nms=args.nms, letterbox=letterbox)
+            seconds = time.perf_counter() - start
+            if args.json:
+                lines = [json.dumps(detection_record(path, seconds, results))]
+            else:
+                lines = [f"{path}: Predicted in {seconds:f} seconds.", *format_detections(results)]
+            _emit(progress, lines)
+            if out is not None:
+                from .drawing import draw_detections
+                from .images import load_image
+                draw_detections(load_image(path), results, out.target(path))
+                out.written = True
+            progress(done, len(images))
+    finally:
+        progress.close()
 
 
 def cmd_train(args) -> int:
@@ -282,71 +396,102 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_segment(args) -> int:
+def cmd_segment(args, model=None, images: list[str] | None = None) -> int:
     from . import api
-    from .segmentation import class_fractions, head_classes, write_segmentation_pictures
-    images = expand_images(args.images)
-    model = api.load(args.cfg, args.weights, names=args.names)
-    classes = head_classes(model.network)
-    names = api.check_names(model.names, classes, args.names)[:classes] if model.names is not None \
-        else [str(c) for c in range(classes)]
+    from .records import segmentation_names, segmentation_record
+    from .segmentation import class_fractions, write_segmentation_pictures
+    dask = _dask_requested(args)
+    if images is None:
+        images = expand_images(args.images)
+    if model is None:
+        model = api.load(args.cfg, args.weights, names=args.names)
+    _require_task(model, "segmentation", "segment")
+    names = segmentation_names(model, _names_source(args))
+    if dask:
+        if args.out:
+            raise UsageError("--out is not available with --dask: the records give the class shares")
+        return _dask_batch(args, "segmentation", images, names=_names_source(args))
     out = None
     if args.out:
         out = _OutputFolder(args.out, images)
         for image in images:
             for suffix in ("_mask.png", "_overlay.png"):
                 _refuse_overwriting(out.folder / f"{Path(image).stem}{suffix}", images, "--out would write")
-    for path in images:
-        start = time.perf_counter()
-        classes_map = model.segment(path)
-        seconds = time.perf_counter() - start
-        fractions = class_fractions(classes_map, names)
-        height, width = classes_map.shape
-        if args.json:
-            print(json.dumps({"image": path, "width": width, "height": height, "classes": fractions}))
-        else:
-            print(f"{path}: Segmented in {seconds:f} seconds.")
-            for name, share in sorted(fractions.items(), key=lambda item: -item[1]):
-                if share > 0:
-                    print(f"{share * 100:5.2f}%: {name}")
-        if out is not None:
-            write_segmentation_pictures(path, classes_map, names, out.folder, Path(path).stem)
-            out.written = True
-        sys.stdout.flush()
+    progress = _image_progress(args.command, args)
+    try:
+        for done, path in enumerate(images, 1):
+            start = time.perf_counter()
+            classes_map = model.segment(path)
+            seconds = time.perf_counter() - start
+            if args.json:
+                lines = [json.dumps(segmentation_record(path, classes_map, names))]
+            else:
+                fractions = class_fractions(classes_map, names)
+                lines = [f"{path}: Segmented in {seconds:f} seconds."]
+                lines += [f"{share * 100:5.2f}%: {name}"
+                          for name, share in sorted(fractions.items(), key=lambda item: -item[1]) if share > 0]
+            _emit(progress, lines)
+            if out is not None:
+                write_segmentation_pictures(path, classes_map, names, out.folder, Path(path).stem)
+                out.written = True
+            progress(done, len(images))
+    finally:
+        progress.close()
     return 0
+
+
+def _plots_folder(args) -> _OutputFolder | None:
+    """--plots DIR, checked (created, tried for writing) before the evaluation starts."""
+    return _OutputFolder(args.plots, [], option="--plots") if args.plots else None
+
+
+def _with_plots(plots: _OutputFolder | None, work):
+    """Run `work()`; a --plots folder this run created is removed again if it fails before writing."""
+    try:
+        return work()
+    except BaseException:
+        if plots is not None and not plots.written:
+            plots.discard()
+        raise
+
+
+def _valid_plots(task, result, folder: Path) -> list[Path]:
+    """The pictures of a `valid` result (darknetpy/plots.py), by task."""
+    from . import plots
+    if task.name == "classification":
+        labels = list(result.labels)
+        data = task.data_config
+        if data.names:  # the readable names (e.g. "7") rather than the strings searched in paths ("c7")
+            from .api import names_from_data
+            names = names_from_data(data.path)
+            labels = names[:len(labels)] if len(names) >= len(labels) else labels
+        return plots.write_classification_plots(folder, result.confusion, labels, title="valid")
+    scores = result.scores
+    return plots.write_segmentation_plots(folder, scores.confusion, scores.names, scores.iou, title="valid")
 
 
 def cmd_valid(args) -> int:
     from . import api
     from .config import read_data_file
+    from .progress import Progress
     from .tasks import task_for
     model = api.load(args.cfg, args.weights)
     task = task_for(model.network)(model, read_data_file(args.data))
-    result = task.evaluate(top=args.top)
+    if args.plots and task.name == "detection":
+        raise UsageError("the plots of a detector (precision-recall curves, confusion matrix) come with "
+                         "`darknetpy map --plots DIR`", args.plots)
+    plots = _plots_folder(args)
+
+    def work():
+        result = task.evaluate(top=args.top, progress=Progress("valid"))
+        if plots is not None:
+            _valid_plots(task, result, plots.folder)
+            plots.written = True
+        return result
+
+    result = _with_plots(plots, work)
     print(json.dumps(result.as_dict()) if args.json else result.report())
     return 0
-
-
-class _Progress:
-    """How far a long measurement is: a bar redrawn in place on a terminal, a plain line every tenth in a log."""
-
-    def __init__(self, what: str, stream=None):
-        self.what = what
-        self.stream = stream or sys.stderr
-        self.interactive = self.stream.isatty()
-        self.started = time.perf_counter()
-        self.last_tenth = 0
-
-    def __call__(self, done: int, total: int) -> None:
-        seconds = time.perf_counter() - self.started
-        if self.interactive:
-            filled = 30 * done // max(total, 1)
-            end = "\n" if done == total else ""
-            print(f"\r{self.what} [{'#' * filled}{'-' * (30 - filled)}] {done}/{total}  {seconds:.0f} s", end=end,
-                  file=self.stream, flush=True)
-        elif 10 * done // max(total, 1) > self.last_tenth or done == total:
-            self.last_tenth = 10 * done // max(total, 1)
-            print(f"{self.what}: {done}/{total} ({seconds:.0f} s)", file=self.stream, flush=True)
 
 
 def format_map(result, seconds: float) -> list[str]:
@@ -369,15 +514,38 @@ def format_map(result, seconds: float) -> list[str]:
     return lines
 
 
+def _map_plots(result, detections, truths, folder: Path) -> list[Path]:
+    """Precision-recall curves and the confusion matrix at --thresh (darknetpy/detection_curves.py)."""
+    from . import plots
+    from .detection_curves import detection_confusion, precision_recall_curves
+    names = [c.name for c in result.classes]
+    curves = precision_recall_curves(detections, truths, names, result.iou_thresh)
+    confusion = detection_confusion(detections, truths, len(names), result.thresh, result.iou_thresh)
+    return plots.write_detection_plots(folder, curves, [c.ap for c in result.classes], result.map50, confusion,
+                                       names, result.thresh, result.iou_thresh)
+
+
 def cmd_map(args) -> int:
     from . import api
     from .config import read_data_file
     from .metrics.evaluate import measure_map
+    from .progress import Progress
     data_config = read_data_file(args.data)
     model = api.load(args.cfg, args.weights)
+    plots = _plots_folder(args)
     started = time.perf_counter()
-    result = measure_map(model.network, data_config, iou_thresh=args.iou_thresh, points=args.points,
-                         thresh=args.thresh, progress=_Progress("map"))
+    kept = []
+
+    def work():
+        result = measure_map(model.network, data_config, iou_thresh=args.iou_thresh, points=args.points,
+                             thresh=args.thresh, progress=Progress("map"),
+                             keep=(lambda *found: kept.append(found)) if plots else None)
+        if plots is not None:
+            _map_plots(result, *kept[0], plots.folder)
+            plots.written = True
+        return result
+
+    result = _with_plots(plots, work)
     if args.json:
         print(json.dumps(result.as_dict()))
     else:
@@ -401,6 +569,43 @@ def cmd_anchors(args) -> int:
     return 0
 
 
+def _add_dask_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dask", nargs="?", const="local", metavar="local|ADDRESS",
+                   help="spread the images over a Dask cluster and print the --json records as they finish: "
+                        "'local' (the default) starts one on this machine, tcp://HOST:8786 joins a running one "
+                        "(needs the distributed extra); put it after the images")
+    p.add_argument("--workers", type=positive_int, dest="dask_workers", metavar="N",
+                   help="with --dask local: worker processes (default: one per core)")
+    p.add_argument("--results", metavar="FILE.jsonl",
+                   help="with --dask: write the records to this file (complete or not at all) instead of stdout")
+
+
+#: the example every command's --help ends with (a test checks that each command has one)
+EXAMPLES = {
+    "summary": "darknetpy summary cfg/mnist.cfg\n  darknetpy summary yolov3-tiny --width 320 --height 320",
+    "predict": "darknetpy predict cfg/mnist.cfg weights/mnist.weights darknetpy/samples --top 2\n"
+               "  darknetpy predict yolo-fastest-1.1.cfg yolo-fastest-1.1.weights dog.jpg --names coco.names "
+               "--out drawn\n  darknetpy predict cfg/mnist.cfg weights/mnist.weights digits.txt --json > records.jsonl",
+    "detect": "darknetpy detect yolo-fastest-1.1.cfg yolo-fastest-1.1.weights dog.jpg --names coco.names "
+              "--thresh 0.3 --out drawn",
+    "train": "darknetpy train cfg/mnist.cfg mnist/mnist.data --seed 1 --validate",
+    "valid": "darknetpy valid cfg/mnist.cfg weights/mnist.weights mnist/mnist.data --plots plots\n"
+             "  darknetpy valid digits-seg backup/digits-seg.weights digits.data --json",
+    "map": "darknetpy map yolo-fastest-1.1.cfg yolo-fastest-1.1.weights voc.data --points 11 --plots plots",
+    "anchors": "darknetpy anchors voc.data --num 6 --width 320 --height 320",
+    "segment": "darknetpy segment digits-seg backup/digits-seg.weights scene.png --names digits-seg --out pictures",
+    "partial": "darknetpy partial darknet19.cfg darknet19.weights darknet19.conv.13 13",
+    "export": "darknetpy export yolo-fastest-1.1.cfg yolo-fastest-1.1.weights model.onnx --decode",
+}
+
+
+def _add_examples(sub) -> None:
+    for name, parser in sub.choices.items():
+        example = EXAMPLES.get(name)
+        if example is not None:
+            parser.epilog = f"example:\n  {example}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="darknetpy", description="Run and train Darknet networks from their .cfg files.")
     parser.add_argument("--version", action="version", version=f"darknetpy {__version__}")
@@ -413,15 +618,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=positive_int)
     p.set_defaults(run=cmd_summary)
 
-    p = sub.add_parser("predict", help="classify images")
+    p = sub.add_parser("predict", help="classify, detect or segment images, as the network's task is "
+                                       "(top classes, boxes as detect, masks as segment)")
     p.add_argument("cfg")
     p.add_argument("weights")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image, directory of images, or list file")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--names", help="file with one class name per line")
     group.add_argument("--data", help=".data file (names/labels, top)")
-    p.add_argument("--top", type=positive_int, help="how many classes to print (default: .data top, else 5)")
-    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.add_argument("--top", type=positive_int, help="classifiers: how many classes to print (default: .data top, "
+                                                    "else 5)")
+    p.add_argument("--thresh", type=unit_float, default=0.25, help="detectors: score threshold (default 0.25)")
+    p.add_argument("--nms", type=unit_float, default=0.45, help="detectors: NMS IoU threshold (default 0.45)")
+    p.add_argument("--out", help="detectors: folder for the images with boxes drawn; segmenters: for the masks "
+                                 "and overlays")
+    box = p.add_mutually_exclusive_group()
+    box.add_argument("--letterbox", action="store_true", help="detectors: keep the aspect ratio")
+    box.add_argument("--no-letterbox", action="store_true", help="detectors: stretch to the network size")
+    p.add_argument("--json", action="store_true", help="one JSON object per image (with its \"task\")")
+    _add_dask_options(p)
     p.set_defaults(run=cmd_predict)
 
     p = sub.add_parser("detect", help="find objects in images")
@@ -438,6 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
     box = p.add_mutually_exclusive_group()
     box.add_argument("--letterbox", action="store_true", help="keep the aspect ratio (pjreddie's detector test)")
     box.add_argument("--no-letterbox", action="store_true", help="stretch to the network size (OpenCV default)")
+    _add_dask_options(p)
     p.set_defaults(run=cmd_detect)
 
     p = sub.add_parser("train", help="train a network (classifier, detector, segmenter) from a .data file")
@@ -465,6 +681,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data")
     p.add_argument("--top", type=positive_int, help="k for top-k (default: .data top)")
     p.add_argument("--json", action="store_true", help="result with the confusion matrix as JSON")
+    p.add_argument("--plots", metavar="DIR", help="write PNG pictures of the result: confusion matrices and "
+                                                  "per-class accuracy (classifiers) or IoU (segmenters)")
     p.set_defaults(run=cmd_valid)
 
     p = sub.add_parser("map", help="mAP of a detector on the .data valid list (AlexeyAB's detector map)")
@@ -477,6 +695,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thresh", type=unit_float, default=0.25,
                    help="confidence for TP/FP, precision, recall, F1 and average IoU (default 0.25)")
     p.add_argument("--json", action="store_true", help="one JSON object")
+    p.add_argument("--plots", metavar="DIR", help="write PNG pictures: precision-recall curves (AP per class) and "
+                                                  "the confusion matrix of the detections at --thresh")
     p.set_defaults(run=cmd_map)
 
     p = sub.add_parser("anchors", help="anchors for a cfg by k-means on the .data train boxes")
@@ -494,7 +714,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--names", help="file with one class name per line")
     p.add_argument("--out", help="folder for <stem>_mask.png (class indices, palette) and <stem>_overlay.png")
     p.add_argument("--json", action="store_true", help="one JSON object per image: size and class shares")
-    p.set_defaults(run=cmd_segment)
+    _add_dask_options(p)
+    p.set_defaults(run=cmd_segment, data=None)
 
     p = sub.add_parser("partial", help="save the first N layers of a weights file (like darknet partial)")
     p.add_argument("cfg")
@@ -517,6 +738,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .export import DEFAULT_OPSET
     p.add_argument("--opset", type=opset_version, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     p.set_defaults(run=cmd_export)
+    _add_examples(sub)
+    parser.epilog = "Run `darknetpy COMMAND --help` for a command's options and an example."
     return parser
 
 
@@ -532,6 +755,9 @@ def _resolve_bundled(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
+    if not (sys.argv[1:] if argv is None else argv):  # a first try: say what there is to do
+        print(build_parser().format_help(), end="")
+        return 0
     try:
         args = build_parser().parse_args(argv)
         _resolve_bundled(args)

@@ -13,8 +13,11 @@ file, every listed image's existence, every label file's lines (DataError `file:
 """
 from __future__ import annotations
 
+import math
 import os
+
 import numpy as np
+from PIL import Image
 
 from darknetpy.config import DataConfig, folder_of, locate_path, read_list_entries, resolve_path
 from darknetpy.detection_augment import DetectionAugmentSettings, augment_detection, mosaic, truth_row
@@ -24,6 +27,34 @@ from darknetpy.images import LETTERBOX, RESIZE, load_image, network_input, to_ch
 
 #: Darknet's detector reads `train=` from this when the .data file has no such key (spec §7.1)
 DEFAULT_TRAIN_LIST = "data/train.list"
+
+
+#: a training image is decoded with at least this many pixels per canvas pixel (where its shorter side
+#: ratio fits the canvas), so that the zoom of a jitter or crop still samples real detail
+DECODE_OVERSAMPLING = 2
+
+
+def decode_for_canvas(path: str, width: int, height: int) -> np.ndarray:
+    """(3, H', W') RGB of a training image that will be augmented onto a width x height canvas.
+
+    A JPEG far larger than the canvas (a 12-megapixel photo for a 416 network) is decoded at 1/2, 1/4 or
+    1/8 of its size by libjpeg's DCT scaling (Pillow's draft mode), which is several times faster and
+    smaller than decoding it whole and then shrinking it: the largest reduction that keeps at least
+    DECODE_OVERSAMPLING image pixels per canvas pixel. Labels are fractions of the image, so they hold at
+    any scale. Anything else (other formats, small JPEGs, unreadable files) goes through load_image.
+    """
+    try:
+        image = Image.open(path)
+    except Exception:  # Pillow refuses files in many ways; load_image names the problem in one line
+        return load_image(path)
+    with image:
+        if image.format != "JPEG":
+            return load_image(path)
+        img_w, img_h = image.size
+        needed = DECODE_OVERSAMPLING * max(width / img_w, height / img_h)
+        if needed < 0.5:
+            image.draft("RGB", (math.ceil(img_w * needed), math.ceil(img_h * needed)))
+        return load_image(image)
 
 
 class DetectionDataset:
@@ -81,9 +112,12 @@ class DetectionDataset:
         """`count` image indices drawn with replacement (Darknet's rand() % N per image)."""
         return rng.integers(0, len(self.paths), size=count)
 
-    def load_image(self, index: int) -> np.ndarray:
-        """Image `index` as (3, H, W) RGB; an ImageError names the list line too."""
+    def load_image(self, index: int, width: int | None = None, height: int | None = None) -> np.ndarray:
+        """Image `index` as (3, H, W) RGB; an ImageError names the list line too. Given the canvas size, a
+        big JPEG is decoded at a reduced scale (decode_for_canvas)."""
         try:
+            if width is not None and height is not None:
+                return decode_for_canvas(self.paths[index], width, height)
             return load_image(self.paths[index])
         except ImageError as exc:
             raise ImageError(f"{exc.message} (listed at {self.list_path}:{int(self.lines[index])})",
@@ -105,11 +139,11 @@ class DetectionDataset:
         settings = self.settings
         if settings.mosaic:
             others = self.draw_indices(rng, 3)
-            pieces = [(self.load_image(int(i)), self.labels.of(int(i))) for i in (index, *others)]
+            pieces = [(self.load_image(int(i), width, height), self.labels.of(int(i))) for i in (index, *others)]
             canvas, boxes = mosaic(pieces, rng, settings, width, height)
         else:
-            canvas, boxes = augment_detection(self.load_image(index), self.labels.of(index), rng, settings,
-                                              width, height)
+            canvas, boxes = augment_detection(self.load_image(index, width, height), self.labels.of(index), rng,
+                                              settings, width, height)
         row = truth_row(boxes, rng, settings.max_boxes, settings.truth_boxes)
         return to_channels(canvas, self.channels), row
 

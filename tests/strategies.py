@@ -879,7 +879,7 @@ _CLI_IMAGE = st.sampled_from(("in/a.png", "in/b.png", "in/good.txt", "in/empty.t
 _CLI_NAMES = st.sampled_from((None, "in/three.names", "in/two.names", "in/one.names", "in/empty.names",
                               "in/missing.names", "in/empty-dir", "in/a.png"))
 _CLI_OUT = st.sampled_from((None, "out/new", "out/new/deeper", "in/a.png", "in", "/proc/darknetpy-fuzz",
-                            "/proc/darknetpy-fuzz/x", "in/empty-dir"))
+                            "/proc/darknetpy-fuzz/x", "out/existing"))
 _PARTIAL_OUT = st.sampled_from(("out/first.weights", "in/model.weights", "in/link.weights",
                                 "in/empty-dir/../model.weights", "in/classifier.cfg", "in/empty-dir", "out",
                                 "/proc/darknetpy-fuzz.weights", "out/no/such/folder/x.weights"))
@@ -981,7 +981,7 @@ def check_cli(case: CliCase, folder: str | os.PathLike) -> Outcome:
     root = _cli_folder(os.fspath(folder), case.channels)
     out_area = os.path.join(root, "out")
     shutil.rmtree(out_area, ignore_errors=True)
-    os.makedirs(out_area)
+    os.makedirs(os.path.join(out_area, "existing"))
     before = _tree(root)
     stdout, stderr = io.StringIO(), io.StringIO()
     cwd = os.getcwd()

@@ -13,20 +13,16 @@ from darknetpy.kernels import batchnorm as bn_kernels
 from darknetpy.kernels import pooling, winograd
 from darknetpy.kernels.depthwise import grouped_conv_backward, grouped_conv_forward
 from darknetpy.kernels.im2col import col2im_batch_add, im2col_batch
-from darknetpy.network import network_from_text
 
 from naive_conv import batchnorm_inference, conv2d, leaky
 from naive_pooling import FLT_MAX, maxpool
+from builders import image_net as make_net
 
 RNG = np.random.default_rng(20240611)
 
 
 def out_size(size, k, stride, pad, dilation=1):
     return (size + 2 * pad - (dilation * (k - 1) + 1)) // stride + 1
-
-
-def make_net(layer_text, w, h, c):
-    return network_from_text(f"[net]\nwidth={w}\nheight={h}\nchannels={c}\n\n{layer_text}")
 
 
 def randomise(layer, rng):

@@ -3,14 +3,10 @@ import pytest
 
 from darknetpy.errors import CfgError
 from darknetpy.layers.base import Shape
-from darknetpy.network import network_from_text
 
 from gradcheck import check_layer_gradients
 from naive_conv import batchnorm_inference, conv2d, leaky
-
-
-def make_net(layer_text, w, h, c):
-    return network_from_text(f"[net]\nwidth={w}\nheight={h}\nchannels={c}\n\n{layer_text}")
+from builders import image_net as make_net
 
 
 def randomise(layer, rng):

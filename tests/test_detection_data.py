@@ -232,3 +232,26 @@ def test_grey_networks_get_one_channel(tmp_path):
     assert x.shape == (1, 32, 48)
     valid = DetectionDataset(read_data_file(data), settings, classes=2, train=False)
     assert valid.load(1)[0].shape == (1, 32, 48)
+
+
+def test_big_jpegs_are_decoded_at_a_reduced_scale_and_boxes_still_fit(tmp_path):
+    from darknetpy.detection_data import decode_for_canvas
+    img = np.zeros((1200, 1600, 3), np.uint8)
+    img[300:900, 200:600] = 255
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    Image.fromarray(img).save(tmp_path / "images" / "big.jpg", quality=95)
+    (tmp_path / "labels" / "big.txt").write_text(f"1 {400 / 1600} {600 / 1200} {400 / 1600} {600 / 1200}\n")
+    (tmp_path / "train.list").write_text("images/big.jpg\n")
+    (tmp_path / "big.data").write_text("classes=2\ntrain=train.list\n")
+    # 2 pixels per canvas pixel at least: 2 * max(64/1600, 64/1200) of the size -> libjpeg's 1/8 scale
+    assert decode_for_canvas(str(tmp_path / "images" / "big.jpg"), 64, 64).shape == (3, 150, 200)
+    assert decode_for_canvas(str(tmp_path / "images" / "big.jpg"), 416, 416).shape == (3, 1200, 1600)
+    dataset = DetectionDataset(read_data_file(tmp_path / "big.data"),
+                               DetectionAugmentSettings(64, 64, jitter=0.3, **GEOMETRY_ONLY), classes=2)
+    for seed in range(6):
+        x, truth = dataset.load(0, np.random.default_rng(seed), 64, 64)
+        ys, xs = np.nonzero(x[0] > 0.5)
+        bx, by, bw, bh = truth[:4]
+        np.testing.assert_allclose([(bx - bw / 2) * 64, (by - bh / 2) * 64, (bx + bw / 2) * 64, (by + bh / 2) * 64],
+                                   [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], atol=1.0)

@@ -12,15 +12,9 @@ import pytest
 
 from darknetpy.errors import UnsupportedError
 from darknetpy.kernels import yolo_loss as kl
-from darknetpy.network import network_from_text
+from builders import quiet_net as build
 
 F = np.float32
-
-
-def build(text: str):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return network_from_text(text)
 
 
 def yolo_head(extra: str = "", mask: str = "0,1", grid: int = 4, classes: int = 2,

@@ -74,15 +74,6 @@ def scenes(root: Path, split: str) -> list[Path]:
     return [root / entry for entry in (root / f"{split}.list").read_text().split()]
 
 
-def draw(image: np.ndarray, boxes) -> np.ndarray:
-    """The boxes' outlines (value 1) on a zero canvas the size of `image`."""
-    outline = np.zeros(image.shape, np.uint8)
-    for _, x0, y0, x1, y1 in boxes:
-        outline[y0:y1, [x0, x1 - 1]] = 1
-        outline[[y0, y1 - 1], x0:x1] = 1
-    return outline
-
-
 # --------------------------------------------------------------------------------------- pure parts
 
 def test_compose_by_hand():
@@ -148,8 +139,6 @@ def test_boxes_agree_with_pixels(detect_set, idx_dir):
             inside[y0:y1, x0:x1] = True
         # full ink only occurs in digits (backgrounds stay <= 200), and every digit's is inside its box
         assert not (image == 255)[~inside].any()
-        outline = draw(image, boxes)
-        assert outline.sum() > 0
 
 
 def test_masks_agree_with_pixels_and_boxes(detect_set, segment_set):

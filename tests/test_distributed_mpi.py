@@ -7,12 +7,14 @@ Every launch follows /work/notes/DISTRIBUTED_FACTS.md: ranks talk over loopback 
 fork launcher, host 127.0.0.1), every run has a timeout, and its whole process group is gone afterwards."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -66,35 +68,53 @@ activation=linear
 """
 
 
-def launch(args, cwd, ranks=2) -> subprocess.Popen:
-    command = [MPIEXEC, "-launcher", "fork", "-hosts", "127.0.0.1", "-n", str(ranks), sys.executable, "-m",
-               "darknetpy", *map(str, args)]
-    return subprocess.Popen(command, cwd=cwd, env={**os.environ, **LOOPBACK}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+JOB_MARK = "DARKNETPY_TEST_MPI_JOB"   # every process of a test's job inherits it: how leftovers are found
+
+
+def launch(args, cwd, ranks=2, command=None, env=None) -> subprocess.Popen:
+    command = command or [sys.executable, "-m", "darknetpy", *map(str, args)]
+    env = {**(env if env is not None else os.environ), **LOOPBACK, JOB_MARK: uuid.uuid4().hex}
+    process = subprocess.Popen([MPIEXEC, "-launcher", "fork", "-hosts", "127.0.0.1", "-n", str(ranks), *command],
+                               cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    process.job = env[JOB_MARK]
+    return process
+
+
+def job_processes(job: str) -> dict[int, list[bytes]]:
+    """pid -> environment of every live process carrying the job's mark."""
+    found = {}
+    marker = f"{JOB_MARK}={job}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in environ and state != "Z":
+            found[int(entry.name)] = environ
+    return found
 
 
 def finish(process: subprocess.Popen, timeout=180) -> tuple[int, str, str]:
-    """Wait for the job; whatever happens, no process of its group outlives the test."""
+    """Wait for the job; whatever happens, no process of it outlives the test."""
     try:
         out, err = process.communicate(timeout=timeout)
     finally:
-        group_left = _group_alive(process.pid)
-        if group_left:
+        if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.communicate()
-    assert not group_left, "the MPI job left processes behind"
+        deadline = time.monotonic() + 5
+        while job_processes(process.job) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = job_processes(process.job)
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert not left, f"the MPI job left processes behind: {sorted(left)}"
     return process.returncode, out, err
-
-
-def _group_alive(pgid: int, wait=5.0) -> bool:
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 def mpi_train(args, cwd, ranks=2, timeout=180) -> tuple[int, str, str]:
@@ -196,20 +216,16 @@ def test_subdivisions_the_ranks_cannot_share_is_one_located_line(tmp_path):
     assert not (data.parent / "backup" / "c.weights").exists()
 
 
-def _rank_pids(pgid: int, rank: int) -> list[int]:
+def _rank_pids(job: str, rank: int) -> list[int]:
+    """The rank's own process (its data-loading workers carry its environment but another command line)."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid, environ in job_processes(job).items():
         try:
-            if os.getpgid(int(entry.name)) != pgid:
-                continue
-            environ = (entry / "environ").read_bytes().split(b"\0")
-            cmdline = (entry / "cmdline").read_bytes()
-        except (OSError, ProcessLookupError):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
             continue
-        if f"PMI_RANK={rank}".encode() in environ and b"darknetpy" in cmdline and b"train" in cmdline:
-            found.append(int(entry.name))
+        if f"PMI_RANK={rank}".encode() in environ and b"darknetpy\0train" in cmdline:
+            found.append(pid)
     return found
 
 
@@ -226,7 +242,7 @@ def test_a_killed_rank_ends_the_job_quickly_and_the_last_checkpoint_is_intact(tm
             time.sleep(0.2)
         assert (backup / "c.backup").exists(), "no checkpoint was written"
         time.sleep(0.5)
-        victims = _rank_pids(process.pid, 1)
+        victims = _rank_pids(process.job, 1)
         assert len(victims) == 1, victims   # the rank itself, not its data-loading worker
         os.kill(victims[0], signal.SIGKILL)
         killed = time.monotonic()
@@ -244,13 +260,11 @@ def test_a_killed_rank_ends_the_job_quickly_and_the_last_checkpoint_is_intact(tm
 
 
 def test_each_local_rank_gets_its_share_of_the_cores(tmp_path):
-    process = subprocess.Popen(
-        [MPIEXEC, "-launcher", "fork", "-hosts", "127.0.0.1", "-n", "2", sys.executable, "-c",
-         "import os, darknetpy, numba; print(os.environ['PMI_RANK'], os.environ['NUMBA_NUM_THREADS'], "
-         "os.environ['OPENBLAS_NUM_THREADS'], numba.get_num_threads())"],
-        env={key: value for key, value in {**os.environ, **LOOPBACK}.items()
-             if key not in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    script = ("import os, darknetpy, numba; print(os.environ['PMI_RANK'], os.environ['NUMBA_NUM_THREADS'], "
+              "os.environ['OPENBLAS_NUM_THREADS'], numba.get_num_threads())")
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    process = launch([], tmp_path, command=[sys.executable, "-c", script], env=env)
     code, out, err = finish(process, timeout=60)
     assert code == 0, err
     share = str(max(1, len(os.sched_getaffinity(0)) // 2))
@@ -263,3 +277,16 @@ def test_thread_share_keeps_what_the_user_set():
     assert environ["OPENBLAS_NUM_THREADS"] == "3" and "OPENBLAS_NUM_THREADS" not in chosen
     assert environ["NUMBA_NUM_THREADS"] == str(thread_share(4))
     assert thread_share(3, cores=8) == 2 and thread_share(16, cores=8) == 1
+
+
+def test_a_failing_rank_prints_one_line_and_ends_the_job(tmp_path):
+    data = make_classification_set(tmp_path / "ds")
+    for image in sorted((data.parent / "img").iterdir()):
+        image.write_bytes(b"not a png")   # listed and present, unreadable only when a rank loads it
+    cfg = tmp_path / "c.cfg"
+    cfg.write_text(CLASSIFIER.format(subdivisions=2))
+    code, out, err = mpi_train([cfg, data, "--seed", "1", "--workers", "1"], data.parent, timeout=60)
+    assert code != 0
+    lines = [line for line in err.splitlines() if "failed, ending the MPI job" in line]
+    assert 1 <= len(lines) <= 2 and all(".png" in line for line in lines), err
+    assert "Traceback" not in err

@@ -35,6 +35,7 @@ def _with_value(floats: np.ndarray, index: int, value: float) -> np.ndarray:
 def write_inputs(f: dict, root: Path) -> None:
     floats = f["floats"]
     (root / "huge-int.cfg").write_text(TINY_CFG.replace("filters=4", f"filters={HUGE_INTEGER}"))
+    (root / "no-equals.cfg").write_text(TINY_CFG.replace("filters=4", "filters 4"))
     (root / "huge-float.cfg").write_text(TINY_CFG.replace("[avgpool]", "[avgpool]\n").replace(
         "activation=linear", "activation=linear\nlearning_rate=1" + "0" * 400))
     (root / "yolo.cfg").write_text(_yolo_cfg())
@@ -70,6 +71,9 @@ CASES = {
                                              ["filters", "32-bit", "5000 characters"]),
     "cfg_float_beyond_range": lambda f, r: (["summary", r / "huge-float.cfg"], f"{r / 'huge-float.cfg'}:",
                                             ["learning_rate", "range"]),
+    # issue 11: a line without '=' was a warning, and the layer silently got filters=1
+    "cfg_line_without_equals": lambda f, r: (["summary", r / "no-equals.cfg"], f"{r / 'no-equals.cfg'}:8:",
+                                             ["without '='", "filters 4"]),
     # 2. detect --out that is a file or cannot be created: refused before anything is printed
     "detect_out_is_a_file": lambda f, r: (["detect", r / "yolo.cfg", r / "yolo.weights", f["images"] / "a.png",
                                            "--out", r / "a-file"], f"{r / 'a-file'}:", ["folder"]),

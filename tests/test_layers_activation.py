@@ -8,10 +8,7 @@ from darknetpy.network import network_from_text
 
 from gradcheck import check_layer_gradients
 from naive_activation import activate
-
-
-def image_net(layer_text, w, h, c):
-    return network_from_text(f"[net]\nwidth={w}\nheight={h}\nchannels={c}\n\n{layer_text}")
+from builders import image_net
 
 
 @pytest.mark.parametrize("name", ["linear", "logistic", "relu", "leaky", "tanh", "elu", "mish", "swish"])

@@ -6,20 +6,12 @@ import pytest
 
 from darknetpy.errors import CfgError
 from darknetpy.layers.base import Shape
-from darknetpy.network import network_from_text
 from darknetpy.weights import read_weights
 
 from gradcheck import check_layer_gradients
 from naive_activation import activate
 from naive_connected import batchnorm_inference, batchnorm_train, connected
-
-
-def image_net(layer_text, w, h, c):
-    return network_from_text(f"[net]\nwidth={w}\nheight={h}\nchannels={c}\n\n{layer_text}")
-
-
-def vector_net(layer_text, inputs):
-    return network_from_text(f"[net]\ninputs={inputs}\n\n{layer_text}")
+from builders import image_net, vector_net
 
 
 def randomise(layer, rng):

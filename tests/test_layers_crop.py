@@ -4,13 +4,9 @@ import pytest
 
 from darknetpy.errors import CfgError
 from darknetpy.layers.base import Shape
-from darknetpy.network import network_from_text
 
 from naive_crop import crop
-
-
-def image_net(layer_text, w, h, c):
-    return network_from_text(f"[net]\nwidth={w}\nheight={h}\nchannels={c}\n\n{layer_text}")
+from builders import image_net
 
 
 def test_hand_case_centred_and_mapped():

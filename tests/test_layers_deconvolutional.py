@@ -4,16 +4,12 @@ import pytest
 
 from darknetpy.errors import CfgError
 from darknetpy.layers.base import Shape
-from darknetpy.network import network_from_text
 
 from gradcheck import check_layer_gradients
 from naive_activation import activate
 from naive_connected import batchnorm_inference
 from naive_deconvolutional import deconv2d
-
-
-def image_net(layer_text, w, h, c):
-    return network_from_text(f"[net]\nwidth={w}\nheight={h}\nchannels={c}\n\n{layer_text}")
+from builders import image_net
 
 
 def randomise(layer, rng):

@@ -8,11 +8,11 @@ from darknetpy.layers.base import Shape
 from darknetpy.network import network_from_text
 
 from gradcheck import check_layer_gradients
+from builders import image_net
 
 
 def make_net(layer_text, w=5, h=4, c=3):
-    """[net] is lines 1-4, so the first layer section starts on line 6."""
-    return network_from_text(f"[net]\nwidth={w}\nheight={h}\nchannels={c}\n\n{layer_text}")
+    return image_net(layer_text, w, h, c)
 
 
 class FixedDraws:

@@ -9,10 +9,7 @@ from darknetpy.network import network_from_text
 
 from gradcheck import check_layer_gradients
 from naive_normalization import l2norm, lrn, lrn_norms
-
-
-def image_net(layer_text, w, h, c):
-    return network_from_text(f"[net]\nwidth={w}\nheight={h}\nchannels={c}\n\n{layer_text}")
+from builders import image_net
 
 
 def test_lrn_five_channel_hand_case():

@@ -4,15 +4,10 @@ import pytest
 from darknetpy.errors import CfgError
 from darknetpy.layers.base import Shape
 from darknetpy.layers.pooling import Avgpool, Maxpool
-from darknetpy.network import network_from_text
 
 from gradcheck import check_layer_gradients
 from naive_pooling import FLT_MAX, global_average, maxpool
-
-def make_net(layer_text, w, h, c):
-    """[net] is lines 1-4, so the first layer section starts on line 6."""
-    return network_from_text(f"[net]\nwidth={w}\nheight={h}\nchannels={c}\n\n{layer_text}")
-
+from builders import image_net as make_net
 
 def distinct_values(shape, rng):
     """Values at least 0.1 apart, so a finite-difference step of 1e-2 never changes a winner."""

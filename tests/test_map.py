@@ -352,6 +352,10 @@ def test_map_bad_inputs(tmp_path, capsys):
     assert code == 2
     one_located_line(err, str(other))
 
+    unlabelled = tiny_dataset(tmp_path / "u", [[]])
+    code, _, err = run_cli(capsys, "map", cfg, weights, unlabelled / "tiny.data")
+    assert code == 2 and err.strip().splitlines()[-1].startswith(f"{unlabelled / 'valid.list'}: no image")
+
     (root / "valid.list").write_text("\n")
     code, _, err = run_cli(capsys, "map", cfg, weights, root / "tiny.data")
     assert code == 2 and "empty" in err

@@ -262,3 +262,19 @@ def test_a_deconvolutional_unet_learns_a_pixel_task(dataset, monkeypatch):
     losses = [model.train_batch(x, truth) for _ in range(60)]
     assert np.all(np.isfinite(losses))
     assert losses[-1] < 0.3 * losses[0], losses[::10]
+
+
+def test_a_one_channel_logistic_head_is_a_binary_segmenter(dataset, capsys, monkeypatch):
+    monkeypatch.chdir(dataset)
+    for mask_path in (dataset / "masks").glob("*.png"):
+        values = np.asarray(Image.open(mask_path)).copy()
+        values[values == 2] = 0                                  # red square = foreground, the rest background
+        Image.fromarray(values, "L").save(mask_path)
+    cfg = CFG.replace("filters=3\nsize=1", "filters=1\nsize=1").replace("[softmax]\nspatial=1", "[logistic]")
+    (dataset / "bin.cfg").write_text(cfg)
+    (dataset / "bin.data").write_text("classes=2\ntrain=train.txt\nvalid=valid.txt\nbackup=backup\n")
+    code, out, err = run(["train", "bin.cfg", "bin.data", "--max-batches", "2", "--workers", "1"], capsys)
+    assert code == 0, err
+    code, out, err = run(["valid", "bin.cfg", "backup/bin.weights", "bin.data", "--json"], capsys)
+    assert code == 0, err
+    assert set(json.loads(out)["iou"]) == {"0", "1"}

@@ -5,7 +5,8 @@
                                       [--seed S] [--jobs J]
 
 Each scene is a square grey canvas of 256–416 px holding 1–8 digits, each scaled so that its ink (pixels
->= 128 of 255) is 16–112 px tall, on a black, grey-gradient or noisy background. Digits are painted as
+>= 128 of 255) is 16–112 px tall (less if it would not fit the canvas, which no MNIST digit reaches), on a
+black, grey-gradient or noisy background. Digits are painted as
 white ink with their grey level as opacity, so they read the same on any background; a digit is placed
 only where its ink box overlaps every earlier one by at most 30% of the smaller box (when 50 tries find
 no such place the digit is left out). Training scenes take their digits from the IDX training files and
@@ -45,7 +46,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mnist_to_darknet import find_idx  # noqa: E402  (the IDX file names MNIST comes with)
+from mnist_to_darknet import _Inline, find_idx  # noqa: E402  (IDX file names; a one-process "executor")
 
 from darknetpy.errors import DarknetError  # noqa: E402
 from darknetpy.idx import read_idx  # noqa: E402
@@ -284,26 +285,6 @@ def make_dataset(idx_dir: str, out_dir: str, task: str, counts: dict[str, int], 
     write_lines(os.path.join(out_dir, "digits.names"), names)
     write_lines(os.path.join(out_dir, "digits.data"), [
         f"classes={len(names)}", "train=train.list", "valid=valid.list", "names=digits.names", "backup=backup/"])
-
-
-class _Inline:
-    """A stand-in for an executor that runs each task at once (--jobs 1)."""
-
-    class _Done:
-        def __init__(self, value: object):
-            self._value = value
-
-        def result(self) -> object:
-            return self._value
-
-    def submit(self, function, *args):
-        return self._Done(function(*args))
-
-    def __enter__(self) -> _Inline:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        return None
 
 
 def non_negative(text: str) -> int:

@@ -140,14 +140,21 @@ def detect_images(network, images: LabelledImages, progress: Progress | None = N
 
 
 def measure_map(network, data_config: DataConfig, names: list[str] | None = None, iou_thresh: float = 0.5,
-                points: int = 0, thresh: float = 0.25, progress: Progress | None = None) -> MapResult:
-    """`darknetpy map`: the network over the .data `valid` list, scored against the labels."""
+                points: int = 0, thresh: float = 0.25, progress: Progress | None = None,
+                keep: Callable[[list[ImageDetections], list[ImageTruths]], None] | None = None) -> MapResult:
+    """`darknetpy map`: the network over the .data `valid` list, scored against the labels. `keep`, when
+    given, receives every image's detections and truths (what `map --plots` draws its curves from)."""
     classes = output_classes(network)
     check_data_classes(data_config, classes)
     if names is None:
         names = class_names(data_config, classes)
     images = read_labelled_list(data_config, "valid", classes)
+    if not any(len(t.classes) for t in images.truths):
+        raise DataError("no image of the valid list has a labelled object: there is nothing to find, so no mAP",
+                        images.list_path)
     detections = detect_images(network, images, progress)
+    if keep is not None:
+        keep(detections, images.truths)
     return detection_map(detections, images.truths, names[:classes], iou_thresh, points, thresh)
 
 

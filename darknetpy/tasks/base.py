@@ -168,8 +168,9 @@ class Task:
         return EpochCheckpoints(base, backup_every)
 
     # ---- validation -------------------------------------------------------------------------------------------
-    def evaluate(self, top: int | None = None) -> Evaluation:
-        """The metric on the .data `valid` list (`top`: the k of a classifier's top-k; others ignore it)."""
+    def evaluate(self, top: int | None = None, progress=None) -> Evaluation:
+        """The metric on the .data `valid` list (`top`: the k of a classifier's top-k; others ignore it).
+        `progress(done, total)`, when given, is called as images are measured (darknetpy.progress)."""
         raise NotImplementedError
 
 

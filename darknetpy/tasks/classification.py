@@ -65,7 +65,7 @@ class ClassificationTask(Task):
             raise DataError(f"classes={classes}, but the network's {outputs}", data.path,
                             data.lines.get("classes"))
 
-    def evaluate(self, top: int | None = None, batch: int = 64) -> ClassificationEvaluation:
+    def evaluate(self, top: int | None = None, batch: int = 64, progress=None) -> ClassificationEvaluation:
         """Classifier `valid`: centre crop (spec §8.1), class = first label found in the path, top-1/top-k."""
         dataset = self.dataset(train=False, seed=0)
         k = top or self.data_config.top or 1
@@ -86,6 +86,8 @@ class ClassificationTask(Task):
                 hitsk += int(truth in ranking[:k])
                 if ranking[0] < classes:
                     confusion[truth, ranking[0]] += 1
+            if progress is not None:
+                progress(indices.stop, len(dataset))
         if counted == 0:
             raise DataError("no image in the valid list has a label in its path", dataset.list_path)
         return ClassificationEvaluation(counted, hits1 / counted, hitsk / counted, k, confusion,

@@ -83,7 +83,7 @@ class SegmentationTask(Task):
             self._valid = dataset
         return dataset
 
-    def evaluate(self, top: int | None = None, batch: int = 8) -> SegmentationEvaluation:
+    def evaluate(self, top: int | None = None, batch: int = 8, progress=None) -> SegmentationEvaluation:
         """Pixel accuracy and IoU over the `valid` list: each image stretched to the network, the class
         probabilities resized back to the image, argmax, compared with the mask (ignore pixels skipped)."""
         dataset = self.dataset(train=False)
@@ -98,6 +98,8 @@ class SegmentationTask(Task):
                 if maps.shape[1:] != mask.shape:
                     maps = resize_image(maps, mask.shape[1], mask.shape[0])
                 confusion += confusion_matrix(mask, argmax_classes(maps), self.classes)
+            if progress is not None:
+                progress(start + len(items), len(dataset))
         return SegmentationEvaluation(len(dataset), scores(confusion, self.names(), len(dataset)))
 
 

@@ -30,6 +30,7 @@ from ..data import BatchLoader
 from ..errors import DarknetError
 from ..fileio import remove_stale_temporaries
 from ..network import Network
+from ..progress import bar_text
 from ..tasks import task_for
 from ..weights import write_weights
 from .checkpoints import backup_folder, base_name
@@ -217,11 +218,8 @@ class TrainingRun:
     def _report(self, row: IterationRow, loaded: float) -> None:
         line = self.task.progress_line(row)
         if self.interactive:
-            total = self.max_batches or 0
-            width = 30
-            filled = min(width, int(width * row.batch / total)) if total else 0
-            bar = "#" * filled + "-" * (width - filled)
-            print(f"\r[{bar}] {line}  (loaded in {loaded:.3f} s)", end="", file=self.out, flush=True)
+            bar = bar_text(row.batch, self.max_batches or 0)  # the bar every long command draws (progress.py)
+            print(f"\r{bar} {line}  (loaded in {loaded:.3f} s)", end="", file=self.out, flush=True)
         else:
             print(line, file=self.out, flush=True)
 
