@@ -797,9 +797,18 @@ class DataCase:
                 f"train={self.train}, channels={self.channels})")
 
 
-DATA_CASE = st.builds(DataCase, st.lists(_DATA_LINE, max_size=6).map(tuple),
-                      st.lists(_LIST_ENTRY, max_size=5).map(tuple), st.lists(_LABEL, max_size=4).map(tuple),
-                      st.booleans(), st.sampled_from((1, 3)))
+_DATA_BASE = ("classes=2", "train=train.list", "valid=train.list", "labels=labels.txt")
+# Mostly a workable .data (its keys first, so the generated lines after them are duplicates that only warn)
+# with a few odd lines, sometimes the odd lines first (they win), sometimes only odd lines.
+_DATA_LINES = st.one_of(
+    st.lists(_DATA_LINE, max_size=3).map(lambda extra: _DATA_BASE + tuple(extra)),
+    st.lists(_DATA_LINE, max_size=3).map(lambda extra: _DATA_BASE + tuple(extra)),
+    st.lists(_DATA_LINE, min_size=1, max_size=3).map(lambda extra: tuple(extra) + _DATA_BASE),
+    st.lists(_DATA_LINE, max_size=6).map(tuple))
+_ENTRIES = st.one_of(st.lists(st.sampled_from(DATA_IMAGES), min_size=1, max_size=4).map(tuple),
+                     st.lists(_LIST_ENTRY, max_size=5).map(tuple))
+_LABELS = st.one_of(st.just(("cat", "dog")), st.lists(_LABEL, max_size=4).map(tuple))
+DATA_CASE = st.builds(DataCase, _DATA_LINES, _ENTRIES, _LABELS, st.booleans(), st.sampled_from((1, 3)))
 
 
 def data_file_cases() -> st.SearchStrategy[DataCase]:

@@ -629,7 +629,8 @@ BAD_INPUTS = {
                                                       "--out", r / "drawn"], f"{f['cfg']}:", ["detection"]),
     "detect_image_missing": lambda f, r: (["detect", r / "yolo.cfg", r / "yolo.weights", r / "nowhere.png",
                                            "--out", r / "drawn"], f"{r / 'nowhere.png'}:", []),
-    "usage_no_command": lambda f, r: ([], "darknetpy", []),
+    # no arguments at all lists the commands, exit 0 (tests/test_cli_tasks.py); an option alone is still a mistake
+    "usage_no_command": lambda f, r: (["--bogus-option"], "darknetpy", ["COMMAND"]),
     "usage_unknown_command": lambda f, r: (["bogus"], "darknetpy", ["bogus"]),
     "usage_missing_arguments": lambda f, r: (["predict", f["cfg"]], "darknetpy predict", []),
     "usage_bad_integer": lambda f, r: (["partial", f["cfg"], f["weights"], r / "never.weights", "two"],

@@ -151,3 +151,20 @@ def test_dask_options_need_dask(networks, images, capsys):
     cfg, weights = networks["classification"]
     code, out, err = run(["predict", cfg, weights, images, "--results", "r.jsonl"], capsys)
     assert code == 2 and "--results goes with --dask" in err
+
+
+def test_a_worker_that_dies_has_its_partitions_rerun(networks, images, dask_client):
+    import os
+    import signal
+
+    from darknetpy.distributed.dask import iter_predictions
+    cfg, weights = networks["detection"]
+    paths = sorted(str(p) for p in images.iterdir()) * 3
+    pids = dask_client.run(os.getpid)
+    records = iter_predictions(dask_client, cfg, weights, paths, thresh=0.05, partition_size=1)
+    done = [next(records)]
+    os.kill(next(iter(pids.values())), signal.SIGKILL)   # mid-job, with partitions left on both workers
+    done += list(records)
+    assert sorted(r["image"] for r in done) == sorted(paths)
+    assert not any("error" in r for r in done)
+    dask_client.wait_for_workers(2, timeout=60)   # the nanny restarts it, for the tests after this one

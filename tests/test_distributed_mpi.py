@@ -290,3 +290,20 @@ def test_a_failing_rank_prints_one_line_and_ends_the_job(tmp_path):
     lines = [line for line in err.splitlines() if "failed, ending the MPI job" in line]
     assert 1 <= len(lines) <= 2 and all(".png" in line for line in lines), err
     assert "Traceback" not in err
+
+
+def test_the_loader_loads_only_its_rows_exactly_as_in_the_whole_batch(tmp_path):
+    from darknetpy.data import BatchLoader, ClassificationDataset
+    from darknetpy.config import read_data_file
+    data = make_classification_set(tmp_path / "ds")
+    cfg = tmp_path / "c.cfg"
+    cfg.write_text(CLASSIFIER.format(subdivisions=4))
+    net = darknetpy.load(cfg).network.net
+    dataset = ClassificationDataset(read_data_file(data), net, train=True, seed=3)
+    rows = np.array([2, 3, 6, 7])   # rank 1 of 2: passes 1 and 3 of batch 2
+    with BatchLoader(dataset, seed=3, backend="thread") as whole, \
+            BatchLoader(dataset, seed=3, backend="thread", rows=rows, workers=1) as part:
+        for _ in range(2):
+            (x, y), (xr, yr) = whole.next_batch(), part.next_batch()
+            np.testing.assert_array_equal(xr, x[rows])
+            np.testing.assert_array_equal(yr, y[rows])

@@ -93,12 +93,15 @@ def _exportable(layer) -> bool:
     return type(layer) in EXPORTERS
 
 
-def compare_layers(ort_module, network, model, x: np.ndarray, optimize: bool = True) -> dict[int, float]:
-    """Relative error of every exported layer between onnxruntime and darknetpy on the batch x."""
-    model, names = with_layer_outputs(network, model)
+def compare_layers(ort_module, network, make_model, x: np.ndarray, optimize: bool = True) -> dict[int, float]:
+    """Relative error of every exported layer between onnxruntime and darknetpy on the batch x, for the
+    model make_model() returns (made and dropped in here: the large corpus models live one at a time)."""
+    model, names = with_layer_outputs(network, make_model())
     sess = session(ort_module, model, optimize)
+    del model
     wanted = list(names.items())
     results = sess.run([name for _, name in wanted], {"input": x})
+    del sess
     network.forward(x)
     return {i: relative_error(out, network.outputs[i]) for (i, _), out in zip(wanted, results)}
 
@@ -212,7 +215,7 @@ def test_corpus_network_matches_onnxruntime(name, ort, corpus_network):
         assert info.value.path.endswith(Path(name).name) and line.startswith("tree=")
         return
     network = corpus_network(name)
-    errors = compare_layers(ort, network, build_onnx(network, dynamic_batch=True), photo_batch(network),
+    errors = compare_layers(ort, network, lambda: build_onnx(network, dynamic_batch=True), photo_batch(network),
                             optimize=False)
     assert network.output_index in errors
     bad = {i: e for i, e in errors.items() if not e <= TOLERANCE}
@@ -236,7 +239,7 @@ def real_model(stem: str, width: int | None = None, height: int | None = None):
 def test_real_yolo_fastest_matches_onnxruntime(stem, ort):
     from darknetpy.export import build_onnx
     network = real_model(stem)
-    errors = compare_layers(ort, network, build_onnx(network, dynamic_batch=True), photo_batch(network))
+    errors = compare_layers(ort, network, lambda: build_onnx(network, dynamic_batch=True), photo_batch(network))
     bad = {i: e for i, e in errors.items() if not e <= TOLERANCE}
     assert not bad, f"layers beyond {TOLERANCE}: {bad}"
 
@@ -377,7 +380,7 @@ def test_layer_families_match_onnxruntime(name, ort, tmp_path):
     s = network.input_shape
     # inputs spread over [-4, 4]: every branch of the piecewise activations is visited
     x = np.random.default_rng(11).uniform(-4, 4, (3, s.c, s.h, s.w)).astype(np.float32)
-    errors = compare_layers(ort, network, model, x)
+    errors = compare_layers(ort, network, lambda: model, x)
     assert set(errors) == {layer.index for layer in network.layers}   # every layer is a named tensor
     bad = {i: e for i, e in errors.items() if not e <= TOLERANCE}
     assert not bad, f"layers beyond {TOLERANCE}: {bad}"

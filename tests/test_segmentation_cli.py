@@ -174,15 +174,18 @@ def test_segment_on_a_classifier_is_refused(dataset, capsys, monkeypatch):
     import darknetpy
     darknetpy.load("cls.cfg").save_weights("cls.weights")
     code, out, err = run(["segment", "cls.cfg", "cls.weights", "images/s0.png"], capsys)
-    assert code == 2 and "cls.cfg:" in err and "not a segmenter" in err
+    assert code == 2 and "cls.cfg:" in err and "needs a segmentation network" in err
 
 
-def test_predict_on_a_segmenter_points_to_segment(dataset, capsys, monkeypatch):
+def test_predict_on_a_segmenter_segments(dataset, capsys, monkeypatch):
     monkeypatch.chdir(dataset)
     import darknetpy
     darknetpy.load("seg.cfg").save_weights("seg.weights")
-    code, out, err = run(["predict", "seg.cfg", "seg.weights", "images/s0.png"], capsys)
-    assert code == 2 and "seg.cfg:" in err and "darknetpy segment" in err
+    code, out, err = run(["predict", "seg.cfg", "seg.weights", "images/s0.png", "--json"], capsys)
+    assert code == 0, err
+    assert set(json.loads(out)["classes"]) == {"0", "1", "2"}
+    with pytest.raises(darknetpy.errors.CfgError, match="segment"):   # the API's predict is for classifiers
+        darknetpy.load("seg.cfg", "seg.weights").predict("images/s0.png")
 
 
 def test_model_segment_matches_the_written_mask(dataset, tmp_path, monkeypatch):

@@ -85,11 +85,11 @@ def _folded(layer, weights: np.ndarray, out_axis: int) -> tuple[np.ndarray, np.n
     (x - mean) / (sqrt(var) + 1e-6) (epsilon on the standard deviation, spec §4.2), which ONNX's
     BatchNormalization (epsilon on the variance) cannot state exactly; BatchNormBlock.fold is that rule."""
     if layer.bn is None:
-        return weights.astype(np.float32), layer.biases.astype(np.float32)
+        return weights, layer.biases
     a, b = layer.bn.fold(layer.biases)
     shape = [1] * weights.ndim
     shape[out_axis] = -1
-    return (weights * a.reshape(shape)).astype(np.float32), b.astype(np.float32)
+    return weights * a.reshape(shape), b
 
 
 @exports(Convolutional, "conv")

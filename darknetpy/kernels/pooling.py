@@ -162,12 +162,13 @@ def _window_rows(src, origin, width, rows, size, stride_y, stride_x, out_plane, 
             k = np.int32(-1)
             for ky in range(rows):
                 row = src[top + ky]
-                first = (top + ky + origin) * width + left + origin
+                # int32 index arithmetic: as wide a vector as the float32 values
+                first = np.int32((top + ky + origin) * width + left + origin)
                 for kx in range(size):
                     v = row[left + kx]
                     if v > b:
                         b = v
-                        k = np.int32(first + kx)
+                        k = first + np.int32(kx)
             best[ox] = b
             best_index[ox] = k
 
