@@ -232,7 +232,7 @@ def _require_task(model, task: str, command: str) -> None:
                                 f"(last layer {head.index} [{head.kind}]): use {use}")
 
 
-def _image_progress(command: str, args):
+def _image_progress(command: str):
     """The per-image bar on a terminal's stderr; nothing in logs (the per-image lines already show how far)."""
     from .progress import Progress
     return Progress(command, log_lines=False)
@@ -279,7 +279,7 @@ def _classify_images(model, images: list[str], args, dask: bool = False) -> int:
     head = model.network.output_layer
     what = "" if probabilities else (f" Scores, not probabilities: the last layer {head.index} [{head.kind}] "
                                      f"is not a softmax or logistic.")
-    progress = _image_progress("predict", args)
+    progress = _image_progress("predict")
     try:
         for done, path in enumerate(images, 1):
             start = time.perf_counter()
@@ -360,7 +360,7 @@ def cmd_detect(args, model=None, images: list[str] | None = None) -> int:
 def _detect_images(model, images: list[str], letterbox: bool | None, out: _OutputFolder | None, args) -> None:
     from .detect import format_detections
     from .records import detection_record
-    progress = _image_progress(args.command, args)
+    progress = _image_progress(args.command)
     try:
         for done, path in enumerate(images, 1):
             start = time.perf_counter()
@@ -417,7 +417,7 @@ def cmd_segment(args, model=None, images: list[str] | None = None) -> int:
         for image in images:
             for suffix in ("_mask.png", "_overlay.png"):
                 _refuse_overwriting(out.folder / f"{Path(image).stem}{suffix}", images, "--out would write")
-    progress = _image_progress(args.command, args)
+    progress = _image_progress(args.command)
     try:
         for done, path in enumerate(images, 1):
             start = time.perf_counter()
@@ -455,9 +455,11 @@ def _with_plots(plots: _OutputFolder | None, work):
         raise
 
 
-def _valid_plots(task, result, folder: Path) -> list[Path]:
-    """The pictures of a `valid` result (darknetpy/plots.py), by task."""
+def _valid_plots(task, result, folder: Path, kept: list) -> list[Path]:
+    """The pictures of a `valid` result (darknetpy/plots.py), by task; a detector's are those of `map`."""
     from . import plots
+    if task.name == "detection":
+        return _map_plots(result.result, *kept[0], folder)
     if task.name == "classification":
         labels = list(result.labels)
         data = task.data_config
@@ -477,15 +479,14 @@ def cmd_valid(args) -> int:
     from .tasks import task_for
     model = api.load(args.cfg, args.weights)
     task = task_for(model.network)(model, read_data_file(args.data))
-    if args.plots and task.name == "detection":
-        raise UsageError("the plots of a detector (precision-recall curves, confusion matrix) come with "
-                         "`darknetpy map --plots DIR`", args.plots)
     plots = _plots_folder(args)
+    kept: list = []  # a detector's detections and truths, for its curves
+    keep = {"keep": lambda *found: kept.append(found)} if plots is not None and task.name == "detection" else {}
 
     def work():
-        result = task.evaluate(top=args.top, progress=Progress("valid"))
+        result = task.evaluate(top=args.top, progress=Progress("valid"), **keep)
         if plots is not None:
-            _valid_plots(task, result, plots.folder)
+            _valid_plots(task, result, plots.folder, kept)
             plots.written = True
         return result
 
@@ -682,7 +683,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=positive_int, help="k for top-k (default: .data top)")
     p.add_argument("--json", action="store_true", help="result with the confusion matrix as JSON")
     p.add_argument("--plots", metavar="DIR", help="write PNG pictures of the result: confusion matrices and "
-                                                  "per-class accuracy (classifiers) or IoU (segmenters)")
+                                                  "per-class accuracy (classifiers) or IoU (segmenters); "
+                                                  "detectors: as map --plots")
     p.set_defaults(run=cmd_valid)
 
     p = sub.add_parser("map", help="mAP of a detector on the .data valid list (AlexeyAB's detector map)")

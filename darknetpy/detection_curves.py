@@ -18,7 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .metrics.detection import ImageDetections, ImageTruths, greedy_match, iou_matrix, precision_recall
+from .metrics.detection import (ImageDetections, ImageTruths, envelope_area, envelope_at, iou_matrix,
+                                precision_recall, rank_classes)
 
 RECALL_GRID = np.linspace(0.0, 1.0, 101)
 
@@ -32,60 +33,23 @@ class ClassCurve:
 
     def envelope_at(self, recalls: np.ndarray) -> np.ndarray:
         """Best precision at a recall >= each of `recalls` (0 where it is never reached)."""
-        values = np.zeros(len(recalls))
-        if len(self.recall) == 0:
-            return values
-        envelope = np.maximum.accumulate(self.precision[::-1])[::-1]
-        first = np.searchsorted(self.recall, recalls, side="left")
-        reached = first < len(self.recall)
-        values[reached] = envelope[first[reached]]
-        return values
+        return envelope_at(self.precision, self.recall, recalls)
 
     def area(self) -> float | None:
         """Area under the precision envelope at every recall step (the `points=0` AP); None without truths."""
         if self.truths == 0:
             return None
-        if len(self.recall) == 0:
-            return 0.0
-        envelope = np.maximum.accumulate(self.precision[::-1])[::-1]
-        return float(np.sum(np.diff(self.recall, prepend=0.0) * envelope))
+        return envelope_area(self.precision, self.recall)
 
 
 def precision_recall_curves(detections: Sequence[ImageDetections], truths: Sequence[ImageTruths],
                             names: Sequence[str], iou_thresh: float = 0.5) -> list[ClassCurve]:
     """One curve per class (see the module docstring)."""
-    classes = len(names)
-    threshold = np.array([iou_thresh])
-    scores: list[list[np.ndarray]] = [[] for _ in range(classes)]
-    hits: list[list[np.ndarray]] = [[] for _ in range(classes)]
-    counts = np.zeros(classes, np.int64)
-    for image_dets, image_truths in zip(detections, truths):
-        boxes = np.asarray(image_dets.boxes, np.float64).reshape(-1, 4)
-        image_scores = np.asarray(image_dets.scores, np.float32).reshape(len(boxes), -1)
-        truth_boxes = np.asarray(image_truths.boxes, np.float64).reshape(-1, 4)
-        truth_classes = np.asarray(image_truths.classes, np.int64).reshape(-1)
-        ious = iou_matrix(boxes, truth_boxes)
-        for c in range(classes):
-            own = np.nonzero(truth_classes == c)[0]
-            counts[c] += len(own)
-            if c >= image_scores.shape[1]:
-                continue
-            dets = np.nonzero(image_scores[:, c] > 0)[0]
-            if len(dets) == 0:
-                continue
-            dets = dets[np.argsort(-image_scores[dets, c], kind="stable")]
-            is_tp, _ = greedy_match(ious[np.ix_(dets, own)], threshold)
-            scores[c].append(image_scores[dets, c])
-            hits[c].append(is_tp[0])
     curves = []
-    for c in range(classes):
-        if scores[c]:
-            all_scores = np.concatenate(scores[c])
-            ranked = np.concatenate(hits[c])[np.argsort(-all_scores, kind="stable")]
-            precision, recall = precision_recall(ranked, int(counts[c]))
-        else:
-            precision = recall = np.zeros(0)
-        curves.append(ClassCurve(str(names[c]), recall, precision, int(counts[c])))
+    for name, ranking in zip(names, rank_classes(detections, truths, len(names), np.array([iou_thresh]))):
+        scores, is_tp, _ = ranking.joined()
+        precision, recall = precision_recall(is_tp[0, np.argsort(-scores, kind="stable")], ranking.truths)
+        curves.append(ClassCurve(str(name), recall, precision, ranking.truths))
     return curves
 
 

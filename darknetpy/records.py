@@ -1,6 +1,7 @@
 """The JSON record of one image, per task: what `predict|detect|segment --json` print, one line per image, and
 what a Dask batch (darknetpy.distributed.dask) streams. One function per task, shared by both, so the two
-outputs cannot drift apart; `error_record` is the record of an image that could not be processed."""
+outputs cannot drift apart; `error_record` is the record of an image that could not be processed. Every
+other record names its `"task"` (classification, detection, segmentation), as `predict` serves all three."""
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -33,6 +33,7 @@ from darknetpy.config import DataConfig, folder_of, locate_path, read_list_entri
 from darknetpy.config.grammar import read_text_file
 from darknetpy.errors import DataError, ImageError
 from darknetpy.images import center_crop_image, load_image, resize_image, to_channels
+from darknetpy.kernels import augment as augment_kernels
 from darknetpy.kernels import masks as kernels
 
 IGNORE_INDEX = 255
@@ -161,9 +162,9 @@ def augment_pair(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
         out = rotate_crop_image(img, params.rad, params.scale, settings.width, settings.height, params.dx,
                                 params.dy, params.aspect)
         out_mask = np.empty((settings.height, settings.width), np.uint8)
-        kernels.rotate_crop_nearest(np.ascontiguousarray(mask), float(params.rad), float(params.scale),
-                                    float(params.dx), float(params.dy), float(params.aspect),
-                                    np.uint8(IGNORE_INDEX), out_mask)
+        augment_kernels.rotate_crop_nearest(np.ascontiguousarray(mask), float(params.rad), float(params.scale),
+                                            float(params.dx), float(params.dy), float(params.aspect),
+                                            np.uint8(IGNORE_INDEX), out_mask)
     if settings.flip and rng.integers(2):
         out = flip_image(out)
         out_mask = np.ascontiguousarray(out_mask[:, ::-1])

@@ -162,6 +162,9 @@ def test_predict_detector_is_detect(tmp_path, capsys):
     (record,) = records(predicted)
     assert record["task"] == "detection" and {d["name"] for d in record["detections"]} >= {"dog", "car"}
     assert all(0 < d["score"] <= 1 for d in record["detections"])
+    from darknetpy.errors import CfgError
+    with pytest.raises(CfgError, match="use `darknetpy detect`"):  # the API never ranks raw box maps as classes
+        api.load(cfg, weights).predict(image)
 
 
 # ---- predict: segmenter ----------------------------------------------------------------------------------------
@@ -345,6 +348,14 @@ def test_map_plots(tmp_path, capsys):
     curves = plots.read_metadata(tmp_path / "plots" / "pr_curve.png")
     assert curves["darknetpy.ap"] == [c["ap50"] for c in result["classes"]]
     assert curves["darknetpy.map"] == pytest.approx(result["map50"])
+    # `valid` on a detector measures the same mAP and draws the same pictures
+    code, out, err = run(capsys, "valid", root / "tiny.cfg", root / "tiny.weights", root / "tiny.data", "--json",
+                         "--plots", tmp_path / "valid")
+    assert code == 0, err
+    assert json.loads(out)["map50"] == pytest.approx(result["map50"])
+    check_confusion_png(tmp_path / "valid" / "confusion_matrix.png", [[1, 0, 0], [1, 0, 1], [0, 2, 0]])
+    assert sorted(p.name for p in (tmp_path / "valid").iterdir()) == sorted(
+        p.name for p in (tmp_path / "plots").iterdir())
 
 
 # ---- --plots refusals ------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from darknetpy.errors import UnsupportedError
-from darknetpy.kernels import yolo_loss as kl
+from darknetpy.kernels import yolo as kl
 from builders import quiet_net as build
 
 F = np.float32

@@ -300,6 +300,13 @@ DECONV_LOCAL = "".join([
     section("softmax", spatial=1, temperature=0.5),
     section("logistic"),
 ])
+LOCAL_AVGPOOL = "".join([
+    net_section(13, 11),
+    section("convolutional", filters=4, size=3, pad=1, activation="leaky"),
+    section("local_avgpool", size=3, stride=2),               # padding size-1: right/bottom windows clipped
+    section("local_avgpool", size=2, stride_x=1, stride_y=2, padding=0),
+    section("local_avgpool", size=3, stride=1, padding=2),    # one tap row/column of padding on each side
+])
 RESAMPLE_ROUTE = "".join([
     net_section(16, 16, 4),
     section("convolutional", filters=8, size=3, pad=1, activation="leaky"),
@@ -364,7 +371,8 @@ ACTIVATIONS = "".join(
     + [section("route", layers=0) + section("activation", activation=name) for name in ACTIVATION_NAMES]
     + [section("route", layers=",".join(str(2 + 2 * i) for i in range(len(ACTIVATION_NAMES))))])
 
-SMALL_NETWORKS = {"conv": CONV, "deconv-local": DECONV_LOCAL, "resample-route": RESAMPLE_ROUTE,
+SMALL_NETWORKS = {"conv": CONV, "deconv-local": DECONV_LOCAL, "local-avgpool": LOCAL_AVGPOOL,
+                  "resample-route": RESAMPLE_ROUTE,
                   "yolo": YOLO_HEADS, "region-softmax": REGION_SOFTMAX, "region-background": REGION_BACKGROUND,
                   "region-logistic": REGION_LOGISTIC, "detection": DETECTION, "activations": ACTIVATIONS}
 
@@ -384,6 +392,27 @@ def test_layer_families_match_onnxruntime(name, ort, tmp_path):
     assert set(errors) == {layer.index for layer in network.layers}   # every layer is a named tensor
     bad = {i: e for i, e in errors.items() if not e <= TOLERANCE}
     assert not bad, f"layers beyond {TOLERANCE}: {bad}"
+
+
+def test_maxpool_windows_of_padding_only_give_minus_flt_max(ort, tmp_path):
+    """Darknet's asymmetric padding (origin at -padding/2) with -FLT_MAX taps: windows that see no pixel
+    yield -FLT_MAX, not -inf; max pooling selects, so both engines agree exactly."""
+    text = net_section(6, 5, 2) + section("maxpool", size=2, stride=2, padding=4) + section(
+        "maxpool", size=3, stride_x=2, stride_y=1, padding=1)
+    network = network_from(text, tmp_path)
+    x = np.random.default_rng(2).normal(size=(2, 2, 5, 6)).astype(np.float32)
+    outputs = session(ort, build_model_for(network)).run(None, {"input": x})
+    network.forward(x)
+    np.testing.assert_array_equal(outputs[0], network.outputs[1])
+    first = session(ort, with_layer_outputs(network, build_model_for(network))[0]).run(["maxpool_0"],
+                                                                                      {"input": x})[0]
+    np.testing.assert_array_equal(first, network.outputs[0])
+    assert (first == np.float32(-3.4028234663852886e38)).any()
+
+
+def build_model_for(network, **options):
+    from darknetpy.export import build_onnx
+    return build_onnx(network, batch=2, **options)
 
 
 def test_outputs_names_and_doc(tmp_path):
@@ -600,9 +629,12 @@ def test_cli_layer_that_cannot_export_is_located(tmp_path, capsys):
     weights = tmp_path / "rnn.weights"
     write_weights(load_cfg(cfg), weights)
     target = tmp_path / "rnn.onnx"
+    target.write_bytes(b"an earlier export")
     code, _, err = run_cli(["export", cfg, weights, target], capsys)
     assert code == 2
     assert_one_located_line(err, cfg)
+    assert target.read_bytes() == b"an earlier export"     # untouched
+    target.unlink()
     line = text.splitlines().index("[rnn]") + 1
     assert err.startswith(f"{cfg}:{line}: [rnn] cannot be exported to ONNX")
     assert not target.exists()

@@ -47,6 +47,16 @@ machine anything above ~10% inflates the times, most of all at 2 threads, where 
 An anchor that is not installed or cannot run the model shows "n/a" with the reason; a case that fails in
 darknetpy shows the error and the run goes on.
 
+Distributed section (`--distributed`, needs the distributed extra; runs instead of the cases above):
+  training         One training step (Darknet train_network: forward + backward + update) of cfg/mnist.cfg with
+                   batch 128 in 2 subdivisions on random data: 1 process x 2 threads vs `mpiexec -n 2` x 1
+                   thread each (darknetpy/distributed/mpi.py, loopback only), images/s and the share of the step
+                   spent in the one Allreduce per update (waiting for the slower rank included).
+  batch detection  `darknetpy detect cfg/digits-yolo.cfg` (seeded weights) on `--images` 320x320 grey images:
+                   the plain CLI (`--json`, 2 threads) vs `--dask local --workers 1` (2 threads) and
+                   `--workers 2` (1 thread each). Each set-up runs on 1 image and on all of them; start-up =
+                   the 1-image wall time, per image = (all - 1 image) / (images - 1).
+
 Experiments: `--env NAME=VALUE` (repeatable) adds environment to every measured process, e.g.
 `--env NUMBA_THREADING_LAYER=workqueue` or `--env OMP_WAIT_POLICY=passive` to compare threading set-ups;
 `--json FILE` keeps every number (plus machine, versions and settings) for later comparison.
@@ -802,6 +812,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="extra environment for every measured process, e.g. "
                              "NUMBA_THREADING_LAYER=workqueue or OMP_WAIT_POLICY=passive (repeatable; "
                              "applied after the thread-count variables, so it can override them)")
+    parser.add_argument("--distributed", action="store_true",
+                        help="measure MPI training and Dask batch detection instead (see the docstring)")
+    parser.add_argument("--images", type=int, default=200, help="--distributed: images of the detection batch")
+    parser.add_argument("--train-steps", type=int, default=8, help="--distributed: timed training steps")
     for hidden in ("--child", "--child-threads", "--child-assets", "--child-out"):
         parser.add_argument(hidden, help=argparse.SUPPRESS, type=int if hidden == "--child-threads" else str)
     opts = parser.parse_args(argv)
@@ -817,6 +831,8 @@ def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     if opts.child:
         return child_main(opts)
+    if opts.distributed:
+        return distributed_main(opts)
     cases = [c.strip() for c in opts.cases.split(",") if c.strip()]
     unknown = [c for c in cases if c not in ALL_CASES]
     if unknown:
@@ -859,6 +875,137 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - started
     print(f"\ntotal {total:.0f} s")
     report["total_seconds"] = total
+    if opts.json:
+        Path(opts.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+# ---- distributed section -----------------------------------------------------------------------------------
+MPI_LOOPBACK = {"MPIR_CVAR_CH4_NETMOD": "ofi", "FI_PROVIDER": "tcp", "FI_TCP_IFACE": "lo"}
+
+TRAIN_DRIVER = """
+import json, os, sys, time
+import numpy as np
+import darknetpy
+from darknetpy.distributed import mpi_world_size
+cfg, steps = sys.argv[1], int(sys.argv[2])
+model = darknetpy.load(cfg, seed=1)
+net = model.network.net
+rng = np.random.default_rng(0)
+x = rng.random((net.full_batch, net.channels, net.height, net.width), dtype=np.float32)
+y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, net.full_batch)]
+if mpi_world_size() > 1:
+    from mpi4py import MPI
+    from darknetpy.distributed.mpi import DataParallel
+    trainer = DataParallel(MPI.COMM_WORLD, cfg).trainer(model.network)
+    trainer.broadcast_weights()
+    rows = DataParallel(MPI.COMM_WORLD, cfg).rows(net)
+    x, y, rank = x[rows], y[rows], MPI.COMM_WORLD.Get_rank()
+else:
+    trainer, rank = model.trainer, 0
+steps_ms, reduce_ms = [], []
+for step in range(steps + 2):
+    t = time.perf_counter()
+    trainer.train_batch(x, y)
+    if step >= 2:   # the first steps load the Numba cache
+        steps_ms.append((time.perf_counter() - t) * 1e3)
+        reduce_ms.append(getattr(trainer, "last_allreduce_seconds", 0.0) * 1e3)
+if rank == 0:
+    print(json.dumps({"step_ms": float(np.median(steps_ms)), "allreduce_ms": float(np.median(reduce_ms)),
+                      "images": net.full_batch}))
+"""
+
+
+def _run_timed(command: list[str], env: dict[str, str], cwd: Path, timeout: float = 900) -> tuple[float, str]:
+    started = time.perf_counter()
+    done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:6])} ... failed: {done.stderr.strip().splitlines()[-1:]}")
+    return time.perf_counter() - started, done.stdout
+
+
+def distributed_training(workdir: Path, opts: argparse.Namespace) -> list[dict]:
+    cfg = workdir / "mnist-2sub.cfg"
+    cfg.write_text((REPO / "cfg" / "mnist.cfg").read_text().replace("subdivisions=1", "subdivisions=2"))
+    driver = workdir / "train_driver.py"
+    driver.write_text(TRAIN_DRIVER)
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    rows = []
+    for label, ranks, threads in (("1 rank x 2 threads", 1, 2), ("2 ranks x 1 thread", 2, 1)):
+        env = child_env(threads, opts.extra_env)
+        command = [sys.executable, str(driver), str(cfg), str(opts.train_steps)]
+        if ranks > 1:
+            env.update(MPI_LOOPBACK)
+            command = [str(mpiexec), "-launcher", "fork", "-hosts", "127.0.0.1", "-n", str(ranks), *command]
+        _, out = _run_timed(command, env, workdir)
+        result = json.loads(out.strip().splitlines()[-1])
+        rows.append({"setup": label, "images_per_s": result["images"] / (result["step_ms"] * 1e-3),
+                     "step_ms": result["step_ms"], "allreduce_share": result["allreduce_ms"] / result["step_ms"]})
+    return rows
+
+
+def distributed_detection(workdir: Path, opts: argparse.Namespace) -> list[dict]:
+    import numpy as np
+    from PIL import Image
+    folder = workdir / "scenes"
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(opts.images):
+        Image.fromarray(rng.integers(0, 256, (320, 320), dtype=np.uint8)).save(folder / f"s{i:04d}.png")
+    one = workdir / "one"
+    one.mkdir(exist_ok=True)
+    (one / "s0000.png").write_bytes((folder / "s0000.png").read_bytes())
+    cfg = REPO / "cfg" / "digits-yolo.cfg"
+    weights = workdir / "digits-yolo.weights"
+    _run_timed([sys.executable, "-c", f"import darknetpy; darknetpy.load({str(cfg)!r}, seed=1)"
+                f".save_weights({str(weights)!r})"], child_env(1, opts.extra_env), workdir)
+    base = [sys.executable, "-m", "darknetpy", "detect", str(cfg), str(weights)]
+    rows = []
+    for label, threads, extra in (("plain CLI (2 threads)", 2, ["--json"]),
+                                  ("--dask local, 1 worker x 2 threads", None, ["--dask", "local", "--workers", "1"]),
+                                  ("--dask local, 2 workers x 1 thread", None, ["--dask", "local", "--workers", "2"])):
+        env = child_env(threads or 2, opts.extra_env)
+        if threads is None:   # let the cluster give each worker its share
+            for name in THREAD_ENV_VARS:
+                env.pop(name, None)
+        first, _ = _run_timed([*base, str(one), *extra], env, workdir)
+        whole, out = _run_timed([*base, str(folder), *extra], env, workdir)
+        assert len(out.splitlines()) == opts.images, "one record per image"
+        per_image = (whole - first) / max(opts.images - 1, 1)
+        rows.append({"setup": label, "startup_s": first, "per_image_ms": per_image * 1e3,
+                     "images_per_s": opts.images / whole, "images_per_s_after_startup": 1 / per_image})
+    return rows
+
+
+def distributed_main(opts: argparse.Namespace) -> int:
+    info = machine_info()
+    print(f"darknetpy distributed bench: {info.get('cpu', '?')} ({info.get('cpus')} cpus)", flush=True)
+    before, t0 = machine_busy_seconds(), time.perf_counter()
+    time.sleep(2.0)
+    if before is not None:   # how quiet the machine is before we start (our own runs would count too)
+        busy = (machine_busy_seconds() - before) / ((time.perf_counter() - t0) * (os.cpu_count() or 1))
+        print(f"load on the machine before starting: {busy * 100:.0f}% of the CPUs"
+              + ("  (busy: the numbers below are inflated)" if busy > 0.1 else ""), flush=True)
+    started = time.perf_counter()
+    report: dict = {"machine": info}
+    with tempfile.TemporaryDirectory(prefix="darknetpy-bench-") as tmp:
+        workdir = Path(tmp)
+        train = distributed_training(workdir, opts)
+        print("\ntraining step (mnist.cfg, batch 128 = 2 subdivisions of 64):")
+        print(f"  {'set-up':24} {'images/s':>9} {'step ms':>8} {'all-reduce share':>17}")
+        for row in train:
+            print(f"  {row['setup']:24} {row['images_per_s']:9.0f} {row['step_ms']:8.1f} "
+                  f"{row['allreduce_share'] * 100:16.1f}%")
+        print(f"  ratio 2 ranks / 1 rank: {train[1]['images_per_s'] / train[0]['images_per_s']:.2f}", flush=True)
+        detect = distributed_detection(workdir, opts)
+        print(f"\nbatch detection, {opts.images} images (digits-yolo 320x320):")
+        print(f"  {'set-up':36} {'start-up s':>10} {'per image ms':>13} {'images/s':>9} {'after start-up':>15}")
+        for row in detect:
+            print(f"  {row['setup']:36} {row['startup_s']:10.1f} {row['per_image_ms']:13.1f} "
+                  f"{row['images_per_s']:9.1f} {row['images_per_s_after_startup']:15.1f}")
+        report.update(training=train, detection=detect)
+    seconds = time.perf_counter() - started
+    print(f"total {seconds:.0f} s")
     if opts.json:
         Path(opts.json).write_text(json.dumps(report, indent=2))
     return 0

@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import time
 import warnings
 from typing import TextIO
 
@@ -117,8 +118,6 @@ class DataParallelTrainer(Trainer):
         return offset
 
     def train_batch(self, x: np.ndarray, truth: np.ndarray) -> float:
-        import time
-
         net = self.network.net
         passes = self.passes_of_rank()
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -232,9 +231,9 @@ class DataParallel:
                                                                              self.size)])
 
     def trainer(self, network: Network, rng: np.random.Generator | None = None) -> DataParallelTrainer:
-        trainer = DataParallelTrainer(network, self.comm, self.cfg, rng)
-        trainer.broadcast_weights()
-        return trainer
+        """This rank's trainer; no communication yet (a set-up error on one rank must not leave the others
+        waiting in a collective): call its broadcast_weights() once every rank is ready."""
+        return DataParallelTrainer(network, self.comm, self.cfg, rng)
 
 
 def train_data_parallel(cfg: str, data: str, options, out: TextIO | None = None,
@@ -268,6 +267,7 @@ def train_data_parallel(cfg: str, data: str, options, out: TextIO | None = None,
             print(first, file=sys.stderr, flush=True)
         return 2
     try:
+        run.trainer.broadcast_weights()
         run.run()
     except TrainingDiverged as exc:  # raised by every rank after the same all-reduced loss
         if rank == 0:

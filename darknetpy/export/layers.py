@@ -12,7 +12,6 @@ from typing import Callable
 
 import numpy as np
 
-from ..layers import REGISTRY
 from ..layers.activation import Activation
 from ..layers.base import Layer, Shape
 from ..layers.batchnorm import BatchNorm
@@ -23,6 +22,7 @@ from ..layers.deconvolutional import Deconvolutional
 from ..layers.detection import DetectionLayer, Region, Yolo
 from ..layers.dropout import Dropout
 from ..layers.local import Local
+from ..layers.local_avgpool import LocalAvgpool
 from ..layers.normalization import L2Norm, Normalization
 from ..layers.pooling import Avgpool, Maxpool
 from ..layers.resampling import Reorg, Upsample
@@ -46,10 +46,9 @@ class LayerExport:
 EXPORTERS: dict[type, LayerExport] = {}
 
 
-def exports(layer_class: type | None, prefix: str):
+def exports(layer_class: type, prefix: str):
     def register(build: Exporter) -> Exporter:
-        if layer_class is not None:
-            EXPORTERS[layer_class] = LayerExport(prefix, build)
+        EXPORTERS[layer_class] = LayerExport(prefix, build)
         return build
     return register
 
@@ -195,7 +194,8 @@ def avgpool(g: Graph, layer: Avgpool, xs: list[str]) -> str:
     return g.op("GlobalAveragePool", [xs[0]], "GlobalAveragePool")
 
 
-def local_avgpool(g: Graph, layer: Layer, xs: list[str]) -> str:
+@exports(LocalAvgpool, "local_avgpool")
+def local_avgpool(g: Graph, layer: LocalAvgpool, xs: list[str]) -> str:
     """AlexeyAB's windowed average: the taps inside the image only, i.e. count_include_pad=0."""
     cfg = layer.config
     x, out = layer.in_shapes[0], layer.out_shape
@@ -203,9 +203,6 @@ def local_avgpool(g: Graph, layer: Layer, xs: list[str]) -> str:
     y = g.op("AveragePool", [xs[0]], "AveragePool", kernel_shape=[cfg.window] * 2, strides=list(cfg.strides),
              pads=pads, count_include_pad=0)
     return _crop_to(g, y, out, ends)
-
-
-exports(REGISTRY.get("local_avgpool"), "local_avgpool")(local_avgpool)
 
 
 # ------------------------------------------------------------------------------------------ routing

@@ -3,6 +3,7 @@
 `rotate_crop` is Darknet's rotate_crop_image: every output pixel is mapped back into the source through a
 rotation about the source centre (W/2, H/2), a scale, a horizontal aspect stretch and a shift, then read
 with bilinear interpolation in which each of the four neighbours outside the image counts as zero.
+`rotate_crop_nearest` moves a segmentation mask with its image: the same source positions, nearest pixel.
 The HSV kernels follow Darknet's rgb_to_hsv / hsv_to_rgb (hue in [0, 1), sextant by floor(6·h)).
 
 Per-pixel helpers stay in this module because Numba's cache does not track callees in other files.
@@ -23,28 +24,34 @@ def _pixel_or_zero(src, channel, x, y):
     return src[channel, y, x]
 
 
+@jit(inline="always")
+def _crop_geometry(src_w, src_h, rad, scale, dx, dy, aspect, out_w, out_h):
+    """What `_source_position` needs, computed once per image."""
+    return math.cos(rad), math.sin(rad), src_w / 2.0, src_h / 2.0, scale, dx, dy, aspect, out_w / 2.0, out_h / 2.0
+
+
+@jit(inline="always")
+def _source_position(geometry, x, y):
+    """Where output pixel (x, y) of a rotate-crop reads the source: R(rad)·(u, v) + (W/2, H/2) with
+    u = (x − w/2)/scale·aspect + dx/scale·aspect and v = (y − h/2)/scale + dy/scale, evaluated in double
+    precision and rounded to float32, as the C code does when it stores the double expression into a float."""
+    cos_r, sin_r, centre_x, centre_y, scale, dx, dy, aspect, half_w, half_h = geometry
+    v = (y - half_h) / scale + dy / scale
+    u = (x - half_w) / scale * aspect + dx / scale * aspect
+    return np.float32(cos_r * u - sin_r * v + centre_x), np.float32(sin_r * u + cos_r * v + centre_y)
+
+
 @jit
 def rotate_crop(src, rad, scale, dx, dy, aspect, dst):
-    """dst[c, y, x] = bilinear(src, R(rad)·(u, v) + (W/2, H/2)) with
-    u = (x − w/2)/scale·aspect + dx/scale·aspect and v = (y − h/2)/scale + dy/scale.
-
-    The geometry is evaluated in double precision and the source position rounded to float32, as the C
-    code does when it stores the double expression into a float; interpolation weights are float32.
-    """
+    """dst[c, y, x] = bilinear(src, _source_position(x, y)); interpolation weights are float32."""
     channels = src.shape[0]
     out_h = dst.shape[1]
     out_w = dst.shape[2]
-    cos_r = math.cos(rad)
-    sin_r = math.sin(rad)
-    centre_x = src.shape[2] / 2.0
-    centre_y = src.shape[1] / 2.0
+    geometry = _crop_geometry(src.shape[2], src.shape[1], rad, scale, dx, dy, aspect, out_w, out_h)
     one = np.float32(1.0)
     for y in range(out_h):
-        v = (y - out_h / 2.0) / scale + dy / scale
         for x in range(out_w):
-            u = (x - out_w / 2.0) / scale * aspect + dx / scale * aspect
-            sx = np.float32(cos_r * u - sin_r * v + centre_x)
-            sy = np.float32(sin_r * u + cos_r * v + centre_y)
+            sx, sy = _source_position(geometry, x, y)
             if not (math.isfinite(sx) and math.isfinite(sy)):
                 for c in range(channels):
                     dst[c, y, x] = np.float32(0.0)
@@ -59,6 +66,28 @@ def rotate_crop(src, rad, scale, dx, dy, aspect, dst):
                                 + (one - fy) * fx * _pixel_or_zero(src, c, ix + 1, iy)
                                 + fy * fx * _pixel_or_zero(src, c, ix + 1, iy + 1))
 
+
+
+@jit
+def rotate_crop_nearest(src, rad, scale, dx, dy, aspect, fill, dst):
+    """The counterpart of rotate_crop for an (H, W) class-index mask, which cannot be interpolated: each
+    output pixel takes the source pixel nearest to the same source position, floor(s + 0.5), or `fill`
+    where that lies outside the source."""
+    in_h, in_w = src.shape
+    out_h, out_w = dst.shape
+    geometry = _crop_geometry(in_w, in_h, rad, scale, dx, dy, aspect, out_w, out_h)
+    for y in range(out_h):
+        for x in range(out_w):
+            sx, sy = _source_position(geometry, x, y)
+            if not (math.isfinite(sx) and math.isfinite(sy)):
+                dst[y, x] = fill
+                continue
+            ix = int(math.floor(sx + np.float32(0.5)))
+            iy = int(math.floor(sy + np.float32(0.5)))
+            if ix < 0 or iy < 0 or ix >= in_w or iy >= in_h:
+                dst[y, x] = fill
+            else:
+                dst[y, x] = src[iy, ix]
 
 @jit
 def _rgb_to_hsv_pixel(r, g, b):

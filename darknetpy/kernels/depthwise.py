@@ -14,7 +14,7 @@ Only the phases some tap reads are kept: min(stride, extent + 1) per axis, so a 
 Computing every output of a plane on the Wq-wide grid (the columns ox >= OW are garbage and dropped) turns
 each tap into ONE long contiguous loop over the whole plane: rows as short as 10 pixels no longer leave LLVM
 with a scalar remainder loop per row, and no loop needs bounds checks. 3x3 kernels with stride 1 or 2 get an
-unrolled loop that writes each output once.
+unrolled loop that writes each output once, 5x5 stride-1 kernels one pass per kernel row.
 
 The backward walks the same grid: each weight gradient is a long dot product of dy with a tap's phase
 plane, kept as LANES partial sums (vectorised; summed in float64 at the end), and dL/dx is accumulated tap by
@@ -126,6 +126,29 @@ def _plane_3x3_stride2(phases, w, accumulate, bias_value, o):
           ee[wq:], eo[wq:], ee[wq + 1:])
 
 
+@jit(inline="always")
+def _row5(o, accumulate, start, w, a):
+    """One kernel row of a 5x5 stride-1 tap set: o (+)= start + sum_k w[k] * a[i + k], five taps per pass."""
+    w0, w1, w2, w3, w4 = w[0], w[1], w[2], w[3], w[4]
+    a0, a1, a2, a3, a4 = a[0:], a[1:], a[2:], a[3:], a[4:]
+    if accumulate:
+        for i in range(o.shape[0]):
+            o[i] += w0 * a0[i] + w1 * a1[i] + w2 * a2[i] + w3 * a3[i] + w4 * a4[i]
+    else:
+        for i in range(o.shape[0]):
+            o[i] = start + w0 * a0[i] + w1 * a1[i] + w2 * a2[i] + w3 * a3[i] + w4 * a4[i]
+
+
+@jit
+def _plane_5x5_stride1(phases, w, accumulate, bias_value, o):
+    # Yolo-Fastest's depthwise 5x5: five passes over the plane instead of the 25 of _plane_any
+    wq = phases.shape[3]
+    flat = phases[0, 0].ravel()
+    _row5(o, accumulate, bias_value, w[0], flat[0:])
+    for ky in range(1, 5):
+        _row5(o, True, bias_value, w[ky], flat[ky * wq:])
+
+
 @jit
 def _plane_any(phases, w, stride_y, stride_x, dilation, accumulate, bias_value, o):
     ksize = w.shape[0]
@@ -166,6 +189,8 @@ def _convolve_group_image(x, weights, bias, leaky, b, g, stride_y, stride_x, pad
                 _plane_3x3_stride1(phases[ci], w, ci > 0, bias[f], plane)
             elif fast3 and stride_x == 2 and stride_y == 2:
                 _plane_3x3_stride2(phases[ci], w, ci > 0, bias[f], plane)
+            elif ksize == 5 and dilation == 1 and stride_x == 1 and stride_y == 1:
+                _plane_5x5_stride1(phases[ci], w, ci > 0, bias[f], plane)
             else:
                 _plane_any(phases[ci], w, stride_y, stride_x, dilation, ci > 0, bias[f], plane)
         for oy in range(out_h):

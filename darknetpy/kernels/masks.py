@@ -1,9 +1,9 @@
-"""Geometry of segmentation masks: (H, W) uint8 class-index maps that follow their image through the
-augmentation of kernels/augment.py, sampled by nearest neighbour (a class index cannot be interpolated).
+"""Geometry of segmentation masks: (H, W) uint8 class-index maps that follow their image through resizing,
+sampled by nearest neighbour (a class index cannot be interpolated), and per-pixel class decisions.
 
 Positions map exactly as in the image kernels; where the image reads bilinear weights of the pixels around
-(sx, sy), the mask takes the pixel nearest to it, floor(s + 0.5). Pixels that come from outside the source
-get `fill` (the ignore index: nothing is known there).
+(sx, sy), the mask takes the pixel nearest to it, floor(s + 0.5). The rotate-crop of a mask lives beside
+the image's in kernels/augment.py, so that both read one source-position function.
 """
 from __future__ import annotations
 
@@ -12,32 +12,6 @@ import math
 import numpy as np
 
 from . import jit
-
-
-@jit
-def rotate_crop_nearest(src, rad, scale, dx, dy, aspect, fill, dst):
-    """The mask counterpart of augment.rotate_crop (same source position for every output pixel)."""
-    in_h, in_w = src.shape
-    out_h, out_w = dst.shape
-    cos_r = math.cos(rad)
-    sin_r = math.sin(rad)
-    centre_x = in_w / 2.0
-    centre_y = in_h / 2.0
-    for y in range(out_h):
-        v = (y - out_h / 2.0) / scale + dy / scale
-        for x in range(out_w):
-            u = (x - out_w / 2.0) / scale * aspect + dx / scale * aspect
-            sx = np.float32(cos_r * u - sin_r * v + centre_x)
-            sy = np.float32(sin_r * u + cos_r * v + centre_y)
-            if not (math.isfinite(sx) and math.isfinite(sy)):
-                dst[y, x] = fill
-                continue
-            ix = int(math.floor(sx + np.float32(0.5)))
-            iy = int(math.floor(sy + np.float32(0.5)))
-            if ix < 0 or iy < 0 or ix >= in_w or iy >= in_h:
-                dst[y, x] = fill
-            else:
-                dst[y, x] = src[iy, ix]
 
 
 @jit

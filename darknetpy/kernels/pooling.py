@@ -200,8 +200,8 @@ def _separable_rows(src, origin, width, size, stride_y, stride_x, out_plane, ind
 def _window_plane(x, b, c, size, stride_y, stride_x, offset, out, argmax, padded, row_v, row_i):
     """Max pooling of plane (b, c) with a size x size window (any size but 2), from the padded copy unless the
     windows stay inside the image. 3x3 (stride-2 downsampling, or stride 1) and 5x5 (SPP) get literal tap
-    loops over every tap (measured faster than the separable passes at these sizes); other windows up to 3x3
-    take every tap, larger ones go separable."""
+    loops over every tap (measured faster than the separable passes at these sizes), SPP's 9x9 and 13x13
+    literal separable passes; other windows up to 3x3 take every tap, larger ones go separable."""
     if padded.shape[0] == 0:
         src, origin = x[b, c], 0
     else:
@@ -215,6 +215,10 @@ def _window_plane(x, b, c, size, stride_y, stride_x, offset, out, argmax, padded
         _window_rows(src, origin, width, 3, 3, stride_y, 1, o, a)
     elif size == 5 and stride_x == 1:
         _window_rows(src, origin, width, 5, 5, stride_y, 1, o, a)
+    elif size == 9 and stride_x == 1:
+        _separable_rows(src, origin, width, 9, stride_y, 1, o, a, row_v, row_i)
+    elif size == 13 and stride_x == 1:
+        _separable_rows(src, origin, width, 13, stride_y, 1, o, a, row_v, row_i)
     elif size <= 3:
         _window_rows(src, origin, width, size, size, stride_y, stride_x, o, a)
     else:

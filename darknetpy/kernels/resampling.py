@@ -27,26 +27,6 @@ def _expand_plane(small, stride, scale, big, accumulate, b, c):
                 big[b, c, y, x] = value
 
 
-@jit
-def _expand_serial(small, stride, scale, big, accumulate):
-    channels = big.shape[1]
-    for plane in range(big.shape[0] * channels):
-        _expand_plane(small, stride, scale, big, accumulate, plane // channels, plane % channels)
-
-
-@jit(parallel=True)
-def _expand_parallel(small, stride, scale, big, accumulate):
-    channels = big.shape[1]
-    for plane in prange(big.shape[0] * channels):
-        _expand_plane(small, stride, scale, big, accumulate, plane // channels, plane % channels)
-
-
-def nearest_expand(small: np.ndarray, stride: int, scale: np.float32, big: np.ndarray, accumulate: bool) -> None:
-    """big[b, c, y, x] (+)= scale * small[b, c, y // stride, x // stride] over all of big."""
-    kernel = _expand_parallel if use_threads(big.size, big.shape[0] * big.shape[1]) else _expand_serial
-    kernel(small, stride, scale, big, accumulate)
-
-
 # ---- block sums (downsample forward, upsample backward) ----------------------------------------------------
 @jit
 def _block_sum_plane(big, stride, scale, small, accumulate, b, c):
@@ -61,25 +41,44 @@ def _block_sum_plane(big, stride, scale, small, accumulate, b, c):
             small[b, c, sy, x // stride] += scale * big[b, c, y, x]
 
 
+# ---- the two resampling directions, plane by plane ---------------------------------------------------------
 @jit
-def _block_sum_serial(big, stride, scale, small, accumulate):
-    channels = small.shape[1]
-    for plane in range(small.shape[0] * channels):
-        _block_sum_plane(big, stride, scale, small, accumulate, plane // channels, plane % channels)
+def _resample_plane(src, stride, scale, dst, accumulate, expand, plane):
+    channels = dst.shape[1]
+    b, c = plane // channels, plane % channels
+    if expand:
+        _expand_plane(src, stride, scale, dst, accumulate, b, c)
+    else:
+        _block_sum_plane(src, stride, scale, dst, accumulate, b, c)
+
+
+@jit
+def _resample_serial(src, stride, scale, dst, accumulate, expand):
+    for plane in range(dst.shape[0] * dst.shape[1]):
+        _resample_plane(src, stride, scale, dst, accumulate, expand, plane)
 
 
 @jit(parallel=True)
-def _block_sum_parallel(big, stride, scale, small, accumulate):
-    channels = small.shape[1]
-    for plane in prange(small.shape[0] * channels):
-        _block_sum_plane(big, stride, scale, small, accumulate, plane // channels, plane % channels)
+def _resample_parallel(src, stride, scale, dst, accumulate, expand):
+    for plane in prange(dst.shape[0] * dst.shape[1]):
+        _resample_plane(src, stride, scale, dst, accumulate, expand, plane)
+
+
+def _resample(src, stride, scale, dst, accumulate, expand):
+    big = dst if expand else src
+    kernel = _resample_parallel if use_threads(big.size, dst.shape[0] * dst.shape[1]) else _resample_serial
+    kernel(src, stride, scale, dst, accumulate, expand)
+
+
+def nearest_expand(small: np.ndarray, stride: int, scale: np.float32, big: np.ndarray, accumulate: bool) -> None:
+    """big[b, c, y, x] (+)= scale * small[b, c, y // stride, x // stride] over all of big."""
+    _resample(small, stride, scale, big, accumulate, True)
 
 
 def block_sum(big: np.ndarray, stride: int, scale: np.float32, small: np.ndarray, accumulate: bool) -> None:
     """small[b, c, Y, X] (+)= the sum over its stride x stride block of scale * big, added in row-major
     order of big as Darknet does."""
-    kernel = _block_sum_parallel if use_threads(big.size, big.shape[0] * big.shape[1]) else _block_sum_serial
-    kernel(big, stride, scale, small, accumulate)
+    _resample(big, stride, scale, small, accumulate, False)
 
 
 # ---- reorg -------------------------------------------------------------------------------------------------

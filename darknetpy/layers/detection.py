@@ -2,7 +2,7 @@
 [detection] (YOLOv1).
 
 Forward is the activation; with truth in a training pass [yolo] and [region] also compute Darknet's
-training targets (spec §12.1, §12.2; kernels/yolo_loss.py) and keep Darknet's `delta` (target − output) in
+training targets (spec §12.1, §12.2; kernels/yolo.py) and keep Darknet's `delta` (target − output) in
 `self.delta`. `backward` turns it into the standard gradient in one place, `_add_input_gradient`. [detection]
 refuses training. `detections()` decodes one batch item's output into boxes (spec §9.2–9.4). Box arithmetic
 mirrors the C types: positions and products in float32, `exp`/`pow` in double rounded to float, thresholds
@@ -17,22 +17,21 @@ import numpy as np
 from ..boxes import NMS_KINDS, Detection, correct_letterbox_boxes
 from ..errors import UnsupportedError
 from ..kernels import yolo as kernels
-from ..kernels import yolo_loss as losses
 from .base import FLOAT, LayerConfig, LossLayer, Shape, option
 from .registry import register
 
 FLT_MAX = 3.4028234663852886e38
 
 # Keys only AlexeyAB's [yolo] knows: a section that sets any of them trains by AlexeyAB's rules
-# (kernels/yolo_loss.yolo_loss), one that sets none by pjreddie's, exactly.
+# (kernels/yolo.yolo_loss), one that sets none by pjreddie's, exactly.
 _ALEXEYAB_YOLO_KEYS = (
     "iou_loss", "iou_normalizer", "cls_normalizer", "obj_normalizer", "iou_thresh", "iou_thresh_kind",
     "scale_x_y", "new_coords", "label_smooth_eps", "max_delta", "focal_loss", "resize", "nms_kind",
     "beta_nms", "objectness_smooth", "counters_per_class", "delta_normalizer",
 )
 
-IOU_LOSSES = {"mse": losses.MSE, "iou": losses.IOU, "giou": losses.GIOU, "diou": losses.DIOU,
-              "ciou": losses.CIOU}
+IOU_LOSSES = {"mse": kernels.MSE, "iou": kernels.IOU, "giou": kernels.GIOU, "diou": kernels.DIOU,
+              "ciou": kernels.CIOU}
 
 
 def _key_or(config: LayerConfig, *keys: str) -> str | None:
@@ -122,7 +121,7 @@ class DetectionHead(LossLayer):
         return self.truth_boxes
 
     def _store_loss(self) -> None:
-        self.cost = float(losses.squared_norm(self.delta))
+        self.cost = float(kernels.squared_norm(self.delta))
         self._has_loss = True
         self._stats_batch = self.output.shape[0]
 
@@ -146,16 +145,16 @@ class DetectionHead(LossLayer):
         if not self._has_loss:
             return {}
         s = self._stats
-        count = s[losses.STAT_COUNT]
+        count = s[kernels.STAT_COUNT]
         predictions = np.float32(self.output[0].size // self._planes_per_prediction() * self._stats_batch)
         with np.errstate(invalid="ignore", divide="ignore"):
             return {
-                "avg_iou": float(s[losses.STAT_IOU] / count),
-                "class": float(s[losses.STAT_CLASS] / s[losses.STAT_CLASS_COUNT]),
-                "obj": float(s[losses.STAT_OBJ] / count),
-                "no_obj": float(s[losses.STAT_NOOBJ] / predictions),
-                "recall50": float(s[losses.STAT_RECALL50] / count),
-                "recall75": float(s[losses.STAT_RECALL75] / count),
+                "avg_iou": float(s[kernels.STAT_IOU] / count),
+                "class": float(s[kernels.STAT_CLASS] / s[kernels.STAT_CLASS_COUNT]),
+                "obj": float(s[kernels.STAT_OBJ] / count),
+                "no_obj": float(s[kernels.STAT_NOOBJ] / predictions),
+                "recall50": float(s[kernels.STAT_RECALL50] / count),
+                "recall75": float(s[kernels.STAT_RECALL75] / count),
                 "count": int(count),
             }
 
@@ -182,6 +181,17 @@ class DetectionHead(LossLayer):
         return [Detection(box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
                           objectness=float(o), probs=p, layer=self.index)
                 for b, o, p in zip(boxes, objectness, probs)]
+
+
+def _anchor_array(config: YoloConfig | RegionConfig) -> np.ndarray:
+    """The `num` (w, h) anchor pairs of a [yolo] or [region] section as float32, as Darknet stores them;
+    0.5 each (Darknet's default biases) when the section has no `anchors`."""
+    if config.anchors is None:
+        return np.full(2 * config.num, 0.5, dtype=FLOAT)
+    if len(config.anchors) != 2 * config.num:
+        raise config.error(f"anchors has {len(config.anchors)} values, but num={config.num} needs "
+                           f"{2 * config.num} (a width,height pair per anchor)", "anchors")
+    return np.asarray(config.anchors, dtype=FLOAT)
 
 
 def _thresholded(scores: np.ndarray, thresh: np.float32) -> np.ndarray:
@@ -227,14 +237,7 @@ class Yolo(DetectionHead):
             if not 0 <= m < config.num:
                 raise config.error(f"mask entry {m} is not an anchor index: num={config.num} anchors "
                                    f"are numbered 0..{config.num - 1}", "mask")
-        if config.anchors is None:
-            anchors = (0.5,) * (2 * config.num)        # Darknet's default biases
-        elif len(config.anchors) != 2 * config.num:
-            raise config.error(f"anchors has {len(config.anchors)} values, but num={config.num} needs "
-                               f"{2 * config.num} (a width,height pair per anchor)", "anchors")
-        else:
-            anchors = config.anchors
-        self.anchors = np.asarray(anchors, dtype=FLOAT)   # Darknet stores them as float
+        self.anchors = _anchor_array(config)
         self._mask_array = np.asarray(self.mask, dtype=np.int64)
         self.scale_alpha = FLOAT(config.scale_x_y)
         # C computes -0.5*(scale - 1) in double and passes it as a float argument
@@ -276,7 +279,7 @@ class Yolo(DetectionHead):
             raise cfg.unsupported("training with map= (class remapping) is not supported yet", "map")
         batch, _, height, width = self.output.shape
         shape = (batch, self.n, 5 + cfg.classes, height * width)
-        losses.yolo_loss(
+        kernels.yolo_loss(
             self.output.reshape(shape), truth, self.delta.reshape(shape), width, height, self.anchors,
             self._mask_array, self.net.width, self.net.height, cfg.classes, self._boxes_read(),
             FLOAT(cfg.ignore_thresh), FLOAT(cfg.truth_thresh), self.alexeyab_rules, IOU_LOSSES[cfg.iou_loss],
@@ -361,14 +364,7 @@ class Region(DetectionHead):
 
     def __init__(self, config: RegionConfig, index: int):
         super().__init__(config, index)
-        if config.anchors is None:
-            anchors = (0.5,) * (2 * config.num)
-        elif len(config.anchors) != 2 * config.num:
-            raise config.error(f"anchors has {len(config.anchors)} values, but num={config.num} needs "
-                               f"{2 * config.num} (a width,height pair per anchor)", "anchors")
-        else:
-            anchors = config.anchors
-        self.anchors = np.asarray(anchors, dtype=FLOAT)
+        self.anchors = _anchor_array(config)
         self._total_delta: np.ndarray | None = None
 
     @property
@@ -408,7 +404,7 @@ class Region(DetectionHead):
         if cfg.coords > 4:
             raise cfg.unsupported("training [region] with coords > 4 (mask coefficients) is not supported "
                                     "yet", "coords")
-        losses.region_loss(
+        kernels.region_loss(
             self._planes(self.output), truth, self._planes(self.delta), self.output.shape[3],
             self.output.shape[2], self.anchors, cfg.classes, cfg.coords, self.seen, FLOAT(cfg.thresh),
             FLOAT(cfg.coord_scale), FLOAT(cfg.object_scale), FLOAT(cfg.noobject_scale), FLOAT(cfg.class_scale),
@@ -430,7 +426,7 @@ class Region(DetectionHead):
         if self._total_delta is None or self._total_delta.shape != self.delta.shape:
             self._total_delta = np.empty_like(self.delta)
         np.subtract(self.delta, dy, out=self._total_delta)
-        losses.region_input_gradient(self._planes(self.output), self._planes(self._total_delta),
+        kernels.region_input_gradient(self._planes(self.output), self._planes(self._total_delta),
                                      self._planes(dx), self.config.coords, self.config.background)
 
     def _planes_per_prediction(self) -> int:

@@ -16,34 +16,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..kernels import local_avgpool as kernels
-from .base import Layer, LayerConfig, Shape, c_div, option
+from .base import Layer, Shape, c_div
+from .pooling import MaxpoolConfig
 from .registry import register
 
 
 @dataclass(frozen=True)
-class LocalAvgpoolConfig(LayerConfig):
-    stride: int = option(1, minimum=1)
-    stride_x: int | None = option(None, minimum=1)
-    stride_y: int | None = option(None, minimum=1)
-    size: int | None = option(None, minimum=1)       # default: stride
-    padding: int | None = option(None, minimum=0)    # default: size - 1
-
-    @property
-    def window(self) -> int:
-        return self.size if self.size is not None else self.stride
-
-    @property
-    def total_padding(self) -> int:
-        return self.padding if self.padding is not None else self.window - 1
-
-    @property
-    def strides(self) -> tuple[int, int]:
-        """(stride_y, stride_x)."""
-        return (self.stride_y or self.stride, self.stride_x or self.stride)
-
-    @property
-    def origin_offset(self) -> int:
-        return c_div(-self.total_padding, 2)
+class LocalAvgpoolConfig(MaxpoolConfig):
+    """[maxpool]'s keys, defaults and window geometry (AlexeyAB reads both sections with the same code)."""
 
 
 @register

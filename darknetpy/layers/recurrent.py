@@ -128,51 +128,53 @@ class Rnn(_Recurrent):
 
 
 @dataclass(frozen=True)
-class GruConfig(LayerConfig):
-    output: int = option(1, minimum=1)
-    batch_normalize: bool = option(False)
-    tanh: bool = option(False)
-
-
-@register
-class Gru(_Recurrent):
-    kind = "gru"
-    Config = GruConfig
-    title = "GRU"
-
-    def blocks(self):
-        cfg = self.config
-        inputs, out, bn = self.in_shapes[0].size, cfg.output, cfg.batch_normalize
-        state = _Block("connected", out, out, bn)
-        update = _Block("connected", inputs, out, bn)
-        return (state,) * 3 + (update,) * 3   # wz, wr, wh, uz, ur, uh
-
-    def creation_order(self):
-        state, update = self._array_blocks[0], self._array_blocks[3]
-        return (update, state) * 3             # uz, wz, ur, wr, uh, wh
-
-
-@dataclass(frozen=True)
 class LstmConfig(LayerConfig):
     output: int = option(1, minimum=1)
     batch_normalize: bool = option(False)
 
 
-@register
-class Lstm(_Recurrent):
-    kind = "lstm"
-    Config = LstmConfig
-    title = "LSTM"
+@dataclass(frozen=True)
+class GruConfig(LstmConfig):
+    tanh: bool = option(False)
+
+
+class _Gated(_Recurrent):
+    """GRU and LSTM: each gate has a state sub-layer (output -> output) and an update sub-layer
+    (input -> output); the file holds every state sub-layer first, then every update sub-layer."""
+    gates = 0
 
     def blocks(self):
         cfg = self.config
-        inputs, out, bn = self.in_shapes[0].size, cfg.output, cfg.batch_normalize
+        out, bn = cfg.output, cfg.batch_normalize
         state = _Block("connected", out, out, bn)
-        update = _Block("connected", inputs, out, bn)
-        return (state,) * 4 + (update,) * 4   # wi, wf, wo, wg, ui, uf, uo, ug
+        update = _Block("connected", self.in_shapes[0].size, out, bn)
+        return (state,) * self.gates + (update,) * self.gates
+
+    def _state_and_update(self) -> tuple[_Block, _Block]:
+        return self._array_blocks[0], self._array_blocks[self.gates]
+
+
+@register
+class Gru(_Gated):
+    kind = "gru"
+    Config = GruConfig
+    title = "GRU"
+    gates = 3   # file order: wz, wr, wh, uz, ur, uh
 
     def creation_order(self):
-        state, update = self._array_blocks[0], self._array_blocks[4]
+        state, update = self._state_and_update()
+        return (update, state) * 3             # uz, wz, ur, wr, uh, wh
+
+
+@register
+class Lstm(_Gated):
+    kind = "lstm"
+    Config = LstmConfig
+    title = "LSTM"
+    gates = 4   # file order: wi, wf, wo, wg, ui, uf, uo, ug
+
+    def creation_order(self):
+        state, update = self._state_and_update()
         return (update,) * 4 + (state,) * 4   # uf, ui, ug, uo, wf, wi, wg, wo
 
 

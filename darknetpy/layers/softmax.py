@@ -92,6 +92,15 @@ class _TruthLayer(LossLayer):
         self.cost = None
         self._has_loss = False
 
+    def backward(self, dy, xs, dxs):
+        # the incoming gradient passes straight through, plus (p - t) when this pass had truth (docstring)
+        if dxs[0] is None:
+            return
+        dx = _flat_rows(dxs[0])
+        dx += _flat_rows(dy)
+        if self._has_loss:
+            dx += self.loss_grad
+
 
 @dataclass(frozen=True)
 class SoftmaxConfig(LayerConfig):
@@ -183,14 +192,6 @@ class Softmax(_TruthLayer):
         """Class-index masks -> this layer's truth rows: the indices themselves, one per pixel."""
         return class_index_rows
 
-    def backward(self, dy, xs, dxs):
-        if dxs[0] is None:
-            return
-        dx = _flat_rows(dxs[0])
-        dx += _flat_rows(dy)
-        if self._has_loss:
-            dx += self.loss_grad
-
     def summary_row(self):
         if self.config.spatial:
             return f"softmax per pixel           {self.describe_shape(self.out_shape)}"
@@ -275,14 +276,6 @@ class Logistic(_TruthLayer):
     def mask_encoder(self):
         """Class-index masks -> one target per value (one_hot_rows for this layer's channel count)."""
         return functools.partial(one_hot_rows, channels=self.in_shapes[0].c)
-
-    def backward(self, dy, xs, dxs):
-        if dxs[0] is None:
-            return
-        dx = _flat_rows(dxs[0])
-        dx += _flat_rows(dy)
-        if self._has_loss:
-            dx += self.loss_grad
 
     def pixelwise(self):
         # one independent probability per value: a 1-channel map is already a (binary) segmentation

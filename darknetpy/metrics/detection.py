@@ -161,40 +161,55 @@ def average_precision(is_tp: np.ndarray, truths: int, points: int = 0) -> float 
     if len(is_tp) == 0:
         return 0.0
     precision, recall = precision_recall(np.asarray(is_tp, bool), truths)
-    envelope = np.maximum.accumulate(precision[::-1])[::-1]  # best precision at this recall or beyond
     if points == 0:
-        steps = np.diff(recall, prepend=0.0)
-        return float(np.sum(steps * envelope))
-    thresholds = np.linspace(0.0, 1.0, points)
-    first = np.searchsorted(recall, thresholds, side="left")  # recall is non-decreasing
+        return envelope_area(precision, recall)
+    return float(envelope_at(precision, recall, np.linspace(0.0, 1.0, points)).mean())
+
+
+def _envelope(precision: np.ndarray) -> np.ndarray:
+    """The best precision at each recall step or beyond."""
+    return np.maximum.accumulate(precision[::-1])[::-1]
+
+
+def envelope_area(precision: np.ndarray, recall: np.ndarray) -> float:
+    """Area under the precision envelope at every recall step (the `points=0` AP)."""
+    return float(np.sum(np.diff(recall, prepend=0.0) * _envelope(precision)))
+
+
+def envelope_at(precision: np.ndarray, recall: np.ndarray, recalls: np.ndarray) -> np.ndarray:
+    """The precision envelope at a recall >= each of `recalls` (0 where the recall never gets there)."""
+    values = np.zeros(len(recalls))
+    if len(recall) == 0:
+        return values
+    first = np.searchsorted(recall, recalls, side="left")  # recall is non-decreasing
     reached = first < len(recall)
-    values = np.zeros(points)
-    values[reached] = envelope[first[reached]]
-    return float(values.mean())
+    values[reached] = _envelope(precision)[first[reached]]
+    return values
 
 
 # ---------------------------------------------------------------------------------------------- mAP
 
 @dataclass
-class _ClassRanking:
-    """Per class, the detections of every image in list order (ranked later)."""
+class ClassRanking:
+    """Per class, the detections of every image in list order (ranked later), matched at K IoU thresholds."""
+    thresholds: int
     scores: list[np.ndarray] = field(default_factory=list)
     is_tp: list[np.ndarray] = field(default_factory=list)      # each (K, n)
-    iou: list[np.ndarray] = field(default_factory=list)        # each (n,), at the user's threshold
+    iou: list[np.ndarray] = field(default_factory=list)        # each (n,), at the first threshold
     truths: int = 0
 
+    def joined(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """scores (n,), is_tp (K, n) and matched IoU (n,) of all images, in list order."""
+        if not self.scores:
+            return np.zeros(0, np.float32), np.zeros((self.thresholds, 0), bool), np.zeros(0)
+        return np.concatenate(self.scores), np.concatenate(self.is_tp, axis=1), np.concatenate(self.iou)
 
-def detection_map(detections: Sequence[ImageDetections], truths: Sequence[ImageTruths], names: Sequence[str],
-                  iou_thresh: float = 0.5, points: int = 0, thresh: float = 0.25) -> MapResult:
-    """mAP and the figures AlexeyAB's `detector map` prints, from per-image detections and truths (same
-    order, same box units). `names` gives the class count; see the module docstring for every rule."""
-    if len(detections) != len(truths):
-        raise ValueError(f"{len(detections)} images of detections but {len(truths)} of truths")
-    if points not in AP_POINTS:
-        raise ValueError(f"points must be one of {AP_POINTS}, got {points}")
-    classes = len(names)
-    thresholds = np.concatenate([[iou_thresh], COCO_IOU_THRESHOLDS])  # row 0: the user's threshold
-    rankings = [_ClassRanking() for _ in range(classes)]
+
+def rank_classes(detections: Sequence[ImageDetections], truths: Sequence[ImageTruths], classes: int,
+                 thresholds: np.ndarray) -> list[ClassRanking]:
+    """Every image's (box, class) detections with a positive score, per class in score order within the
+    image, each matched greedily to that image's truths of its class at each IoU threshold."""
+    rankings = [ClassRanking(len(thresholds)) for _ in range(classes)]
     for image_dets, image_truths in zip(detections, truths):
         boxes = np.asarray(image_dets.boxes, np.float64).reshape(-1, 4)
         scores = np.asarray(image_dets.scores, np.float32)
@@ -219,6 +234,20 @@ def detection_map(detections: Sequence[ImageDetections], truths: Sequence[ImageT
             rankings[c].scores.append(scores[dets, c])
             rankings[c].is_tp.append(is_tp)
             rankings[c].iou.append(matched[0])
+    return rankings
+
+
+def detection_map(detections: Sequence[ImageDetections], truths: Sequence[ImageTruths], names: Sequence[str],
+                  iou_thresh: float = 0.5, points: int = 0, thresh: float = 0.25) -> MapResult:
+    """mAP and the figures AlexeyAB's `detector map` prints, from per-image detections and truths (same
+    order, same box units). `names` gives the class count; see the module docstring for every rule."""
+    if len(detections) != len(truths):
+        raise ValueError(f"{len(detections)} images of detections but {len(truths)} of truths")
+    if points not in AP_POINTS:
+        raise ValueError(f"points must be one of {AP_POINTS}, got {points}")
+    classes = len(names)
+    thresholds = np.concatenate([[iou_thresh], COCO_IOU_THRESHOLDS])  # row 0: the user's threshold
+    rankings = rank_classes(detections, truths, classes, thresholds)
 
     limit = np.float32(thresh)
     results: list[ClassResult] = []
@@ -226,12 +255,7 @@ def detection_map(detections: Sequence[ImageDetections], truths: Sequence[ImageT
     total_tp = total_fp = total_truths = total_dets = 0
     iou_sum = 0.0
     for c, ranking in enumerate(rankings):
-        if ranking.scores:
-            scores = np.concatenate(ranking.scores)
-            is_tp = np.concatenate(ranking.is_tp, axis=1)
-            matched_iou = np.concatenate(ranking.iou)
-        else:
-            scores, is_tp, matched_iou = np.zeros(0, np.float32), np.zeros((len(thresholds), 0), bool), np.zeros(0)
+        scores, is_tp, matched_iou = ranking.joined()
         ranked = is_tp[:, np.argsort(-scores, kind="stable")]
         ap = average_precision(ranked[0], ranking.truths, points)
         for t in range(len(COCO_IOU_THRESHOLDS)):

@@ -55,7 +55,7 @@ class DetectionEvaluation(Evaluation):
         return {"images": self.images, **self.result.as_dict()}
 
 
-def map_at_cfg_size(network, data_config, width: int, height: int, progress=None) -> MapResult:
+def map_at_cfg_size(network, data_config, width: int, height: int, progress=None, keep=None) -> MapResult:
     """metrics.evaluate.measure_map at the cfg's input size: multi-scale training may have resized the
     network, which is put back afterwards."""
     size = network.net.width, network.net.height
@@ -64,7 +64,7 @@ def map_at_cfg_size(network, data_config, width: int, height: int, progress=None
     try:
         # early in training some boxes decode to exp(huge) = inf: they just score nothing, as in Darknet
         with np.errstate(over="ignore", invalid="ignore"):
-            return measure_map(network, data_config, progress=progress)
+            return measure_map(network, data_config, progress=progress, keep=keep)
     finally:
         if (network.net.width, network.net.height) != size:
             network.resize(*size)
@@ -167,11 +167,12 @@ class DetectionTask(Task):
         return DetectorCheckpoints(base, backup_every)
 
     # ---- validation -------------------------------------------------------------------------------------------
-    def evaluate(self, top: int | None = None, progress=None) -> DetectionEvaluation:
-        """mAP@0.5 (and COCO's mAP@[.5:.95]) on the .data `valid` list; `top` is not used."""
+    def evaluate(self, top: int | None = None, progress=None, keep=None) -> DetectionEvaluation:
+        """mAP@0.5 (and COCO's mAP@[.5:.95]) on the .data `valid` list; `top` is not used. `keep`: see
+        metrics.evaluate.measure_map (`valid --plots` draws from the detections)."""
         dataset = self.dataset(train=False, seed=0)   # checked once; measure_map reads the list itself
         result = map_at_cfg_size(self.network, self.data_config, self.settings.width, self.settings.height,
-                                 progress)
+                                 progress, keep)
         return DetectionEvaluation(len(dataset), result)
 
 
