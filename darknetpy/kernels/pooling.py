@@ -177,23 +177,17 @@ def _window_rows(src, origin, width, rows, size, stride_y, stride_x, out_plane, 
 def _separable_rows(src, origin, width, size, stride_y, stride_x, out_plane, index_plane, row_v, row_i):
     """The first maximum in row-then-column order is the first maximum down the window's rows of each row's
     first maximum along it: 2*size taps per output instead of size*size. row_v/row_i receive the row maxima
-    of every row of `src`."""
+    of every row of `src`; the column pass runs on them as a plane of size x 1 windows, and its winners
+    (positions in row_v) are then looked up in row_i."""
     _window_rows(src, origin, width, 1, size, 1, stride_x, row_v, row_i)
-    out_h, out_w = out_plane.shape
-    for oy in range(out_h):
-        top = oy * stride_y
-        best = out_plane[oy]
-        best_index = index_plane[oy]
+    out_w = out_plane.shape[1]
+    _window_rows(row_v, 0, out_w, size, 1, stride_y, 1, out_plane, index_plane)
+    row_indices = row_i.ravel()
+    for oy in range(out_plane.shape[0]):
+        winners = index_plane[oy]
         for ox in range(out_w):
-            b = NEG_FLT_MAX
-            k = np.int32(-1)
-            for ky in range(size):
-                v = row_v[top + ky, ox]
-                if v > b:
-                    b = v
-                    k = row_i[top + ky, ox]
-            best[ox] = b
-            best_index[ox] = k
+            if winners[ox] >= 0:
+                winners[ox] = row_indices[winners[ox]]
 
 
 @jit
