@@ -14,15 +14,15 @@ file, every listed image's existence, every label file's lines (DataError `file:
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 from PIL import Image
 
-from darknetpy.config import DataConfig, folder_of, locate_path, read_list_entries, resolve_path
+from darknetpy.config import DataConfig, folder_of, resolve_path
 from darknetpy.detection_augment import DetectionAugmentSettings, augment_detection, mosaic, truth_row
 from darknetpy.detection_labels import LabelSet, read_labels
 from darknetpy.errors import DataError, ImageError
+from darknetpy.image_list import locate_image, read_image_list
 from darknetpy.images import LETTERBOX, RESIZE, load_image, network_input, to_channels
 
 #: Darknet's detector reads `train=` from this when the .data file has no such key (spec §7.1)
@@ -87,18 +87,10 @@ class DetectionDataset:
         if written is None and not self.train:
             raise DataError("has no 'valid' list (needed to measure the detector)", data_config.path)
         self.list_path = resolve_path(written or DEFAULT_TRAIN_LIST, self.data_dir)
-        entries = read_list_entries(self.list_path)
-        if not entries:
-            raise DataError(f"list file ({key}=) has no entries", self.list_path)
+        entries = read_image_list(self.list_path, key)
         self.lines = np.array([entry.line for entry in entries], np.int64)
         self.entries = [entry.text for entry in entries]
-        self.paths: list[str] = []
-        for entry in entries:
-            found = locate_path(entry.text, self.data_dir)
-            if found is None:
-                raise DataError(f"image {entry.text!r} not found (relative to the working directory "
-                                f"{os.getcwd()} or to {self.data_dir})", self.list_path, entry.line)
-            self.paths.append(found)
+        self.paths = [locate_image(entry, self.data_dir, self.list_path) for entry in entries]
         self.labels: LabelSet = read_labels(self.entries, self.classes, self.data_dir, self.list_path)
 
     def __len__(self) -> int:

@@ -29,9 +29,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from darknetpy.augment import AugmentSettings, draw_crop, flip_image, random_distort_image, rotate_crop_image
-from darknetpy.config import DataConfig, folder_of, locate_path, read_list_entries, resolve_path
+from darknetpy.config import DataConfig, folder_of, resolve_path
 from darknetpy.config.grammar import read_text_file
 from darknetpy.errors import DataError, ImageError
+from darknetpy.image_list import locate_image, read_image_list
 from darknetpy.images import center_crop_image, load_image, resize_image, to_channels
 from darknetpy.kernels import augment as augment_kernels
 from darknetpy.kernels import masks as kernels
@@ -229,18 +230,13 @@ class SegmentationDataset:
         if not written:
             raise DataError(f"a segmentation .data file needs '{key}=' (the list of images)", data_config.path)
         self.list_path = resolve_path(written, self.data_dir)
-        entries = read_list_entries(self.list_path)
-        if not entries:
-            raise DataError(f"list file ({key}=) has no entries", self.list_path)
+        entries = read_image_list(self.list_path, key)
         self.paths: list[str] = []
         self.mask_paths: list[str] = []
         self.lines: list[int] = []
         for entry in entries:
             where = f"{self.list_path}:{entry.line}"
-            found = locate_path(entry.text, self.data_dir)
-            if found is None:
-                raise DataError(f"image {entry.text!r} not found (relative to the working directory "
-                                f"{os.getcwd()} or to {self.data_dir})", self.list_path, entry.line)
+            found = locate_image(entry, self.data_dir, self.list_path)
             mask_path = find_mask(found)
             if mask_path is None:
                 tried = mask_path_candidates(found)

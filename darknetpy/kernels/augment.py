@@ -137,25 +137,27 @@ def _hsv_to_rgb_pixel(hue, saturation, value):
 
 
 @jit
-def rgb_to_hsv(src, dst):
+def _convert_pixels(src, dst, to_hsv):
+    """(3, H, W) planes → (3, H, W) planes, pixel by pixel: RGB → HSV when to_hsv, else HSV → RGB."""
+    for y in range(src.shape[1]):
+        for x in range(src.shape[2]):
+            if to_hsv:
+                p, q, r = _rgb_to_hsv_pixel(src[0, y, x], src[1, y, x], src[2, y, x])
+            else:
+                p, q, r = _hsv_to_rgb_pixel(src[0, y, x], src[1, y, x], src[2, y, x])
+            dst[0, y, x] = p
+            dst[1, y, x] = q
+            dst[2, y, x] = r
+
+
+def rgb_to_hsv(src: np.ndarray, dst: np.ndarray) -> None:
     """(3, H, W) RGB → (3, H, W) HSV planes (h in [0, 1), s, v)."""
-    for y in range(src.shape[1]):
-        for x in range(src.shape[2]):
-            h, s, v = _rgb_to_hsv_pixel(src[0, y, x], src[1, y, x], src[2, y, x])
-            dst[0, y, x] = h
-            dst[1, y, x] = s
-            dst[2, y, x] = v
+    _convert_pixels(src, dst, True)
 
 
-@jit
-def hsv_to_rgb(src, dst):
+def hsv_to_rgb(src: np.ndarray, dst: np.ndarray) -> None:
     """(3, H, W) HSV planes → (3, H, W) RGB (no clamping, like Darknet's hsv_to_rgb)."""
-    for y in range(src.shape[1]):
-        for x in range(src.shape[2]):
-            r, g, b = _hsv_to_rgb_pixel(src[0, y, x], src[1, y, x], src[2, y, x])
-            dst[0, y, x] = r
-            dst[1, y, x] = g
-            dst[2, y, x] = b
+    _convert_pixels(src, dst, False)
 
 
 @jit

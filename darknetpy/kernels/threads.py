@@ -10,9 +10,16 @@ libgomp's default wait policy and 30 ms with OMP_WAIT_POLICY=PASSIVE (yolov3-tin
 training step 214 -> 108 ms). So idle OpenMP workers are made to sleep at once unless the user chose
 otherwise.
 
-libgomp reads the variable once, when Numba starts its threading layer (the first parallel kernel call or
-numba.set_num_threads). Importing darknetpy before either is therefore enough; if Numba's threads were
-already started with more than one thread and the variable unset, a DarknetWarning says so.
+libgomp reads the variable once, when the library is loaded. Numba loads it when it starts its threading
+layer (the first parallel kernel call or numba.set_num_threads), so importing darknetpy before that is
+enough -- unless another package already loaded the same libgomp.so.1: PyTorch's wheels ship one, so after
+`import torch` the runtime Numba would share has already read the (spinning) default. Setting the variable
+then changes nothing, and darknetpy's 2-thread training of darknet.cfg 224 (batch 16) ran slower than with
+1 thread. In that case Numba is switched to its own `workqueue` threading layer (no OpenMP; idle workers
+block on a semaphore) unless the user chose a layer (NUMBA_THREADING_LAYER). workqueue is not the default
+because it aborts the process when two Python threads launch parallel kernels at the same time, which
+OpenMP allows. If Numba's threads were already started with more than one thread and the variable unset,
+a DarknetWarning says so.
 """
 from __future__ import annotations
 
@@ -34,11 +41,31 @@ def _numba_threads_started() -> bool:
     return bool(getattr(parallel, "_is_initialized", False))
 
 
+def _gnu_openmp_loaded() -> bool:
+    """Whether a libgomp.so.1 is already mapped into this process (Linux; False where that cannot be read)."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            return any(os.path.basename(line.rstrip().rpartition(" ")[2]).startswith("libgomp.so.1")
+                       for line in maps)
+    except OSError:
+        return False
+
+
+def choose_threading_layer() -> str | None:
+    """Use Numba's workqueue layer when the OpenMP runtime it would share was loaded, and so configured,
+    before darknetpy could set its wait policy; returns the layer chosen (None: Numba's own choice)."""
+    if os.environ.get("NUMBA_THREADING_LAYER") or _numba_threads_started() or not _gnu_openmp_loaded():
+        return None
+    numba.config.THREADING_LAYER = "workqueue"
+    return "workqueue"
+
+
 def apply_defaults() -> None:
     """Set the wait-policy environment defaults (an explicit user setting always wins)."""
     missing = [key for key in _DEFAULTS if key not in os.environ]
     for key in missing:
         os.environ[key] = _DEFAULTS[key]
+    choose_threading_layer()
     if missing and _numba_threads_started() and numba.get_num_threads() > 1 \
             and numba.threading_layer() == "omp":
         warnings.warn("Numba's OpenMP threads were started before darknetpy was imported, with the default "

@@ -21,8 +21,9 @@ from numba import prange
 from . import jit
 from .threads import threads_pay
 
-# Elements (per transform call) below which starting the thread team costs more than it saves.
-PARALLEL_MIN_ELEMENTS = 1 << 15
+# Elements below which the thread team is not worth starting -- nor compiling the parallel kernels on a
+# first run: small networks (MNIST's 14x14 and 7x7 layers) then never need them.
+PARALLEL_MIN_ELEMENTS = 1 << 17
 
 _G = {
     2: np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64),
@@ -203,7 +204,8 @@ def _input_serial(x, g0, g1, pad, tile, tiles_h, tiles_w, ranges, v):
 
 @jit(parallel=True)
 def _input_parallel(x, g0, g1, pad, tile, tiles_h, tiles_w, ranges, v):
-    for c in prange(x.shape[1]):
+    for channel in prange(x.shape[1]):
+        c = np.int64(channel)  # prange's index is unsigned: one specialisation of the callee, not two
         plane = np.empty((min(g1 - g0, tiles_h) * tile + 2, tile, tiles_w + 1), np.float32)
         work = np.empty((tile + 2, tile, tiles_w + 1), np.float32)
         _input_channel(x, c, g0, g1, pad, tiles_h, tiles_w, ranges, plane, work, v)
@@ -256,7 +258,8 @@ def _input_small_f2_serial(x, g0, g1, pad, tiles_h, tiles_w, v):
 
 @jit(parallel=True)
 def _input_small_f2_parallel(x, g0, g1, pad, tiles_h, tiles_w, v):
-    for c in prange(x.shape[1]):
+    for channel in prange(x.shape[1]):
+        c = np.int64(channel)
         padded = np.empty((2 * tiles_h + 2, 2 * tiles_w + 2), np.float32)
         _input_small_f2_channel(x, c, g0, g1, pad, tiles_h, tiles_w, padded, v)
 
@@ -382,28 +385,46 @@ def _output_rows_f4(m, k, g0, g1, bias_value, leaky, accumulate, tiles_h, tiles_
                     orow[ox] = line[ox]
 
 
+# One entry point per (tile size, threading): a kernel that chose its tile function at run time would
+# compile both row functions, and the parallel one would compile them again for prange's unsigned index,
+# which a first run pays in seconds (the MNIST classifier's cold start: 4 of these specialisations). prange
+# indices are therefore cast back to int64 before any call.
 @jit
-def _output_filter(m, k, g0, g1, bias, leaky, accumulate, tile, tiles_h, tiles_w, z, line, out):
-    if tile == 2:
+def _output_serial_f2(m, g0, g1, bias, leaky, accumulate, tiles_h, tiles_w, out):
+    z = np.empty((4, 4, tiles_w), np.float32)
+    line = np.empty(tiles_w * 2, np.float32)
+    for k in range(out.shape[1]):
         _output_rows_f2(m, k, g0, g1, bias[k], leaky, accumulate, tiles_h, tiles_w, z, line, out)
-    else:
+
+
+@jit
+def _output_serial_f4(m, g0, g1, bias, leaky, accumulate, tiles_h, tiles_w, out):
+    z = np.empty((6, 6, tiles_w), np.float32)
+    line = np.empty(tiles_w * 4, np.float32)
+    for k in range(out.shape[1]):
         _output_rows_f4(m, k, g0, g1, bias[k], leaky, accumulate, tiles_h, tiles_w, z, line, out)
 
 
-@jit
-def _output_serial(m, g0, g1, bias, leaky, accumulate, tile, tiles_h, tiles_w, out):
-    z = np.empty((tile + 2, tile + 2, tiles_w), np.float32)
-    line = np.empty(tiles_w * tile, np.float32)
-    for k in range(out.shape[1]):
-        _output_filter(m, k, g0, g1, bias, leaky, accumulate, tile, tiles_h, tiles_w, z, line, out)
+@jit(parallel=True)
+def _output_parallel_f2(m, g0, g1, bias, leaky, accumulate, tiles_h, tiles_w, out):
+    for filter_index in prange(out.shape[1]):
+        k = np.int64(filter_index)
+        z = np.empty((4, 4, tiles_w), np.float32)
+        line = np.empty(tiles_w * 2, np.float32)
+        _output_rows_f2(m, k, g0, g1, bias[k], leaky, accumulate, tiles_h, tiles_w, z, line, out)
 
 
 @jit(parallel=True)
-def _output_parallel(m, g0, g1, bias, leaky, accumulate, tile, tiles_h, tiles_w, out):
-    for k in prange(out.shape[1]):
-        z = np.empty((tile + 2, tile + 2, tiles_w), np.float32)
-        line = np.empty(tiles_w * tile, np.float32)
-        _output_filter(m, k, g0, g1, bias, leaky, accumulate, tile, tiles_h, tiles_w, z, line, out)
+def _output_parallel_f4(m, g0, g1, bias, leaky, accumulate, tiles_h, tiles_w, out):
+    for filter_index in prange(out.shape[1]):
+        k = np.int64(filter_index)
+        z = np.empty((6, 6, tiles_w), np.float32)
+        line = np.empty(tiles_w * 4, np.float32)
+        _output_rows_f4(m, k, g0, g1, bias[k], leaky, accumulate, tiles_h, tiles_w, z, line, out)
+
+
+_OUTPUT_KERNELS = {(2, False): _output_serial_f2, (4, False): _output_serial_f4,
+                   (2, True): _output_parallel_f2, (4, True): _output_parallel_f4}
 
 
 def output_transform(m: np.ndarray, first_row: int, end_row: int, bias: np.ndarray, leaky: bool, tile: int,
@@ -412,8 +433,7 @@ def output_transform(m: np.ndarray, first_row: int, end_row: int, bias: np.ndarr
     + bias[k], then Darknet's leaky if `leaky`; with `accumulate` the result is added to `out` instead."""
     count = (end_row - first_row) * tiles_w
     parallel = threads_pay(m.shape[0] * m.shape[1] * count, out.shape[1], PARALLEL_MIN_ELEMENTS)
-    kernel = _output_parallel if parallel else _output_serial
-    kernel(m, first_row, end_row, bias, leaky, accumulate, tile, tiles_h, tiles_w, out)
+    _OUTPUT_KERNELS[tile, parallel](m, first_row, end_row, bias, leaky, accumulate, tiles_h, tiles_w, out)
 
 
 def block_rows(channels: int, filters: int, tile: int, tiles_w: int, total_rows: int,
