@@ -1,5 +1,12 @@
-"""darknetpy: run and train Darknet networks from their .cfg files, on any CPU, with nothing to compile."""
+"""darknetpy: run and train Darknet networks from their .cfg files, on any CPU, with nothing to compile.
+
+Importing the package sets up the threads (below) and nothing else: the public names are imported on first
+use (PEP 562), so that a command or a script pays only for the modules it uses.
+"""
 from __future__ import annotations
+
+import importlib
+import importlib.util
 
 __version__ = "0.1.0"
 
@@ -9,14 +16,34 @@ _share_cores()  # under mpiexec: each local rank gets its share of the cores, be
 
 from .kernels import threads as _threads  # noqa: E402,F401  (thread wait policy before Numba starts threads)
 
-from .api import Model, Prediction, load  # noqa: E402
-from .config import parse_cfg, parse_cfg_text  # noqa: E402
-from .errors import (CfgError, DarknetError, DarknetWarning, DataError, ImageError,  # noqa: E402
-                     UnsupportedError, WeightsError)
-from .export import export_onnx  # noqa: E402  (needs the onnx extra only when called)
-from .network import Network, build_network, load_cfg  # noqa: E402
-from .weights import read_weights, write_weights  # noqa: E402
+# public name -> the module defining it
+_PUBLIC = {
+    "load": "api", "Model": "api", "Prediction": "api",
+    "parse_cfg": "config", "parse_cfg_text": "config",
+    "CfgError": "errors", "DarknetError": "errors", "DarknetWarning": "errors", "DataError": "errors",
+    "ImageError": "errors", "UnsupportedError": "errors", "WeightsError": "errors",
+    "export_onnx": "export",   # needs the onnx extra only when called
+    "Network": "network", "build_network": "network", "load_cfg": "network",
+    "read_weights": "weights", "write_weights": "weights",
+}
 
 __all__ = ["load", "Model", "Prediction", "Network", "build_network", "load_cfg", "parse_cfg", "parse_cfg_text",
            "read_weights", "write_weights", "DarknetError", "CfgError", "UnsupportedError", "WeightsError",
            "ImageError", "DataError", "DarknetWarning", "export_onnx", "__version__"]
+
+
+def __getattr__(name: str):
+    module = _PUBLIC.get(name)
+    if module is None:
+        # `import darknetpy; darknetpy.api.load(...)` kept working while the package imported its modules
+        # eagerly: a submodule is still imported on first attribute access
+        if name.startswith("_") or importlib.util.find_spec(f"{__name__}.{name}") is None:
+            raise AttributeError(f"module 'darknetpy' has no attribute {name!r}")
+        return importlib.import_module(f".{name}", __name__)
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value     # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

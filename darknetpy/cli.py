@@ -763,6 +763,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         _resolve_bundled(args)
+        from .compile_notice import announce_compilation
+        announce_compilation()
         return args.run(args)
     except DarknetError as exc:
         print(str(exc), file=sys.stderr)

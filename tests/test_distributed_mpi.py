@@ -307,3 +307,30 @@ def test_the_loader_loads_only_its_rows_exactly_as_in_the_whole_batch(tmp_path):
             (x, y), (xr, yr) = whole.next_batch(), part.next_batch()
             np.testing.assert_array_equal(xr, x[rows])
             np.testing.assert_array_equal(yr, y[rows])
+
+
+def test_ctrl_c_saves_the_interrupted_checkpoint_once_and_ends_every_rank(tmp_path):
+    data = make_classification_set(tmp_path / "ds")
+    cfg = tmp_path / "c.cfg"
+    cfg.write_text(CLASSIFIER.format(subdivisions=2))
+    backup = data.parent / "backup"
+    process = launch(["train", cfg, data, "--seed", "1", "--workers", "1", "--max-batches", "100000",
+                      "--checkpoint-every", "2"], data.parent)
+    try:
+        deadline = time.monotonic() + 120
+        while not (backup / "c.backup").exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (backup / "c.backup").exists(), "no checkpoint was written"
+        process.send_signal(signal.SIGINT)   # mpiexec passes Ctrl-C on to every rank
+        interrupted = time.monotonic()
+        code, out, err = finish(process, timeout=30)
+        assert time.monotonic() - interrupted <= 15
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    assert code == 130
+    saved = [line for line in err.splitlines() if line.startswith("interrupted at batch")]
+    assert len(saved) == 1 and saved[0].endswith("saved backup/c.backup"), err
+    batch = int(saved[0].split()[3].rstrip(":"))
+    assert darknetpy.load(cfg, backup / "c.backup").seen == 8 * batch   # the last whole update

@@ -14,15 +14,30 @@ Cases (`--cases`, comma list; default all):
   yolov3-tiny      416x416, batch 1 inference, seeded weights (shared/tools/gen_weights.py --seed 1).
   yolo-fastest-xl  320x320, batch 1 inference, the real yolo-fastest-1.1-xl weights.
   darknet19        224x224 (width/height rewritten in a temp copy of the cfg), seeded weights.
-                   The three inference cases are timed against OpenCV DNN (OpenCV backend, CPU target) and
-                   against PyTorch running the same cfg and .weights through the small Darknet->torch builder
-                   in tools/bench_reference.py (BN folded into the convolutions, yolo layers apply their
-                   logistic).
+  yolov4-tiny      416x416 (shared/cfg-alexeyab), darknetpy's seeded initialisation written as .weights.
+  vgg-16           224x224, cfg/vgg-16.cfg (13 convolutions + 3 connected), seeded weights; its GFLOP/s and
+                   %peak columns are its share of the numpy sgemm peak.
+  digits-yolo      320x320, the bundled detector cfg/digits-yolo.cfg, seeded weights.
+  digits-seg       320x320, the bundled segmenter cfg/digits-seg.cfg, seeded weights.
+                   The inference cases run at each of `--batches` (default 1 and 8; "NAME b8" rows) and are
+                   timed against OpenCV DNN (OpenCV backend, CPU target), against PyTorch running the same
+                   cfg and .weights through the small Darknet->torch builder in tools/bench_reference.py (BN
+                   folded into the convolutions, yolo layers apply their logistic), and against onnxruntime
+                   (CPU provider, intra_op_num_threads = the thread count, sequential, all graph
+                   optimisations) running that torch module exported with torch.onnx.export (opset 17) at the
+                   batch size measured, or, where the builder lacks a layer, `darknetpy export`'s graph (the
+                   anchor column says which).
   train            One Darknet train_network call (forward + backward + SGD update) of a small MNIST-shaped
                    classifier on a batch of 128 28x28x1 images, vs the equivalent torch nn.Sequential doing
                    forward + cross-entropy + backward + SGD(momentum 0.9, weight_decay) step.
-  startup          Wall time of `python -m darknetpy predict cfg/mnist.cfg W IMG` in a fresh process with a warm
-                   Numba cache, vs a fresh process that classifies the same image with OpenCV DNN.
+  train-order      Training darknet.cfg (224x224, batch 16, `ORDER_STEPS` steps after 2 untimed) in a fresh
+                   process that imports torch before darknetpy, vs a fresh process importing darknetpy first
+                   (ratio above 1: import order costs speed; compare the 1- and 2-thread tables too).
+  startup          Wall time of `python -m darknetpy predict cfg/mnist.cfg W IMG` in a fresh process, once with
+                   an empty Numba cache ("startup cold": a fresh NUMBA_CACHE_DIR, every kernel compiled) and
+                   then with a warm one, vs a fresh process that classifies the same image with OpenCV DNN.
+  startup-detect   The same for `darknetpy detect` with yolo-fastest-1.1 (320x320) on shared/images/dog.jpg, vs
+                   an OpenCV script that detects (forward, threshold, NMS) on the same image.
   rss              Peak RSS of a fresh process that loads yolov3-tiny and runs one 416x416 forward: darknetpy,
                    OpenCV DNN, and a bare `python -c "import numpy"` baseline (os.wait4 rusage of that child).
 
@@ -84,11 +99,13 @@ from bench_reference import build_torch_darknet, read_cfg_sections  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SHARED = REPO.parent / "shared"
-ALL_CASES = ["sgemm", "yolov3-tiny", "yolo-fastest-xl", "darknet19", "train", "startup", "rss"]
+ALL_CASES = ["sgemm", "yolov3-tiny", "yolo-fastest-xl", "darknet19", "yolov4-tiny", "vgg-16", "digits-yolo",
+             "digits-seg", "train", "train-order", "startup", "startup-detect", "rss"]
 THREAD_ENV_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 SGEMM_SHAPE = (512, 2304, 1024)  # (M, K, N): a 3x3 conv with 256 -> 512 channels on a 32x32 map
 TRAIN_BATCH = 128
+ORDER_BATCH, ORDER_SIZE, ORDER_STEPS = 16, 224, 5   # the train-order case: darknet.cfg at 224x224, batch 16
 CHILD_TIMEOUT_S = 900
 BUSY_WARNING = 0.10   # other processes using more than this share of all CPUs during a case earn a note
 
@@ -321,37 +338,61 @@ INFERENCE_CASES = {
     "yolov3-tiny": ("yolov3_tiny_cfg", "yolov3_tiny_weights", 416),
     "yolo-fastest-xl": ("yolo_fastest_cfg", "yolo_fastest_weights", 320),
     "darknet19": ("darknet19_cfg", "darknet19_weights", 224),
+    "yolov4-tiny": ("yolov4_tiny_cfg", "yolov4_tiny_weights", 416),
+    "vgg-16": ("vgg16_cfg", "vgg16_weights", 224),
+    "digits-yolo": ("digits_yolo_cfg", "digits_yolo_weights", 320),
+    "digits-seg": ("digits_seg_cfg", "digits_seg_weights", 320),
 }
+ANCHOR_LABELS = {"opencv": "OpenCV DNN", "torch": "PyTorch", "onnxruntime": "onnxruntime"}
+
+
+def onnx_session(ort, path: Path, threads: int):
+    """An onnxruntime CPU session with `threads` intra-op threads (one inter-op thread, sequential), full graph
+    optimisation: onnxruntime at its best on this machine."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def export_for_onnxruntime(torch, module, model, x, path: Path) -> str:
+    """Write the network as ONNX (opset 17) at x's batch size; returns where the graph came from. The torch
+    builder's module is exported when the builder can run the model (the same graph PyTorch runs), else
+    `darknetpy export`'s (layers the small builder does not know: connected, grouped routes, ...)."""
+    if module is not None:
+        try:
+            with torch.inference_mode():
+                torch.onnx.export(module, (torch.from_numpy(x),), str(path), opset_version=17, dynamo=False)
+            return "torch export"
+        except Exception:
+            pass   # fall through to darknetpy's own exporter
+    from darknetpy import export_onnx
+    export_onnx(model, path, batch=x.shape[0], opset=17)
+    return "darknetpy export"
 
 
 def case_inference(case: str, assets: dict, threads: int, opts: argparse.Namespace) -> list[Row]:
+    """darknetpy against OpenCV DNN, PyTorch and onnxruntime on one network, at each of --batches."""
     import warnings
 
     import numpy as np
     cfg_key, weights_key, size = INFERENCE_CASES[case]
     cfg, weights = require(assets, case, cfg_key, weights_key)
-    rng = np.random.default_rng(7)
     channels = int(read_cfg_sections(cfg)[0][1].get("channels", 3))
-    x = rng.random((1, channels, size, size), dtype=np.float32)
-    runners: dict[str, Callable[[], object]] = {}
+    engines: dict[str, object] = {}
     setup_errors: dict[str, str] = {}
-    latest: dict[str, object] = {}
     flops = None
     output_layers: list[int] = []
-
+    model = None
     try:
         warnings.simplefilter("ignore")
         import darknetpy
         model = darknetpy.load(cfg, weights, width=size, height=size)
-        network = model.network
-        flops = float(network.flops())
-        output_layers = [i for i, layer in enumerate(network.layers) if layer.kind == "yolo"] \
-            or [network.output_index]
-
-        def run_darknetpy():
-            network.forward(x)
-            latest["darknetpy"] = [network.outputs[i] for i in output_layers]
-        runners["darknetpy"] = run_darknetpy
+        flops = float(model.network.flops())
+        output_layers = [i for i, layer in enumerate(model.network.layers) if layer.kind == "yolo"] \
+            or [model.network.output_index]
     except Exception as exc:
         setup_errors["darknetpy"] = describe_error(exc)
 
@@ -364,48 +405,86 @@ def case_inference(case: str, assets: dict, threads: int, opts: argparse.Namespa
             net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
             net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
             net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
-            names = net.getUnconnectedOutLayersNames()
-
-            def run_opencv():
-                net.setInput(x)
-                latest["opencv"] = net.forward(names)
-            runners["opencv"] = run_opencv
+            engines["opencv"] = (net, net.getUnconnectedOutLayersNames())
         except Exception as exc:
-            setup_errors["opencv"] = f"cannot run this model: {describe_error(exc)}"
+            setup_errors["opencv"] = describe_error(exc)
 
     torch, why = import_optional("torch")
+    module = None
     if torch is None:
         setup_errors["torch"] = why
     else:
         try:
             set_anchor_threads(threads, torch=torch)
             module, _ = build_torch_darknet(cfg, weights, size, size)
+            engines["torch"] = module
+        except Exception as exc:
+            setup_errors["torch"] = f"builder cannot run this model: {describe_error(exc)}"
+    ort, why = import_optional("onnxruntime")
+    if ort is None:
+        setup_errors["onnxruntime"] = why
+
+    rows: list[Row] = []
+    for batch in opts.batch_sizes:
+        rng = np.random.default_rng(7)
+        x = rng.random((batch, channels, size, size), dtype=np.float32)
+        label = case if batch == 1 else f"{case} b{batch}"
+        runners: dict[str, Callable[[], object]] = {}
+        errors = dict(setup_errors)
+        latest: dict[str, object] = {}
+        if model is not None:
+            network = model.network
+
+            def run_darknetpy():
+                network.forward(x)
+                latest["darknetpy"] = [network.outputs[i] for i in output_layers]
+            runners["darknetpy"] = run_darknetpy
+        if "opencv" in engines:
+            net, names = engines["opencv"]
+
+            def run_opencv():
+                net.setInput(x)
+                latest["opencv"] = net.forward(names)
+            runners["opencv"] = run_opencv
+        if "torch" in engines:
             tx = torch.from_numpy(x)
 
             def run_torch():
                 with torch.inference_mode():
                     latest["torch"] = module(tx)
             runners["torch"] = run_torch
-        except Exception as exc:
-            setup_errors["torch"] = f"builder cannot run this model: {describe_error(exc)}"
+        onnx_label = "onnxruntime"
+        if ort is not None and model is not None:
+            try:
+                path = Path(opts.child_assets).parent / f"{case}-b{batch}-t{threads}.onnx"
+                source = export_for_onnxruntime(torch, module, model, x, path)
+                onnx_label = f"onnxruntime ({source})"
+                session = onnx_session(ort, path, threads)
+                feed = {session.get_inputs()[0].name: x}
 
-    samples, errors = time_alternating(runners, opts.warmup, opts.repeat, opts.budget)
-    errors = {**setup_errors, **errors}
-    dk_ms = median_ms(samples.get("darknetpy", []))
-    rows = []
-    for anchor, label in (("opencv", "OpenCV DNN"), ("torch", "PyTorch")):
-        row = Row(case, label, dk_ms, median_ms(samples.get(anchor, [])),
-                  max(len(samples.get("darknetpy", [])), len(samples.get(anchor, []))), flops,
-                  darknetpy_error=errors.get("darknetpy"), anchor_error=errors.get(anchor))
-        ours, theirs = latest.get("darknetpy"), latest.get(anchor)
-        if ours is not None and theirs is not None:
-            theirs_np = [t.numpy() if hasattr(t, "numpy") else np.asarray(t) for t in theirs]
-            # Only tensors of identical shape are comparable (OpenCV returns yolo outputs already decoded).
-            if len(theirs_np) == len(ours) and all(a.shape == b.shape for a, b in zip(ours, theirs_np)):
-                diffs = [relative_difference(a, b) for a, b in zip(ours, theirs_np)]
-                if all(d is not None for d in diffs):
-                    row.check = max(diffs)
-        rows.append(row)
+                def run_onnxruntime():
+                    latest["onnxruntime"] = session.run(None, feed)
+                runners["onnxruntime"] = run_onnxruntime
+            except Exception as exc:
+                errors["onnxruntime"] = f"cannot export or load the model: {describe_error(exc)}"
+        samples, run_errors = time_alternating(runners, opts.warmup, opts.repeat, opts.budget)
+        errors.update(run_errors)
+        dk_ms = median_ms(samples.get("darknetpy", []))
+        for anchor in ("opencv", "torch", "onnxruntime"):
+            row = Row(label, onnx_label if anchor == "onnxruntime" else ANCHOR_LABELS[anchor], dk_ms,
+                      median_ms(samples.get(anchor, [])),
+                      max(len(samples.get("darknetpy", [])), len(samples.get(anchor, []))),
+                      None if flops is None else flops * batch,
+                      darknetpy_error=errors.get("darknetpy"), anchor_error=errors.get(anchor))
+            ours, theirs = latest.get("darknetpy"), latest.get(anchor)
+            if ours is not None and theirs is not None:
+                theirs_np = [t.numpy() if hasattr(t, "numpy") else np.asarray(t) for t in theirs]
+                # Only tensors of identical shape are comparable (OpenCV returns yolo outputs already decoded).
+                if len(theirs_np) == len(ours) and all(a.shape == b.shape for a, b in zip(ours, theirs_np)):
+                    diffs = [relative_difference(a, b) for a, b in zip(ours, theirs_np)]
+                    if all(d is not None for d in diffs):
+                        row.check = max(diffs)
+            rows.append(row)
     return rows
 
 
@@ -461,6 +540,62 @@ def case_train(assets: dict, threads: int, opts: argparse.Namespace) -> list[Row
                 darknetpy_error=errors.get("darknetpy"), anchor_error=errors.get("torch"))]
 
 
+TRAIN_ORDER_SCRIPT = """\
+import json, sys, time
+torch_first, cfg, steps = sys.argv[1] == "torch-first", sys.argv[2], int(sys.argv[3])
+if torch_first:
+    import torch  # starts (and configures) PyTorch's OpenMP runtime before darknetpy is imported
+import warnings
+warnings.simplefilter("ignore")
+import numpy as np
+import darknetpy
+import numba
+model = darknetpy.load(cfg)
+batch = model.network.batch
+rng = np.random.default_rng(5)
+x = rng.random((batch, 3, %(size)d, %(size)d), dtype=np.float32)
+truth = np.zeros((batch, 1000), np.float32)
+truth[np.arange(batch), rng.integers(0, 1000, batch)] = 1.0
+for _ in range(2):
+    model.train_batch(x, truth)
+times = []
+for _ in range(steps):
+    start = time.perf_counter()
+    model.train_batch(x, truth)
+    times.append(time.perf_counter() - start)
+print(json.dumps({"times": times, "layer": numba.threading_layer()}))
+""" % {"size": ORDER_SIZE}
+
+
+def case_train_order(assets: dict, threads: int, opts: argparse.Namespace) -> list[Row]:
+    """Training darknet.cfg (224x224, batch 16) in a fresh process that imported torch before darknetpy,
+    against one that imported darknetpy first: the thread hand-over must not depend on import order (with
+    torch first, its OpenMP runtime is the one Numba would share, already configured to spin)."""
+    cfg, = require(assets, "train-order", "order_cfg")
+    env = dict(os.environ)   # the case child's own: thread counts, PYTHONPATH and --env extras already set
+    medians: dict[str, float | None] = {}
+    errors: dict[str, str] = {}
+    layers: dict[str, str] = {}
+    runs = 0
+    for order in ("torch-first", "darknetpy-first"):
+        done = subprocess.run([sys.executable, "-c", TRAIN_ORDER_SCRIPT, order, cfg, str(min(opts.repeat, ORDER_STEPS))],
+                              env=env, cwd=REPO, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+        if done.returncode != 0:
+            tail = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+            errors[order], medians[order] = tail, None
+            continue
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        medians[order] = median_ms(result["times"])
+        layers[order] = result["layer"]
+        runs = max(runs, len(result["times"]))
+    label = f"train darknet b{ORDER_BATCH} torch 1st"
+    anchor = "darknetpy imported first"
+    if layers:
+        label += f" [{layers.get('torch-first', '?')}]"
+    return [Row(label, anchor, medians.get("torch-first"), medians.get("darknetpy-first"), runs,
+                darknetpy_error=errors.get("torch-first"), anchor_error=errors.get("darknetpy-first"))]
+
+
 OPENCV_PREDICT_SCRIPT = """\
 import sys
 import cv2
@@ -489,29 +624,71 @@ def run_fresh_process(command: list[str], env: dict[str, str]) -> tuple[float, i
     return elapsed, proc.returncode, tail[0], usage.ru_maxrss
 
 
-def case_startup(assets: dict, threads: int, opts: argparse.Namespace) -> list[Row]:
+OPENCV_DETECT_SCRIPT = """\
+import sys
+import cv2
+import numpy as np
+cfg, weights, image = sys.argv[1:4]
+net = cv2.dnn.readNetFromDarknet(cfg, weights)
+picture = cv2.imread(image)
+net.setInput(cv2.dnn.blobFromImage(picture, 1 / 255.0, (320, 320), swapRB=True))
+outputs = np.concatenate([o.reshape(-1, o.shape[-1]) for o in net.forward(net.getUnconnectedOutLayersNames())])
+scores = outputs[:, 5:].max(axis=1) * outputs[:, 4]
+keep = scores > 0.25
+boxes = outputs[keep, :4] * [picture.shape[1], picture.shape[0]] * 2
+boxes[:, :2] -= boxes[:, 2:] / 2
+for i in cv2.dnn.NMSBoxes(boxes.tolist(), scores[keep].tolist(), 0.25, 0.45):
+    print(int(outputs[keep][i, 5:].argmax()), float(scores[keep][i]))
+"""
+
+
+def startup_rows(name: str, commands: dict[str, list[str]], opts: argparse.Namespace,
+                 missing_anchor: str | None) -> list[Row]:
+    """Start-up of a darknetpy command in fresh processes against an OpenCV script doing the same: once
+    with an empty Numba cache (a fresh NUMBA_CACHE_DIR: the first run on a machine, compiling every kernel
+    the command uses), then warm, alternating with the OpenCV process."""
     env = dict(os.environ)   # the case child's own: thread counts, PYTHONPATH and --env extras already set
+
+    def runner(engine: str, run_env: dict[str, str]) -> Callable[[], object]:
+        def run():
+            _, code, tail, _ = run_fresh_process(commands[engine], run_env)
+            if code != 0:
+                raise RuntimeError(f"exit {code}: {tail}")
+        return run
+    with tempfile.TemporaryDirectory(prefix="darknetpy-cold-cache-") as empty_cache:
+        cold, cold_errors = time_alternating({"darknetpy": runner("darknetpy", {**env, "NUMBA_CACHE_DIR": empty_cache})},
+                                             0, 1, 0.0)
+    # Warm: exactly one untimed round fills the cache, whatever --warmup says (more rounds would only cost
+    # time; each one is a fresh process anyway).
+    samples, errors = time_alternating({engine: runner(engine, env) for engine in commands}, 1, opts.repeat,
+                                       opts.budget)
+    if missing_anchor:
+        errors["opencv"] = missing_anchor
+    anchor_ms = median_ms(samples.get("opencv", []))
+    return [Row(f"startup cold: {name}", "OpenCV DNN process", median_ms(cold.get("darknetpy", [])), anchor_ms,
+                1, darknetpy_error=cold_errors.get("darknetpy"), anchor_error=errors.get("opencv")),
+            Row(f"startup: {name}", "OpenCV DNN process", median_ms(samples.get("darknetpy", [])), anchor_ms,
+                max(len(samples.get("darknetpy", [])), len(samples.get("opencv", []))),
+                darknetpy_error=errors.get("darknetpy"), anchor_error=errors.get("opencv"))]
+
+
+def case_startup(assets: dict, threads: int, opts: argparse.Namespace) -> list[Row]:
     cfg, weights, image = require(assets, "startup", "mnist_cfg", "mnist_weights", "mnist_image")
     commands = {"darknetpy": [sys.executable, "-m", "darknetpy", "predict", cfg, weights, image]}
     cv2, why = import_optional("cv2")
     if cv2 is not None:
         commands["opencv"] = [sys.executable, "-c", OPENCV_PREDICT_SCRIPT, cfg, weights, image]
+    return startup_rows("predict mnist", commands, opts, why)
 
-    def runner(name: str) -> Callable[[], object]:
-        def run():
-            _, code, tail, _ = run_fresh_process(commands[name], env)
-            if code != 0:
-                raise RuntimeError(f"exit {code}: {tail}")
-        return run
-    # The case measures start-up with a warm Numba cache: exactly one untimed round fills it, whatever
-    # --warmup says (more rounds would only cost time; each one is a fresh process anyway).
-    samples, errors = time_alternating({name: runner(name) for name in commands}, 1, opts.repeat, opts.budget)
-    if cv2 is None:
-        errors["opencv"] = why
-    return [Row("startup: predict mnist", "OpenCV DNN process", median_ms(samples.get("darknetpy", [])),
-                median_ms(samples.get("opencv", [])),
-                max(len(samples.get("darknetpy", [])), len(samples.get("opencv", []))),
-                darknetpy_error=errors.get("darknetpy"), anchor_error=errors.get("opencv"))]
+
+def case_startup_detect(assets: dict, threads: int, opts: argparse.Namespace) -> list[Row]:
+    cfg, weights, image = require(assets, "startup-detect", "fastest_small_cfg", "fastest_small_weights",
+                                  "detect_image")
+    commands = {"darknetpy": [sys.executable, "-m", "darknetpy", "detect", cfg, weights, image]}
+    cv2, why = import_optional("cv2")
+    if cv2 is not None:
+        commands["opencv"] = [sys.executable, "-c", OPENCV_DETECT_SCRIPT, cfg, weights, image]
+    return startup_rows("detect yolo-fastest-1.1", commands, opts, why)
 
 
 RSS_DARKNETPY_SCRIPT = """\
@@ -557,8 +734,12 @@ def run_case(case: str, assets: dict, threads: int, opts: argparse.Namespace) ->
         return case_inference(case, assets, threads, opts)
     if case == "train":
         return case_train(assets, threads, opts)
+    if case == "train-order":
+        return case_train_order(assets, threads, opts)
     if case == "startup":
         return case_startup(assets, threads, opts)
+    if case == "startup-detect":
+        return case_startup_detect(assets, threads, opts)
     if case == "rss":
         return case_rss(assets, threads, opts)
     raise ValueError(f"unknown case {case!r}")
@@ -625,6 +806,17 @@ def generate_weights(shared: Path, cfg: Path, out: Path) -> None:
         raise RuntimeError(f"gen_weights.py failed on {cfg.name}: {done.stderr.strip()[-200:]}")
 
 
+def write_initial_weights(cfg: Path, out: Path) -> None:
+    """darknetpy's seeded random initialisation of cfg, written as a .weights file (in a child process, so
+    that this parent never imports darknetpy, numpy's BLAS or numba)."""
+    script = ("import sys, darknetpy; m = darknetpy.load(sys.argv[1], seed=1); "
+              "darknetpy.write_weights(m.network, sys.argv[2])")
+    done = subprocess.run([sys.executable, "-c", script, str(cfg), str(out)], capture_output=True, text=True,
+                          env=child_env(1), cwd=REPO)
+    if done.returncode != 0:
+        raise RuntimeError(f"darknetpy could not write weights for {cfg.name}: {done.stderr.strip()[-200:]}")
+
+
 def prepare_assets(cases: list[str], shared: Path, workdir: Path) -> dict:
     """Files the cases need; a case whose files cannot be made gets its reason in assets['missing']."""
     assets: dict = {"missing": {}}
@@ -667,6 +859,58 @@ def prepare_assets(cases: list[str], shared: Path, workdir: Path) -> dict:
             generate_weights(shared, cfg, weights)
             assets["darknet19_cfg"], assets["darknet19_weights"] = str(cfg), str(weights)
         attempt(["darknet19"], make_darknet19)
+    def seeded(case: str, key: str, cfg: Path, width: int | None = None, darknetpy_writes: bool = False) -> None:
+        """cfg (rewritten to width x width when given) and its seeded weights into assets[key + '_cfg'/...]."""
+        def make():
+            if not cfg.exists():
+                raise FileNotFoundError(f"{cfg} not found")
+            source = cfg
+            if width is not None:
+                text = re.sub(r"(?m)^\s*width\s*=.*$", f"width={width}", cfg.read_text())
+                source = workdir / f"{case}-{width}.cfg"
+                source.write_text(re.sub(r"(?m)^\s*height\s*=.*$", f"height={width}", text))
+            weights = workdir / f"{case}.weights"
+            if darknetpy_writes:
+                write_initial_weights(source, weights)
+            else:
+                generate_weights(shared, source, weights)
+            assets[f"{key}_cfg"], assets[f"{key}_weights"] = str(source), str(weights)
+        attempt([case], make)
+
+    if "yolov4-tiny" in cases:
+        # gen_weights.py does not know [route] groups (yolov4-tiny's CSP blocks): darknetpy writes its own
+        # seeded initialisation instead (the speed does not depend on the values)
+        seeded("yolov4-tiny", "yolov4_tiny", shared / "cfg-alexeyab" / "yolov4-tiny.cfg", darknetpy_writes=True)
+    if "vgg-16" in cases:
+        seeded("vgg-16", "vgg16", REPO / "cfg" / "vgg-16.cfg")
+    if "digits-yolo" in cases:
+        seeded("digits-yolo", "digits_yolo", REPO / "cfg" / "digits-yolo.cfg", 320)
+    if "digits-seg" in cases:
+        seeded("digits-seg", "digits_seg", REPO / "cfg" / "digits-seg.cfg", 320)
+    if "startup-detect" in cases:
+        def find_detect():
+            folder = shared / "models" / "yolo-fastest-1.1"
+            cfg, weights = folder / "yolo-fastest-1.1.cfg", folder / "yolo-fastest-1.1.weights"
+            image = shared / "images" / "dog.jpg"
+            for path in (cfg, weights, image):
+                if not path.exists():
+                    raise FileNotFoundError(f"{path} not found")
+            assets["fastest_small_cfg"], assets["fastest_small_weights"] = str(cfg), str(weights)
+            assets["detect_image"] = str(image)
+        attempt(["startup-detect"], find_detect)
+    if "train-order" in cases:
+        def make_order():
+            source = shared / "cfg-corpus" / "darknet.cfg"
+            if not source.exists():
+                raise FileNotFoundError(f"{source} not found")
+            text = source.read_text()
+            for key, value in (("batch", ORDER_BATCH), ("subdivisions", 1), ("width", ORDER_SIZE),
+                               ("height", ORDER_SIZE)):
+                text = re.sub(rf"(?m)^\s*{key}\s*=.*$", f"{key}={value}", text)
+            cfg = workdir / "darknet-order.cfg"
+            cfg.write_text(text)
+            assets["order_cfg"] = str(cfg)
+        attempt(["train-order"], make_order)
     if "train" in cases:
         cfg = workdir / "train-mnist-like.cfg"
         cfg.write_text(TRAIN_CFG)
@@ -709,7 +953,7 @@ def run_child(case: str, threads: int, assets_path: Path, workdir: Path, opts: a
     out = workdir / f"result-{case}-{threads}.json"
     command = [sys.executable, str(Path(__file__).resolve()), "--child", case, "--child-threads", str(threads),
                "--child-assets", str(assets_path), "--child-out", str(out), "--repeat", str(opts.repeat),
-               "--warmup", str(opts.warmup), "--budget", str(opts.budget)]
+               "--warmup", str(opts.warmup), "--budget", str(opts.budget), "--batches", opts.batches]
     try:
         done = subprocess.run(command, env=child_env(threads, opts.extra_env), cwd=REPO, capture_output=True,
                               text=True, timeout=CHILD_TIMEOUT_S)
@@ -803,6 +1047,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=15, help="timed rounds per case (median reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first (compilation, caches)")
     parser.add_argument("--threads", default="1,2", help="comma list of thread counts")
+    parser.add_argument("--batches", default="1,8", help="comma list of batch sizes for the inference cases")
     parser.add_argument("--cases", default=",".join(ALL_CASES), help="comma list from: " + ",".join(ALL_CASES))
     parser.add_argument("--budget", type=float, default=20.0,
                         help="stop timing a case after this many seconds of timed rounds (at least 3 rounds)")
@@ -824,6 +1069,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if any("=" not in item for item in opts.env):
         parser.error("--env takes NAME=VALUE")
     opts.extra_env = dict(item.split("=", 1) for item in opts.env)
+    opts.batch_sizes = [int(b) for b in opts.batches.split(",") if b.strip()]
     return opts
 
 

@@ -125,7 +125,8 @@ def build_torch_darknet(cfg_path: str | Path, weights_path: str | Path, width: i
         elif kind in ("softmax", "soft"):
             if int(opts.get("groups", 1)) != 1:
                 raise NotImplementedError("softmax groups")
-            steps.append(("softmax", None, {}))
+            # spatial=1: a softmax over the channels of every pixel (segmenters), else over the whole output
+            steps.append(("softmax", None, {"spatial": opts.get("spatial", "0").strip() == "1"}))
         else:
             raise NotImplementedError(f"[{kind}] in the torch builder")
         shapes.append(shape)
@@ -164,7 +165,10 @@ def build_torch_darknet(cfg_path: str | Path, weights_path: str | Path, width: i
                                    torch.sigmoid(view[:, :, 4:])], dim=2).reshape(b, c, h, w)
                 elif kind == "softmax":
                     prev = results[-1]
-                    x = torch.softmax(prev.reshape(prev.shape[0], -1), dim=1).reshape(prev.shape)
+                    if p["spatial"]:
+                        x = torch.softmax(prev, dim=1)
+                    else:
+                        x = torch.softmax(prev.reshape(prev.shape[0], -1), dim=1).reshape(prev.shape)
                 results.append(x)
             return [results[i] for i in outputs]
 

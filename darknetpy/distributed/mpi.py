@@ -133,42 +133,71 @@ class DataParallelTrainer(Trainer):
         total = 0.0
         sums: dict[int, dict[str, float]] = {}
         counts: dict[int, dict[str, int]] = {}
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            for j, p in enumerate(passes):
-                before = [a.astype(np.float64) for a in self.state]
-                sl = slice(j * net.batch, (j + 1) * net.batch)
-                # what one process's `seen` is during global pass p (loss layers may read it)
-                self.network.seen = start_seen + (p + 1) * net.batch
-                self.network.forward(x[sl], train=True, truth=truth[sl])
-                self.network.backward()
-                total += self.network.cost()
-                weight = keep ** (subdivisions - 1 - p)
-                for c, a, b in zip(contributions, self.state, before):
-                    c += weight * (a.astype(np.float64) - keep * b)
-                for layer in self.network.loss_layers:
-                    layer_sums = sums.setdefault(layer.index, {})
-                    layer_counts = counts.setdefault(layer.index, {})
-                    for name, value in layer.statistics().items():
-                        finite = bool(np.isfinite(value))
-                        layer_sums[name] = layer_sums.get(name, 0.0) + (float(value) if finite else 0.0)
-                        layer_counts[name] = layer_counts.get(name, 0) + int(finite)
-            if self.rank == 0:
-                for c, a0 in zip(contributions, start_state):
-                    c += keep ** subdivisions * a0
-            if self._stat_names is None:
-                self._stat_names = {index: list(values) for index, values in sums.items()}
-            buffer = self._pack(contributions, total, sums, counts)
-            t0 = time.perf_counter()
-            self.comm.Allreduce(_in_place(), buffer)
-            self.last_allreduce_seconds = time.perf_counter() - t0
-            total = self._unpack_sums(buffer, sums, counts)
-            self.network.seen = start_seen + subdivisions * net.batch
-            self.last_rate = self.current_rate()
-            self.optimizer.step(self.last_rate)
+        updated = False
+        try:
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                total = self._passes(x, truth, passes, start_seen, contributions, sums, counts)
+                if self.rank == 0:
+                    for c, a0 in zip(contributions, start_state):
+                        c += keep ** subdivisions * a0
+                if self._stat_names is None:
+                    self._stat_names = {index: list(values) for index, values in sums.items()}
+                buffer = self._pack(contributions, total, sums, counts)
+                t0 = time.perf_counter()
+                self._all_reduce(buffer)
+                self.last_allreduce_seconds = time.perf_counter() - t0
+                total = self._unpack_sums(buffer, sums, counts)
+                self.network.seen = start_seen + subdivisions * net.batch
+                self.last_rate = self.current_rate()
+                self.optimizer.step(self.last_rate)
+                updated = True
+        finally:
+            if not updated:  # interrupted (Ctrl-C, SIGTERM): back to the last update, what a checkpoint saves
+                self.network.seen = start_seen
+                for a, a0 in zip(self.state, start_state):
+                    a[...] = a0
+                for p in self.params:
+                    p.grad.fill(0.0)
         self.last_statistics = {index: {name: value / counts[index][name] if counts[index].get(name) else
                                         float("nan") for name, value in values.items()}
                                 for index, values in sums.items()}
         return total / (subdivisions * net.batch)
+
+    def _all_reduce(self, buffer: np.ndarray) -> None:
+        """The update's one all-reduce, in place. Polled rather than blocking: Python runs its signal handlers
+        (Ctrl-C, SIGTERM) only between calls, and a rank stuck in a blocking call for a peer that has stopped
+        could never be interrupted. Spins while the peers are close, then polls every half millisecond."""
+        request = self.comm.Iallreduce(_in_place(), buffer)
+        spin_until = time.perf_counter() + 0.01
+        while not request.Test():
+            if time.perf_counter() > spin_until:
+                time.sleep(0.0005)
+
+    def _passes(self, x, truth, passes, start_seen, contributions, sums, counts) -> float:
+        """Forward and backward over this rank's passes; accumulates the gradients, each pass's weighted
+        rolling-statistics contribution and the loss layers' statistics; returns the summed cost."""
+        net = self.network.net
+        keep = np.float64(ROLLING_KEEP)
+        total = 0.0
+        for j, p in enumerate(passes):
+            before = [a.astype(np.float64) for a in self.state]
+            sl = slice(j * net.batch, (j + 1) * net.batch)
+            # what one process's `seen` is during global pass p (loss layers may read it)
+            self.network.seen = start_seen + (p + 1) * net.batch
+            self.network.forward(x[sl], train=True, truth=truth[sl])
+            self.network.backward()
+            total += self.network.cost()
+            weight = keep ** (net.subdivisions - 1 - p)
+            for c, a, b in zip(contributions, self.state, before):
+                c += weight * (a.astype(np.float64) - keep * b)
+            for layer in self.network.loss_layers:
+                layer_sums = sums.setdefault(layer.index, {})
+                layer_counts = counts.setdefault(layer.index, {})
+                for name, value in layer.statistics().items():
+                    finite = bool(np.isfinite(value))
+                    layer_sums[name] = layer_sums.get(name, 0.0) + (float(value) if finite else 0.0)
+                    layer_counts[name] = layer_counts.get(name, 0) + int(finite)
+        return total
 
     def _pack(self, contributions, total, sums, counts) -> np.ndarray:
         names = self._stat_names or {}
@@ -236,6 +265,25 @@ class DataParallel:
         return DataParallelTrainer(network, self.comm, self.cfg, rng)
 
 
+def _leave_together(farewell, world, code: int, timeout: float = 10.0) -> int:
+    """Wait, for at most `timeout` seconds, until every rank has stopped (rank 0 has then saved the interrupted
+    checkpoint), then leave with `code`; a rank that does not arrive is ended with MPI_Abort."""
+    try:
+        request = farewell.Ibarrier()
+        deadline = time.monotonic() + timeout
+        while not request.Test():
+            if time.monotonic() > deadline:
+                world.Abort(code)
+            time.sleep(0.01)
+    except KeyboardInterrupt:  # asked twice: stop now
+        world.Abort(code)
+    # An all-reduce the interrupt abandoned stays pending; MPI_Finalize would wait for it or complain about
+    # it, and every rank has finished its work: leave without it.
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
+
+
 def train_data_parallel(cfg: str, data: str, options, out: TextIO | None = None,
                         err: TextIO | None = None) -> int:
     """`darknetpy train` on every rank of MPI_COMM_WORLD; returns the exit status (0, 2, or 130)."""
@@ -266,6 +314,7 @@ def train_data_parallel(cfg: str, data: str, options, out: TextIO | None = None,
             first = next(f for f in failures if f is not None)
             print(first, file=sys.stderr, flush=True)
         return 2
+    farewell = comm.Dup()   # its own communicator: never matched against a collective left pending on COMM_WORLD
     try:
         run.trainer.broadcast_weights()
         run.run()
@@ -273,11 +322,13 @@ def train_data_parallel(cfg: str, data: str, options, out: TextIO | None = None,
         if rank == 0:
             print(str(exc), file=sys.stderr, flush=True)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt:  # Ctrl-C (mpiexec passes it to every rank) or SIGTERM
+        return _leave_together(farewell, comm, 130)
     except BaseException as exc:  # noqa: BLE001 - any failure of one rank must end all of them
         reason = str(exc) if isinstance(exc, DarknetError) else f"{type(exc).__name__}: {exc}"
         print(f"rank {rank} of {size} failed, ending the MPI job (the last checkpoint is intact): {reason}",
               file=sys.stderr, flush=True)
         comm.Abort(2)
+    finally:
+        farewell.Free()
     return 0

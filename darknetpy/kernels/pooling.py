@@ -8,9 +8,10 @@ or NaN), and such outputs pass no gradient.
 
 Speed: windows that may leave the image read a -FLT_MAX-padded copy of the plane, so no loop has bounds
 checks. Every output keeps its running maximum in registers, one output per loop iteration, with the tap
-loops unrolled for the usual windows (2x2, 3x3, 5x5 by literal sizes and column strides), so the loop over
-an output row vectorises. Other windows larger than 3x3 are separable: the first maximum in row-then-column
-order is the first maximum down the rows of each row's first maximum along it, so 2k taps replace k*k.
+loops unrolled for the usual windows (literal sizes and column strides), so the loop over an output row
+vectorises. Windows larger than 3x3 (and 3x3 at stride 2) are separable: the first maximum in
+row-then-column order is the first maximum down the rows of each row's first maximum along it, so 2k taps
+replace k*k; the column pass is the same register loop over the plane of row maxima.
 Windows larger than the image visit only the taps inside it (the others cannot win), so their cost is bounded
 by the image, not by the window: size=99999999999 costs what a window the size of the image does.
 """
@@ -193,9 +194,9 @@ def _separable_rows(src, origin, width, size, stride_y, stride_x, out_plane, ind
 @jit
 def _window_plane(x, b, c, size, stride_y, stride_x, offset, out, argmax, padded, row_v, row_i):
     """Max pooling of plane (b, c) with a size x size window (any size but 2), from the padded copy unless the
-    windows stay inside the image. 3x3 (stride-2 downsampling, or stride 1) and 5x5 (SPP) get literal tap
-    loops over every tap (measured faster than the separable passes at these sizes), SPP's 9x9 and 13x13
-    literal separable passes; other windows up to 3x3 take every tap, larger ones go separable."""
+    windows stay inside the image. The usual windows get literal sizes and column strides: 3x3 at stride 1 takes
+    every tap; 3x3 at stride 2 and SPP's 5x5, 9x9 and 13x13 go separable (measured faster at these sizes).
+    Other windows up to 3x3 take every tap, larger ones go separable."""
     if padded.shape[0] == 0:
         src, origin = x[b, c], 0
     else:
@@ -203,12 +204,12 @@ def _window_plane(x, b, c, size, stride_y, stride_x, offset, out, argmax, padded
         src, origin = padded, offset
     width = x.shape[3]
     o, a = out[b, c], argmax[b, c]
-    if size == 3 and stride_x == 2:
-        _window_rows(src, origin, width, 3, 3, stride_y, 2, o, a)
-    elif size == 3 and stride_x == 1:
+    if size == 3 and stride_x == 1:
         _window_rows(src, origin, width, 3, 3, stride_y, 1, o, a)
+    elif size == 3 and stride_x == 2:
+        _separable_rows(src, origin, width, 3, stride_y, 2, o, a, row_v, row_i)
     elif size == 5 and stride_x == 1:
-        _window_rows(src, origin, width, 5, 5, stride_y, 1, o, a)
+        _separable_rows(src, origin, width, 5, stride_y, 1, o, a, row_v, row_i)
     elif size == 9 and stride_x == 1:
         _separable_rows(src, origin, width, 9, stride_y, 1, o, a, row_v, row_i)
     elif size == 13 and stride_x == 1:

@@ -241,15 +241,25 @@ def iou_kind(kind, ax, ay, aw, ah, bx, by, bw, bh):
     return iou - (d / c + alpha * v)
 
 
+@jit(inline="always")
+def _box_iou(a, b):
+    return _iou_pjreddie(a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3])
+
+
+@jit(inline="always")
+def _box_diou(a, b, exponent):
+    return _diou(a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], exponent)
+
+
 @jit
 def box_iou(a, b):
-    """Spec §9.5 IoU of two float32 (x, y, w, h) boxes."""
-    return _iou_pjreddie(a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3])
+    """Spec §9.5 IoU of two float32 (x, y, w, h) box arrays."""
+    return _box_iou(a, b)
 
 
 @jit
 def box_diou(a, b, exponent):
-    return _diou(a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], exponent)
+    return _box_diou(a, b, exponent)
 
 
 @jit
@@ -766,11 +776,11 @@ def nms_suppress_class(boxes, probs, order, count, k, thresh, kind, beta):
             j = order[jj]
             b = boxes[j]
             if kind == IOU_PLAIN:
-                crit = box_iou(a, b)
+                crit = _box_iou(a, b)
             elif kind == IOU_GREEDY_DIOU:
-                crit = box_diou(a, b, 0.6)
+                crit = _box_diou(a, b, 0.6)
             else:
-                crit = box_diou(a, b, np.float64(beta))
+                crit = _box_diou(a, b, np.float64(beta))
             if crit > thresh:
                 probs[j, k] = _F0
 
@@ -788,6 +798,6 @@ def nms_suppress_objectness(boxes, objectness, probs, order, count, thresh):
             j = order[jj]
             if objectness[j] == _F0:
                 continue
-            if box_iou(a, boxes[j]) > thresh:
+            if _box_iou(a, boxes[j]) > thresh:
                 objectness[j] = _F0
                 probs[j, :] = _F0

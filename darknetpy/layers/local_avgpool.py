@@ -23,7 +23,9 @@ from .registry import register
 
 @dataclass(frozen=True)
 class LocalAvgpoolConfig(MaxpoolConfig):
-    """[maxpool]'s keys, defaults and window geometry (AlexeyAB reads both sections with the same code)."""
+    """[maxpool]'s window keys (stride, stride_x/y, size, padding) with its defaults and geometry: AlexeyAB
+    reads the same keys for both and builds both with make_maxpool_layer. Keys only [maxpool] reads
+    (maxpool_depth, out_channels, antialiasing) would need a [maxpool]-only subclass, not this one."""
 
 
 @register

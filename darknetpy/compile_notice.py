@@ -1,0 +1,42 @@
+"""The one line a first run prints before it goes quiet for seconds: Numba is compiling kernels for this CPU.
+
+Kernels are compiled on their first call and cached on disk (`__pycache__`, or NUMBA_CACHE_DIR); a later run
+loads them in milliseconds. Numba signals a compilation (a cache miss) with its "numba:compile" event, and
+loading from the cache signals nothing, so listening to that event tells a first run from a warm one
+exactly, whatever kernels the network turns out to need. The notice is printed once per process, at
+the first compilation of a darknetpy kernel; the listener stays registered but silent (removing it while
+Numba walks its listener list would make Numba skip the next listener).
+"""
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+NOTICE = ("darknetpy: compiling the kernels this network needs for this CPU "
+          "(first run only: they are cached for the next runs)")
+
+KERNEL_PACKAGE = "darknetpy."   # compilations of functions outside it (numba's own helpers) are not announced
+_state = {"registered": False, "announced": False}
+
+
+def announce_compilation(stream: TextIO | None = None) -> None:
+    """Print NOTICE on `stream` (stderr by default) when the first darknetpy kernel starts compiling."""
+    from numba.core import event
+
+    if _state["registered"]:
+        return
+
+    class _FirstCompilation(event.Listener):
+        def on_start(self, ev: event.Event) -> None:
+            if _state["announced"]:
+                return
+            if not ev.data["dispatcher"].py_func.__module__.startswith(KERNEL_PACKAGE):
+                return  # numba's own helpers compile inside a kernel's compilation, never first
+            _state["announced"] = True
+            print(NOTICE, file=stream if stream is not None else sys.stderr, flush=True)
+
+        def on_end(self, ev: event.Event) -> None:
+            pass
+
+    event.register("numba:compile", _FirstCompilation())
+    _state["registered"] = True
