@@ -75,9 +75,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 # ---- inputs ---------------------------------------------------------------------------------------------------
 def expand_images(items: list[str]) -> list[str]:
     """Image paths from arguments that may be images, directories (sorted, images only) or list files
-    (entries found by config.resolve_path, relative to the working directory or to the list's folder).
+    (entries found by config.locate_image, relative to the working directory or to the list's folder).
     Every path must exist, so that a missing image stops the command before anything is printed."""
-    from .config import folder_of, locate_path, read_list_entries
+    from .config import folder_of, locate_image, read_image_list
     from .errors import ImageError
     out: list[str] = []
     for item in items:
@@ -88,15 +88,7 @@ def expand_images(items: list[str]) -> list[str]:
                 raise DataError("directory contains no images", item)
             out.extend(found)
         elif path.suffix.lower() in LIST_SUFFIXES and path.is_file():
-            entries = read_list_entries(path)
-            if not entries:
-                raise DataError("list file has no entries (expected one image path per line)", item)
-            for entry in entries:
-                found = locate_path(entry.text, folder_of(path))
-                if found is None:
-                    raise DataError(f"image {entry.text!r} not found (relative to the working directory or to "
-                                    f"the list's folder)", item, entry.line)
-                out.append(found)
+            out.extend(locate_image(entry, folder_of(path), item) for entry in read_image_list(item))
         elif not os.path.lexists(item):
             raise ImageError("no such file", item)
         else:

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from darknetpy.augment import AugmentSettings, augment_image
-from darknetpy.config import DataConfig, folder_of, locate_path, read_list_entries, read_list_file, resolve_path
+from darknetpy.config import DataConfig, folder_of, locate_image, read_image_list, read_list_file, resolve_path
 from darknetpy.errors import DarknetWarning, DataError, ImageError
 from darknetpy.images import CENTER_CROP, network_input
 
@@ -187,18 +187,10 @@ class ClassificationDataset:
         key = "train" if self.train else "valid"
         written_list = getattr(data_config, key) or DEFAULT_TRAIN_LIST
         self.list_path = resolve_path(written_list, self.data_dir)
-        numbered = read_list_entries(self.list_path)
-        if not numbered:
-            raise DataError(f"list file ({key}=) has no entries", self.list_path)
+        numbered = read_image_list(self.list_path, key)
         self.lines = np.array([entry.line for entry in numbered], np.int64)
         self.entries: list[str] = [entry.text for entry in numbered]
-        self.paths: list[str] = []
-        for entry in numbered:
-            found = locate_path(entry.text, self.data_dir)
-            if found is None:
-                raise DataError(f"image {entry.text!r} not found (relative to the working directory "
-                                f"{os.getcwd()} or to {self.data_dir})", self.list_path, entry.line)
-            self.paths.append(found)
+        self.paths: list[str] = [locate_image(entry, self.data_dir, self.list_path) for entry in numbered]
 
         self.classes = data_config.classes if data_config.classes is not None else DEFAULT_CLASSES
         if self.classes < 1:

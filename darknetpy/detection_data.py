@@ -18,11 +18,10 @@ import math
 import numpy as np
 from PIL import Image
 
-from darknetpy.config import DataConfig, folder_of, resolve_path
+from darknetpy.config import DataConfig, folder_of, locate_image, read_image_list, resolve_path
 from darknetpy.detection_augment import DetectionAugmentSettings, augment_detection, mosaic, truth_row
 from darknetpy.detection_labels import LabelSet, read_labels
 from darknetpy.errors import DataError, ImageError
-from darknetpy.image_list import locate_image, read_image_list
 from darknetpy.images import LETTERBOX, RESIZE, load_image, network_input, to_channels
 
 #: Darknet's detector reads `train=` from this when the .data file has no such key (spec §7.1)

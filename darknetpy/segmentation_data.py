@@ -29,10 +29,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from darknetpy.augment import AugmentSettings, draw_crop, flip_image, random_distort_image, rotate_crop_image
-from darknetpy.config import DataConfig, folder_of, resolve_path
+from darknetpy.config import DataConfig, folder_of, locate_image, read_image_list, resolve_path
 from darknetpy.config.grammar import read_text_file
 from darknetpy.errors import DataError, ImageError
-from darknetpy.image_list import locate_image, read_image_list
 from darknetpy.images import center_crop_image, load_image, resize_image, to_channels
 from darknetpy.kernels import augment as augment_kernels
 from darknetpy.kernels import masks as kernels

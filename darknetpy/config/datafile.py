@@ -170,6 +170,27 @@ def locate_path(entry: str, base_dir: str | os.PathLike | None) -> str | None:
     return None
 
 
+def read_image_list(list_path: str | os.PathLike, key: str | None = None) -> list[ListEntry]:
+    """The entries of a list of images (the file a .data `key=` names, or one given on the command line); a
+    DataError when it has none, since an empty list would only fail later, far from its cause."""
+    entries = read_list_entries(list_path)
+    if not entries:
+        named = f"list file ({key}=)" if key else "list file"
+        raise DataError(f"{named} is empty: it has no entries (expected one image path per line)",
+                        os.fspath(list_path))
+    return entries
+
+
+def locate_image(entry: ListEntry, base_dir: str | os.PathLike, list_path: str | os.PathLike) -> str:
+    """The image file a list entry names, found by locate_path (relative to the working directory, then to
+    `base_dir`); a DataError at the entry's line of `list_path` when there is none."""
+    found = locate_path(entry.text, base_dir)
+    if found is None:
+        raise DataError(f"image {entry.text!r} not found (relative to the working directory {os.getcwd()} "
+                        f"or to {os.fspath(base_dir)})", os.fspath(list_path), entry.line)
+    return found
+
+
 def resolve_path(entry: str, base_dir: str | os.PathLike | None) -> str:
     """locate_path, or `entry` unchanged when it is nowhere (so errors name what was written)."""
     found = locate_path(entry, base_dir)

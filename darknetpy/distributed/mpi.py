@@ -3,7 +3,8 @@
 Darknet's `subdivisions` already split one weight update into passes whose gradients add up. With K ranks,
 rank r runs passes r, r+K, r+2K, ... of every update on the rows of the global batch those passes cover (the
 BatchLoader draws the global batch exactly as one process does and loads only this rank's rows). Then ONE
-Allreduce over a single flat float32 buffer sums, per update:
+all-reduce (MPI_Iallreduce, polled so that Ctrl-C can interrupt it) over a single flat float32 buffer sums,
+per update:
 
     [ gradients of every parameter | BN rolling-statistics contributions | loss | per-pass statistics ]
 
@@ -26,7 +27,9 @@ Not reproduced across rank counts: dropout masks, which each rank draws from its
 Faults. Set-up errors (a bad cfg, a missing image) are agreed on collectively: rank 0 prints the first one and
 every rank exits 2. During training a rank whose Python code fails prints one line naming the rank and calls
 MPI_Abort, which makes the launcher end every rank; a rank that is killed is noticed by the launcher, which
-ends the others (MPICH's hydra). Only rank 0 writes checkpoints, so the last one is whole.
+ends the others (MPICH's hydra). Ctrl-C (or SIGTERM) reaches every rank: rank 0 saves the interrupted
+checkpoint as in one process, and the ranks leave together (or by MPI_Abort after 10 s). Only rank 0 writes
+checkpoints, atomically, so the last one is whole.
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from darknetpy.api import check_names, names_path_from_data, network_channels, read_names
-from darknetpy.config import DataConfig, folder_of, locate_path, read_list_entries, resolve_path
+from darknetpy.config import DataConfig, folder_of, locate_image, read_image_list, resolve_path
 from darknetpy.detect import network_boxes, output_classes, suppress
 from darknetpy.detection_labels import read_labels
 from darknetpy.errors import DataError, ImageError
@@ -53,16 +53,8 @@ def read_labelled_list(data_config: DataConfig, key: str, classes: int) -> Label
         raise DataError(f"has no '{key}' list (e.g. {key} = {key}.txt)", data_config.path)
     data_dir = folder_of(data_config.path)
     list_path = resolve_path(written, data_dir)
-    entries = read_list_entries(list_path)
-    if not entries:
-        raise DataError(f"the {key} list is empty", list_path)
-    paths: list[str] = []
-    for entry in entries:
-        found = locate_path(entry.text, data_dir)
-        if found is None:
-            raise DataError(f"image {entry.text!r} not found (relative to the working directory or to "
-                            f"{data_dir})", list_path, entry.line)
-        paths.append(found)
+    entries = read_image_list(list_path, key)
+    paths = [locate_image(entry, data_dir, list_path) for entry in entries]
     labels = read_labels([entry.text for entry in entries], classes, data_dir, list_path)
     truths = []
     for i in range(len(entries)):
