@@ -551,7 +551,7 @@ import numpy as np
 import darknetpy
 import numba
 model = darknetpy.load(cfg)
-batch = model.network.batch
+batch = %(batch)d
 rng = np.random.default_rng(5)
 x = rng.random((batch, 3, %(size)d, %(size)d), dtype=np.float32)
 truth = np.zeros((batch, 1000), np.float32)
@@ -564,7 +564,7 @@ for _ in range(steps):
     model.train_batch(x, truth)
     times.append(time.perf_counter() - start)
 print(json.dumps({"times": times, "layer": numba.threading_layer()}))
-""" % {"size": ORDER_SIZE}
+""" % {"size": ORDER_SIZE, "batch": ORDER_BATCH}
 
 
 def case_train_order(assets: dict, threads: int, opts: argparse.Namespace) -> list[Row]:
