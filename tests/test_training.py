@@ -125,6 +125,13 @@ def test_train_command_writes_darknet_checkpoints_and_resumes(tmp_path):
     assert again.returncode == 0, again.stderr
     resumed = [l for l in again.stdout.splitlines() if " avg, " in l]
     assert [l.split(",")[0] for l in resumed] == ["9", "10"]
+    # weights that have seen the whole schedule (a pretrained model): nothing to train, and it is said once
+    done = run_cli("train", cfg, data, "--weights", backup / "tiny.weights", "--seed", "1", "--workers", "1",
+                   cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert not [l for l in done.stdout.splitlines() if " avg, " in l]
+    warned = [l for l in done.stderr.splitlines() if "nothing to train" in l]
+    assert len(warned) == 1 and "seen 40 images" in warned[0] and "--clear" in warned[0], done.stderr
     valid = run_cli("valid", cfg, backup / "tiny.weights", data, "--json", cwd=tmp_path)
     assert valid.returncode == 0, valid.stderr
     assert '"top1": 1.0' in valid.stdout

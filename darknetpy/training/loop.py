@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -27,7 +28,7 @@ from ..api import Model, load
 from ..chart import write_chart
 from ..config import read_data_file
 from ..data import BatchLoader
-from ..errors import DarknetError
+from ..errors import DarknetError, DarknetWarning
 from ..fileio import remove_stale_temporaries
 from ..network import Network
 from ..progress import bar_text
@@ -146,6 +147,12 @@ class TrainingRun:
         if stale:
             print(f"removed {len(stale)} temporary file{'s' if len(stale) > 1 else ''} a killed run left in "
                   f"{self.backup}", file=self.err)
+        if not self._more_batches() and self.is_root:
+            # resuming from weights that have seen more than the schedule holds (a pretrained model, as in
+            # fine-tuning) trains nothing, as in Darknet; say so instead of saving untouched weights silently
+            warnings.warn(f"nothing to train: the weights have seen {self.model.seen} images (iteration "
+                          f"{self.trainer.current_batch}, max_batches={self.max_batches}); add --clear to start "
+                          f"the schedule anew", DarknetWarning, stacklevel=2)
         n_images = len(self.dataset)
         rows = self.metrics.rows
         avg_loss = rows[-1].avg_loss if rows else None
