@@ -141,6 +141,28 @@ def read_weights(network: Network, path: str | os.PathLike, cutoff: int | None =
     return header
 
 
+def layers_held(network: Network, path: str | os.PathLike) -> int:
+    """How many leading layers a weights file holds exactly: all of them for a full file, N for a file that
+    `darknetpy partial` (or `darknet partial`) cut after layer N. A file that ends inside a layer fits no
+    prefix and gets read_weights' located size error."""
+    path = str(path)
+    data = _read_bytes(path)
+    header = parse_header(data, path)
+    floats = (len(data) - header.size) // 4
+    held = 0
+    count = 0
+    for index, layer in enumerate(network.layers, 1):
+        if not layer.config.dontload:
+            count += sum(a.size for a in layer.weight_arrays())
+        if count == floats:
+            held = index       # the last layer reached without passing the file's end (weightless ones too)
+        elif count > floats:
+            break
+    if held == 0 and floats:
+        read_weights(network, path)   # raises the size error that names the layer where the file ends
+    return held
+
+
 def _refuse_non_finite(floats: np.ndarray, layers, path: str) -> None:
     """A NaN or infinite parameter makes every later output NaN (a detector then finds nothing): refuse the
     file, naming the first layer and array (in file order) that holds one."""

@@ -8,6 +8,9 @@ fork launcher, host 127.0.0.1), every run has a timeout, and its whole process g
 from __future__ import annotations
 
 import contextlib
+import functools
+import io
+import json
 import os
 import shutil
 import signal
@@ -21,7 +24,9 @@ import numpy as np
 import pytest
 
 import darknetpy
+import darknetpy.training.loop as training_loop
 from darknetpy.cli import main
+from darknetpy.data import BatchLoader
 from darknetpy.distributed.threads import share_threads, thread_share
 
 if not os.environ.get("CI"):
@@ -121,10 +126,95 @@ def mpi_train(args, cwd, ranks=2, timeout=180) -> tuple[int, str, str]:
     return finish(launch(["train", *args], cwd, ranks), timeout)
 
 
-def single_train(args, cwd, monkeypatch, capsys) -> str:
-    monkeypatch.chdir(cwd)
-    assert main(["train", *map(str, args)]) == 0, capsys.readouterr().err
-    return capsys.readouterr().out
+JOB_SCRIPT = Path(__file__).with_name("mpi_training_job.py")
+THREAD_VARIABLES = ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
+
+
+def launch_job(runs: list[dict], folder: Path, env=None) -> subprocess.Popen:
+    """One mpiexec launch training `runs` in sequence (tests/mpi_training_job.py)."""
+    keys = ("name", "cwd", "cfg", "data", "seed", "weights", "max_batches", "checkpoint_every")
+    spec = folder / "job.json"
+    spec.write_text(json.dumps({"runs": [{key: str(run[key]) if isinstance(run[key], Path) else run[key]
+                                          for key in keys if key in run} for run in runs]}))
+    return launch([], folder, command=[sys.executable, str(JOB_SCRIPT), str(spec)], env=env)
+
+
+def sections(text: str) -> dict[str, str]:
+    """The job's output split at rank 0's `=== NAME` lines."""
+    found, name = {}, None
+    for line in text.splitlines(keepends=True):
+        if line.startswith("=== "):
+            name = line[4:].strip()
+            found[name] = ""
+        elif name is not None:
+            found[name] += line
+    return found
+
+
+def single_train(run: dict) -> str:
+    """The single-process `darknetpy train` of a run, in this process (its loader in threads, as the job's)."""
+    args = ["train", run["cfg"], run["data"], "--seed", run["seed"], "--workers", "1"]
+    if run.get("weights"):
+        args += ["--weights", run["weights"]]
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        patch.chdir(run["cwd"])
+        patch.setattr(training_loop, "BatchLoader", functools.partial(BatchLoader, backend="thread"))
+        code = main([str(a) for a in args])
+    assert code == 0, err.getvalue()
+    return out.getvalue()
+
+
+def training_runs(root: Path) -> list[dict]:
+    """The classifier (4 passes per update, 2 per rank: the BN weighting matters), a resume from weights that
+    have seen one update, the detector (random=1: the resizes must agree too) and the segmenter; `root` holds
+    their data and each run's `backup` folder."""
+    classification = make_classification_set(root / "cls" / "ds")
+    (root / "cls" / "c.cfg").write_text(CLASSIFIER.format(subdivisions=4))
+    resumed = make_classification_set(root / "resume" / "ds")
+    (root / "resume" / "c.cfg").write_text(CLASSIFIER.format(subdivisions=2))
+    start = darknetpy.load(root / "resume" / "c.cfg", seed=2)
+    start.seen = 8   # one update of 8 images done: the run trains updates 2 and 3
+    start.save_weights(root / "resume" / "start.weights")
+    detection = make_detection_set(root / "det" / "set")
+    (root / "det" / "tiny-yolo.cfg").write_text(TINY_DETECTOR.format(max_batches=3, random=1))
+    segmentation = make_segmentation_set(root / "seg")
+    cfg = segmentation / "seg.cfg"
+    cfg.write_text(cfg.read_text().replace("subdivisions=1", "subdivisions=2"))
+    return [
+        dict(name="classifier", cwd=classification.parent, cfg=root / "cls" / "c.cfg", data=classification,
+             seed=5, weights_out=classification.parent / "backup" / "c.weights"),
+        dict(name="resume", cwd=resumed.parent, cfg=root / "resume" / "c.cfg", data=resumed, seed=2,
+             weights=root / "resume" / "start.weights", weights_out=resumed.parent / "backup" / "c.weights"),
+        dict(name="detector", cwd=root / "det", cfg=root / "det" / "tiny-yolo.cfg", data=detection, seed=7,
+             weights_out=root / "det" / "backup" / "tiny-yolo_final.weights"),
+        dict(name="segmenter", cwd=segmentation, cfg=cfg, data=segmentation / "seg.data", seed=3,
+             weights_out=segmentation / "backup" / "seg.weights"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """ONE 2-rank launch trains every run of `training_runs`, then a run whose images are all unreadable (a
+    rank fails there and ends the job); meanwhile this process trains the single-process references on a copy
+    of the same data. The ranks start with no thread variable set, to show they take their share of the cores."""
+    folder = tmp_path_factory.mktemp("mpi")
+    parallel = training_runs(folder / "parallel")
+    broken = make_classification_set(folder / "broken" / "ds")
+    for image in sorted((broken.parent / "img").iterdir()):
+        image.write_bytes(b"not a png")   # listed and present, unreadable only when a rank loads it
+    (folder / "broken" / "c.cfg").write_text(CLASSIFIER.format(subdivisions=2))
+    failing = dict(name="broken", cwd=broken.parent, cfg=folder / "broken" / "c.cfg", data=broken, seed=1)
+    env = {key: value for key, value in os.environ.items() if key not in THREAD_VARIABLES}
+    process = launch_job(parallel + [failing], folder, env=env)
+    try:
+        single = training_runs(folder / "single")
+        single_out = {run["name"]: single_train(run) for run in single}
+    finally:
+        code, out, err = finish(process, timeout=120)
+    return dict(code=code, out=out, err=err, out_by_run=sections(out), err_by_run=sections(err),
+                parallel={run["name"]: run for run in parallel}, single={run["name"]: run for run in single},
+                single_out=single_out, broken=broken.parent)
 
 
 def assert_same_weights(cfg, single, parallel):
@@ -138,6 +228,14 @@ def assert_same_weights(cfg, single, parallel):
     assert compared > 0
 
 
+def assert_trained_alike(trained, name) -> dict:
+    parallel, single = trained["parallel"][name], trained["single"][name]
+    # the job reached the last run, so this one ended with status 0
+    assert name in trained["out_by_run"] and "broken" in trained["out_by_run"], trained["err"]
+    assert_same_weights(single["cfg"], single["weights_out"], parallel["weights_out"])
+    return parallel
+
+
 def iteration_lines(out: str) -> list[str]:
     return [line for line in out.splitlines() if line[:1].isdigit() and ": " in line and "rate" in line]
 
@@ -147,62 +245,43 @@ def losses(out: str) -> list[float]:
     return [float(v.split()[0]) for line in iteration_lines(out) for v in line.split(": ", 1)[1].split(", ")[:2]]
 
 
-def test_two_ranks_train_a_classifier_like_one_process(tmp_path, monkeypatch, capsys):
-    data = make_classification_set(tmp_path / "ds")
-    cfg = tmp_path / "c.cfg"
-    cfg.write_text(CLASSIFIER.format(subdivisions=4))   # 2 passes per rank: the BN weighting matters
-    single_out = single_train([cfg, data, "--seed", "5", "--workers", "1"], data.parent, monkeypatch, capsys)
-    shutil.move(data.parent / "backup", tmp_path / "single")
-    code, out, err = mpi_train([cfg, data, "--seed", "5", "--workers", "1"], data.parent)
-    assert code == 0, err
-    assert_same_weights(cfg, tmp_path / "single" / "c.weights", data.parent / "backup" / "c.weights")
+def test_two_ranks_train_a_classifier_like_one_process(trained):
+    parallel = assert_trained_alike(trained, "classifier")
     # rank 0 alone prints: each iteration once, with the single process's loss
+    out = trained["out_by_run"]["classifier"]
     assert len(iteration_lines(out)) == 3
-    assert losses(out) == pytest.approx(losses(single_out), rel=1e-5)
-    rows = (data.parent / "backup" / "metrics.csv").read_text().splitlines()
+    assert losses(out) == pytest.approx(losses(trained["single_out"]["classifier"]), rel=1e-5)
+    rows = (parallel["cwd"] / "backup" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 4   # header + 3 iterations, written once
 
 
-def test_two_ranks_resume_from_weights_like_one_process(tmp_path, monkeypatch, capsys):
-    data = make_classification_set(tmp_path / "ds")
-    cfg = tmp_path / "c.cfg"
-    cfg.write_text(CLASSIFIER.format(subdivisions=2))
-    single_train([cfg, data, "--seed", "2", "--workers", "1", "--max-batches", "1"], data.parent, monkeypatch,
-                 capsys)
-    start = tmp_path / "start.weights"
-    shutil.move(data.parent / "backup" / "c.weights", start)
-    shutil.rmtree(data.parent / "backup")
-    resume = [cfg, data, "--seed", "2", "--workers", "1", "--weights", start]
-    single_train(resume, data.parent, monkeypatch, capsys)
-    shutil.move(data.parent / "backup", tmp_path / "single")
-    code, out, err = mpi_train(resume, data.parent)
-    assert code == 0, err
-    assert darknetpy.load(cfg, data.parent / "backup" / "c.weights").seen == 24
-    assert_same_weights(cfg, tmp_path / "single" / "c.weights", data.parent / "backup" / "c.weights")
+def test_two_ranks_resume_from_weights_like_one_process(trained):
+    parallel = assert_trained_alike(trained, "resume")
+    assert darknetpy.load(parallel["cfg"], parallel["weights_out"]).seen == 24
+    assert len(iteration_lines(trained["out_by_run"]["resume"])) == 2   # updates 2 and 3 only
 
 
-def test_two_ranks_train_a_detector_like_one_process(tmp_path, monkeypatch, capsys):
-    data = make_detection_set(tmp_path / "set")
-    cfg = tmp_path / "tiny-yolo.cfg"
-    cfg.write_text(TINY_DETECTOR.format(max_batches=3, random=1))   # random=1: the resizes must agree too
-    monkeypatch.chdir(tmp_path)
-    single_train([cfg, data, "--seed", "7", "--workers", "1"], tmp_path, monkeypatch, capsys)
-    shutil.move(tmp_path / "backup", tmp_path / "single")
-    code, out, err = mpi_train([cfg, data, "--seed", "7", "--workers", "1"], tmp_path)
-    assert code == 0, err
-    assert_same_weights(cfg, tmp_path / "single" / "tiny-yolo_final.weights",
-                        tmp_path / "backup" / "tiny-yolo_final.weights")
+def test_two_ranks_train_a_detector_like_one_process(trained):
+    assert_trained_alike(trained, "detector")
 
 
-def test_two_ranks_train_a_segmenter_like_one_process(tmp_path, monkeypatch, capsys):
-    root = make_segmentation_set(tmp_path / "d")
-    cfg = root / "seg.cfg"
-    cfg.write_text(cfg.read_text().replace("subdivisions=1", "subdivisions=2"))
-    single_train(["seg.cfg", "seg.data", "--seed", "3", "--workers", "1"], root, monkeypatch, capsys)
-    shutil.move(root / "backup", tmp_path / "single")
-    code, out, err = mpi_train(["seg.cfg", "seg.data", "--seed", "3", "--workers", "1"], root)
-    assert code == 0, err
-    assert_same_weights(cfg, tmp_path / "single" / "seg.weights", root / "backup" / "seg.weights")
+def test_two_ranks_train_a_segmenter_like_one_process(trained):
+    assert_trained_alike(trained, "segmenter")
+
+
+def test_a_failing_rank_prints_one_line_and_ends_the_job(trained):
+    assert trained["code"] != 0
+    lines = [line for line in trained["err"].splitlines() if "failed, ending the MPI job" in line]
+    assert 1 <= len(lines) <= 2 and all(".png" in line for line in lines), trained["err"]
+    assert all(line in trained["err_by_run"]["broken"] for line in lines)
+    assert "Traceback" not in trained["err"]
+    assert not (trained["broken"] / "backup" / "c.weights").exists()
+
+
+def test_each_local_rank_gets_its_share_of_the_cores(trained):
+    share = str(max(1, len(os.sched_getaffinity(0)) // 2))
+    found = sorted(line for line in trained["out"].splitlines() if line.startswith("threads "))
+    assert found == [f"threads 0 {share} {share} {share}", f"threads 1 {share} {share} {share}"], trained["out"]
 
 
 def test_subdivisions_the_ranks_cannot_share_is_one_located_line(tmp_path):
@@ -259,37 +338,12 @@ def test_a_killed_rank_ends_the_job_quickly_and_the_last_checkpoint_is_intact(tm
     assert checkpoint.seen > 0 and checkpoint.seen % 8 == 0
 
 
-def test_each_local_rank_gets_its_share_of_the_cores(tmp_path):
-    script = ("import os, darknetpy, numba; print(os.environ['PMI_RANK'], os.environ['NUMBA_NUM_THREADS'], "
-              "os.environ['OPENBLAS_NUM_THREADS'], numba.get_num_threads())")
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
-    process = launch([], tmp_path, command=[sys.executable, "-c", script], env=env)
-    code, out, err = finish(process, timeout=60)
-    assert code == 0, err
-    share = str(max(1, len(os.sched_getaffinity(0)) // 2))
-    assert sorted(out.split("\n")[:2]) == [f"0 {share} {share} {share}", f"1 {share} {share} {share}"]
-
-
 def test_thread_share_keeps_what_the_user_set():
     environ = {"OPENBLAS_NUM_THREADS": "3"}
     chosen = share_threads(4, environ)
     assert environ["OPENBLAS_NUM_THREADS"] == "3" and "OPENBLAS_NUM_THREADS" not in chosen
     assert environ["NUMBA_NUM_THREADS"] == str(thread_share(4))
     assert thread_share(3, cores=8) == 2 and thread_share(16, cores=8) == 1
-
-
-def test_a_failing_rank_prints_one_line_and_ends_the_job(tmp_path):
-    data = make_classification_set(tmp_path / "ds")
-    for image in sorted((data.parent / "img").iterdir()):
-        image.write_bytes(b"not a png")   # listed and present, unreadable only when a rank loads it
-    cfg = tmp_path / "c.cfg"
-    cfg.write_text(CLASSIFIER.format(subdivisions=2))
-    code, out, err = mpi_train([cfg, data, "--seed", "1", "--workers", "1"], data.parent, timeout=60)
-    assert code != 0
-    lines = [line for line in err.splitlines() if "failed, ending the MPI job" in line]
-    assert 1 <= len(lines) <= 2 and all(".png" in line for line in lines), err
-    assert "Traceback" not in err
 
 
 def test_the_loader_loads_only_its_rows_exactly_as_in_the_whole_batch(tmp_path):

@@ -215,3 +215,28 @@ def test_ctrl_c_saves_backup_and_exits_cleanly(tmp_path):
     assert "Traceback" not in err and "saved" in err
     model = darknetpy.load(cfg, tmp_path / "backup" / "tiny.backup")
     assert model.seen >= 20
+
+
+def test_train_starts_from_a_partial_weights_file(tmp_path):
+    """Transfer learning as Darknet users do it: `partial` keeps the first layers of a trained model and
+    `train --weights` starts from them; the other layers start from the seeded random initialisation."""
+    from darknetpy.errors import WeightsError
+    from darknetpy.training import TrainingRun, TrainOptions
+    data = make_dataset(tmp_path / "ds")
+    cfg = tiny_model(tmp_path, 4, 1, "tiny.cfg", max_batches=8)
+    source = darknetpy.load(cfg, seed=5)
+    source.save_weights(tmp_path / "full.weights")
+    cut = run_cli("partial", cfg, tmp_path / "full.weights", tmp_path / "tiny.conv.1", 1, cwd=tmp_path)
+    assert cut.returncode == 0, cut.stderr
+    run = TrainingRun(str(cfg), str(data), TrainOptions(weights=str(tmp_path / "tiny.conv.1"), seed=1))
+    assert run.loaded_layers == 2          # the convolution, and the weightless max pooling after it
+    layers = run.network.layers
+    np.testing.assert_array_equal(layers[0].weights, source.network.layers[0].weights)
+    fresh = darknetpy.load(cfg, seed=1).network.layers[2]
+    np.testing.assert_array_equal(layers[2].weights, fresh.weights)
+    assert not np.array_equal(layers[2].weights, source.network.layers[2].weights)
+    # a file that ends inside a layer is no partial file: the located size error
+    raw = (tmp_path / "full.weights").read_bytes()
+    (tmp_path / "torn.weights").write_bytes(raw[:-8])
+    with pytest.raises(WeightsError, match="runs short at layer 2"):
+        TrainingRun(str(cfg), str(data), TrainOptions(weights=str(tmp_path / "torn.weights"), seed=1))

@@ -215,70 +215,69 @@ def _gelu(v):
     return x * _gelu_gate(x)
 
 
+@jit(inline="always")
+def _identity(v):
+    return v
+
+
+@jit(inline="always")
+def _each_to(src, dst, minus_shift, f):
+    for i in range(src.shape[0]):
+        dst[i] = f(src[i] - minus_shift)
+
+
+@jit(inline="always")
+def _each_in_place(src, dst, minus_shift, f):
+    # one array only: with two arguments that are the same array, LLVM's runtime overlap check fails and
+    # the loop runs unvectorised (leaky in place was 3.7x slower than into another array)
+    for i in range(dst.shape[0]):
+        dst[i] = f(dst[i] - minus_shift)
+
+
 @jit
-def _apply(src, dst, minus_shift, code):
-    """dst[i] = f(src[i] - minus_shift) in float32; src and dst may be the same array.
+def _apply(src, dst, minus_shift, code, each):
+    """dst[i] = f(src[i] - minus_shift) in float32 by `each` (_each_to, or _each_in_place for dst is src).
 
     The shift is subtracted (not added) so that a zero shift leaves -0.0 intact: x - 0 == x for every x.
     """
-    n = src.shape[0]
     if code == LINEAR:
-        for i in range(n):
-            dst[i] = src[i] - minus_shift
+        each(src, dst, minus_shift, _identity)
     elif code == LEAKY or code == REVLEAKY:
-        for i in range(n):
-            dst[i] = _leaky(src[i] - minus_shift)
+        each(src, dst, minus_shift, _leaky)
     elif code == LOGISTIC:
-        for i in range(n):
-            dst[i] = _logistic(src[i] - minus_shift)
+        each(src, dst, minus_shift, _logistic)
     elif code == RELU:
-        for i in range(n):
-            dst[i] = _relu(src[i] - minus_shift)
+        each(src, dst, minus_shift, _relu)
     elif code == MISH:
-        for i in range(n):
-            dst[i] = _mish(src[i] - minus_shift)
+        each(src, dst, minus_shift, _mish)
     elif code == SWISH:
-        for i in range(n):
-            dst[i] = _swish(src[i] - minus_shift)
+        each(src, dst, minus_shift, _swish)
     elif code == RAMP:
-        for i in range(n):
-            dst[i] = _ramp(src[i] - minus_shift)
+        each(src, dst, minus_shift, _ramp)
     elif code == TANH:
-        for i in range(n):
-            dst[i] = _tanh(src[i] - minus_shift)
+        each(src, dst, minus_shift, _tanh)
     elif code == RELIE:
-        for i in range(n):
-            dst[i] = _relie(src[i] - minus_shift)
+        each(src, dst, minus_shift, _relie)
     elif code == PLSE:
-        for i in range(n):
-            dst[i] = _plse(src[i] - minus_shift)
+        each(src, dst, minus_shift, _plse)
     elif code == ELU:
-        for i in range(n):
-            dst[i] = _elu(src[i] - minus_shift)
+        each(src, dst, minus_shift, _elu)
     elif code == LOGGY:
-        for i in range(n):
-            dst[i] = _loggy(src[i] - minus_shift)
+        each(src, dst, minus_shift, _loggy)
     elif code == STAIR:
-        for i in range(n):
-            dst[i] = _stair(src[i] - minus_shift)
+        each(src, dst, minus_shift, _stair)
     elif code == HARDTAN:
-        for i in range(n):
-            dst[i] = _hardtan(src[i] - minus_shift)
+        each(src, dst, minus_shift, _hardtan)
     elif code == LHTAN:
-        for i in range(n):
-            dst[i] = _lhtan(src[i] - minus_shift)
+        each(src, dst, minus_shift, _lhtan)
     elif code == SELU:
-        for i in range(n):
-            dst[i] = _selu(src[i] - minus_shift)
+        each(src, dst, minus_shift, _selu)
     elif code == HARD_MISH:
-        for i in range(n):
-            dst[i] = _hard_mish(src[i] - minus_shift)
+        each(src, dst, minus_shift, _hard_mish)
     elif code == RELU6:
-        for i in range(n):
-            dst[i] = _relu6(src[i] - minus_shift)
+        each(src, dst, minus_shift, _relu6)
     elif code == GELU:
-        for i in range(n):
-            dst[i] = _gelu(src[i] - minus_shift)
+        each(src, dst, minus_shift, _gelu)
     else:
         raise ValueError("unknown activation code")
 
@@ -286,13 +285,13 @@ def _apply(src, dst, minus_shift, code):
 @jit
 def activate(x, code):
     """x = f(x) in place; x is a flat contiguous float32 array."""
-    _apply(x, x, _F0, code)
+    _apply(x, x, _F0, code, _each_in_place)
 
 
 @jit
 def activate_to(x, y, code):
     """y = f(x), x untouched; both flat contiguous float32 arrays of the same length."""
-    _apply(x, y, _F0, code)
+    _apply(x, y, _F0, code, _each_to)
 
 
 @jit
@@ -302,7 +301,7 @@ def bias_activate(out, bias, code):
     for b in range(batch):
         for c in range(channels):
             row = out[b, c]
-            _apply(row, row, -bias[c], code)
+            _apply(row, row, -bias[c], code, _each_in_place)
 
 
 @jit(parallel=True)
@@ -313,7 +312,7 @@ def bias_activate_parallel(out, bias, code):
         b = bc // channels
         c = bc - b * channels
         row = out[b, c]
-        _apply(row, row, -bias[c], code)
+        _apply(row, row, -bias[c], code, _each_in_place)
 
 
 # Below these sizes starting the threads costs more than it saves. Measured on 2 cores: the parallel kernel

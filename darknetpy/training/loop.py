@@ -33,7 +33,7 @@ from ..fileio import remove_stale_temporaries
 from ..network import Network
 from ..progress import bar_text
 from ..tasks import task_for
-from ..weights import write_weights
+from ..weights import layers_held, read_weights, write_weights
 from .checkpoints import backup_folder, base_name
 from .metrics import IterationRow, MetricsLog
 
@@ -86,7 +86,8 @@ class TrainingRun:
         self.err = err if err is not None else sys.stderr
         self.data_config = read_data_file(data)
         self.seed = options.seed if options.seed is not None else int.from_bytes(os.urandom(4), "little")
-        self.model: Model = load(cfg, options.weights, seed=self.seed)
+        self.model: Model = load(cfg, None, seed=self.seed)
+        self.loaded_layers = self._load_start_weights(options.weights)
         if options.clear:
             self.model.seen = 0
         self.network = self.model.network
@@ -132,6 +133,18 @@ class TrainingRun:
         print(line, file=self.out, flush=True)
 
     # ---- the loop ---------------------------------------------------------------------------------------------
+    def _load_start_weights(self, weights: str | None) -> int | None:
+        """The --weights file: a checkpoint of this network, or the first N layers of another one as
+        `darknetpy partial` writes them (transfer learning: the other layers keep their random start)."""
+        if weights is None:
+            return None
+        from ..bundled import resolve
+        weights = resolve(weights, "weights")
+        network = self.model.network
+        held = layers_held(network, weights)
+        read_weights(network, weights, None if held == len(network.layers) else held)
+        return held
+
     def _more_batches(self) -> bool:
         if self.max_batches == 0:
             return self.task.zero_max_batches_runs_forever
@@ -139,6 +152,10 @@ class TrainingRun:
 
     def run(self) -> Path:
         print(f"task: {self.task.describe()}", file=self.out)
+        if self.loaded_layers is not None and self.loaded_layers < len(self.network.layers):
+            print(f"weights: layers 0-{self.loaded_layers - 1} from {self.options.weights} (a partial file); "
+                  f"layers {self.loaded_layers}-{len(self.network.layers) - 1} start from random weights",
+                  file=self.out)
         for line in self.task.banner(self.dataset, self.base):
             print(line, file=self.out)
         self.out.flush()
