@@ -67,7 +67,8 @@ def detection_confusion(detections: Sequence[ImageDetections], truths: Sequence[
     limit = np.float32(thresh)
     for image_dets, image_truths in zip(detections, truths):
         boxes = np.asarray(image_dets.boxes, np.float64).reshape(-1, 4)
-        image_scores = np.asarray(image_dets.scores, np.float32).reshape(len(boxes), -1)[:, :classes]
+        image_scores = np.asarray(image_dets.scores, np.float32).reshape(len(boxes), -1 if len(boxes) else classes)
+        image_scores = image_scores[:, :classes]
         truth_boxes = np.asarray(image_truths.boxes, np.float64).reshape(-1, 4)
         truth_classes = np.asarray(image_truths.classes, np.int64).reshape(-1)
         rows, cols = np.nonzero(image_scores > limit)          # (box, class) pairs, box-major order

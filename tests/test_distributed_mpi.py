@@ -368,12 +368,13 @@ def test_ctrl_c_saves_the_interrupted_checkpoint_once_and_ends_every_rank(tmp_pa
     cfg = tmp_path / "c.cfg"
     cfg.write_text(CLASSIFIER.format(subdivisions=2))
     backup = data.parent / "backup"
-    process = launch(["train", cfg, data, "--seed", "1", "--workers", "1", "--max-batches", "100000",
-                      "--checkpoint-every", "2"], data.parent)
+    # through the job script (the function `darknetpy train` calls, loader in threads): no process start per rank
+    process = launch_job([dict(name="long", cwd=data.parent, cfg=cfg, data=data, seed=1, max_batches=100000,
+                               checkpoint_every=2)], tmp_path)
     try:
         deadline = time.monotonic() + 120
         while not (backup / "c.backup").exists() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
+            time.sleep(0.1)
         assert (backup / "c.backup").exists(), "no checkpoint was written"
         process.send_signal(signal.SIGINT)   # mpiexec passes Ctrl-C on to every rank
         interrupted = time.monotonic()

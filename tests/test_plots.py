@@ -120,6 +120,13 @@ def test_detection_confusion_by_hand():
     assert detection_confusion(DETECTIONS, TRUTHS, 2, thresh=float(np.float32(0.865))).sum() == 3
 
 
+def test_detection_confusion_image_without_detections():
+    # an untrained detector finds nothing in some images: their truths all land in the background column
+    empty = ImageDetections(np.zeros((0, 4)), np.zeros(0, np.float32))
+    matrix = detection_confusion([empty, DETECTIONS[0]], [truth([CENTRE, SMALL], [0, 1]), TRUTHS[0]], 2)
+    assert matrix.tolist() == [[1, 0, 1], [0, 0, 1], [0, 1, 0]]
+
+
 def test_detection_confusion_iou_threshold():
     shifted = det([[0.6, 0.5, 0.5, 0.5]], [[0.9, 0.0]])  # IoU with CENTRE = 0.4 / 0.6 = 0.667
     assert detection_confusion([shifted], [truth([CENTRE], [1])], 2, iou_thresh=0.5).tolist() == \

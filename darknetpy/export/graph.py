@@ -11,7 +11,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 #: -FLT_MAX: what Darknet's max pooling reads outside the image (a window of nothing but padding yields it)
 NEG_FLT_MAX = np.float32(-3.4028234663852886e38)
@@ -23,7 +23,8 @@ class Graph:
     def __init__(self, opset: int):
         self.opset = opset
         self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
+        #: (name, array) of every constant, written into the model only by `model` (see there)
+        self.initializers: list[tuple[str, np.ndarray]] = []
         self._taken: set[str] = set()
         self._scope = ""
         self._scope_start = 0
@@ -58,7 +59,7 @@ class Graph:
         """An initializer holding `value` (float32 unless dtype says otherwise)."""
         array = np.ascontiguousarray(np.asarray(value, dtype=dtype))
         name = self._scoped(suffix)
-        self.initializers.append(numpy_helper.from_array(array, name))
+        self.initializers.append((name, array))
         return name
 
     def ints(self, values: Sequence[int], suffix: str = "shape") -> str:
@@ -119,11 +120,19 @@ class Graph:
     # ---- the model ---------------------------------------------------------------------------------------
     def model(self, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto], graph_name: str,
               doc: str, producer_version: str) -> onnx.ModelProto:
-        graph = helper.make_graph(self.nodes, graph_name, inputs, outputs, self.initializers, doc_string=doc)
+        graph = helper.make_graph(self.nodes, graph_name, inputs, outputs, doc_string=doc)
         opsets = [helper.make_opsetid("", self.opset)]
         model = helper.make_model(graph, opset_imports=opsets, producer_name="darknetpy",
                                   producer_version=producer_version, doc_string=doc,
                                   ir_version=helper.find_min_ir_version_for(opsets))
+        # written in place: make_graph and make_model copy every message they are given, and the weights
+        # are nearly all of a model (yolov3: 4 copies of 250 MB instead of 2, 1.5 s instead of 0.7)
+        for name, array in self.initializers:
+            tensor = model.graph.initializer.add()
+            tensor.name = name
+            tensor.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
+            tensor.dims.extend(array.shape)
+            tensor.raw_data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
         return model
 
 
