@@ -4,7 +4,12 @@ classifier, a detector and a segmenter, resuming with --weights too; a bad `subd
 a killed rank ends the job quickly with the last checkpoint intact.
 
 Every launch follows /work/notes/DISTRIBUTED_FACTS.md: ranks talk over loopback only (ofi/tcp on `lo`, the
-fork launcher, host 127.0.0.1), every run has a timeout, and its whole process group is gone afterwards."""
+fork launcher, host 127.0.0.1), every run has a timeout, and its whole process group is gone afterwards.
+
+Launches are few because each costs every rank a Python start and the darknetpy, mpi4py and Numba-cache
+loading: the four trainings compared with one process, a failing rank and the ranks' thread shares share ONE
+launch (tests/mpi_training_job.py, module fixture `trained`), while this process trains the single-process
+references; only the located `subdivisions` error and the killed rank go through `darknetpy train` itself."""
 from __future__ import annotations
 
 import contextlib
@@ -196,9 +201,12 @@ def training_runs(root: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """ONE 2-rank launch trains every run of `training_runs`, then a run whose images are all unreadable (a
-    rank fails there and ends the job); meanwhile this process trains the single-process references on a copy
-    of the same data. The ranks start with no thread variable set, to show they take their share of the cores."""
+    rank fails there and ends the job); this process trains the single-process references on a copy of the
+    same data first, so that a cold Numba cache is filled by one process, not three at once. The ranks start
+    with no thread variable set, to show they take their share of the cores."""
     folder = tmp_path_factory.mktemp("mpi")
+    single = training_runs(folder / "single")
+    single_out = {run["name"]: single_train(run) for run in single}
     parallel = training_runs(folder / "parallel")
     broken = make_classification_set(folder / "broken" / "ds")
     for image in sorted((broken.parent / "img").iterdir()):
@@ -206,12 +214,7 @@ def trained(tmp_path_factory):
     (folder / "broken" / "c.cfg").write_text(CLASSIFIER.format(subdivisions=2))
     failing = dict(name="broken", cwd=broken.parent, cfg=folder / "broken" / "c.cfg", data=broken, seed=1)
     env = {key: value for key, value in os.environ.items() if key not in THREAD_VARIABLES}
-    process = launch_job(parallel + [failing], folder, env=env)
-    try:
-        single = training_runs(folder / "single")
-        single_out = {run["name"]: single_train(run) for run in single}
-    finally:
-        code, out, err = finish(process, timeout=120)
+    code, out, err = finish(launch_job(parallel + [failing], folder, env=env), timeout=120)
     return dict(code=code, out=out, err=err, out_by_run=sections(out), err_by_run=sections(err),
                 parallel={run["name"]: run for run in parallel}, single={run["name"]: run for run in single},
                 single_out=single_out, broken=broken.parent)
@@ -332,7 +335,8 @@ def test_a_killed_rank_ends_the_job_quickly_and_the_last_checkpoint_is_intact(tm
             os.killpg(process.pid, signal.SIGKILL)
             process.communicate()
     assert code != 0
-    # MPICH's launcher names the rank's end in one line
+    # MPICH's launcher names the rank's end in one line (inside its banner). The surviving rank cannot add one
+    # of its own: hydra ends it with SIGKILL the moment it sees the other rank die, with no signal before it.
     assert "Killed (signal 9)" in out + err
     checkpoint = darknetpy.load(cfg, backup / "c.backup")
     assert checkpoint.seen > 0 and checkpoint.seen % 8 == 0

@@ -30,6 +30,11 @@ Cases (`--cases`, comma list; default all):
   train            One Darknet train_network call (forward + backward + SGD update) of a small MNIST-shaped
                    classifier on a batch of 128 28x28x1 images, vs the equivalent torch nn.Sequential doing
                    forward + cross-entropy + backward + SGD(momentum 0.9, weight_decay) step.
+  train-yolo       One detector training step of yolov3-tiny (416x416, batch 8, seeded weights, three fixed boxes
+                   per image): Model.train_batch vs the same cfg as a trainable torch module with Darknet's [yolo]
+                   loss (tools/bench_reference.py: its gradient is Darknet's delta, tests/test_bench_yolo_loss.py)
+                   and SGD set to Darknet's update. Rows: wall time ("images/s" = 8000 / ms), process CPU time,
+                   and the peak RSS of a fresh process training 2 steps with one engine alone.
   train-order      Training darknet.cfg (224x224, batch 16, `ORDER_STEPS` steps after 2 untimed) in a fresh
                    process that imports torch before darknetpy, vs a fresh process importing darknetpy first
                    (ratio above 1: import order costs speed; compare the 1- and 2-thread tables too).
@@ -100,7 +105,7 @@ from bench_reference import build_torch_darknet, read_cfg_sections  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SHARED = REPO.parent / "shared"
 ALL_CASES = ["sgemm", "yolov3-tiny", "yolo-fastest-xl", "darknet19", "yolov4-tiny", "vgg-16", "digits-yolo",
-             "digits-seg", "train", "train-order", "startup", "startup-detect", "rss"]
+             "digits-seg", "train", "train-yolo", "train-order", "startup", "startup-detect", "rss"]
 THREAD_ENV_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 SGEMM_SHAPE = (512, 2304, 1024)  # (M, K, N): a 3x3 conv with 256 -> 512 channels on a 32x32 map
@@ -727,6 +732,49 @@ def case_rss(assets: dict, threads: int, opts: argparse.Namespace) -> list[Row]:
                 darknetpy_error=dk_error, anchor_error=base_error)]
 
 
+def case_train_yolo(assets: dict, threads: int, opts: argparse.Namespace) -> list[Row]:
+    from bench_reference import TRAIN_YOLO_BATCH, detector_training_step
+    cfg, weights = require(assets, "train-yolo", "train_yolo_cfg", "train_yolo_weights")
+    runners: dict[str, Callable[[], object]] = {}
+    errors: dict[str, str] = {}
+    cpu: dict[str, list[float]] = {"darknetpy": [], "torch": []}
+    for engine in cpu:
+        try:
+            step = detector_training_step(engine, cfg, weights, threads)
+        except Exception as exc:
+            errors[engine] = describe_error(exc)
+            continue
+
+        def timed(step=step, seconds=cpu[engine]):
+            start = time.process_time()   # all threads of this process: a loaded machine inflates only wall
+            step()
+            seconds.append(time.process_time() - start)
+        runners[engine] = timed
+    samples, run_errors = time_alternating(runners, opts.warmup, opts.repeat, opts.budget)
+    errors.update(run_errors)
+    runs = max(len(samples.get("darknetpy", [])), len(samples.get("torch", [])))
+    label = f"train-yolo yolov3-tiny b{TRAIN_YOLO_BATCH}"
+    rows = [Row(label, "PyTorch", median_ms(samples.get("darknetpy", [])), median_ms(samples.get("torch", [])),
+                runs, darknetpy_error=errors.get("darknetpy"), anchor_error=errors.get("torch")),
+            Row(label + " cpu", "PyTorch (process CPU)",
+                median_ms(cpu["darknetpy"][-len(samples.get("darknetpy", [])):] if samples.get("darknetpy") else []),
+                median_ms(cpu["torch"][-len(samples.get("torch", [])):] if samples.get("torch") else []), runs,
+                darknetpy_error=errors.get("darknetpy"), anchor_error=errors.get("torch"))]
+    peak: dict[str, float | None] = {}
+    for engine in cpu:
+        # the child reports its own VmHWM: its rusage would start from this big parent's high-water mark
+        done = subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "bench_reference.py"),
+                               engine, cfg, weights, str(threads), "2"], capture_output=True, text=True,
+                              env=dict(os.environ), cwd=REPO, timeout=CHILD_TIMEOUT_S)
+        lines = done.stdout.split()
+        peak[engine] = int(lines[-1]) / 1024.0 if done.returncode == 0 and lines else None
+        if peak[engine] is None:
+            errors[f"rss {engine}"] = f"exit {done.returncode}: {(done.stderr.strip().splitlines() or [''])[-1]}"
+    rows.append(Row(f"rss: {label} 2 steps", "PyTorch", peak["darknetpy"], peak["torch"], 1, unit="MiB",
+                    darknetpy_error=errors.get("rss darknetpy"), anchor_error=errors.get("rss torch")))
+    return rows
+
+
 def run_case(case: str, assets: dict, threads: int, opts: argparse.Namespace) -> list[Row]:
     if case == "sgemm":
         return case_sgemm(assets, threads, opts)
@@ -734,6 +782,8 @@ def run_case(case: str, assets: dict, threads: int, opts: argparse.Namespace) ->
         return case_inference(case, assets, threads, opts)
     if case == "train":
         return case_train(assets, threads, opts)
+    if case == "train-yolo":
+        return case_train_yolo(assets, threads, opts)
     if case == "train-order":
         return case_train_order(assets, threads, opts)
     if case == "startup":
@@ -859,6 +909,21 @@ def prepare_assets(cases: list[str], shared: Path, workdir: Path) -> dict:
             generate_weights(shared, cfg, weights)
             assets["yolov3_tiny_cfg"], assets["yolov3_tiny_weights"] = str(cfg), str(weights)
         attempt(["yolov3-tiny", "rss"], make_yolov3_tiny)
+    if "train-yolo" in cases:
+        def make_train_yolo():
+            from bench_reference import TRAIN_YOLO_BATCH
+            source = shared / "cfg-corpus" / "yolov3-tiny.cfg"
+            if not source.exists():
+                raise FileNotFoundError(f"{source} not found")
+            # batch 8 in one pass, and no burn-in, so that the first steps update at the cfg's learning rate
+            text = re.sub(r"(?m)^\s*batch\s*=.*$", f"batch={TRAIN_YOLO_BATCH}", source.read_text())
+            text = re.sub(r"(?m)^\s*subdivisions\s*=.*$", "subdivisions=1", text)
+            cfg = workdir / "yolov3-tiny-train.cfg"
+            cfg.write_text(re.sub(r"(?m)^\s*burn_in\s*=.*$", "burn_in=0", text))
+            weights = workdir / "yolov3-tiny-train.weights"
+            generate_weights(shared, cfg, weights)
+            assets["train_yolo_cfg"], assets["train_yolo_weights"] = str(cfg), str(weights)
+        attempt(["train-yolo"], make_train_yolo)
     if "yolo-fastest-xl" in cases:
         def find_yolo_fastest():
             folder = shared / "models" / "yolo-fastest-1.1"

@@ -133,15 +133,18 @@ def local_cluster(workers: int | None = None):
     distributed = require("distributed", "--dask")
     workers = workers or available_cores()
     share = str(thread_share(workers))
+    # without a dashboard the scheduler still serves its small HTTP API, on port 8787 unless told otherwise:
+    # a free port instead, so that a second cluster on the machine neither collides nor warns
     return distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                    dashboard_address=None, silence_logs=logging.ERROR,
-                                    env={key: share for key in THREAD_VARIABLES})
+                                    dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                                    silence_logs=logging.ERROR, env={key: share for key in THREAD_VARIABLES})
 
 
-def connect(address, timeout: float = CONNECT_TIMEOUT):
+def connect(address, timeout: float | None = None):
     """A Client of the scheduler at `address` (or of a LocalCluster object); one ClusterError line if it
-    cannot be reached within `timeout` seconds."""
+    cannot be reached within `timeout` seconds (default CONNECT_TIMEOUT, read at each call)."""
     distributed = require("distributed", "--dask")
+    timeout = CONNECT_TIMEOUT if timeout is None else timeout
     try:
         return distributed.Client(address, timeout=timeout)
     except (OSError, TimeoutError, ValueError) as exc:

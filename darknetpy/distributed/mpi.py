@@ -27,9 +27,10 @@ Not reproduced across rank counts: dropout masks, which each rank draws from its
 Faults. Set-up errors (a bad cfg, a missing image) are agreed on collectively: rank 0 prints the first one and
 every rank exits 2. During training a rank whose Python code fails prints one line naming the rank and calls
 MPI_Abort, which makes the launcher end every rank; a rank that is killed is noticed by the launcher, which
-ends the others (MPICH's hydra). Ctrl-C (or SIGTERM) reaches every rank: rank 0 saves the interrupted
-checkpoint as in one process, and the ranks leave together (or by MPI_Abort after 10 s). Only rank 0 writes
-checkpoints, atomically, so the last one is whole.
+ends the others (MPICH's hydra) with SIGKILL at once, so no rank can add a line of its own: hydra's banner
+says it, ending with `YOUR APPLICATION TERMINATED WITH THE EXIT STRING: Killed (signal 9)`. Ctrl-C (or
+SIGTERM) reaches every rank: rank 0 saves the interrupted checkpoint as in one process, and the ranks leave
+together (or by MPI_Abort after 10 s). Only rank 0 writes checkpoints, atomically, so the last one is whole.
 """
 from __future__ import annotations
 

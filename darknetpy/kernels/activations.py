@@ -234,7 +234,7 @@ def _each_in_place(src, dst, minus_shift, f):
         dst[i] = f(dst[i] - minus_shift)
 
 
-@jit
+@jit(inline="always")
 def _apply(src, dst, minus_shift, code, each):
     """dst[i] = f(src[i] - minus_shift) in float32 by `each` (_each_to, or _each_in_place for dst is src).
 
@@ -282,16 +282,28 @@ def _apply(src, dst, minus_shift, code, each):
         raise ValueError("unknown activation code")
 
 
+# The two instances of the chain, each compiled once per signature and shared by the kernels below (inlining
+# the chain into every kernel would compile it once per kernel).
+@jit
+def _apply_to(src, dst, minus_shift, code):
+    _apply(src, dst, minus_shift, code, _each_to)
+
+
+@jit
+def _apply_in_place(x, minus_shift, code):
+    _apply(x, x, minus_shift, code, _each_in_place)
+
+
 @jit
 def activate(x, code):
     """x = f(x) in place; x is a flat contiguous float32 array."""
-    _apply(x, x, _F0, code, _each_in_place)
+    _apply_in_place(x, _F0, code)
 
 
 @jit
 def activate_to(x, y, code):
     """y = f(x), x untouched; both flat contiguous float32 arrays of the same length."""
-    _apply(x, y, _F0, code, _each_to)
+    _apply_to(x, y, _F0, code)
 
 
 @jit
@@ -301,7 +313,7 @@ def bias_activate(out, bias, code):
     for b in range(batch):
         for c in range(channels):
             row = out[b, c]
-            _apply(row, row, -bias[c], code, _each_in_place)
+            _apply_in_place(row, -bias[c], code)
 
 
 @jit(parallel=True)
@@ -312,7 +324,7 @@ def bias_activate_parallel(out, bias, code):
         b = bc // channels
         c = bc - b * channels
         row = out[b, c]
-        _apply(row, row, -bias[c], code, _each_in_place)
+        _apply_in_place(row, -bias[c], code)
 
 
 # Below these sizes starting the threads costs more than it saves. Measured on 2 cores: the parallel kernel
