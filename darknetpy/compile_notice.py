@@ -16,27 +16,29 @@ NOTICE = ("darknetpy: compiling the kernels this network needs for this CPU "
           "(first run only: they are cached for the next runs)")
 
 KERNEL_PACKAGE = "darknetpy."   # compilations of functions outside it (numba's own helpers) are not announced
-_state = {"registered": False, "announced": False}
+_listener = None                 # the one listener of this process, registered on first use
 
 
 def announce_compilation(stream: TextIO | None = None) -> None:
-    """Print NOTICE on `stream` (stderr by default) when the first darknetpy kernel starts compiling."""
+    """Print NOTICE on `stream` (stderr by default) when the first darknetpy kernel starts compiling; once
+    per process, however often this is called (a later call only changes the stream)."""
+    global _listener
     from numba.core import event
 
-    if _state["registered"]:
-        return
+    if _listener is None:
+        class FirstCompilation(event.Listener):
+            announced = False
+            stream: TextIO | None = None
 
-    class _FirstCompilation(event.Listener):
-        def on_start(self, ev: event.Event) -> None:
-            if _state["announced"]:
-                return
-            if not ev.data["dispatcher"].py_func.__module__.startswith(KERNEL_PACKAGE):
-                return  # numba's own helpers compile inside a kernel's compilation, never first
-            _state["announced"] = True
-            print(NOTICE, file=stream if stream is not None else sys.stderr, flush=True)
+            def on_start(self, ev: event.Event) -> None:
+                if self.announced or not ev.data["dispatcher"].py_func.__module__.startswith(KERNEL_PACKAGE):
+                    return  # numba's own helpers compile inside a kernel's compilation, never first
+                self.announced = True
+                print(NOTICE, file=self.stream if self.stream is not None else sys.stderr, flush=True)
 
-        def on_end(self, ev: event.Event) -> None:
-            pass
+            def on_end(self, ev: event.Event) -> None:
+                pass
 
-    event.register("numba:compile", _FirstCompilation())
-    _state["registered"] = True
+        _listener = FirstCompilation()
+        event.register("numba:compile", _listener)
+    _listener.stream = stream

@@ -224,6 +224,31 @@ def test_direct_layer_inference_with_folded_batch_norm(text, c):
     np.testing.assert_allclose(got, leaky(ref) if cfg.activation == "leaky" else ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("text,c", [
+    ("filters=7\nsize=1\nbatch_normalize=1\nactivation=leaky", 5),
+    ("filters=18\nsize=1\ngroups=2\nbatch_normalize=1\nactivation=linear", 20),
+    ("filters=27\nsize=1\ngroups=3\nactivation=logistic", 30),         # no BN, an unfused activation
+])
+def test_pointwise_layer_inference_per_image(text, c, batch):
+    """1x1 layers multiply each image's planes straight into the output (no channel-major copies)."""
+    net = make_net("[convolutional]\n" + text, 11, 7, c)
+    layer = net.layers[0]
+    randomise(layer, RNG)
+    x = RNG.standard_normal((batch, c, 7, 11)).astype(np.float32)
+    got = net.forward(x)
+    assert layer.engine.name == "gemm"
+    cfg = layer.config
+    raw = conv2d(x.astype(np.float64), layer.weights, np.zeros(cfg.filters), 1, 1, 0, cfg.groups)
+    if layer.bn is not None:
+        ref = batchnorm_inference(raw, layer.bn.scales, layer.biases, layer.bn.rolling_mean,
+                                  layer.bn.rolling_var)
+    else:
+        ref = raw + layer.biases[None, :, None, None]
+    expected = {"leaky": leaky, "linear": lambda v: v, "logistic": lambda v: 1 / (1 + np.exp(-v))}
+    np.testing.assert_allclose(got, expected[cfg.activation](ref), rtol=1e-4, atol=1e-4)
+
+
 # ---- training: channel-major BN + activation, both convolution paths ---------------------------------
 def darknet_bn_train(raw, scales, biases):
     """Spec §4.2 training forward in float64: (normalised, output before activation, mean, variance)."""

@@ -25,10 +25,10 @@ def test_notice_is_printed_once_at_the_first_kernel_compilation(monkeypatch) -> 
     import numba
 
     from darknetpy import compile_notice
-    monkeypatch.setattr(compile_notice, "_state", {"registered": False, "announced": False})
     stream = io.StringIO()
     compile_notice.announce_compilation(stream)
     compile_notice.announce_compilation(stream)     # registering twice must not print twice
+    monkeypatch.setattr(compile_notice._listener, "announced", False)   # as in a fresh process
 
     def outside(x):
         return x + 1

@@ -142,6 +142,8 @@ def test_train_a_tiny_detector_from_the_command_line(detector, capsys):
     darknet = [(i, DARKNET_LINE.match(line)) for i, line in enumerate(lines) if DARKNET_LINE.match(line)]
     assert [int(m.group(1)) for _, m in darknet] == [1, 2, 3, 4]
     assert [int(m.group(2)) for _, m in darknet] == [4, 8, 12, 16]
+    for i, _ in darknet:   # Darknet's `Loaded: %lf seconds` right before each iteration line (spec §6.5)
+        assert re.fullmatch(r"Loaded: \d+\.\d{6} seconds", lines[i - 1])
     for i, _ in darknet:   # one compact line per head after each iteration, in layer order
         heads = [REGION_LINE.match(line) for line in lines[i + 1:i + 3]]
         assert all(heads) and [int(m.group(1)) for m in heads] == [3, 7]
@@ -155,8 +157,10 @@ def test_train_a_tiny_detector_from_the_command_line(detector, capsys):
     with open(backup / "metrics.csv", newline="") as stream:
         rows = list(csv.DictReader(stream))
     assert len(rows) == 4
-    for column in ("avg_iou_3", "recall50_7", "count_7", "no_obj_3", "map50", "map50_95"):
+    for column in ("loaded", "avg_iou_3", "recall50_7", "count_7", "no_obj_3", "map50", "map50_95"):
         assert column in rows[0]
+    assert [float(row["loaded"]) for row in rows] == \
+        pytest.approx([float(lines[i - 1].split()[1]) for i, _ in darknet], abs=1e-6)   # the printed wait
     assert rows[1]["map50"] != "" and rows[0]["map50"] == ""
     assert float(rows[0]["no_obj_3"]) > 0
 

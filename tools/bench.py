@@ -583,7 +583,8 @@ def case_train_order(assets: dict, threads: int, opts: argparse.Namespace) -> li
     layers: dict[str, str] = {}
     runs = 0
     for order in ("torch-first", "darknetpy-first"):
-        done = subprocess.run([sys.executable, "-c", TRAIN_ORDER_SCRIPT, order, cfg, str(min(opts.repeat, ORDER_STEPS))],
+        steps = str(min(opts.repeat, ORDER_STEPS))
+        done = subprocess.run([sys.executable, "-c", TRAIN_ORDER_SCRIPT, order, cfg, steps],
                               env=env, cwd=REPO, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
         if done.returncode != 0:
             tail = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
@@ -661,8 +662,8 @@ def startup_rows(name: str, commands: dict[str, list[str]], opts: argparse.Names
                 raise RuntimeError(f"exit {code}: {tail}")
         return run
     with tempfile.TemporaryDirectory(prefix="darknetpy-cold-cache-") as empty_cache:
-        cold, cold_errors = time_alternating({"darknetpy": runner("darknetpy", {**env, "NUMBA_CACHE_DIR": empty_cache})},
-                                             0, 1, 0.0)
+        cold_env = {**env, "NUMBA_CACHE_DIR": empty_cache}
+        cold, cold_errors = time_alternating({"darknetpy": runner("darknetpy", cold_env)}, 0, 1, 0.0)
     # Warm: exactly one untimed round fills the cache, whatever --warmup says (more rounds would only cost
     # time; each one is a fresh process anyway).
     samples, errors = time_alternating({engine: runner(engine, env) for engine in commands}, 1, opts.repeat,

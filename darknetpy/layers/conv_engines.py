@@ -179,6 +179,15 @@ class GemmEngine(_ChannelMajorProduct):
         g = self.g
         batch = x.shape[0]
         out3 = out.reshape(batch, g.filters, -1)
+        if g.is_pointwise:
+            # each image's (C, S) planes already are the right-hand matrix and its (F, S) product is already
+            # in the output layout: one product per image, no copies (yolo-fastest-xl at batch 8: the 1x1
+            # layers took 269 ms through the channel-major buffers, ~8x their batch-1 time)
+            w_g = self._weights.reshape(g.groups, g.out_per_group, -1)
+            for b in range(batch):
+                np.matmul(w_g, x[b].reshape(g.groups, g.in_per_group, -1), out=self._grouped(out3[b]))
+            epilogue.shift_activate(out3, self._shift)
+            return
         cols = self._fill_columns(x)
         self._columns_hold_input = False
         # a single image's product is already in the output layout: write it there directly

@@ -3,10 +3,11 @@
 * Data: detection_data.DetectionDataset — label files checked up front, augmentation as the cfg asks
   (pjreddie's jitter or AlexeyAB's crop, flip, colour, letter_box, mosaic), truth rows of the boxes the
   loss layers read (90 × [x, y, w, h, class] for [yolo], 30 for [region]).
-* Printing: Darknet's detector line `batch: loss, avg avg, rate rate, seconds seconds, images images`,
-  then one `Region ...` line per head with its statistics averaged over the passes of the iteration
-  (Darknet prints one per head per pass; `count` here is the iteration's total); the same figures are
-  metrics.csv columns `<name>_<layer>` (e.g. avg_iou_16, recall50_23).
+* Printing: Darknet's `Loaded: %f seconds` (the time the trainer waited for the batch: ~0 when the loader
+  keeps up; also metrics.csv's `loaded` column), its detector line `batch: loss, avg avg, rate rate,
+  seconds seconds, images images`, then one `Region ...` line per head with its statistics averaged over
+  the passes of the iteration (Darknet prints one per head per pass; `count` here is the iteration's
+  total); the same figures are metrics.csv columns `<name>_<layer>` (e.g. avg_iou_16, recall50_23).
 * Multi-scale (`random` on the last head): a new input size every 10 iterations (detection_augment.
   MultiScale), for the network and the loader. The size of a block of 10 iterations depends only on the
   seed and the block, so a resumed run trains at the sizes an uninterrupted one would have.
@@ -79,7 +80,9 @@ class DetectionTask(Task):
         super().__init__(model, data_config)
         self.heads: list[DetectionHead] = [layer for layer in self.network.loss_layers
                                            if isinstance(layer, DetectionHead)]
-        self.statistic_names = tuple(f"{key}_{head.index}" for head in self.heads for key in STATISTIC_KEYS)
+        # `loaded`: filled in by the training loop (the wait for the batch)
+        self.statistic_names = ("loaded",) + tuple(f"{key}_{head.index}" for head in self.heads
+                                                   for key in STATISTIC_KEYS)
         self.settings = DetectionAugmentSettings.from_network(self.network.net, self.head)
         self._valid: DetectionDataset | None = None
         self._multiscale: MultiScale | None = None
@@ -130,7 +133,8 @@ class DetectionTask(Task):
                 f"flip={int(s.flip)} random={s.random:g}"]
 
     def progress_line(self, row: IterationRow) -> str:
-        lines = [f"{row.batch}: {row.loss:f}, {row.avg_loss:f} avg, {row.rate:f} rate, {row.seconds:f} seconds, "
+        lines = [f"Loaded: {row.statistics['loaded']:f} seconds"] if "loaded" in row.statistics else []
+        lines += [f"{row.batch}: {row.loss:f}, {row.avg_loss:f} avg, {row.rate:f} rate, {row.seconds:f} seconds, "
                  f"{row.images} images"]
         for head in self.heads:
             stats = {key: row.statistics[f"{key}_{head.index}"] for key in STATISTIC_KEYS

@@ -200,9 +200,13 @@ class TrainingRun:
                     avg_loss = loss if avg_loss is None else avg_loss * 0.9 + loss * 0.1
                     batch = self.trainer.current_batch
                     seen = self.model.seen
+                    statistics = self.task.iteration_statistics(self.trainer.last_statistics)
+                    # the wait for the batch (Darknet's "Loaded: ... seconds"): a task that lists a `loaded`
+                    # statistic column prints and records it; the others show it on a terminal only
+                    statistics["loaded"] = loaded
                     row = IterationRow(batch=batch, epoch=seen / n_images, loss=loss, avg_loss=avg_loss,
                                        rate=self.trainer.current_rate(), seconds=seconds, images=seen,
-                                       statistics=self.task.iteration_statistics(self.trainer.last_statistics))
+                                       statistics=statistics)
                     self.metrics.append(row)
                     self._report(row, loaded)
                     epoch = seen // n_images
@@ -243,7 +247,8 @@ class TrainingRun:
         line = self.task.progress_line(row)
         if self.interactive:
             bar = bar_text(row.batch, self.max_batches or 0)  # the bar every long command draws (progress.py)
-            print(f"\r{bar} {line}  (loaded in {loaded:.3f} s)", end="", file=self.out, flush=True)
+            waited = "" if "loaded" in self.task.statistic_names else f"  (loaded in {loaded:.3f} s)"
+            print(f"\r{bar} {line}{waited}", end="", file=self.out, flush=True)
         else:
             print(line, file=self.out, flush=True)
 
