@@ -8,8 +8,9 @@ weights and batch-norm statistics (gen_weights' file for yolov3-tiny, which also
 reader), on one batch of a random image and a real photo (with a symbolic batch size).
 
 Cost: the corpus holds ~1.2 billion weights, so everything per weight counts: the weights are drawn in place
-in float32, darknetpy runs one forward pass per network (its Winograd weight transform once), and each
-model is serialised and handed to onnxruntime only after darknetpy's network is dropped (peak memory).
+in float32, darknetpy runs one forward pass per network (by im2col + GEMM above WINOGRAD_MAX_WEIGHTS: see
+there), and each model is serialised and handed to onnxruntime only after darknetpy's network is dropped
+(peak memory).
 """
 from __future__ import annotations
 
