@@ -641,7 +641,7 @@ net.setInput(cv2.dnn.blobFromImage(picture, 1 / 255.0, (320, 320), swapRB=True))
 outputs = np.concatenate([o.reshape(-1, o.shape[-1]) for o in net.forward(net.getUnconnectedOutLayersNames())])
 scores = outputs[:, 5:].max(axis=1) * outputs[:, 4]
 keep = scores > 0.25
-boxes = outputs[keep, :4] * [picture.shape[1], picture.shape[0]] * 2
+boxes = outputs[keep, :4] * np.array([picture.shape[1], picture.shape[0]] * 2)
 boxes[:, :2] -= boxes[:, 2:] / 2
 for i in cv2.dnn.NMSBoxes(boxes.tolist(), scores[keep].tolist(), 0.25, 0.45):
     print(int(outputs[keep][i, 5:].argmax()), float(scores[keep][i]))
@@ -1107,7 +1107,7 @@ def machine_info() -> dict:
         pass
     from importlib import metadata
     for label, dist in (("numpy", "numpy"), ("numba", "numba"), ("cv2", "opencv-python-headless"),
-                        ("torch", "torch")):
+                        ("torch", "torch"), ("onnxruntime", "onnxruntime")):
         try:
             info[label] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -1178,7 +1178,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     print(f"darknetpy bench: {info.get('cpu', '?')} ({info.get('cpus')} cpus), python {info['python']}, "
           f"numpy {info.get('numpy')} [{info.get('blas', '?')}], numba {info.get('numba')}, "
-          f"opencv {info.get('cv2')}, torch {info.get('torch')}")
+          f"opencv {info.get('cv2')}, torch {info.get('torch')}, onnxruntime {info.get('onnxruntime')}")
     print(f"cases: {', '.join(cases)}; threads: {thread_counts}; repeat {opts.repeat}, warmup {opts.warmup}, "
           f"budget {opts.budget:g} s per case"
           + (f"; env {' '.join(opts.env)}" if opts.env else ""), flush=True)

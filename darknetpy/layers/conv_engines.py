@@ -44,8 +44,10 @@ WINOGRAD_BLOCK_BYTES = 2 << 20
 WINOGRAD_MIN_BLOCK_TILES = 256
 # Training computes dL/dx of large maps by Winograd too; on small maps such as MNIST's 14x14 and 7x7 the
 # per-tile-row transforms cost more than they save. (The training forward keeps im2col + GEMM: the weight
-# gradient needs the im2col matrix anyway.)
-WINOGRAD_TRAIN_MIN_PIXELS = 24 * 24
+# gradient needs the im2col matrix anyway.) Only maps with 4x4 tiles: on 26x26 maps of yolov3-tiny at batch
+# 8 the 2x2-tile dL/dx was at best 15% faster than GEMM + col2im at 1 thread (layer 8: 2x slower), and at
+# 2 threads its many mid-sized products made OpenBLAS spin: 3-5x its CPU time, a whole step 1.2-1.6x.
+WINOGRAD_TRAIN_MIN_PIXELS = WINOGRAD_F4_MIN_PIXELS
 
 
 @dataclass(frozen=True)
