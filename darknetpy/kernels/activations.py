@@ -11,12 +11,15 @@ only possible for monotonic activations; AlexeyAB's mish, swish, hard_mish and g
 gradient is the true derivative at the pre-activation input x (codes in NEEDS_INPUT). AlexeyAB evaluates
 its gelu derivative at the output — a bug not reproduced here.
 
-Every kernel branches on `code` once, outside the element loop, so each loop body is branch-free enough
-for LLVM to vectorise.
+Every kernel is built per activation (`_forward_kernels`, `_gradient_kernel`) with `code` a compile-time
+constant: the branch on it disappears, each loop body is branch-free enough for LLVM to vectorise, and only
+the activations a network uses are compiled.
 """
 from __future__ import annotations
 
+import functools
 import math
+from typing import Callable, NamedTuple
 
 import numba
 import numpy as np
@@ -282,49 +285,69 @@ def _apply(src, dst, minus_shift, code, each):
         raise ValueError("unknown activation code")
 
 
-# The two instances of the chain, each compiled once per signature and shared by the kernels below (inlining
-# the chain into every kernel would compile it once per kernel).
-@jit
-def _apply_to(src, dst, minus_shift, code):
-    _apply(src, dst, minus_shift, code, _each_to)
+class _ForwardKernels(NamedTuple):
+    activate: Callable
+    activate_to: Callable
+    bias_activate: Callable
+    bias_activate_parallel: Callable
 
 
-@jit
-def _apply_in_place(x, minus_shift, code):
-    _apply(x, x, minus_shift, code, _each_in_place)
+@functools.cache
+def _forward_kernels(code: int) -> _ForwardKernels:
+    """The forward kernels of one activation. `code` is a closure constant of each kernel, so Numba prunes
+    the other activations' branches of `_apply` and a network compiles only the activations it uses (one
+    kernel holding every activation compiled all 20 formulas, several seconds each). The kernels may close
+    over plain values only: Numba's cache keys a closure by its pickled cells, and a pickled dispatcher
+    differs in every process, which would defeat the on-disk cache."""
+    if code not in ACTIVATION_NAMES:
+        raise ValueError(f"unknown activation code {code}")
 
+    @jit
+    def activate_in_place(x):
+        _apply(x, x, _F0, code, _each_in_place)
 
-@jit
-def activate(x, code):
-    """x = f(x) in place; x is a flat contiguous float32 array."""
-    _apply_in_place(x, _F0, code)
+    @jit
+    def activate_into(x, y):
+        _apply(x, y, _F0, code, _each_to)
 
+    @jit
+    def bias_activate_serial(out, bias):
+        batch, channels = out.shape[0], out.shape[1]
+        for b in range(batch):
+            for c in range(channels):
+                row = out[b, c]
+                _apply(row, row, -bias[c], code, _each_in_place)
 
-@jit
-def activate_to(x, y, code):
-    """y = f(x), x untouched; both flat contiguous float32 arrays of the same length."""
-    _apply_to(x, y, _F0, code)
-
-
-@jit
-def bias_activate(out, bias, code):
-    """out[b, c, :] = f(out[b, c, :] + bias[c]) in one pass; out is (B, C, S) float32, serial."""
-    batch, channels = out.shape[0], out.shape[1]
-    for b in range(batch):
-        for c in range(channels):
+    @jit(parallel=True)
+    def bias_activate_threads(out, bias):
+        batch, channels = out.shape[0], out.shape[1]
+        for bc in prange(batch * channels):
+            b = bc // channels
+            c = bc - b * channels
             row = out[b, c]
-            _apply_in_place(row, -bias[c], code)
+            _apply(row, row, -bias[c], code, _each_in_place)
+
+    return _ForwardKernels(activate_in_place, activate_into, bias_activate_serial, bias_activate_threads)
 
 
-@jit(parallel=True)
-def bias_activate_parallel(out, bias, code):
+def activate(x: np.ndarray, code: int) -> None:
+    """x = f(x) in place; x is a flat contiguous float32 array."""
+    _forward_kernels(code).activate(x)
+
+
+def activate_to(x: np.ndarray, y: np.ndarray, code: int) -> None:
+    """y = f(x), x untouched; both flat contiguous float32 arrays of the same length."""
+    _forward_kernels(code).activate_to(x, y)
+
+
+def bias_activate(out: np.ndarray, bias: np.ndarray, code: int) -> None:
+    """out[b, c, :] = f(out[b, c, :] + bias[c]) in one pass; out is (B, C, S) float32, serial."""
+    _forward_kernels(code).bias_activate(out, bias)
+
+
+def bias_activate_parallel(out: np.ndarray, bias: np.ndarray, code: int) -> None:
     """bias_activate with the B*C rows spread over threads; same result bit for bit."""
-    batch, channels = out.shape[0], out.shape[1]
-    for bc in prange(batch * channels):
-        b = bc // channels
-        c = bc - b * channels
-        row = out[b, c]
-        _apply_in_place(row, -bias[c], code)
+    _forward_kernels(code).bias_activate_parallel(out, bias)
 
 
 # Below these sizes starting the threads costs more than it saves. Measured on 2 cores: the parallel kernel
@@ -339,9 +362,9 @@ def bias_activate_auto(out: np.ndarray, bias: np.ndarray, code: int) -> None:
     """bias_activate, switching to the parallel kernel when the tensor is large enough to pay for it."""
     threshold = PARALLEL_MIN_ELEMENTS_CHEAP if code in CHEAP_CODES else PARALLEL_MIN_ELEMENTS_EXP
     if out.size >= threshold and out.shape[0] * out.shape[1] > 1 and numba.get_num_threads() > 1:
-        bias_activate_parallel(out, bias, code)
+        _forward_kernels(code).bias_activate_parallel(out, bias)
     else:
-        bias_activate(out, bias, code)
+        _forward_kernels(code).bias_activate(out, bias)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -460,10 +483,8 @@ def _d_gelu(v):
     return np.float32(s + x * s * (1.0 - s) * 2.0 * du)
 
 
-@jit
-def gradient(dy, y, x, code):
-    """dy *= f'(.) in place. Darknet's codes and relu6/revleaky use the output y (x may be empty);
-    NEEDS_INPUT codes use the pre-activation input x (y may be empty)."""
+@jit(inline="always")
+def _gradient(dy, y, x, code):
     n = dy.shape[0]
     if code == LINEAR:
         return
@@ -523,3 +544,22 @@ def gradient(dy, y, x, code):
             dy[i] = dy[i] * _d_gelu(x[i])
     else:
         raise ValueError("unknown activation code")
+
+
+@functools.cache
+def _gradient_kernel(code: int):
+    """The gradient kernel of one activation (`code` a closure constant, as in `_forward_kernels`)."""
+    if code not in ACTIVATION_NAMES:
+        raise ValueError(f"unknown activation code {code}")
+
+    @jit
+    def gradient_of(dy, y, x):
+        _gradient(dy, y, x, code)
+
+    return gradient_of
+
+
+def gradient(dy: np.ndarray, y: np.ndarray, x: np.ndarray, code: int) -> None:
+    """dy *= f'(.) in place. Darknet's codes and relu6/revleaky use the output y (x may be empty);
+    NEEDS_INPUT codes use the pre-activation input x (y may be empty)."""
+    _gradient_kernel(code)(dy, y, x)

@@ -44,10 +44,11 @@ WINOGRAD_BLOCK_BYTES = 2 << 20
 WINOGRAD_MIN_BLOCK_TILES = 256
 # Training computes dL/dx of large maps by Winograd too; on small maps such as MNIST's 14x14 and 7x7 the
 # per-tile-row transforms cost more than they save. (The training forward keeps im2col + GEMM: the weight
-# gradient needs the im2col matrix anyway.) Only maps with 4x4 tiles: on 26x26 maps of yolov3-tiny at batch
-# 8 the 2x2-tile dL/dx was at best 15% faster than GEMM + col2im at 1 thread (layer 8: 2x slower), and at
-# 2 threads its many mid-sized products made OpenBLAS spin: 3-5x its CPU time, a whole step 1.2-1.6x.
-WINOGRAD_TRAIN_MIN_PIXELS = WINOGRAD_F4_MIN_PIXELS
+# gradient needs the im2col matrix anyway.) Only very large maps: on yolov3-tiny at batch 8 GEMM + col2im was
+# as fast at 1 thread on the 52x52 and 26x26 maps (26x26, 256 channels: 2x faster), and at 2 threads the
+# Winograd blocks' many mid-sized products made OpenBLAS spin: 3-5x their CPU time, up to 1.4 s more per
+# step on a loaded machine. It still wins on the 208x208 map (61 vs 80 ms at 1 thread, 90 vs 150 at 2).
+WINOGRAD_TRAIN_MIN_PIXELS = 128 * 128
 
 
 @dataclass(frozen=True)
