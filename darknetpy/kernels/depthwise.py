@@ -27,8 +27,6 @@ Summation order differs from im2col + GEMM (float32 rounding only).
 """
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 from numba import prange
 
@@ -173,38 +171,25 @@ def _leaky(y):
     return y if y > np.float32(0.0) else np.float32(0.1 * np.float64(y))
 
 
-# Plane kernels, chosen in Python once per geometry (`plane_variant`): a branch on the geometry inside one
-# driver made Numba compile every variant for every network.
-PLANE_3X3_STRIDE1, PLANE_3X3_STRIDE2, PLANE_5X5_STRIDE1, PLANE_ANY = range(4)
-
-
-def plane_variant(ksize: int, stride_y: int, stride_x: int, dilation: int) -> int:
-    if ksize == 3 and dilation == 1 and stride_x == stride_y and stride_x in (1, 2):
-        return PLANE_3X3_STRIDE1 if stride_x == 1 else PLANE_3X3_STRIDE2
-    if ksize == 5 and dilation == 1 and stride_x == 1 and stride_y == 1:
-        return PLANE_5X5_STRIDE1
-    return PLANE_ANY
-
-
-@jit(inline="always")
-def _convolve_group_image(x, weights, bias, leaky, b, g, stride_y, stride_x, pad, dilation, phases, plane, out,
-                          variant):
-    """`variant` is a compile-time constant of the calling driver, so only its plane kernel is compiled."""
+@jit
+def _convolve_group_image(x, weights, bias, leaky, b, g, stride_y, stride_x, pad, dilation, phases, plane, out):
     in_per_group = weights.shape[1]
+    ksize = weights.shape[2]
     out_per_group = out.shape[1] // (x.shape[1] // in_per_group)
     out_h, out_w = out.shape[2], out.shape[3]
     wq = phases.shape[4]
     for ci in range(in_per_group):
         _fill_phases(x, b, g * in_per_group + ci, stride_y, stride_x, pad, phases[ci])
+    fast3 = ksize == 3 and dilation == 1
     for fi in range(out_per_group):
         f = g * out_per_group + fi
         for ci in range(in_per_group):
             w = weights[f, ci]
-            if variant == PLANE_3X3_STRIDE1:
+            if fast3 and stride_x == 1 and stride_y == 1:
                 _plane_3x3_stride1(phases[ci], w, ci > 0, bias[f], plane)
-            elif variant == PLANE_3X3_STRIDE2:
+            elif fast3 and stride_x == 2 and stride_y == 2:
                 _plane_3x3_stride2(phases[ci], w, ci > 0, bias[f], plane)
-            elif variant == PLANE_5X5_STRIDE1:
+            elif ksize == 5 and dilation == 1 and stride_x == 1 and stride_y == 1:
                 _plane_5x5_stride1(phases[ci], w, ci > 0, bias[f], plane)
             else:
                 _plane_any(phases[ci], w, stride_y, stride_x, dilation, ci > 0, bias[f], plane)
@@ -219,32 +204,26 @@ def _convolve_group_image(x, weights, bias, leaky, b, g, stride_y, stride_x, pad
                     dst[ox] = src[ox]
 
 
-@functools.cache
-def _forward_kernels(variant: int) -> tuple:
-    """(serial, parallel) forward drivers of one plane variant; they close over the int only (a closure over
-    a dispatcher would defeat Numba's on-disk cache, see kernels/activations.py)."""
+@jit
+def _forward_serial(x, weights, bias, leaky, stride_y, stride_x, pad, dilation, phase_dims, out):
+    groups = x.shape[1] // weights.shape[1]
+    phases = np.zeros(phase_dims, np.float32)
+    plane = np.empty(out.shape[2] * phase_dims[4], np.float32)
+    for task in range(x.shape[0] * groups):
+        b = task // groups
+        _convolve_group_image(x, weights, bias, leaky, b, task - b * groups, stride_y, stride_x, pad, dilation,
+                              phases, plane, out)
 
-    @jit
-    def forward_serial(x, weights, bias, leaky, stride_y, stride_x, pad, dilation, phase_dims, out):
-        groups = x.shape[1] // weights.shape[1]
+
+@jit(parallel=True)
+def _forward_parallel(x, weights, bias, leaky, stride_y, stride_x, pad, dilation, phase_dims, out):
+    groups = x.shape[1] // weights.shape[1]
+    for task in prange(x.shape[0] * groups):
+        b = task // groups
         phases = np.zeros(phase_dims, np.float32)
         plane = np.empty(out.shape[2] * phase_dims[4], np.float32)
-        for task in range(x.shape[0] * groups):
-            b = task // groups
-            _convolve_group_image(x, weights, bias, leaky, b, task - b * groups, stride_y, stride_x, pad,
-                                  dilation, phases, plane, out, variant)
-
-    @jit(parallel=True)
-    def forward_parallel(x, weights, bias, leaky, stride_y, stride_x, pad, dilation, phase_dims, out):
-        groups = x.shape[1] // weights.shape[1]
-        for task in prange(x.shape[0] * groups):
-            b = task // groups
-            phases = np.zeros(phase_dims, np.float32)
-            plane = np.empty(out.shape[2] * phase_dims[4], np.float32)
-            _convolve_group_image(x, weights, bias, leaky, b, task - b * groups, stride_y, stride_x, pad,
-                                  dilation, phases, plane, out, variant)
-
-    return forward_serial, forward_parallel
+        _convolve_group_image(x, weights, bias, leaky, b, task - b * groups, stride_y, stride_x, pad, dilation,
+                              phases, plane, out)
 
 
 def _macs(weights: np.ndarray, out: np.ndarray) -> int:
@@ -260,8 +239,7 @@ def grouped_conv_forward(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, s
     dims = phase_shape(weights.shape[1], weights.shape[2], stride_y, stride_x, dilation, out.shape[2],
                        out.shape[3])
     parallel = threads_pay(_macs(weights, out), x.shape[0] * groups, PARALLEL_MIN_MACS)
-    serial, threaded = _forward_kernels(plane_variant(weights.shape[2], stride_y, stride_x, dilation))
-    kernel = threaded if parallel else serial
+    kernel = _forward_parallel if parallel else _forward_serial
     kernel(x, weights, bias, leaky, stride_y, stride_x, pad, dilation, dims, out)
 
 

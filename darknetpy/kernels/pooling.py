@@ -17,8 +17,6 @@ by the image, not by the window: size=99999999999 costs what a window the size o
 """
 from __future__ import annotations
 
-import functools
-
 import numba
 import numpy as np
 from numba import prange
@@ -194,25 +192,12 @@ def _separable_rows(src, origin, width, size, stride_y, stride_x, out_plane, ind
                 winners[ox] = row_indices[winners[ox]]
 
 
-# Window kernels, chosen in Python per geometry (`window_variant`): branching on the geometry inside one
-# driver made Numba compile every specialisation for every network.
-WINDOW_3_STRIDE1, WINDOW_3_STRIDE2, WINDOW_5_STRIDE1, WINDOW_9_STRIDE1, WINDOW_13_STRIDE1 = range(5)
-WINDOW_SMALL, WINDOW_LARGE = 5, 6
-
-
-def window_variant(size: int, stride_x: int) -> int:
-    """The usual windows get literal sizes and column strides: 3x3 at stride 1 takes every tap; 3x3 at
-    stride 2 and SPP's 5x5, 9x9 and 13x13 go separable (measured faster at these sizes). Other windows up to
-    3x3 take every tap, larger ones go separable."""
-    literal = {(3, 1): WINDOW_3_STRIDE1, (3, 2): WINDOW_3_STRIDE2, (5, 1): WINDOW_5_STRIDE1,
-               (9, 1): WINDOW_9_STRIDE1, (13, 1): WINDOW_13_STRIDE1}
-    return literal.get((size, stride_x), WINDOW_SMALL if size <= 3 else WINDOW_LARGE)
-
-
-@jit(inline="always")
-def _window_plane(x, b, c, size, stride_y, stride_x, offset, out, argmax, padded, row_v, row_i, variant):
+@jit
+def _window_plane(x, b, c, size, stride_y, stride_x, offset, out, argmax, padded, row_v, row_i):
     """Max pooling of plane (b, c) with a size x size window (any size but 2), from the padded copy unless the
-    windows stay inside the image; `variant` is a compile-time constant of the calling driver."""
+    windows stay inside the image. The usual windows get literal sizes and column strides: 3x3 at stride 1 takes
+    every tap; 3x3 at stride 2 and SPP's 5x5, 9x9 and 13x13 go separable (measured faster at these sizes).
+    Other windows up to 3x3 take every tap, larger ones go separable."""
     if padded.shape[0] == 0:
         src, origin = x[b, c], 0
     else:
@@ -220,50 +205,44 @@ def _window_plane(x, b, c, size, stride_y, stride_x, offset, out, argmax, padded
         src, origin = padded, offset
     width = x.shape[3]
     o, a = out[b, c], argmax[b, c]
-    if variant == WINDOW_3_STRIDE1:
+    if size == 3 and stride_x == 1:
         _window_rows(src, origin, width, 3, 3, stride_y, 1, o, a)
-    elif variant == WINDOW_3_STRIDE2:
+    elif size == 3 and stride_x == 2:
         _separable_rows(src, origin, width, 3, stride_y, 2, o, a, row_v, row_i)
-    elif variant == WINDOW_5_STRIDE1:
+    elif size == 5 and stride_x == 1:
         _separable_rows(src, origin, width, 5, stride_y, 1, o, a, row_v, row_i)
-    elif variant == WINDOW_9_STRIDE1:
+    elif size == 9 and stride_x == 1:
         _separable_rows(src, origin, width, 9, stride_y, 1, o, a, row_v, row_i)
-    elif variant == WINDOW_13_STRIDE1:
+    elif size == 13 and stride_x == 1:
         _separable_rows(src, origin, width, 13, stride_y, 1, o, a, row_v, row_i)
-    elif variant == WINDOW_SMALL:
+    elif size <= 3:
         _window_rows(src, origin, width, size, size, stride_y, stride_x, o, a)
     else:
         _separable_rows(src, origin, width, size, stride_y, stride_x, o, a, row_v, row_i)
 
 
-@functools.cache
-def _window_kernels(variant: int) -> tuple:
-    """(serial, parallel) drivers of one window variant; they close over the int only (a closure over a
-    dispatcher would defeat Numba's on-disk cache)."""
+@jit
+def _window_serial(x, size, stride_y, stride_x, offset, out, argmax, padded_shape, rows):
+    channels = x.shape[1]
+    padded = np.empty(padded_shape, np.float32)
+    row_v = np.empty((rows, out.shape[3]), np.float32)
+    row_i = np.empty((rows, out.shape[3]), np.int32)
+    for plane in range(x.shape[0] * channels):
+        _window_plane(x, plane // channels, plane % channels, size, stride_y, stride_x, offset, out, argmax,
+                      padded, row_v, row_i)
 
-    @jit
-    def window_serial(x, size, stride_y, stride_x, offset, out, argmax, padded_shape, rows):
-        channels = x.shape[1]
+
+@jit(parallel=True)
+def _window_parallel(x, size, stride_y, stride_x, offset, out, argmax, padded_shape, rows, chunks):
+    channels = x.shape[1]
+    planes = x.shape[0] * channels
+    for chunk in prange(chunks):
         padded = np.empty(padded_shape, np.float32)
         row_v = np.empty((rows, out.shape[3]), np.float32)
         row_i = np.empty((rows, out.shape[3]), np.int32)
-        for plane in range(x.shape[0] * channels):
+        for plane in range(chunk * planes // chunks, (chunk + 1) * planes // chunks):
             _window_plane(x, plane // channels, plane % channels, size, stride_y, stride_x, offset, out, argmax,
-                          padded, row_v, row_i, variant)
-
-    @jit(parallel=True)
-    def window_parallel(x, size, stride_y, stride_x, offset, out, argmax, padded_shape, rows, chunks):
-        channels = x.shape[1]
-        planes = x.shape[0] * channels
-        for chunk in prange(chunks):
-            padded = np.empty(padded_shape, np.float32)
-            row_v = np.empty((rows, out.shape[3]), np.float32)
-            row_i = np.empty((rows, out.shape[3]), np.int32)
-            for plane in range(chunk * planes // chunks, (chunk + 1) * planes // chunks):
-                _window_plane(x, plane // channels, plane % channels, size, stride_y, stride_x, offset, out,
-                              argmax, padded, row_v, row_i, variant)
-
-    return window_serial, window_parallel
+                          padded, row_v, row_i)
 
 
 @jit
@@ -342,12 +321,10 @@ def maxpool_forward(x: np.ndarray, size: int, stride_y: int, stride_x: int, offs
             _maxpool_2x2_parallel(x, stride_y, stride_x, offset, out, argmax, padded_shape, chunks)
         else:
             _maxpool_2x2_serial(x, stride_y, stride_x, offset, out, argmax, padded_shape)
+    elif threads:
+        _window_parallel(x, size, stride_y, stride_x, offset, out, argmax, padded_shape, rows, chunks)
     else:
-        serial, threaded = _window_kernels(window_variant(size, stride_x))
-        if threads:
-            threaded(x, size, stride_y, stride_x, offset, out, argmax, padded_shape, rows, chunks)
-        else:
-            serial(x, size, stride_y, stride_x, offset, out, argmax, padded_shape, rows)
+        _window_serial(x, size, stride_y, stride_x, offset, out, argmax, padded_shape, rows)
 
 
 @jit
