@@ -332,6 +332,10 @@ def train_data_parallel(cfg: str, data: str, options, out: TextIO | None = None,
         reason = str(exc) if isinstance(exc, DarknetError) else f"{type(exc).__name__}: {exc}"
         print(f"rank {rank} of {size} failed, ending the MPI job (the last checkpoint is intact): {reason}",
               file=sys.stderr, flush=True)
+        # mpiexec forwards a rank's stderr through its proxy asynchronously, and MPI_Abort tears the job down
+        # at once: without a moment's grace the one line that says why the job ended can be lost (seen with
+        # a cold Numba cache, when the other rank was still busy)
+        time.sleep(0.5)
         comm.Abort(2)
     finally:
         farewell.Free()
