@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..kernels import local_avgpool as kernels
-from .base import Layer, Shape, c_div
+from .base import Layer, Shape
 from .pooling import MaxpoolConfig
 from .registry import register
 
@@ -38,12 +38,7 @@ class LocalAvgpool(Layer):
         x = in_shapes[0]
         self.require_image(x)
         sy, sx = cfg.strides
-        out_h = c_div(x.h + cfg.total_padding - cfg.window, sy) + 1
-        out_w = c_div(x.w + cfg.total_padding - cfg.window, sx) + 1
-        if out_h <= 0 or out_w <= 0:
-            key = "size" if cfg.size is not None else "stride"
-            raise cfg.error(f"a {cfg.window}x{cfg.window} window does not fit the {x.w}x{x.h} input "
-                            f"(padding {cfg.total_padding}, output {out_w}x{out_h})", key)
+        out_h, out_w = cfg.output_size(x)
         offset = cfg.origin_offset
         if offset + cfg.window <= 0 or offset + (out_w - 1) * sx >= x.w or offset + (out_h - 1) * sy >= x.h:
             # such a window has no tap to average (AlexeyAB divides 0 by 0 there)

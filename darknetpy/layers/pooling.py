@@ -36,6 +36,18 @@ class MaxpoolConfig(LayerConfig):
         """(stride_y, stride_x)."""
         return (self.stride_y or self.stride, self.stride_x or self.stride)
 
+    def output_size(self, x: Shape) -> tuple[int, int]:
+        """(out_h, out_w) of the windows over input x (Darknet's formula); a window that does not fit is an
+        error at the size (or stride) line."""
+        sy, sx = self.strides
+        out_h = c_div(x.h + self.total_padding - self.window, sy) + 1
+        out_w = c_div(x.w + self.total_padding - self.window, sx) + 1
+        if out_h <= 0 or out_w <= 0:
+            key = "size" if self.size is not None else "stride"
+            raise self.error(f"a {self.window}x{self.window} window does not fit the {x.w}x{x.h} input "
+                             f"(padding {self.total_padding}, output {out_w}x{out_h})", key)
+        return out_h, out_w
+
     @property
     def origin_offset(self) -> int:
         """Where window 0 starts: C's (-padding)/2, i.e. 0 for padding 1, -1 for padding 2 or 3."""
@@ -56,13 +68,7 @@ class Maxpool(Layer):
         cfg = self.config
         x = in_shapes[0]
         self.require_image(x)
-        sy, sx = cfg.strides
-        out_h = c_div(x.h + cfg.total_padding - cfg.window, sy) + 1
-        out_w = c_div(x.w + cfg.total_padding - cfg.window, sx) + 1
-        if out_h <= 0 or out_w <= 0:
-            key = "size" if cfg.size is not None else "stride"
-            raise cfg.error(f"a {cfg.window}x{cfg.window} window does not fit the {x.w}x{x.h} input "
-                            f"(padding {cfg.total_padding}, output {out_w}x{out_h})", key)
+        out_h, out_w = cfg.output_size(x)
         return Shape(x.c, out_h, out_w)
 
     def allocate(self, batch: int) -> None:
