@@ -164,8 +164,10 @@ class Softmax(_TruthLayer):
             if bad:
                 raise ValueError(f"[softmax] layer {self.index}: {bad} truth entries are not a class index "
                                  f"below {classes} nor the ignore index {sk.IGNORE_INDEX}")
-            self._store_loss(sk.pixel_softmax_cross_entropy(xs[0], np.float64(self.temperature), self.output,
-                                                            truth, self.loss_grad, self.errors))
+            b, c, h, w = xs[0].shape
+            self._store_loss(sk.pixel_softmax_cross_entropy(
+                xs[0].reshape(b, c, h * w), self.temperature, self.output.reshape(b, c, h * w), truth,
+                self.loss_grad.reshape(b, c, h * w), self.errors))
         else:
             self._store_loss(sk.softmax_cross_entropy(p, truth, self.loss_grad, self.errors))
         return self.output
