@@ -77,6 +77,25 @@ def test_spatial_cross_entropy_and_gradient_equal_torch_with_ignore_index():
     assert np.all(dx[np.broadcast_to((masks == IGNORE)[:, None], dx.shape)] == 0)
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_spatial_cross_entropy_equals_torch_across_pixel_chunks(temperature):
+    """A 37x41 map spans two of the kernel's pixel runs, the second a partial one; per-pixel errors too."""
+    rng = np.random.default_rng(5)
+    x = (6 * rng.standard_normal((2, 11, 37, 41))).astype(np.float32)
+    masks = masks_with_ignore(rng, 2, 11, 37, 41)
+    _, layer = head(f"[softmax]\nspatial=1\ntemperature={temperature}", 11, 37, 41)
+    cost, dx = run_loss(layer, x, masks.reshape(2, -1))
+    xt = torch.from_numpy(x.astype(np.float64) / temperature)
+    target = torch.from_numpy(masks).long()
+    per_pixel = F.cross_entropy(xt, target, ignore_index=IGNORE, reduction="none").numpy()
+    np.testing.assert_allclose(layer.errors.reshape(per_pixel.shape), per_pixel, rtol=1e-5, atol=1e-6)
+    assert cost == pytest.approx(per_pixel.sum(), rel=1e-5)
+    # Darknet's softmax delta: onehot - p (no 1/T factor), the layer hands on the standard sign
+    onehot = F.one_hot(torch.where(target == IGNORE, 0, target), 11).permute(0, 3, 1, 2).numpy()
+    expected = np.where((masks == IGNORE)[:, None], 0.0, torch.softmax(xt, 1).numpy() - onehot)
+    np.testing.assert_allclose(dx, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_spatial_cross_entropy_gradient_matches_finite_differences():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 3, 3, 4)).astype(np.float32)

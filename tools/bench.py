@@ -18,7 +18,7 @@ Cases (`--cases`, comma list; default all):
   vgg-16           224x224, cfg/vgg-16.cfg (13 convolutions + 3 connected), seeded weights; its GFLOP/s and
                    %peak columns are its share of the numpy sgemm peak.
   digits-yolo      320x320, the bundled detector cfg/digits-yolo.cfg, seeded weights.
-  digits-seg       320x320, the bundled segmenter cfg/digits-seg.cfg, seeded weights.
+  digits-seg       256x256 (the cfg's own size), the bundled segmenter cfg/digits-seg.cfg, seeded weights.
                    The inference cases run at each of `--batches` (default 1 and 8; "NAME b8" rows) and are
                    timed against OpenCV DNN (OpenCV backend, CPU target), against PyTorch running the same
                    cfg and .weights through the small Darknet->torch builder in tools/bench_reference.py (BN
@@ -27,6 +27,13 @@ Cases (`--cases`, comma list; default all):
                    optimisations) running that torch module exported with torch.onnx.export (opset 17) at the
                    batch size measured, or, where the builder lacks a layer, `darknetpy export`'s graph (the
                    anchor column says which).
+  detect-scene     End to end on one 320x320 grey digit scene (tools/make_digit_scenes.py from shared MNIST), held
+                   decoded in memory: `Model.detect` of the bundled digits-yolo (its shipped weights when
+                   weights/ has them, else seeded) against OpenCV DNN doing the same job (blobFromImage,
+                   forward, decode at 0.25, NMSBoxes at 0.45).
+  segment-scene    The same scene through `Model.segment` of the bundled digits-seg (the class of every pixel at
+                   320x320) against OpenCV DNN: blobFromImage to 256x256, forward, the class probabilities
+                   resized to 320x320 (cv2.resize, bilinear), argmax.
   train            One Darknet train_network call (forward + backward + SGD update) of a small MNIST-shaped
                    classifier on a batch of 128 28x28x1 images, vs the equivalent torch nn.Sequential doing
                    forward + cross-entropy + backward + SGD(momentum 0.9, weight_decay) step.
@@ -105,7 +112,7 @@ from bench_reference import build_torch_darknet, read_cfg_sections  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SHARED = REPO.parent / "shared"
 ALL_CASES = ["sgemm", "yolov3-tiny", "yolo-fastest-xl", "darknet19", "yolov4-tiny", "vgg-16", "digits-yolo",
-             "digits-seg", "train", "train-yolo", "train-order", "startup", "startup-detect", "rss"]
+             "digits-seg", "detect-scene", "segment-scene", "train", "train-yolo", "train-order", "startup", "startup-detect", "rss"]
 THREAD_ENV_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 SGEMM_SHAPE = (512, 2304, 1024)  # (M, K, N): a 3x3 conv with 256 -> 512 channels on a 32x32 map
@@ -346,7 +353,7 @@ INFERENCE_CASES = {
     "yolov4-tiny": ("yolov4_tiny_cfg", "yolov4_tiny_weights", 416),
     "vgg-16": ("vgg16_cfg", "vgg16_weights", 224),
     "digits-yolo": ("digits_yolo_cfg", "digits_yolo_weights", 320),
-    "digits-seg": ("digits_seg_cfg", "digits_seg_weights", 320),
+    "digits-seg": ("digits_seg_cfg", "digits_seg_weights", 256),
 }
 ANCHOR_LABELS = {"opencv": "OpenCV DNN", "torch": "PyTorch", "onnxruntime": "onnxruntime"}
 
@@ -776,7 +783,64 @@ def case_train_yolo(assets: dict, threads: int, opts: argparse.Namespace) -> lis
     return rows
 
 
+def case_scene(case: str, assets: dict, threads: int, opts: argparse.Namespace) -> list[Row]:
+    """detect-scene / segment-scene: the whole job on one decoded 320x320 scene, darknetpy's call against
+    the OpenCV DNN code a user would write for it."""
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+    name = "digits-yolo" if case == "detect-scene" else "digits-seg"
+    (cfg, weights, origin), image_path = require(assets, case, f"{name}_scene", "scene_image")
+    picture = Image.open(image_path).convert("RGB")
+    grey = np.asarray(picture.convert("L"))
+    runners: dict[str, Callable[[], object]] = {}
+    setup_errors: dict[str, str] = {}
+    warnings.simplefilter("ignore")
+    import darknetpy
+    model = darknetpy.load(cfg, weights)
+    net = model.network.net
+    if case == "detect-scene":
+        runners["darknetpy"] = lambda: model.detect(picture, thresh=0.25, nms=0.45)
+    else:
+        runners["darknetpy"] = lambda: model.segment(picture)
+    cv2, why = import_optional("cv2")
+    if cv2 is None:
+        setup_errors["opencv"] = why
+    else:
+        set_anchor_threads(threads, cv2=cv2)
+        cv_net = cv2.dnn.readNetFromDarknet(cfg, weights)
+        cv_net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+        cv_net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+        outputs = cv_net.getUnconnectedOutLayersNames()
+        size = (net.width, net.height)
+
+        def opencv_detect():
+            cv_net.setInput(cv2.dnn.blobFromImage(grey, 1 / 255.0, size))
+            rows = np.concatenate([o.reshape(-1, o.shape[-1]) for o in cv_net.forward(outputs)])
+            scores = rows[:, 5:].max(axis=1) * rows[:, 4]
+            keep = scores > 0.25
+            boxes = rows[keep, :4] * np.array([grey.shape[1], grey.shape[0]] * 2)
+            boxes[:, :2] -= boxes[:, 2:] / 2
+            return cv2.dnn.NMSBoxes(boxes.tolist(), scores[keep].tolist(), 0.25, 0.45)
+
+        def opencv_segment():
+            cv_net.setInput(cv2.dnn.blobFromImage(grey, 1 / 255.0, size))
+            probabilities = cv_net.forward()[0].transpose(1, 2, 0)
+            return cv2.resize(probabilities, (grey.shape[1], grey.shape[0]),
+                              interpolation=cv2.INTER_LINEAR).argmax(axis=2)
+        runners["opencv"] = opencv_detect if case == "detect-scene" else opencv_segment
+    samples, errors = time_alternating(runners, opts.warmup, opts.repeat, opts.budget)
+    errors.update(setup_errors)
+    label = f"{case} ({origin} weights)"
+    return [Row(label, "opencv", darknetpy_ms=median_ms(samples["darknetpy"]),
+                anchor_ms=median_ms(samples.get("opencv", [])), runs=len(samples["darknetpy"]),
+                darknetpy_error=errors.get("darknetpy"), anchor_error=errors.get("opencv"))]
+
+
 def run_case(case: str, assets: dict, threads: int, opts: argparse.Namespace) -> list[Row]:
+    if case in ("detect-scene", "segment-scene"):
+        return case_scene(case, assets, threads, opts)
     if case == "sgemm":
         return case_sgemm(assets, threads, opts)
     if case in INFERENCE_CASES:
@@ -974,7 +1038,26 @@ def prepare_assets(cases: list[str], shared: Path, workdir: Path) -> dict:
     if "digits-yolo" in cases:
         seeded("digits-yolo", "digits_yolo", REPO / "cfg" / "digits-yolo.cfg", 320)
     if "digits-seg" in cases:
-        seeded("digits-seg", "digits_seg", REPO / "cfg" / "digits-seg.cfg", 320)
+        seeded("digits-seg", "digits_seg", REPO / "cfg" / "digits-seg.cfg")
+    if {"detect-scene", "segment-scene"} & set(cases):
+        def make_scene():
+            from PIL import Image
+            subprocess.run([sys.executable, str(REPO / "tools" / "make_digit_scenes.py"),
+                            str(shared / "datasets" / "mnist"), str(workdir / "scene"), "--task", "detect",
+                            "--train", "1", "--valid", "1", "--seed", "3", "--jobs", "1"],
+                           check=True, capture_output=True, text=True)
+            scene = workdir / "scene-320.png"
+            Image.open(workdir / "scene" / "images" / "valid" / "000000.png").convert("L") \
+                .resize((320, 320), Image.BILINEAR).save(scene)
+            assets["scene_image"] = str(scene)
+            for name in ("digits-yolo", "digits-seg"):
+                cfg, shipped = REPO / "cfg" / f"{name}.cfg", REPO / "weights" / f"{name}.weights"
+                weights = shipped
+                if not shipped.exists():
+                    weights = workdir / f"{name}-scene.weights"
+                    write_initial_weights(cfg, weights)
+                assets[f"{name}_scene"] = [str(cfg), str(weights), "shipped" if shipped.exists() else "seeded"]
+        attempt(["detect-scene", "segment-scene"], make_scene)
     if "startup-detect" in cases:
         def find_detect():
             folder = shared / "models" / "yolo-fastest-1.1"
