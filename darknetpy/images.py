@@ -243,6 +243,10 @@ def resize_image(img: np.ndarray, w: int, h: int) -> np.ndarray:
     """
     src = as_planar(img)
     _check_size_args(w=w, h=h)
+    if src.shape[1:] == (int(h), int(w)):
+        # Darknet's weights are then exactly 1 and 0 (source position = destination position): a copy is
+        # the same pixels, without the two interpolation passes (a network-sized image, e.g. a 320x320 scene)
+        return np.array(src, dtype=np.float32, copy=True)
     dst = np.empty((src.shape[0], int(h), int(w)), np.float32)
     kernels.resize_image(src, dst)
     return dst

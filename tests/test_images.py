@@ -137,6 +137,7 @@ def test_resize_to_one_column_takes_last_column_and_one_row_takes_first_row():
 @pytest.mark.parametrize("src_hw, dst_wh", [
     ((5, 7), (11, 3)), ((9, 4), (6, 13)), ((1, 5), (4, 3)), ((7, 1), (3, 9)), ((13, 11), (5, 7)),
     ((3, 3), (3, 3)), ((8, 2), (3, 288)), ((31, 17), (23, 29)),
+    ((6, 9), (9, 6)), ((5, 1), (1, 5)),   # same size: the copy must be Darknet's result
 ])
 def test_resize_matches_slow_reference_bit_for_bit(src_hw, dst_wh):
     rng = np.random.default_rng(sum(src_hw) * 100 + sum(dst_wh))
