@@ -148,6 +148,34 @@ def _exp_non_positive(v, mantissa, exponent_bits):
         exponent_bits[i] = (np.int32(k) + np.int32(127)) << 23
 
 
+@jit
+def _exponent_sums(x, b, start, inverse_t, largest, total, exponentials):
+    """For pixels start .. start+n of image b of a (B, C, H*W) array: largest[k] = max over channels of x/T,
+    exponentials[c, k] = exp(x/T - largest[k]) by the vectorised exp above, total[k] = their sum."""
+    channels = x.shape[1]
+    n = largest.shape[0]
+    shifted = np.empty(n, np.float32)
+    mantissa = np.empty(n, np.float32)
+    exponent_bits = np.empty(n, np.int32)
+    scale = exponent_bits.view(np.float32)
+    for k in range(n):   # the largest x/T (a negative temperature flips which x that is)
+        largest[k] = x[b, 0, start + k] * inverse_t
+    for c in range(1, channels):
+        for k in range(n):
+            if x[b, c, start + k] * inverse_t > largest[k]:
+                largest[k] = x[b, c, start + k] * inverse_t
+    for k in range(n):
+        total[k] = np.float32(0.0)
+    for c in range(channels):
+        for k in range(n):
+            shifted[k] = x[b, c, start + k] * inverse_t - largest[k]
+        _exp_non_positive(shifted, mantissa, exponent_bits)
+        for k in range(n):
+            e = mantissa[k] * scale[k]
+            exponentials[c, k] = e
+            total[k] += e
+
+
 @jit(parallel=True)
 def softmax_channels(x, temperature, y):
     """y[b, :, k] = softmax(x[b, :, k] / T) for every pixel k of (B, C, H*W) arrays: a softmax over the
@@ -162,30 +190,14 @@ def softmax_channels(x, temperature, y):
         start = (task % chunks) * PIXEL_CHUNK
         n = min(start + PIXEL_CHUNK, plane) - start
         largest = np.empty(n, np.float32)
-        total = np.zeros(n, np.float32)
-        shifted = np.empty(n, np.float32)
-        mantissa = np.empty(n, np.float32)
-        exponent_bits = np.empty(n, np.int32)
-        scale = exponent_bits.view(np.float32)
-        for k in range(n):   # the largest x/T (a negative temperature flips which x that is)
-            largest[k] = x[b, 0, start + k] * inverse_t
-        for c in range(1, channels):
-            for k in range(n):
-                if x[b, c, start + k] * inverse_t > largest[k]:
-                    largest[k] = x[b, c, start + k] * inverse_t
-        for c in range(channels):
-            for k in range(n):
-                shifted[k] = x[b, c, start + k] * inverse_t - largest[k]
-            _exp_non_positive(shifted, mantissa, exponent_bits)
-            for k in range(n):
-                e = mantissa[k] * scale[k]
-                y[b, c, start + k] = e
-                total[k] += e
+        total = np.empty(n, np.float32)
+        exponentials = np.empty((channels, n), np.float32)
+        _exponent_sums(x, b, start, inverse_t, largest, total, exponentials)
         for k in range(n):
             total[k] = np.float32(1.0) / total[k]
         for c in range(channels):
             for k in range(n):
-                y[b, c, start + k] *= total[k]
+                y[b, c, start + k] = exponentials[c, k] * total[k]
 
 
 @jit
@@ -207,7 +219,7 @@ def pixel_softmax_cross_entropy(x, temperature, p, truth, delta, errors):
     """Per-pixel cross-entropy of softmax(x / T) against class indices truth[b, k] of (B, C, H*W) arrays.
 
     error = logsumexp(x/T) - x_t/T, from the logits: a confident wrong pixel costs a large finite number,
-    never -log 0. The sum of exponentials runs in float32 with the vectorised exp of softmax_channels, so
+    never -log 0. The sum of exponentials runs in float32 (_exponent_sums, shared with softmax_channels), so
     an error is exact to ~1e-7 absolute (a double-precision libm exp per value cost 10x the whole loss).
     delta = onehot(t) - p (Darknet's sign and its softmax convention: the unit softmax + cross-entropy, no
     1/T factor), same layout as x; IGNORE_INDEX pixels get error 0 and delta 0. `errors` is (B, H*W).
@@ -220,23 +232,11 @@ def pixel_softmax_cross_entropy(x, temperature, p, truth, delta, errors):
         start = (task % chunks) * PIXEL_CHUNK
         n = min(start + PIXEL_CHUNK, plane) - start
         largest = np.empty(n, np.float32)
-        total = np.zeros(n, np.float32)
-        shifted = np.empty(n, np.float32)
-        mantissa = np.empty(n, np.float32)
-        exponent_bits = np.empty(n, np.int32)
-        scale = exponent_bits.view(np.float32)
-        for k in range(n):
-            largest[k] = x[b, 0, start + k] * inverse_t
-        for c in range(1, channels):
-            for k in range(n):
-                if x[b, c, start + k] * inverse_t > largest[k]:
-                    largest[k] = x[b, c, start + k] * inverse_t
+        total = np.empty(n, np.float32)
+        exponentials = np.empty((channels, n), np.float32)
+        _exponent_sums(x, b, start, inverse_t, largest, total, exponentials)
         for c in range(channels):
             for k in range(n):
-                shifted[k] = x[b, c, start + k] * inverse_t - largest[k]
-            _exp_non_positive(shifted, mantissa, exponent_bits)
-            for k in range(n):
-                total[k] += mantissa[k] * scale[k]
                 delta[b, c, start + k] = -p[b, c, start + k]
         for k in range(n):
             t = truth[b, start + k]
