@@ -55,17 +55,29 @@ def load_image(source: ImageSource) -> np.ndarray:
 
     Errors raise ImageError whose str() is "<path>: <reason>" on one line.
     """
+    return rgb_planes(load_planes(source))
+
+
+def load_planes(source: ImageSource) -> np.ndarray:
+    """load_image without the grey→RGB replication: float32 (1, H, W) for a grey source (modes L, LA, 1,
+    I;16, I, F; grey arrays), (3, H, W) otherwise. A grey network then resizes one plane instead of three
+    and needs no luma (the luma of three equal planes is the plane itself, since the weights sum to 256)."""
     if isinstance(source, np.ndarray):
-        return _array_to_chw(source)
+        return _array_to_planes(source)
     if isinstance(source, Image.Image):
         origin = getattr(source, "filename", "") or _PIL_ORIGIN
         with _pillow_errors_as_image_error(origin):
             source.load()
         _check_size(source, origin)
-        return _bytes_to_chw(_rgb_bytes(source, origin))
+        return _bytes_to_planes(_pixel_bytes(source, origin))
     if isinstance(source, (str, os.PathLike)):
         return _load_path(Path(source))
     raise TypeError(f"load_image expects a path, a PIL.Image or a numpy array, not {type(source).__name__}")
+
+
+def rgb_planes(img: np.ndarray) -> np.ndarray:
+    """A (1, H, W) grey image as (3, H, W) RGB, each plane a copy (stb's grey→RGB); RGB returned as is."""
+    return np.repeat(img, 3, axis=0) if img.shape[0] == 1 else img
 
 
 def _load_path(path: Path) -> np.ndarray:
@@ -85,8 +97,8 @@ def _load_path(path: Path) -> np.ndarray:
             _check_size(image, origin)
             image.load()  # decode now: truncated or corrupt data only shows up while decoding
             _check_size(image, origin)
-            rgb = _rgb_bytes(image, origin)
-    return _bytes_to_chw(rgb)
+            pixels = _pixel_bytes(image, origin)
+    return _bytes_to_planes(pixels)
 
 
 @contextlib.contextmanager
@@ -137,25 +149,26 @@ def _check_size(image: Image.Image, origin: str) -> None:
                          f"decompression-bomb limit PIL.Image.MAX_IMAGE_PIXELS = {limit}", path=origin)
 
 
-def _rgb_bytes(image: Image.Image, origin: str) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from a loaded PIL image, following the mode rules of load_image."""
+def _pixel_bytes(image: Image.Image, origin: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB, or (H, W, 1) for grey modes, from a loaded PIL image, following the mode
+    rules of load_image."""
     mode = image.mode
     if mode in ("RGB", "RGBA", "RGBX"):
         return np.asarray(image)[:, :, :3]
     if mode == "L":
-        return _grey_to_rgb(np.asarray(image))
+        return _grey_pixels(np.asarray(image))
     if mode == "LA":
-        return _grey_to_rgb(np.asarray(image)[:, :, 0])
+        return _grey_pixels(np.asarray(image)[:, :, 0])
     if mode == "1":
-        return _grey_to_rgb(np.asarray(image).astype(np.uint8) * np.uint8(255))
+        return _grey_pixels(np.asarray(image).astype(np.uint8) * np.uint8(255))
     if mode.startswith("I;16"):
-        return _grey_to_rgb((np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8))
+        return _grey_pixels((np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8))
     if mode == "I":
         wide = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
-        return _grey_to_rgb((wide >> 8).astype(np.uint8))
+        return _grey_pixels((wide >> 8).astype(np.uint8))
     if mode == "F":
         values = np.nan_to_num(np.asarray(image).astype(np.float64), nan=0.0)
-        return _grey_to_rgb(np.clip(np.rint(values), 0, 255).astype(np.uint8))
+        return _grey_pixels(np.clip(np.rint(values), 0, 255).astype(np.uint8))
     try:
         with warnings.catch_warnings():
             # Palette transparency is irrelevant here: alpha is dropped anyway.
@@ -166,18 +179,18 @@ def _rgb_bytes(image: Image.Image, origin: str) -> np.ndarray:
     return np.asarray(converted)
 
 
-def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:
-    return np.repeat(grey[:, :, None], 3, axis=2)
+def _grey_pixels(grey: np.ndarray) -> np.ndarray:
+    return grey[:, :, None]
 
 
-def _bytes_to_chw(rgb: np.ndarray) -> np.ndarray:
+def _bytes_to_planes(pixels: np.ndarray) -> np.ndarray:
     # Darknet divides in double and rounds to float; for all 256 byte values that equals float32 division.
-    chw = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)
+    chw = np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
     chw /= np.float32(255.0)
     return chw
 
 
-def _array_to_chw(array: np.ndarray) -> np.ndarray:
+def _array_to_planes(array: np.ndarray) -> np.ndarray:
     shape = array.shape
 
     def reject(reason: str) -> ImageError:
@@ -187,11 +200,9 @@ def _array_to_chw(array: np.ndarray) -> np.ndarray:
         raise reject("image has zero size")
     if array.dtype == np.uint8:
         if array.ndim == 2:
-            return _bytes_to_chw(_grey_to_rgb(array))
+            return _bytes_to_planes(array[:, :, None])
         if array.ndim == 3 and shape[2] in (1, 3, 4):
-            if shape[2] == 1:
-                return _bytes_to_chw(_grey_to_rgb(array[:, :, 0]))
-            return _bytes_to_chw(array[:, :, :3])
+            return _bytes_to_planes(array[:, :, :1] if shape[2] == 1 else array[:, :, :3])
         if array.ndim == 3 and shape[0] in (1, 3, 4):
             raise reject("uint8 arrays must be HWC (H, W, 3); this looks channel-first, transpose it")
         raise reject("expected uint8 (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)")
@@ -206,8 +217,6 @@ def _array_to_chw(array: np.ndarray) -> np.ndarray:
             raise reject("expected float32 (3, H, W), (1, H, W) or (H, W)")
         if not np.all((planes >= 0) & (planes <= 1)):  # also rejects NaN
             raise reject("float32 values must lie in [0, 1]")
-        if planes.shape[0] == 1:
-            planes = np.repeat(planes, 3, axis=0)
         return np.array(planes, dtype=np.float32, order="C", copy=True)
     raise reject("only uint8 (HWC bytes) or float32 (CHW in [0, 1]) arrays are accepted")
 
@@ -364,15 +373,22 @@ class NetworkInput:
 def network_input(source: ImageSource, width: int, height: int, channels: int,
                   fit: str | Callable[[np.ndarray], np.ndarray]) -> NetworkInput:
     """The one path from any image source to a network's input, used by predict, valid, train and detect:
-    load as RGB (load_image), bring to width x height (`fit`: LETTERBOX, RESIZE, CENTER_CROP, or a
-    function of the RGB image, e.g. training augmentation), then convert to the network's channels
-    (to_channels). The geometry always runs on RGB, so every command gives a grey network the same
-    pixels for the same image."""
+    load (load_planes), bring to width x height (`fit`: LETTERBOX, RESIZE, CENTER_CROP, or a function of
+    the RGB image, e.g. training augmentation), then convert to the network's channels (to_channels).
+    Every command gives a network the pixels of the RGB path: a colour image is fitted in RGB and then
+    turned to luma; a grey one is fitted as its single plane, which is what the RGB path yields for it."""
     if channels not in (1, 3):
         raise ValueError(f"images can feed networks with 1 or 3 channels, not {channels}")
-    img = load_image(source)
-    image_height, image_width = img.shape[1:]
-    sized = fit(img) if callable(fit) else fit_image(img, width, height, fit)
+    planes = load_planes(source)
+    image_height, image_width = planes.shape[1:]
+    if callable(fit):
+        sized = fit(rgb_planes(planes))
+    else:
+        # the geometries work plane by plane, so a grey image is fitted once and replicated afterwards if
+        # the network wants RGB: the same pixels as fitting three equal planes
+        sized = fit_image(planes, width, height, fit)
+        if channels == 3:
+            sized = rgb_planes(sized)
     return NetworkInput(to_channels(sized, channels), int(image_width), int(image_height))
 
 

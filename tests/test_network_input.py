@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 import darknetpy
+from darknetpy import images
 from darknetpy.config import read_data_file
 from darknetpy.data import ClassificationDataset
 
@@ -135,3 +136,39 @@ def test_network_input_refuses_channel_counts_images_cannot_fill(tmp_path):
     Image.new("RGB", (SIZE, SIZE), (1, 2, 3)).save(image)
     with pytest.raises(darknetpy.CfgError, match="channels=4"):
         darknetpy.load(cfg).predict(image)
+
+
+GREY_SOURCES = {
+    "PIL L": lambda b: Image.fromarray(b, "L"),
+    "uint8 (H, W)": lambda b: b,
+    "uint8 (H, W, 1)": lambda b: b[:, :, None],
+    "float32 (1, H, W)": lambda b: (b.astype(np.float32) / np.float32(255))[None],
+}
+
+
+@pytest.mark.parametrize("source", sorted(GREY_SOURCES))
+@pytest.mark.parametrize("fit", images.FITS)
+@pytest.mark.parametrize("size", [(13, 11), (37, 29), (23, 17)], ids=["shrink", "enlarge", "same"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_grey_image_fitted_as_one_plane_gives_the_pixels_of_the_rgb_path(source, fit, size, channels):
+    """Oracle: the RGB path (load_image replicates grey into three planes, the geometry fits all three,
+    stb's luma turns them back into one) computed explicitly; the single-plane shortcut must equal it
+    bit for bit, for every fit, shrinking, enlarging and at the image's own size."""
+    grey_bytes = np.random.default_rng(7).integers(0, 256, (17, 23), dtype=np.uint8)
+    src = GREY_SOURCES[source](grey_bytes)
+    width, height = size
+    rgb = images.load_image(src)
+    assert rgb.shape == (3, 17, 23)
+    expected = images.to_channels(images.fit_image(rgb, width, height, fit), channels)
+    got = images.network_input(src, width, height, channels, fit)
+    assert images.load_planes(src).shape == (1, 17, 23)
+    assert got.pixels.shape == (channels, height, width)
+    assert got.pixels.dtype == np.float32
+    np.testing.assert_array_equal(got.pixels, expected)
+    assert (got.image_width, got.image_height) == (23, 17)
+
+
+def test_colour_image_keeps_three_planes():
+    pixels = np.random.default_rng(8).integers(0, 256, (9, 7, 3), dtype=np.uint8)
+    assert images.load_planes(pixels).shape == (3, 9, 7)
+    np.testing.assert_array_equal(images.load_planes(Image.fromarray(pixels, "RGB")), images.load_image(pixels))

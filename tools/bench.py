@@ -792,8 +792,9 @@ def case_scene(case: str, assets: dict, threads: int, opts: argparse.Namespace) 
     from PIL import Image
     name = "digits-yolo" if case == "detect-scene" else "digits-seg"
     (cfg, weights, origin), image_path = require(assets, case, f"{name}_scene", "scene_image")
-    picture = Image.open(image_path).convert("RGB")
-    grey = np.asarray(picture.convert("L"))
+    with Image.open(image_path) as opened:   # a grey PNG: decoded once, as the user's code would hold it
+        picture = opened.convert("L")
+    grey = np.asarray(picture)
     runners: dict[str, Callable[[], object]] = {}
     setup_errors: dict[str, str] = {}
     warnings.simplefilter("ignore")
