@@ -29,19 +29,6 @@ def resize_region_nearest(src, x0, y0, region_w, region_h, dst):
 
 
 @jit
-def downsample_nearest(src, dst):
-    """A mask at the network's input size to its output size: each output cell takes the input pixel at the
-    cell's centre (cells of a stride-s map cover s x s input pixels)."""
-    in_h, in_w = src.shape
-    out_h, out_w = dst.shape
-    for y in range(out_h):
-        sy = ((2 * y + 1) * in_h) // (2 * out_h)
-        for x in range(out_w):
-            sx = ((2 * x + 1) * in_w) // (2 * out_w)
-            dst[y, x] = src[sy, sx]
-
-
-@jit
 def argmax_channels(p, out):
     """out[k] = the channel of p (C, N) with the largest value at k, the lowest channel on ties (as
     numpy's argmax), along contiguous rows."""
