@@ -191,3 +191,47 @@ def test_threaded_and_serial_kernels_agree(text, shape, monkeypatch):
         results.append((y, dx))
     np.testing.assert_array_equal(results[0][0], results[1][0])
     np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
+def _darknet_upsample_cpu(small, big, stride, scale, forward):
+    """Darknet's upsample_cpu, element by element in its loop order, in float32 (forward: big = scale * small;
+    else small += scale * big, walking big row by row)."""
+    big_h, big_w = small.shape[2] * stride, small.shape[3] * stride
+    for b in range(small.shape[0]):
+        for c in range(small.shape[1]):
+            for y in range(big_h):
+                for x in range(big_w):
+                    if forward:
+                        big[b, c, y, x] = np.float32(scale) * small[b, c, y // stride, x // stride]
+                    else:
+                        small[b, c, y // stride, x // stride] += np.float32(scale) * big[b, c, y, x]
+
+
+@pytest.mark.parametrize("stride,big_shape", [(2, (8, 6)), (3, (9, 6)), (2, (7, 5))])
+def test_resampling_kernels_add_in_darknets_order(stride, big_shape):
+    """Bit for bit against Darknet's loop (the order of float32 adds decides the last bit); a big map that
+    the stride does not divide keeps its last rows/columns out of both directions, as in Darknet."""
+    from darknetpy.kernels import resampling
+    rng = np.random.default_rng(stride)
+    big_h, big_w = big_shape
+    small_shape = (2, 3, big_h // stride, big_w // stride)
+    scale = np.float32(0.3)
+    big = rng.standard_normal((2, 3, big_h, big_w)).astype(np.float32)
+    start = rng.standard_normal(small_shape).astype(np.float32)
+    for accumulate in (False, True):
+        expected = start.copy() if accumulate else np.zeros(small_shape, np.float32)
+        _darknet_upsample_cpu(expected, big, stride, scale, forward=False)
+        got = start.copy()
+        resampling.block_sum(big, stride, scale, got, accumulate)
+        np.testing.assert_array_equal(got, expected)
+    small = rng.standard_normal(small_shape).astype(np.float32)
+    expected = big.copy()
+    _darknet_upsample_cpu(small, expected, stride, scale, forward=True)
+    got = big.copy()
+    resampling.nearest_expand(small, stride, scale, got, False)
+    np.testing.assert_array_equal(got, expected)
+    got = big.copy()
+    resampling.nearest_expand(small, stride, scale, got, True)
+    covered = np.zeros_like(big)
+    _darknet_upsample_cpu(small, covered, stride, scale, forward=True)
+    np.testing.assert_array_equal(got, big + covered)

@@ -14,31 +14,48 @@ from . import jit
 from .pooling import use_threads
 
 
+# The loops walk each stride x stride block by (row, column) offsets instead of dividing every index by the
+# stride: an integer division per element cost 7x a memory copy. Within a block the order of the adds is
+# big's row-major order, as in Darknet's upsample_cpu.
+
 # ---- nearest-neighbour expansion (upsample forward, downsample backward) -----------------------------------
 @jit
 def _expand_plane(small, stride, scale, big, accumulate, b, c):
-    for y in range(big.shape[2]):
-        sy = y // stride
-        for x in range(big.shape[3]):
-            value = scale * small[b, c, sy, x // stride]
+    """Darknet writes the small map's stride-fold area of big only (rows/columns past it stay as they were).
+    One expanded row serves the stride rows of big it repeats into."""
+    width = small.shape[3] * stride
+    row = np.empty(width, np.float32)
+    for sy in range(small.shape[2]):
+        for sx in range(small.shape[3]):
+            value = scale * small[b, c, sy, sx]
+            for dx in range(stride):
+                row[sx * stride + dx] = value
+        for dy in range(stride):
+            y = sy * stride + dy
             if accumulate:
-                big[b, c, y, x] += value
+                for x in range(width):
+                    big[b, c, y, x] += row[x]
             else:
-                big[b, c, y, x] = value
+                for x in range(width):
+                    big[b, c, y, x] = row[x]
 
 
 # ---- block sums (downsample forward, upsample backward) ----------------------------------------------------
 @jit
 def _block_sum_plane(big, stride, scale, small, accumulate, b, c):
     out_h, out_w = small.shape[2], small.shape[3]
-    if not accumulate:
-        for y in range(out_h):
-            for x in range(out_w):
-                small[b, c, y, x] = np.float32(0.0)
-    for y in range(out_h * stride):
-        sy = y // stride
-        for x in range(out_w * stride):
-            small[b, c, sy, x // stride] += scale * big[b, c, y, x]
+    for sy in range(out_h):
+        if not accumulate:
+            for sx in range(out_w):
+                small[b, c, sy, sx] = np.float32(0.0)
+        for dy in range(stride):
+            y = sy * stride + dy
+            for sx in range(out_w):
+                total = small[b, c, sy, sx]
+                x0 = sx * stride
+                for dx in range(stride):
+                    total += scale * big[b, c, y, x0 + dx]
+                small[b, c, sy, sx] = total
 
 
 # ---- the two resampling directions, plane by plane ---------------------------------------------------------
