@@ -200,7 +200,7 @@ def _array_to_planes(array: np.ndarray) -> np.ndarray:
         raise reject("image has zero size")
     if array.dtype == np.uint8:
         if array.ndim == 2:
-            return _bytes_to_planes(array[:, :, None])
+            return _bytes_to_planes(_grey_pixels(array))
         if array.ndim == 3 and shape[2] in (1, 3, 4):
             return _bytes_to_planes(array[:, :, :1] if shape[2] == 1 else array[:, :, :3])
         if array.ndim == 3 and shape[0] in (1, 3, 4):

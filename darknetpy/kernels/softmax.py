@@ -191,6 +191,8 @@ def softmax_channels(x, temperature, y):
         n = min(start + PIXEL_CHUNK, plane) - start
         largest = np.empty(n, np.float32)
         total = np.empty(n, np.float32)
+        # a contiguous scratch: writing the exponentials through a (C, n) view of y instead made this kernel
+        # 2-3x slower (16 x 11 x 128x128: 3.9 -> 7-14 ms)
         exponentials = np.empty((channels, n), np.float32)
         _exponent_sums(x, b, start, inverse_t, largest, total, exponentials)
         for k in range(n):
