@@ -29,6 +29,7 @@ def make_scenes(tmp_path_factory, task: str) -> Path:
 
 
 def iou(a, b) -> float:
+    """Corner boxes in pixels, written out here rather than taken from darknetpy.boxes (code under test)."""
     ax0, ay0, ax1, ay1 = a
     bx0, by0, bx1, by1 = b
     w = max(0.0, min(ax1, bx1) - max(ax0, bx0))
