@@ -209,7 +209,9 @@ class AugmentSettings:
 
 
 def augment_image(img: np.ndarray, rng: np.random.Generator, settings: AugmentSettings) -> np.ndarray:
-    """Spec §7.7 steps 3–5 for one loaded (3, H, W) image: crop (centre or random), flip, distort."""
+    """Spec §7.7 steps 3–5 for one loaded image: crop (centre or random), flip, distort. A grey (1, H, W)
+    image gives the plane that the same draws give each of its three equal RGB planes (hue and saturation
+    leave grey pixels grey)."""
     src = as_planar(img)
     if settings.center:
         out = center_crop_image(src, settings.width, settings.height)

@@ -21,7 +21,8 @@ first or how many workers there are.
 Deliberate differences: images are checked for existence up front (Darknet dies on the first bad one
 during training); a dataset in which no path matches any label is an error; grey networks
 (channels=1) get stb's luma of the augmented RGB image (images.to_channels, the rule every command
-uses; Darknet has no working path for them); list entries are stripped of surrounding whitespace and
+uses; Darknet has no working path for them), and grey images are augmented as their one plane, which
+gives those pixels with a third of the work; list entries are stripped of surrounding whitespace and
 empty lines are skipped (read_list_entries), so an empty label can never match every path as it does
 in Darknet.
 """

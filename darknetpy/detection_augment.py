@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from darknetpy.augment import rand_scale, rand_uniform, random_distort_image
+from darknetpy.images import rgb_planes
 from darknetpy.config import NetConfig
 from darknetpy.kernels import placement as kernels
 
@@ -282,6 +283,8 @@ def mosaic(pieces: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator
     span_y = max(1, int(h * (1 - 2 * _MOSAIC_MIN_OFFSET)))
     cut_x = int(rng.integers(span_x)) + int(w * _MOSAIC_MIN_OFFSET)
     cut_y = int(rng.integers(span_y)) + int(h * _MOSAIC_MIN_OFFSET)
+    if len({img.shape[0] for img, _ in pieces}) > 1:  # grey pieces beside colour ones take stb's grey→RGB
+        pieces = [(rgb_planes(img), boxes) for img, boxes in pieces]
     out = None
     all_boxes = []
     for k, (img, boxes) in enumerate(pieces):

@@ -22,7 +22,7 @@ from darknetpy.config import DataConfig, folder_of, locate_image, read_image_lis
 from darknetpy.detection_augment import DetectionAugmentSettings, augment_detection, mosaic, truth_row
 from darknetpy.detection_labels import LabelSet, read_labels
 from darknetpy.errors import DataError, ImageError
-from darknetpy.images import LETTERBOX, RESIZE, load_image, network_input, to_channels
+from darknetpy.images import LETTERBOX, RESIZE, load_planes, network_input, to_channels
 
 #: Darknet's detector reads `train=` from this when the .data file has no such key (spec §7.1)
 DEFAULT_TRAIN_LIST = "data/train.list"
@@ -34,26 +34,27 @@ DECODE_OVERSAMPLING = 2
 
 
 def decode_for_canvas(path: str, width: int, height: int) -> np.ndarray:
-    """(3, H', W') RGB of a training image that will be augmented onto a width x height canvas.
+    """The planes ((3, H', W') RGB or (1, H', W') grey, as load_planes) of a training image that will be
+    augmented onto a width x height canvas.
 
     A JPEG far larger than the canvas (a 12-megapixel photo for a 416 network) is decoded at 1/2, 1/4 or
     1/8 of its size by libjpeg's DCT scaling (Pillow's draft mode), which is several times faster and
     smaller than decoding it whole and then shrinking it: the largest reduction that keeps at least
     DECODE_OVERSAMPLING image pixels per canvas pixel. Labels are fractions of the image, so they hold at
-    any scale. Anything else (other formats, small JPEGs, unreadable files) goes through load_image.
+    any scale. Anything else (other formats, small JPEGs, unreadable files) goes through load_planes.
     """
     try:
         image = Image.open(path)
-    except Exception:  # Pillow refuses files in many ways; load_image names the problem in one line
-        return load_image(path)
+    except Exception:  # Pillow refuses files in many ways; load_planes names the problem in one line
+        return load_planes(path)
     with image:
         if image.format != "JPEG":
-            return load_image(path)
+            return load_planes(path)
         img_w, img_h = image.size
         needed = DECODE_OVERSAMPLING * max(width / img_w, height / img_h)
         if needed < 0.5:
-            image.draft("RGB", (math.ceil(img_w * needed), math.ceil(img_h * needed)))
-        return load_image(image)
+            image.draft(image.mode, (math.ceil(img_w * needed), math.ceil(img_h * needed)))
+        return load_planes(image)
 
 
 class DetectionDataset:
@@ -103,13 +104,14 @@ class DetectionDataset:
         """`count` image indices drawn with replacement (Darknet's rand() % N per image)."""
         return rng.integers(0, len(self.paths), size=count)
 
-    def load_image(self, index: int, width: int | None = None, height: int | None = None) -> np.ndarray:
-        """Image `index` as (3, H, W) RGB; an ImageError names the list line too. Given the canvas size, a
-        big JPEG is decoded at a reduced scale (decode_for_canvas)."""
+    def load_planes(self, index: int, width: int | None = None, height: int | None = None) -> np.ndarray:
+        """Image `index` as load_planes gives it ((3, H, W) RGB or (1, H, W) grey: augmentation works plane
+        by plane); an ImageError names the list line too. Given the canvas size, a big JPEG is decoded at a
+        reduced scale (decode_for_canvas)."""
         try:
             if width is not None and height is not None:
                 return decode_for_canvas(self.paths[index], width, height)
-            return load_image(self.paths[index])
+            return load_planes(self.paths[index])
         except ImageError as exc:
             raise ImageError(f"{exc.message} (listed at {self.list_path}:{int(self.lines[index])})",
                              path=exc.path) from None
@@ -130,10 +132,10 @@ class DetectionDataset:
         settings = self.settings
         if settings.mosaic:
             others = self.draw_indices(rng, 3)
-            pieces = [(self.load_image(int(i), width, height), self.labels.of(int(i))) for i in (index, *others)]
+            pieces = [(self.load_planes(int(i), width, height), self.labels.of(int(i))) for i in (index, *others)]
             canvas, boxes = mosaic(pieces, rng, settings, width, height)
         else:
-            canvas, boxes = augment_detection(self.load_image(index, width, height), self.labels.of(index), rng,
+            canvas, boxes = augment_detection(self.load_planes(index, width, height), self.labels.of(index), rng,
                                               settings, width, height)
         row = truth_row(boxes, rng, settings.max_boxes, settings.truth_boxes)
         return to_channels(canvas, self.channels), row

@@ -338,11 +338,14 @@ LUMA_WEIGHTS = (77, 150, 29)
 
 
 def to_channels(img: np.ndarray, channels: int) -> np.ndarray:
-    """A (3, H, W) RGB image in a network's channel count: 3 → unchanged, 1 → stb's luma
-    (77 R + 150 G + 29 B) / 256, computed in double (exact) and rounded once to float32, without stb's
-    truncation to a byte (the pixels are no longer bytes after resizing or augmentation)."""
+    """A (3, H, W) RGB or (1, H, W) grey image in a network's channel count: the same count → unchanged,
+    grey → 3 equal planes (stb's grey→RGB), RGB → 1: stb's luma (77 R + 150 G + 29 B) / 256, computed in
+    double (exact) and rounded once to float32, without stb's truncation to a byte (the pixels are no
+    longer bytes after resizing or augmentation)."""
     if channels == img.shape[0]:
         return img
+    if channels == 3 and img.shape[0] == 1:
+        return rgb_planes(img)
     if channels == 1 and img.shape[0] == 3:
         r, g, b = (plane.astype(np.float64) for plane in img)
         wr, wg, wb = LUMA_WEIGHTS
@@ -374,21 +377,16 @@ def network_input(source: ImageSource, width: int, height: int, channels: int,
                   fit: str | Callable[[np.ndarray], np.ndarray]) -> NetworkInput:
     """The one path from any image source to a network's input, used by predict, valid, train and detect:
     load (load_planes), bring to width x height (`fit`: LETTERBOX, RESIZE, CENTER_CROP, or a function of
-    the RGB image, e.g. training augmentation), then convert to the network's channels (to_channels).
+    the planes, e.g. training augmentation), then convert to the network's channels (to_channels).
     Every command gives a network the pixels of the RGB path: a colour image is fitted in RGB and then
-    turned to luma; a grey one is fitted as its single plane, which is what the RGB path yields for it."""
+    turned to luma; a grey one is fitted as its single plane, which is what the RGB path yields for it
+    because every geometry and augmentation works plane by plane and colour changes leave grey grey. A
+    `fit` function must keep that rule for a one-plane image."""
     if channels not in (1, 3):
         raise ValueError(f"images can feed networks with 1 or 3 channels, not {channels}")
     planes = load_planes(source)
     image_height, image_width = planes.shape[1:]
-    if callable(fit):
-        sized = fit(rgb_planes(planes))
-    else:
-        # the geometries work plane by plane, so a grey image is fitted once and replicated afterwards if
-        # the network wants RGB: the same pixels as fitting three equal planes
-        sized = fit_image(planes, width, height, fit)
-        if channels == 3:
-            sized = rgb_planes(sized)
+    sized = fit(planes) if callable(fit) else fit_image(planes, width, height, fit)
     return NetworkInput(to_channels(sized, channels), int(image_width), int(image_height))
 
 

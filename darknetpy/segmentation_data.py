@@ -33,7 +33,7 @@ from darknetpy.augment import AugmentSettings, draw_crop, flip_image, random_dis
 from darknetpy.config import DataConfig, folder_of, locate_image, read_image_list, resolve_path
 from darknetpy.config.grammar import read_text_file
 from darknetpy.errors import DataError, ImageError
-from darknetpy.images import center_crop_image, load_image, resize_image, to_channels
+from darknetpy.images import center_crop_image, load_planes, resize_image, to_channels
 from darknetpy.kernels import augment as augment_kernels
 from darknetpy.kernels import masks as kernels
 
@@ -272,9 +272,9 @@ class SegmentationDataset:
         return rng.integers(0, len(self.paths), size=count)
 
     def load_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """(image (3, H, W) float32, mask (H, W) uint8) as stored."""
+        """(image (3, H, W) RGB or (1, H, W) grey float32, mask (H, W) uint8) as stored."""
         try:
-            img = load_image(self.paths[index])
+            img = load_planes(self.paths[index])
         except ImageError as exc:
             raise ImageError(f"{exc.message} (listed at {self.list_path}:{self.lines[index]})",
                              path=exc.path) from None

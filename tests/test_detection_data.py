@@ -255,3 +255,41 @@ def test_big_jpegs_are_decoded_at_a_reduced_scale_and_boxes_still_fit(tmp_path):
         bx, by, bw, bh = truth[:4]
         np.testing.assert_allclose([(bx - bw / 2) * 64, (by - bh / 2) * 64, (bx + bw / 2) * 64, (by + bh / 2) * 64],
                                    [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], atol=1.0)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("mosaic", [False, True])
+def test_grey_images_train_as_one_plane_with_the_pixels_of_the_rgb_path(tmp_path, channels, mosaic):
+    """Grey images are loaded and augmented as one plane (a mosaic of grey and colour pieces makes the grey
+    ones RGB). Oracle: the same images stored as RGB with three equal planes, the colour path, which must
+    give the same input and truth bit for bit, with hue, saturation and exposure changes on."""
+    datas = {}
+    for kind in ("grey", "rgb"):
+        root = tmp_path / kind
+        root.mkdir()
+        make_dataset_files(root, count=4)
+        for i in range(4):
+            path = root / "images" / f"s{i}.png"
+            pixels = np.asarray(Image.open(path))[:, :, 0]
+            noise = np.random.default_rng(i).integers(0, 90, pixels.shape)
+            pixels = np.clip(pixels.astype(int) + noise, 0, 255).astype(np.uint8)
+            if kind == "grey" and i != 3:  # one colour image stays, for the mixed mosaic
+                Image.fromarray(pixels).save(path)
+            else:
+                colour = np.repeat(pixels[:, :, None], 3, axis=2)
+                if i == 3:
+                    colour[:, :, 0] = 255 - colour[:, :, 0]
+                Image.fromarray(colour).save(path)
+        datas[kind] = read_data_file(root / "set.data")
+    settings = DetectionAugmentSettings(64, 48, channels=channels, jitter=0.3, hue=0.1, saturation=1.5,
+                                        exposure=1.5, mosaic=mosaic, alexeyab=mosaic)
+    grey = DetectionDataset(datas["grey"], settings, classes=2)
+    rgb = DetectionDataset(datas["rgb"], settings, classes=2)
+    assert grey.load_planes(0).shape[0] == 1 and rgb.load_planes(0).shape[0] == 3
+    for index in range(4):
+        for seed in range(3):
+            x_grey, y_grey = grey.load(index, np.random.default_rng(seed), 64, 48)
+            x_rgb, y_rgb = rgb.load(index, np.random.default_rng(seed), 64, 48)
+            assert x_grey.shape == (channels, 48, 64)
+            np.testing.assert_array_equal(x_grey, x_rgb)
+            np.testing.assert_array_equal(y_grey, y_rgb)

@@ -172,3 +172,23 @@ def test_colour_image_keeps_three_planes():
     pixels = np.random.default_rng(8).integers(0, 256, (9, 7, 3), dtype=np.uint8)
     assert images.load_planes(pixels).shape == (3, 9, 7)
     np.testing.assert_array_equal(images.load_planes(Image.fromarray(pixels, "RGB")), images.load_image(pixels))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("seed", range(4))
+def test_grey_image_augmented_as_one_plane_gives_the_pixels_of_the_rgb_path(channels, seed):
+    """Training augmentation as a `fit` function: crop with rotation, aspect and scale, flip, and hue,
+    saturation and exposure changes. Oracle: the same draws on the three equal planes load_image gives,
+    then stb's luma (the path colour images take)."""
+    from darknetpy.augment import AugmentSettings, augment_image
+    grey_bytes = np.random.default_rng(seed).integers(0, 256, (31, 26), dtype=np.uint8)
+    settings = AugmentSettings(width=20, height=24, angle=15, aspect=1.3, saturation=1.5, exposure=1.5, hue=0.1,
+                               flip=True, min_size=18, max_size=40)
+
+    def fit(img):
+        return augment_image(img, np.random.default_rng(100 + seed), settings)
+
+    expected = images.to_channels(fit(images.load_image(grey_bytes)), channels)
+    got = images.network_input(grey_bytes, 20, 24, channels, fit)
+    assert got.pixels.shape == (channels, 24, 20)
+    np.testing.assert_array_equal(got.pixels, expected)

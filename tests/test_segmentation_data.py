@@ -144,3 +144,42 @@ def test_a_mask_taken_to_the_output_comes_back_where_it_was(out_size):
         shifts += [back_ys.mean() - (y0 + (h - 1) / 2), back_xs.mean() - (x0 + (w - 1) / 2)]
     assert abs(np.mean(shifts)) <= 0.15
     assert np.max(np.abs(shifts)) <= 256 / out_size
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_grey_scenes_train_as_one_plane_with_the_pixels_of_the_rgb_path(tmp_path, channels):
+    """A grey scene is loaded as one plane and augmented as such. Oracle: the same scene stored as RGB
+    (three equal planes: the colour path), which must give the same network input and truth bit for bit."""
+    from types import SimpleNamespace
+
+    from darknetpy.config import read_data_file
+    from darknetpy.segmentation_data import OutputGeometry, SegmentationDataset
+    rng = np.random.default_rng(3)
+    grey = rng.integers(0, 256, (40, 52), dtype=np.uint8)
+    mask = (grey > 128).astype(np.uint8)
+    datas = {}
+    for kind, pixels in (("grey", grey), ("rgb", np.repeat(grey[:, :, None], 3, axis=2))):
+        root = tmp_path / kind
+        (root / "images").mkdir(parents=True)
+        (root / "masks").mkdir()
+        Image.fromarray(pixels).save(root / "images" / "a.png")
+        Image.fromarray(mask).save(root / "masks" / "a.png")
+        (root / "train.list").write_text(f"{root / 'images' / 'a.png'}\n")
+        (root / "set.data").write_text(f"classes=2\ntrain={root / 'train.list'}\nvalid={root / 'train.list'}\n")
+        datas[kind] = read_data_file(root / "set.data")
+    net = SimpleNamespace(width=32, height=32, channels=channels, batch=1, angle=10, aspect=1.2, saturation=1.5,
+                          exposure=1.5, hue=0.1, flip=True, center=False, min_ratio=30 / 32, max_ratio=60 / 32)
+
+    def encoder(masks):
+        return masks.reshape(len(masks), -1).astype(np.float32)
+
+    loaded = {}
+    for kind, data in datas.items():
+        train = SegmentationDataset(data, net, 2, OutputGeometry(2, 2), encoder=encoder, train=True, seed=0)
+        valid = SegmentationDataset(data, net, 2, OutputGeometry(2, 2), encoder=encoder, train=False, seed=0)
+        assert train.load_pair(0)[0].shape[0] == (1 if kind == "grey" else 3)
+        loaded[kind] = [train.load(0, np.random.default_rng(seed)) for seed in range(4)] + [valid.load(0)]
+    for (x_grey, y_grey), (x_rgb, y_rgb) in zip(loaded["grey"], loaded["rgb"]):
+        assert x_grey.shape == (channels, 32, 32)
+        np.testing.assert_array_equal(x_grey, x_rgb)
+        np.testing.assert_array_equal(y_grey, y_rgb)

@@ -26,18 +26,29 @@ def _pixel_or_zero(src, channel, x, y):
 
 @jit(inline="always")
 def _crop_geometry(src_w, src_h, rad, scale, dx, dy, aspect, out_w, out_h):
-    """What `_source_position` needs, computed once per image."""
-    return math.cos(rad), math.sin(rad), src_w / 2.0, src_h / 2.0, scale, dx, dy, aspect, out_w / 2.0, out_h / 2.0
+    """What `_source_position` needs, computed once per image: the rotation, the source centre, and the
+    unrotated offsets u of every output column and v of every output row (u = (x − w/2)/scale·aspect +
+    dx/scale·aspect, v = (y − h/2)/scale + dy/scale, in double as the C code evaluates them), so that no
+    pixel divides."""
+    half_w = out_w / 2.0
+    half_h = out_h / 2.0
+    u_of_x = np.empty(out_w)
+    for x in range(out_w):
+        u_of_x[x] = (x - half_w) / scale * aspect + dx / scale * aspect
+    v_of_y = np.empty(out_h)
+    for y in range(out_h):
+        v_of_y[y] = (y - half_h) / scale + dy / scale
+    return math.cos(rad), math.sin(rad), src_w / 2.0, src_h / 2.0, u_of_x, v_of_y
 
 
 @jit(inline="always")
 def _source_position(geometry, x, y):
-    """Where output pixel (x, y) of a rotate-crop reads the source: R(rad)·(u, v) + (W/2, H/2) with
-    u = (x − w/2)/scale·aspect + dx/scale·aspect and v = (y − h/2)/scale + dy/scale, evaluated in double
-    precision and rounded to float32, as the C code does when it stores the double expression into a float."""
-    cos_r, sin_r, centre_x, centre_y, scale, dx, dy, aspect, half_w, half_h = geometry
-    v = (y - half_h) / scale + dy / scale
-    u = (x - half_w) / scale * aspect + dx / scale * aspect
+    """Where output pixel (x, y) of a rotate-crop reads the source: R(rad)·(u, v) + (W/2, H/2), evaluated
+    in double precision and rounded to float32, as the C code does when it stores the double expression
+    into a float."""
+    cos_r, sin_r, centre_x, centre_y, u_of_x, v_of_y = geometry
+    u = u_of_x[x]
+    v = v_of_y[y]
     return np.float32(cos_r * u - sin_r * v + centre_x), np.float32(sin_r * u + cos_r * v + centre_y)
 
 
@@ -45,9 +56,11 @@ def _source_position(geometry, x, y):
 def rotate_crop(src, rad, scale, dx, dy, aspect, dst):
     """dst[c, y, x] = bilinear(src, _source_position(x, y)); interpolation weights are float32."""
     channels = src.shape[0]
+    in_h = src.shape[1]
+    in_w = src.shape[2]
     out_h = dst.shape[1]
     out_w = dst.shape[2]
-    geometry = _crop_geometry(src.shape[2], src.shape[1], rad, scale, dx, dy, aspect, out_w, out_h)
+    geometry = _crop_geometry(in_w, in_h, rad, scale, dx, dy, aspect, out_w, out_h)
     one = np.float32(1.0)
     for y in range(out_h):
         for x in range(out_w):
@@ -60,12 +73,18 @@ def rotate_crop(src, rad, scale, dx, dy, aspect, dst):
             iy = int(math.floor(sy))
             fx = sx - np.float32(ix)
             fy = sy - np.float32(iy)
+            if ix >= 0 and iy >= 0 and ix + 1 < in_w and iy + 1 < in_h:  # all four neighbours inside
+                for c in range(channels):
+                    dst[c, y, x] = ((one - fy) * (one - fx) * src[c, iy, ix]
+                                    + fy * (one - fx) * src[c, iy + 1, ix]
+                                    + (one - fy) * fx * src[c, iy, ix + 1]
+                                    + fy * fx * src[c, iy + 1, ix + 1])
+                continue
             for c in range(channels):
                 dst[c, y, x] = ((one - fy) * (one - fx) * _pixel_or_zero(src, c, ix, iy)
                                 + fy * (one - fx) * _pixel_or_zero(src, c, ix, iy + 1)
                                 + (one - fy) * fx * _pixel_or_zero(src, c, ix + 1, iy)
                                 + fy * fx * _pixel_or_zero(src, c, ix + 1, iy + 1))
-
 
 
 @jit
@@ -88,6 +107,7 @@ def rotate_crop_nearest(src, rad, scale, dx, dy, aspect, fill, dst):
                 dst[y, x] = fill
             else:
                 dst[y, x] = src[iy, ix]
+
 
 @jit
 def _rgb_to_hsv_pixel(r, g, b):
