@@ -73,5 +73,5 @@ def test_digits_seg_labels_the_pixels_of_held_out_scenes(tmp_path_factory):
         confusion += np.bincount((truth * 11 + predicted).ravel(), minlength=121).reshape(11, 11)
     present = confusion.sum(axis=1) > 0
     ious = np.diag(confusion) / (confusion.sum(axis=0) + confusion.sum(axis=1) - np.diag(confusion))
-    assert np.trace(confusion) / confusion.sum() >= 0.98        # measured: pixel accuracy 0.992
-    assert ious[present].mean() >= 0.70, ious                   # measured: mIoU 0.775 over the 11 classes
+    assert np.trace(confusion) / confusion.sum() >= 0.98        # measured: pixel accuracy 0.992 (shipped model, 24 scenes)
+    assert ious[present].mean() >= 0.70, ious                   # measured: mIoU 0.772 over the 11 classes
