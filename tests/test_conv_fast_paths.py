@@ -197,12 +197,27 @@ def test_layer_paths_are_chosen_from_the_shapes():
         return conv.engine.name, conv.trainer.name
     assert engines("filters=8\nsize=3\npad=1\ngroups=8\nactivation=leaky", 8) == ("direct", "direct")
     assert engines("filters=16\nsize=3\npad=1\nactivation=leaky", 3) == ("direct", "gemm")
-    assert engines("filters=16\nsize=3\npad=1\nactivation=leaky", 16) == ("winograd", "gemm")
+    assert engines("filters=16\nsize=3\npad=1\nactivation=leaky", 128) == ("winograd", "gemm")
+    # few channels and a patch matrix that stays in the caches: im2col + GEMM (see conv_engines)
+    assert engines("filters=16\nsize=3\npad=1\nactivation=leaky", 16) == ("gemm", "gemm")
     assert engines("filters=16\nsize=1\nactivation=leaky", 3) == ("gemm", "gemm")
     assert engines("filters=64\nsize=3\npad=1\ngroups=2\nactivation=leaky", 64) == ("gemm", "gemm")
     assert layer("filters=16\nsize=3\npad=1\nactivation=leaky", 16).winograd_tile == 2
     assert layer("filters=16\nsize=3\npad=1\nactivation=leaky", 16, 64).winograd_tile == 4
     assert layer("filters=16\nsize=3\nstride=2\npad=1\nactivation=leaky", 16).winograd_tile == 0
+
+
+def test_gemm_takes_few_channel_layers_whose_patches_fit_the_caches():
+    from darknetpy.layers.conv_engines import ConvGeometry, gemm_beats_winograd
+
+    def geometry(channels, side):
+        return ConvGeometry(channels, side, side, 32, side, side, 3, 1, 1, 1, 1, 1)
+    assert gemm_beats_winograd(geometry(16, 80), 1, 1)           # 3.5 MiB of patches
+    assert not gemm_beats_winograd(geometry(16, 128), 1, 1)      # 9 MiB
+    assert not gemm_beats_winograd(geometry(16, 80), 8, 1)       # the batch's patches: 28 MiB
+    assert not gemm_beats_winograd(geometry(64, 20), 1, 1)       # 64 channels at 1 thread
+    assert gemm_beats_winograd(geometry(64, 20), 1, 2)
+    assert not gemm_beats_winograd(geometry(128, 10), 1, 2)
 
 
 @pytest.mark.parametrize("text,c", [

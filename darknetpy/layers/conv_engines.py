@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from ..kernels import winograd
@@ -49,6 +50,17 @@ WINOGRAD_MIN_BLOCK_TILES = 256
 # Winograd blocks' many mid-sized products made OpenBLAS spin: 3-5x their CPU time, up to 1.4 s more per
 # step on a loaded machine. It still wins on the 208x208 map (61 vs 80 ms at 1 thread, 90 vs 150 at 2).
 WINOGRAD_TRAIN_MIN_PIXELS = 128 * 128
+# At inference im2col + GEMM beats Winograd on layers reading few channels while the batch's im2col matrix
+# stays small: the Winograd products are then tile-position GEMMs only C deep, which BLAS runs far below
+# its peak, while the patch matrix stays in the caches. Measured (forward, batch 1, Intel Xeon with 2 MiB L2
+# per core; Winograd / GEMM time): 1 thread, 16->32 at 80x80 1.24, 32->64 at 40x40 1.49, 16->16 at
+# 64x64 1.43, but 64->128 at 20x20 0.80 and 16->32 at 128x128 (9 MiB of patches) 0.81; 2 threads, where the
+# small products split poorly, 1.4-2.1 on every 16- and 32-channel layer up to 7 MiB and 1.26-1.79 on
+# 64-channel ones up to 6 MiB, 0.91 on 64->128 at 20x20. Larger patch matrices (yolov3-tiny's 208x208 and
+# 104x104 layers, batches of 8) keep Winograd.
+# (most input channels, largest patch matrix in bytes) for GEMM: with one thread, with more
+GEMM_OVER_WINOGRAD_ONE_THREAD = (32, 4 << 20)
+GEMM_OVER_WINOGRAD_THREADS = (64, 8 << 20)
 
 
 @dataclass(frozen=True)
@@ -113,9 +125,16 @@ def choose_engines(g: ConvGeometry, batch: int) -> tuple[GemmEngine | DirectEngi
     gemm = GemmEngine(g, batch, winograd_dx)
     if g.suits_direct:
         return DirectEngine(g, batch), gemm
-    if g.winograd_tile:
+    if g.winograd_tile and not gemm_beats_winograd(g, batch, numba.get_num_threads()):
         return WinogradEngine(g.channels, g.filters, g.out_h, g.out_w, g.padding, batch, g.winograd_tile), gemm
     return gemm, gemm
+
+
+def gemm_beats_winograd(g: ConvGeometry, batch: int, threads: int) -> bool:
+    """Whether im2col + GEMM is the faster inference path for a Winograd-shaped layer (see the constants)."""
+    max_channels, max_bytes = GEMM_OVER_WINOGRAD_ONE_THREAD if threads <= 1 else GEMM_OVER_WINOGRAD_THREADS
+    patch_bytes = batch * g.channels * g.size * g.size * g.out_h * g.out_w * np.dtype(FLOAT).itemsize
+    return g.channels <= max_channels and patch_bytes <= max_bytes
 
 
 class _ChannelMajorProduct:
