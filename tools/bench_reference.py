@@ -120,9 +120,9 @@ def build_torch_darknet(cfg_path: str | Path, weights_path: str | Path, width: i
         elif kind == "yolo":
             classes = int(opts.get("classes", 20))
             anchors_here = len(opts["mask"].split(",")) if "mask" in opts else int(opts.get("num", 1))
-            if float(opts.get("scale_x_y", 1)) != 1:
-                raise NotImplementedError("yolo scale_x_y")
-            steps.append(("yolo", None, {"n": anchors_here, "entries": classes + 5}))
+            scale = float(opts.get("scale_x_y", 1))   # AlexeyAB: x -> x*scale - (scale - 1)/2 after the logistic
+            steps.append(("yolo", None, {"n": anchors_here, "entries": classes + 5, "alpha": scale,
+                                         "beta": -0.5 * (scale - 1)}))
         elif kind in ("softmax", "soft"):
             if int(opts.get("groups", 1)) != 1:
                 raise NotImplementedError("softmax groups")
@@ -162,7 +162,7 @@ def build_torch_darknet(cfg_path: str | Path, weights_path: str | Path, width: i
                     prev = results[-1]
                     b, c, h, w = prev.shape
                     view = prev.reshape(b, p["n"], p["entries"], h, w)
-                    x = torch.cat([torch.sigmoid(view[:, :, 0:2]), view[:, :, 2:4],
+                    x = torch.cat([torch.sigmoid(view[:, :, 0:2]) * p["alpha"] + p["beta"], view[:, :, 2:4],
                                    torch.sigmoid(view[:, :, 4:])], dim=2).reshape(b, c, h, w)
                 elif kind == "softmax":
                     prev = results[-1]
