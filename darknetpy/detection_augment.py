@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from darknetpy.augment import rand_scale, rand_uniform, random_distort_image
-from darknetpy.images import rgb_planes
 from darknetpy.config import NetConfig
+from darknetpy.images import rgb_planes
 from darknetpy.kernels import placement as kernels
 
 if TYPE_CHECKING:

@@ -73,6 +73,8 @@ def rotate_crop(src, rad, scale, dx, dy, aspect, dst):
             iy = int(math.floor(sy))
             fx = sx - np.float32(ix)
             fy = sy - np.float32(iy)
+            # two copies of the same bilinear sum on purpose: choosing the neighbours' source inside one
+            # loop (checked or unchecked reads) measured ~30% slower for the whole kernel
             if ix >= 0 and iy >= 0 and ix + 1 < in_w and iy + 1 < in_h:  # all four neighbours inside
                 for c in range(channels):
                     dst[c, y, x] = ((one - fy) * (one - fx) * src[c, iy, ix]

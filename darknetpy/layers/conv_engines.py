@@ -131,7 +131,8 @@ def choose_engines(g: ConvGeometry, batch: int) -> tuple[GemmEngine | DirectEngi
 
 
 def gemm_beats_winograd(g: ConvGeometry, batch: int, threads: int) -> bool:
-    """Whether im2col + GEMM is the faster inference path for a Winograd-shaped layer (see the constants)."""
+    """Whether im2col + GEMM is the faster inference path for a Winograd-shaped layer (see the constants);
+    decided when the layer's buffers are allocated, for the Numba thread count in force then."""
     max_channels, max_bytes = GEMM_OVER_WINOGRAD_ONE_THREAD if threads <= 1 else GEMM_OVER_WINOGRAD_THREADS
     patch_bytes = batch * g.channels * g.size * g.size * g.out_h * g.out_w * np.dtype(FLOAT).itemsize
     return g.channels <= max_channels and patch_bytes <= max_bytes
