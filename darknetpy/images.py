@@ -275,6 +275,9 @@ def letterbox_image(img: np.ndarray, w: int, h: int) -> np.ndarray:
     """Darknet letterbox_image: aspect-preserving resize onto a (C, h, w) canvas of 0.5 (spec §7.5)."""
     src = as_planar(img)
     _check_size_args(w=w, h=h)
+    if src.shape[1:] == (int(h), int(w)):
+        # a network-sized image fills the canvas unscaled (see resize_image): the copy is exact
+        return np.array(src, dtype=np.float32, copy=True)
     return kernels.letterbox(src, int(w), int(h))
 
 

@@ -192,11 +192,14 @@ def test_layer_paths_are_chosen_from_the_shapes():
         net = make_net("[convolutional]\n" + text, size, size, c)
         net.layers[0].allocate(1)
         return net.layers[0]
-    def engines(text, c):
-        conv = layer(text, c)
+    def engines(text, c, size=16):
+        conv = layer(text, c, size)
         return conv.engine.name, conv.trainer.name
     assert engines("filters=8\nsize=3\npad=1\ngroups=8\nactivation=leaky", 8) == ("direct", "direct")
-    assert engines("filters=16\nsize=3\npad=1\nactivation=leaky", 3) == ("direct", "gemm")
+    # a first layer on 3 channels: direct once its patch matrix passes 192 KiB (3*9*43*43*4 = 195 KiB)
+    assert engines("filters=16\nsize=3\npad=1\nactivation=leaky", 3, 43) == ("direct", "gemm")
+    assert engines("filters=16\nsize=3\npad=1\nactivation=leaky", 3, 42) == ("gemm", "gemm")
+    assert engines("filters=16\nsize=3\nstride=2\npad=1\nactivation=leaky", 1, 160) == ("direct", "gemm")
     assert engines("filters=16\nsize=3\npad=1\nactivation=leaky", 128) == ("winograd", "gemm")
     # few channels and a patch matrix that stays in the caches: im2col + GEMM (see conv_engines)
     assert engines("filters=16\nsize=3\npad=1\nactivation=leaky", 16) == ("gemm", "gemm")
@@ -226,10 +229,11 @@ def test_gemm_takes_few_channel_layers_whose_patches_fit_the_caches():
     ("filters=4\nsize=3\npad=1\nbatch_normalize=1\nactivation=leaky", 3),
 ])
 def test_direct_layer_inference_with_folded_batch_norm(text, c):
-    net = make_net("[convolutional]\n" + text, 11, 9, c)
+    # 61x47 so that the ungrouped 3-channel layer's patch matrix (2 images: 603 KiB) takes the direct kernel
+    net = make_net("[convolutional]\n" + text, 61, 47, c)
     layer = net.layers[0]
     randomise(layer, RNG)
-    x = RNG.standard_normal((2, c, 9, 11)).astype(np.float32)
+    x = RNG.standard_normal((2, c, 47, 61)).astype(np.float32)
     got = net.forward(x)
     assert layer.engine.name == "direct"
     cfg = layer.config

@@ -167,7 +167,7 @@ def test_letterbox_geometry_by_hand(img_wh, net_wh, expected):
 
 
 @pytest.mark.parametrize("src_hw, net_wh", [((5, 9), (8, 8)), ((9, 5), (8, 6)), ((6, 6), (7, 11)),
-                                            ((3, 17), (13, 13))])
+                                            ((3, 17), (13, 13)), ((6, 11), (11, 6)), ((8, 8), (8, 8))])
 def test_letterbox_matches_reference(src_hw, net_wh):
     rng = np.random.default_rng(7 + sum(src_hw))
     src = random_image(rng, *src_hw)

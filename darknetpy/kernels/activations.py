@@ -350,14 +350,13 @@ def bias_activate_parallel(out: np.ndarray, bias: np.ndarray, code: int) -> None
     _forward_kernels(code).bias_activate_parallel(out, bias)
 
 
-# Below these sizes starting the threads costs more than it saves. Measured on 2 cores: the parallel kernel
-# breaks even at 4k-8k elements for the activations that are a compare or two, at 1k-2k for those calling exp.
-# The cheap threshold sits above that (a few microseconds lost at most) so that small networks (MNIST's
-# 64x14x14 leaky) never compile the parallel kernel, whose compile time they would not repay.
+# Below these sizes starting the threads costs more than it saves: ~0.5 ms of serial work (see
+# threads.threads_pay) at ~0.2 ns per element for the activations that are a compare or two and 8-9 ns for
+# those calling exp (mish, logistic; measured 1 thread).
 CHEAP_CODES: frozenset[int] = frozenset({LINEAR, RELU, RELIE, RAMP, LEAKY, REVLEAKY, PLSE, STAIR, HARDTAN,
                                          LHTAN, RELU6, HARD_MISH})
-PARALLEL_MIN_ELEMENTS_CHEAP = 1 << 14
-PARALLEL_MIN_ELEMENTS_EXP = 1 << 11
+PARALLEL_MIN_ELEMENTS_CHEAP = 1 << 21
+PARALLEL_MIN_ELEMENTS_EXP = 1 << 16
 
 
 def bias_activate_auto(out: np.ndarray, bias: np.ndarray, code: int) -> None:

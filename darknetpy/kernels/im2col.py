@@ -6,6 +6,7 @@ Output pixel (oy, ox) reads input row oy*stride_y - pad + ky*dilation (zero outs
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import numba
 import numpy as np
@@ -14,8 +15,9 @@ from numba import prange
 from . import jit
 from .threads import threads_pay
 
-# Elements below which starting the thread team costs more than it saves (memory-bound loops).
-PARALLEL_MIN_ELEMENTS = 1 << 15
+# Elements below which starting the thread team costs more than it saves (memory-bound loops, ~0.3 ns per
+# element: ~0.3 ms of serial work, see threads.threads_pay; measured break-even on 2 cores ~450k).
+PARALLEL_MIN_ELEMENTS = 1 << 20
 # Parallel batch loops hand each thread this many chunks of planes (some balance, little per-chunk setup).
 CHUNKS_PER_THREAD = 4
 
@@ -168,11 +170,10 @@ def _zero_side_columns(plane_block, oy0, oy1, ox0, ox1, width):
 
 
 @jit
-def _same_channel(images, columns, c, ksize, pad, dilation, adjoint):
+def _same_channel_im2col(images, columns, c, ksize, pad, dilation):
     """Channel c of every image, tap by tap and image by image, so each of the channel's K*K column rows is
-    walked front to back (the channel's planes stay in cache while they are visited K*K times).
-    im2col: columns <- images. adjoint (col2im): images += columns, after zeroing each tap's invalid outputs
-    in `columns` (scratch then) so that the shifted run adds nothing through them."""
+    walked front to back (the channel's planes stay in cache while they are visited K*K times):
+    columns <- images."""
     batch, height, width = images.shape[0], images.shape[2], images.shape[3]
     spatial = height * width
     zero = np.float32(0.0)
@@ -180,38 +181,61 @@ def _same_channel(images, columns, c, ksize, pad, dilation, adjoint):
         for kx in range(ksize):
             tap_row = columns[(c * ksize + ky) * ksize + kx]
             shift, start, stop, oy0, oy1, ox0, ox1 = _same_tap_geometry(ky, kx, pad, dilation, height, width)
-            if adjoint:  # decided per tap: a branch per image costs ~12% on 7x7 and 14x14 maps
-                for b in range(batch):
-                    block = tap_row[b * spatial:(b + 1) * spatial]
-                    _zero_side_columns(block, oy0, oy1, ox0, ox1, width)
-                    plane = images[b, c].reshape(-1)[start + shift:]
-                    run = block[start:]
-                    for j in range(stop - start):
-                        plane[j] += run[j]
-            else:
-                for b in range(batch):
-                    block = tap_row[b * spatial:(b + 1) * spatial]
-                    for j in range(start):
-                        block[j] = zero
-                    plane = images[b, c].reshape(-1)[start + shift:]
-                    run = block[start:]
-                    for j in range(stop - start):
-                        run[j] = plane[j]
-                    for j in range(stop, spatial):
-                        block[j] = zero
-                    _zero_side_columns(block, oy0, oy1, ox0, ox1, width)
+            for b in range(batch):
+                block = tap_row[b * spatial:(b + 1) * spatial]
+                for j in range(start):
+                    block[j] = zero
+                plane = images[b, c].reshape(-1)[start + shift:]
+                run = block[start:]
+                for j in range(stop - start):
+                    run[j] = plane[j]
+                for j in range(stop, spatial):
+                    block[j] = zero
+                _zero_side_columns(block, oy0, oy1, ox0, ox1, width)
 
 
 @jit
-def _same_serial(images, columns, ksize, pad, dilation, adjoint):
-    for c in range(images.shape[1]):
-        _same_channel(images, columns, c, ksize, pad, dilation, adjoint)
+def _same_channel_col2im(images, columns, c, ksize, pad, dilation):
+    """The adjoint of _same_channel_im2col, in the same order: images += columns, after zeroing each tap's
+    invalid outputs in `columns` (scratch then) so that the shifted run adds nothing through them."""
+    batch, height, width = images.shape[0], images.shape[2], images.shape[3]
+    spatial = height * width
+    for ky in range(ksize):
+        for kx in range(ksize):
+            tap_row = columns[(c * ksize + ky) * ksize + kx]
+            shift, start, stop, oy0, oy1, ox0, ox1 = _same_tap_geometry(ky, kx, pad, dilation, height, width)
+            for b in range(batch):
+                block = tap_row[b * spatial:(b + 1) * spatial]
+                _zero_side_columns(block, oy0, oy1, ox0, ox1, width)
+                plane = images[b, c].reshape(-1)[start + shift:]
+                run = block[start:]
+                for j in range(stop - start):
+                    plane[j] += run[j]
 
 
-@jit(parallel=True)
-def _same_parallel(images, columns, ksize, pad, dilation, adjoint):
-    for c in prange(images.shape[1]):
-        _same_channel(images, columns, c, ksize, pad, dilation, adjoint)
+@functools.cache
+def _same_kernels(adjoint: bool) -> tuple[Callable, Callable]:
+    """(serial, parallel) channel loops of the same-convolution im2col (`adjoint`: col2im). `adjoint` is a
+    closure constant so that inference compiles only im2col (one kernel taking it as an argument compiled
+    both directions: 2.5 s of the README's first command)."""
+
+    @jit
+    def serial(images, columns, ksize, pad, dilation):
+        for c in range(images.shape[1]):
+            if adjoint:
+                _same_channel_col2im(images, columns, c, ksize, pad, dilation)
+            else:
+                _same_channel_im2col(images, columns, c, ksize, pad, dilation)
+
+    @jit(parallel=True)
+    def parallel(images, columns, ksize, pad, dilation):
+        for c in prange(images.shape[1]):
+            if adjoint:
+                _same_channel_col2im(images, columns, c, ksize, pad, dilation)
+            else:
+                _same_channel_im2col(images, columns, c, ksize, pad, dilation)
+
+    return serial, parallel
 
 
 def _is_same(images: np.ndarray, stride_y: int, stride_x: int, out_h: int, out_w: int) -> bool:
@@ -225,7 +249,8 @@ def im2col_batch(images: np.ndarray, ksize: int, stride_y: int, stride_x: int, p
     so one matrix product covers the whole batch."""
     parallel = threads_pay(columns.size, images.shape[0] * images.shape[1], PARALLEL_MIN_ELEMENTS)
     if _is_same(images, stride_y, stride_x, out_h, out_w):
-        (_same_parallel if parallel else _same_serial)(images, columns, ksize, pad, dilation, False)
+        serial, threads = _same_kernels(False)
+        (threads if parallel else serial)(images, columns, ksize, pad, dilation)
         return
     rows, cols, starts = _padded_geometry(ksize, stride_y, stride_x, dilation, out_h, out_w)
     if parallel:
@@ -284,7 +309,8 @@ def col2im_batch_add(columns: np.ndarray, ksize: int, stride_y: int, stride_x: i
     is scratch: the same-convolution path zeroes its entries whose taps fall off the image."""
     parallel = threads_pay(columns.size, images.shape[0] * images.shape[1], PARALLEL_MIN_ELEMENTS)
     if _is_same(images, stride_y, stride_x, out_h, out_w):
-        (_same_parallel if parallel else _same_serial)(images, columns, ksize, pad, dilation, True)
+        serial, threads = _same_kernels(True)
+        (threads if parallel else serial)(images, columns, ksize, pad, dilation)
         return
     rows, cols, starts = _padded_geometry(ksize, stride_y, stride_x, dilation, out_h, out_w)
     if parallel:

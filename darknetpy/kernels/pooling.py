@@ -17,6 +17,9 @@ by the image, not by the window: size=99999999999 costs what a window the size o
 """
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import numba
 import numpy as np
 from numba import prange
@@ -27,9 +30,9 @@ from .threads import threads_pay
 NEG_FLT_MAX = np.float32(-3.4028234663852886e38)
 
 
-# Below this many elements starting the thread team costs more than the work (memory-bound loops); 1 << 15
-# also keeps small networks (MNIST's 32x28x28 pooling) off the parallel kernels and their compile time.
-PARALLEL_MIN_ELEMENTS = 1 << 15
+# Below this many input elements starting the thread team costs more than the work (memory-bound loops,
+# 0.3-1 ns per element: ~0.5 ms of serial work, see threads.threads_pay).
+PARALLEL_MIN_ELEMENTS = 1 << 20
 # Parallel plane loops hand each thread this many chunks of planes (balance; scratch is made per chunk).
 CHUNKS_PER_THREAD = 4
 
@@ -70,23 +73,14 @@ def _first_max_2x2(best, best_index, r0, r1, index0, index1, step):
 
 
 @jit(inline="always")
-def _maxpool_rows_2x2(src, origin, width, stride_y, stride_x, out_plane, index_plane):
-    """out_plane/index_plane (OH, OW) of a 2x2 window from `src`, a plane in which every window tap is
-    readable; src[py, px] is image pixel (py + origin, px + origin), so its in-plane index is
-    (py + origin)*width + px + origin (taps outside the image hold -FLT_MAX there and never win)."""
-    out_h = out_plane.shape[0]
-    for oy in range(out_h):
+def _maxpool_rows_2x2(src, origin, width, stride_y, step, out_plane, index_plane):
+    """out_plane/index_plane (OH, OW) of a 2x2 window with column stride `step` from `src`, a plane in which
+    every window tap is readable; src[py, px] is image pixel (py + origin, px + origin), so its in-plane
+    index is (py + origin)*width + px + origin (taps outside the image hold -FLT_MAX there and never win)."""
+    for oy in range(out_plane.shape[0]):
         top = oy * stride_y
-        best = out_plane[oy]
-        best_index = index_plane[oy]
         index0, index1 = (top + origin) * width + origin, (top + 1 + origin) * width + origin
-        # literal steps for the common strides: with the step known at compile time the loads vectorise
-        if stride_x == 2:
-            _first_max_2x2(best, best_index, src[top], src[top + 1], index0, index1, 2)
-        elif stride_x == 1:
-            _first_max_2x2(best, best_index, src[top], src[top + 1], index0, index1, 1)
-        else:
-            _first_max_2x2(best, best_index, src[top], src[top + 1], index0, index1, stride_x)
+        _first_max_2x2(out_plane[oy], index_plane[oy], src[top], src[top + 1], index0, index1, step)
 
 
 @jit(inline="always")
@@ -116,35 +110,44 @@ def _pad_plane(x, b, c, origin, padded):
         _fill(row, right, cols, NEG_FLT_MAX)
 
 
-@jit(inline="always")
-def _maxpool_plane_2x2(x, b, c, stride_y, stride_x, offset, out, argmax, padded):
-    width = x.shape[3]
-    if padded.shape[0] == 0:
-        _maxpool_rows_2x2(x[b, c], 0, width, stride_y, stride_x, out[b, c], argmax[b, c])
-    else:
-        _pad_plane(x, b, c, offset, padded)
-        _maxpool_rows_2x2(padded, offset, width, stride_y, stride_x, out[b, c], argmax[b, c])
+@functools.cache
+def _maxpool_2x2_kernels(step: int, padded: bool) -> tuple[Callable, Callable]:
+    """(serial, parallel) kernels of a 2x2 window. `step` (the column stride, 0 for one read at run time) and
+    `padded` (windows may leave the image: read a -FLT_MAX-padded copy) are closure constants, so the column
+    loads see a literal stride and vectorise, and a network compiles only the variant it uses (one kernel
+    holding all six compiled in 2.8 s; the README's MNIST command needs one). Closures over plain values
+    are cached on disk like module-level kernels."""
 
+    @jit
+    def serial(x, stride_y, stride_x, offset, out, argmax, padded_shape):
+        channels, width = x.shape[1], x.shape[3]
+        column_step = step if step else stride_x
+        scratch = np.empty(padded_shape, np.float32)
+        for plane in range(x.shape[0] * channels):
+            b, c = plane // channels, plane % channels
+            if padded:
+                _pad_plane(x, b, c, offset, scratch)
+                _maxpool_rows_2x2(scratch, offset, width, stride_y, column_step, out[b, c], argmax[b, c])
+            else:
+                _maxpool_rows_2x2(x[b, c], 0, width, stride_y, column_step, out[b, c], argmax[b, c])
 
-@jit
-def _maxpool_2x2_serial(x, stride_y, stride_x, offset, out, argmax, padded_shape):
-    channels = x.shape[1]
-    padded = np.empty(padded_shape, np.float32)
-    for plane in range(x.shape[0] * channels):
-        _maxpool_plane_2x2(x, plane // channels, plane % channels, stride_y, stride_x, offset, out, argmax,
-                           padded)
+    @jit(parallel=True)
+    def parallel(x, stride_y, stride_x, offset, out, argmax, padded_shape, chunks):
+        channels, width = x.shape[1], x.shape[3]
+        column_step = step if step else stride_x
+        planes = x.shape[0] * channels
+        for chunk in prange(chunks):
+            # scratch per chunk of planes, not per plane: an allocation per 14x14 plane costs as much as the work
+            scratch = np.empty(padded_shape, np.float32)
+            for plane in range(chunk * planes // chunks, (chunk + 1) * planes // chunks):
+                b, c = plane // channels, plane % channels
+                if padded:
+                    _pad_plane(x, b, c, offset, scratch)
+                    _maxpool_rows_2x2(scratch, offset, width, stride_y, column_step, out[b, c], argmax[b, c])
+                else:
+                    _maxpool_rows_2x2(x[b, c], 0, width, stride_y, column_step, out[b, c], argmax[b, c])
 
-
-@jit(parallel=True)
-def _maxpool_2x2_parallel(x, stride_y, stride_x, offset, out, argmax, padded_shape, chunks):
-    channels = x.shape[1]
-    planes = x.shape[0] * channels
-    for chunk in prange(chunks):
-        # scratch per chunk of planes, not per plane: an allocation per 14x14 plane costs as much as the work
-        padded = np.empty(padded_shape, np.float32)
-        for plane in range(chunk * planes // chunks, (chunk + 1) * planes // chunks):
-            _maxpool_plane_2x2(x, plane // channels, plane % channels, stride_y, stride_x, offset, out, argmax,
-                               padded)
+    return serial, parallel
 
 
 # ---- any other window --------------------------------------------------------------------------------------
@@ -317,10 +320,11 @@ def maxpool_forward(x: np.ndarray, size: int, stride_y: int, stride_x: int, offs
     inside = offset == 0 and rows <= height and cols <= width
     padded_shape = (0, 0) if inside else (rows, cols)
     if size == 2:
+        serial, parallel = _maxpool_2x2_kernels(stride_x if stride_x in (1, 2) else 0, not inside)
         if threads:
-            _maxpool_2x2_parallel(x, stride_y, stride_x, offset, out, argmax, padded_shape, chunks)
+            parallel(x, stride_y, stride_x, offset, out, argmax, padded_shape, chunks)
         else:
-            _maxpool_2x2_serial(x, stride_y, stride_x, offset, out, argmax, padded_shape)
+            serial(x, stride_y, stride_x, offset, out, argmax, padded_shape)
     elif threads:
         _window_parallel(x, size, stride_y, stride_x, offset, out, argmax, padded_shape, rows, chunks)
     else:

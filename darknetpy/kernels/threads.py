@@ -75,8 +75,11 @@ def apply_defaults() -> None:
 
 
 def threads_pay(work: int, tasks: int, minimum_work: int) -> bool:
-    """Whether a parallel kernel is worth its launch (~10-50 us): enough work, more than one task, and more
-    than one Numba thread."""
+    """Whether a parallel kernel is worth its launch: enough work, more than one task, and more than one
+    Numba thread. With sleeping idle workers (above) a launch costs ~100-180 us -- it has to wake them
+    (measured on this project's 2-core machine; 3-20 us when they spin), so each kernel's `minimum_work` is
+    about 0.5 ms of its serial work: below that a second thread saves less than its wake-up costs, and
+    small networks never compile the parallel kernels at all."""
     return work >= minimum_work and tasks > 1 and numba.get_num_threads() > 1
 
 

@@ -23,7 +23,7 @@ from .threads import threads_pay
 
 # Elements below which the thread team is not worth starting -- nor compiling the parallel kernels on a
 # first run: small networks (MNIST's 14x14 and 7x7 layers) then never need them.
-PARALLEL_MIN_ELEMENTS = 1 << 17
+PARALLEL_MIN_ELEMENTS = 1 << 19
 
 _G = {
     2: np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64),

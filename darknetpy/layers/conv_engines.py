@@ -2,7 +2,7 @@
 
   * GemmEngine: whole-batch im2col + one BLAS matrix product per group (all groups in one batched matmul);
   * DirectEngine: groups with few channels each (depthwise above all) and first layers reading 1-4 channels
-    are convolved by a direct Numba kernel (kernels/depthwise.py): tiny per-group matrix products, or an
+    of large images are convolved by a direct Numba kernel (kernels/depthwise.py): tiny per-group matrix products, or an
     im2col matrix 9x the size of the image, cost far more than the arithmetic;
   * WinogradEngine: 3x3 stride-1 ungrouped convolutions at inference use F(2x2,3x3), or F(4x4,3x3) on large
     maps (kernels/winograd.py), with the weights transformed once; in training it computes dL/dx of large
@@ -34,6 +34,11 @@ from .epilogue import Epilogue
 DIRECT_MAX_IN_PER_GROUP = 8
 DIRECT_MAX_OUT_PER_GROUP = 8
 DIRECT_MAX_IN_ANY_OUT = 4
+# ...but only once the batch's im2col matrix would leave the L1/L2 sweet spot: below this many bytes GEMM is
+# as fast or faster (forward, 1 thread, GEMM / direct: grey 28x28 0.68, 56x56 0.71, 64x64 0.91; grey 28x28 at
+# batch 8, 220 KiB, 1.08; grey 96x96, 324 KiB, 1.37), and a network that never needs the direct kernel
+# never compiles it (the README's MNIST command: 9 of its 20 s of first-run compilation).
+DIRECT_MIN_PATCH_BYTES = 192 << 10
 # Winograd: output maps with at least this many pixels use 4x4 tiles (4x fewer multiplications, the
 # transforms stay cheap relative to the products); smaller maps use 2x2 tiles (16 products, less tile
 # padding waste on e.g. 13x13 maps, and 10x more accurate).
@@ -99,6 +104,10 @@ class ConvGeometry:
             return True
         return self.in_per_group <= DIRECT_MAX_IN_ANY_OUT and not self.is_pointwise
 
+    def patch_bytes(self, batch: int) -> int:
+        """Size of the im2col matrix of `batch` images."""
+        return batch * self.channels * self.size * self.size * self.out_h * self.out_w * np.dtype(FLOAT).itemsize
+
     @property
     def winograd_tile(self) -> int:
         """Output tile size of a Winograd convolution of this shape (0: not applicable)."""
@@ -123,7 +132,7 @@ def choose_engines(g: ConvGeometry, batch: int) -> tuple[GemmEngine | DirectEngi
     # (the first layer): its weight gradient is one well-shaped product (MNIST's first layer, batch 128:
     # backward 10.6 -> 7.7 ms, 1 thread).
     gemm = GemmEngine(g, batch, winograd_dx)
-    if g.suits_direct:
+    if g.suits_direct and g.patch_bytes(batch) >= DIRECT_MIN_PATCH_BYTES:
         return DirectEngine(g, batch), gemm
     if g.winograd_tile and not gemm_beats_winograd(g, batch, numba.get_num_threads()):
         return WinogradEngine(g.channels, g.filters, g.out_h, g.out_w, g.padding, batch, g.winograd_tile), gemm
@@ -134,8 +143,7 @@ def gemm_beats_winograd(g: ConvGeometry, batch: int, threads: int) -> bool:
     """Whether im2col + GEMM is the faster inference path for a Winograd-shaped layer (see the constants);
     decided when the layer's buffers are allocated, for the Numba thread count in force then."""
     max_channels, max_bytes = GEMM_OVER_WINOGRAD_ONE_THREAD if threads <= 1 else GEMM_OVER_WINOGRAD_THREADS
-    patch_bytes = batch * g.channels * g.size * g.size * g.out_h * g.out_w * np.dtype(FLOAT).itemsize
-    return g.channels <= max_channels and patch_bytes <= max_bytes
+    return g.channels <= max_channels and g.patch_bytes(batch) <= max_bytes
 
 
 class _ChannelMajorProduct:
