@@ -219,3 +219,24 @@ def test_threaded_and_serial_kernels_agree_with_naive(threaded, monkeypatch):
         for c in range(3):
             np.add.at(expected[b, c], winner[b, c].ravel(), dy[b, c].ravel())
     np.testing.assert_allclose(dx.reshape(2, 3, 63), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+@pytest.mark.parametrize("size,stride,stride_x,padding", [
+    (3, 1, 1, 2), (3, 1, 1, 0), (3, 2, 2, 2), (3, 2, 2, 0), (5, 1, 1, 4), (5, 1, 1, 0), (9, 1, 1, 8),
+    (13, 1, 1, 12), (13, 1, 1, 0),             # the literal windows (SPP's at stride 1), padded and inside
+    (2, 2, 2, 0), (2, 1, 1, 1), (2, 3, 3, 1),  # 2x2 at literal column strides 2 and 1, and one read at run time
+    (3, 1, 3, 2), (4, 2, 2, 3), (7, 2, 3, 6),  # sizes and strides read at run time: direct, separable
+])
+def test_every_window_kernel_matches_naive(size, stride, stride_x, padding, threaded, monkeypatch):
+    """Each window variant is compiled as its own kernel (kernels/pooling.py): every one against the oracle."""
+    from darknetpy.kernels import pooling as kernels
+    monkeypatch.setattr(kernels, "PARALLEL_MIN_ELEMENTS", 0 if threaded else 1 << 62)
+    text = f"[maxpool]\nsize={size}\nstride={stride}\nstride_x={stride_x}\npadding={padding}"
+    net = make_net(text, 17, 15, 3)
+    layer = net.layers[0]
+    x = np.random.default_rng(size * 7 + stride).standard_normal((2, 3, 15, 17)).astype(np.float32)
+    got = net.forward(x)
+    ref, winner = maxpool(x, size, stride, stride_x, padding)
+    np.testing.assert_array_equal(got, ref)
+    np.testing.assert_array_equal(layer.argmax, winner)

@@ -27,6 +27,9 @@ Summation order differs from im2col + GEMM (float32 rounding only).
 """
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import numpy as np
 from numba import prange
 
@@ -37,6 +40,8 @@ from .threads import threads_pay
 # work at 0.15-0.4 ns per multiply-add (see threads.threads_pay).
 PARALLEL_MIN_MACS = 1 << 21
 LANES = 64  # partial sums per weight gradient
+# Tap patterns with a plane function of their own (the rest: _plane_any)
+TAPS_ANY, TAPS_3X3_STRIDE1, TAPS_3X3_STRIDE2, TAPS_5X5_STRIDE1 = 0, 1, 2, 3
 
 
 def phase_shape(in_per_group: int, ksize: int, stride_y: int, stride_x: int, dilation: int, out_h: int,
@@ -172,25 +177,26 @@ def _leaky(y):
     return y if y > np.float32(0.0) else np.float32(0.1 * np.float64(y))
 
 
-@jit
-def _convolve_group_image(x, weights, bias, leaky, b, g, stride_y, stride_x, pad, dilation, phases, plane, out):
+@jit(inline="always")
+def _convolve_group_image(x, weights, bias, leaky, b, g, stride_y, stride_x, pad, dilation, phases, plane, out,
+                          taps):
+    """Output planes of group g of image b; `taps` is one of the TAPS_* constants (a closure constant of
+    the calling kernel, so only its plane function is compiled in)."""
     in_per_group = weights.shape[1]
-    ksize = weights.shape[2]
     out_per_group = out.shape[1] // (x.shape[1] // in_per_group)
     out_h, out_w = out.shape[2], out.shape[3]
     wq = phases.shape[4]
     for ci in range(in_per_group):
         _fill_phases(x, b, g * in_per_group + ci, stride_y, stride_x, pad, phases[ci])
-    fast3 = ksize == 3 and dilation == 1
     for fi in range(out_per_group):
         f = g * out_per_group + fi
         for ci in range(in_per_group):
             w = weights[f, ci]
-            if fast3 and stride_x == 1 and stride_y == 1:
+            if taps == TAPS_3X3_STRIDE1:
                 _plane_3x3_stride1(phases[ci], w, ci > 0, bias[f], plane)
-            elif fast3 and stride_x == 2 and stride_y == 2:
+            elif taps == TAPS_3X3_STRIDE2:
                 _plane_3x3_stride2(phases[ci], w, ci > 0, bias[f], plane)
-            elif ksize == 5 and dilation == 1 and stride_x == 1 and stride_y == 1:
+            elif taps == TAPS_5X5_STRIDE1:
                 _plane_5x5_stride1(phases[ci], w, ci > 0, bias[f], plane)
             else:
                 _plane_any(phases[ci], w, stride_y, stride_x, dilation, ci > 0, bias[f], plane)
@@ -205,26 +211,41 @@ def _convolve_group_image(x, weights, bias, leaky, b, g, stride_y, stride_x, pad
                     dst[ox] = src[ox]
 
 
-@jit
-def _forward_serial(x, weights, bias, leaky, stride_y, stride_x, pad, dilation, phase_dims, out):
-    groups = x.shape[1] // weights.shape[1]
-    phases = np.zeros(phase_dims, np.float32)
-    plane = np.empty(out.shape[2] * phase_dims[4], np.float32)
-    for task in range(x.shape[0] * groups):
-        b = task // groups
-        _convolve_group_image(x, weights, bias, leaky, b, task - b * groups, stride_y, stride_x, pad, dilation,
-                              phases, plane, out)
+def _taps(ksize: int, stride_y: int, stride_x: int, dilation: int) -> int:
+    if ksize == 3 and dilation == 1 and stride_y == stride_x and stride_x in (1, 2):
+        return TAPS_3X3_STRIDE1 if stride_x == 1 else TAPS_3X3_STRIDE2
+    if ksize == 5 and dilation == 1 and stride_y == stride_x == 1:
+        return TAPS_5X5_STRIDE1
+    return TAPS_ANY
 
 
-@jit(parallel=True)
-def _forward_parallel(x, weights, bias, leaky, stride_y, stride_x, pad, dilation, phase_dims, out):
-    groups = x.shape[1] // weights.shape[1]
-    for task in prange(x.shape[0] * groups):
-        b = task // groups
+@functools.cache
+def _forward_kernels(taps: int) -> tuple[Callable, Callable]:
+    """(serial, parallel) forward kernels of one tap pattern. `taps` is a closure constant, so a network
+    compiles only the plane functions it uses (one kernel holding all four compiled for 10 s; a closure over
+    plain values is cached on disk like a module-level kernel)."""
+
+    @jit
+    def serial(x, weights, bias, leaky, stride_y, stride_x, pad, dilation, phase_dims, out):
+        groups = x.shape[1] // weights.shape[1]
         phases = np.zeros(phase_dims, np.float32)
         plane = np.empty(out.shape[2] * phase_dims[4], np.float32)
-        _convolve_group_image(x, weights, bias, leaky, b, task - b * groups, stride_y, stride_x, pad, dilation,
-                              phases, plane, out)
+        for task in range(x.shape[0] * groups):
+            b = task // groups
+            _convolve_group_image(x, weights, bias, leaky, b, task - b * groups, stride_y, stride_x, pad,
+                                  dilation, phases, plane, out, taps)
+
+    @jit(parallel=True)
+    def parallel(x, weights, bias, leaky, stride_y, stride_x, pad, dilation, phase_dims, out):
+        groups = x.shape[1] // weights.shape[1]
+        for task in prange(x.shape[0] * groups):
+            b = task // groups
+            phases = np.zeros(phase_dims, np.float32)
+            plane = np.empty(out.shape[2] * phase_dims[4], np.float32)
+            _convolve_group_image(x, weights, bias, leaky, b, task - b * groups, stride_y, stride_x, pad,
+                                  dilation, phases, plane, out, taps)
+
+    return serial, parallel
 
 
 def _macs(weights: np.ndarray, out: np.ndarray) -> int:
@@ -239,8 +260,8 @@ def grouped_conv_forward(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, s
     groups = x.shape[1] // weights.shape[1]
     dims = phase_shape(weights.shape[1], weights.shape[2], stride_y, stride_x, dilation, out.shape[2],
                        out.shape[3])
-    parallel = threads_pay(_macs(weights, out), x.shape[0] * groups, PARALLEL_MIN_MACS)
-    kernel = _forward_parallel if parallel else _forward_serial
+    serial, parallel = _forward_kernels(_taps(weights.shape[2], stride_y, stride_x, dilation))
+    kernel = parallel if threads_pay(_macs(weights, out), x.shape[0] * groups, PARALLEL_MIN_MACS) else serial
     kernel(x, weights, bias, leaky, stride_y, stride_x, pad, dilation, dims, out)
 
 

@@ -195,57 +195,66 @@ def _separable_rows(src, origin, width, size, stride_y, stride_x, out_plane, ind
                 winners[ox] = row_indices[winners[ox]]
 
 
-@jit
-def _window_plane(x, b, c, size, stride_y, stride_x, offset, out, argmax, padded, row_v, row_i):
-    """Max pooling of plane (b, c) with a size x size window (any size but 2), from the padded copy unless the
-    windows stay inside the image. The usual windows get literal sizes and column strides: 3x3 at stride 1 takes
-    every tap; 3x3 at stride 2 and SPP's 5x5, 9x9 and 13x13 go separable (measured faster at these sizes).
-    Other windows up to 3x3 take every tap, larger ones go separable."""
-    if padded.shape[0] == 0:
+# Windows with literal sizes and column strides (size, stride_x) -> separable: 3x3 at stride 1 takes every
+# tap; 3x3 at stride 2 and SPP's 5x5, 9x9 and 13x13 go separable (measured faster at these sizes). Other
+# windows up to 3x3 take every tap, larger ones go separable, with sizes read at run time.
+LITERAL_WINDOWS = {(3, 1): False, (3, 2): True, (5, 1): True, (9, 1): True, (13, 1): True}
+
+
+@jit(inline="always")
+def _window_plane(x, b, c, window, stride_y, stride_x, offset, out, argmax, scratch, row_v, row_i, size, step,
+                  separable, padded):
+    """Plane (b, c); size, step, separable and padded are the calling kernel's closure constants."""
+    k = size if size else window
+    column_step = step if step else stride_x
+    if padded:
+        _pad_plane(x, b, c, offset, scratch)
+        src, origin = scratch, offset
+    else:
         src, origin = x[b, c], 0
+    if separable:
+        _separable_rows(src, origin, x.shape[3], k, stride_y, column_step, out[b, c], argmax[b, c], row_v, row_i)
     else:
-        _pad_plane(x, b, c, offset, padded)
-        src, origin = padded, offset
-    width = x.shape[3]
-    o, a = out[b, c], argmax[b, c]
-    if size == 3 and stride_x == 1:
-        _window_rows(src, origin, width, 3, 3, stride_y, 1, o, a)
-    elif size == 3 and stride_x == 2:
-        _separable_rows(src, origin, width, 3, stride_y, 2, o, a, row_v, row_i)
-    elif size == 5 and stride_x == 1:
-        _separable_rows(src, origin, width, 5, stride_y, 1, o, a, row_v, row_i)
-    elif size == 9 and stride_x == 1:
-        _separable_rows(src, origin, width, 9, stride_y, 1, o, a, row_v, row_i)
-    elif size == 13 and stride_x == 1:
-        _separable_rows(src, origin, width, 13, stride_y, 1, o, a, row_v, row_i)
-    elif size <= 3:
-        _window_rows(src, origin, width, size, size, stride_y, stride_x, o, a)
-    else:
-        _separable_rows(src, origin, width, size, stride_y, stride_x, o, a, row_v, row_i)
+        _window_rows(src, origin, x.shape[3], k, k, stride_y, column_step, out[b, c], argmax[b, c])
 
 
-@jit
-def _window_serial(x, size, stride_y, stride_x, offset, out, argmax, padded_shape, rows):
-    channels = x.shape[1]
-    padded = np.empty(padded_shape, np.float32)
-    row_v = np.empty((rows, out.shape[3]), np.float32)
-    row_i = np.empty((rows, out.shape[3]), np.int32)
-    for plane in range(x.shape[0] * channels):
-        _window_plane(x, plane // channels, plane % channels, size, stride_y, stride_x, offset, out, argmax,
-                      padded, row_v, row_i)
+@functools.cache
+def _window_kernels(size: int, step: int, separable: bool, padded: bool) -> tuple[Callable, Callable]:
+    """(serial, parallel) max pooling with a size x size window (any size but 2), from the padded copy
+    unless the windows stay inside the image. `size` and `step` (the column stride) are literal when
+    nonzero, read at run time when 0; all four are closure constants, so a network compiles only the
+    windows it uses (one kernel holding every variant compiled for 7.6 s)."""
 
-
-@jit(parallel=True)
-def _window_parallel(x, size, stride_y, stride_x, offset, out, argmax, padded_shape, rows, chunks):
-    channels = x.shape[1]
-    planes = x.shape[0] * channels
-    for chunk in prange(chunks):
-        padded = np.empty(padded_shape, np.float32)
+    @jit
+    def serial(x, window, stride_y, stride_x, offset, out, argmax, padded_shape, rows):
+        channels = x.shape[1]
+        scratch = np.empty(padded_shape, np.float32)
         row_v = np.empty((rows, out.shape[3]), np.float32)
         row_i = np.empty((rows, out.shape[3]), np.int32)
-        for plane in range(chunk * planes // chunks, (chunk + 1) * planes // chunks):
-            _window_plane(x, plane // channels, plane % channels, size, stride_y, stride_x, offset, out, argmax,
-                          padded, row_v, row_i)
+        for p in range(x.shape[0] * channels):
+            _window_plane(x, p // channels, p % channels, window, stride_y, stride_x, offset, out, argmax,
+                          scratch, row_v, row_i, size, step, separable, padded)
+
+    @jit(parallel=True)
+    def parallel(x, window, stride_y, stride_x, offset, out, argmax, padded_shape, rows, chunks):
+        channels = x.shape[1]
+        planes = x.shape[0] * channels
+        for chunk in prange(chunks):
+            scratch = np.empty(padded_shape, np.float32)
+            row_v = np.empty((rows, out.shape[3]), np.float32)
+            row_i = np.empty((rows, out.shape[3]), np.int32)
+            for p in range(chunk * planes // chunks, (chunk + 1) * planes // chunks):
+                _window_plane(x, p // channels, p % channels, window, stride_y, stride_x, offset, out, argmax,
+                              scratch, row_v, row_i, size, step, separable, padded)
+
+    return serial, parallel
+
+
+def _window_variant(size: int, stride_x: int) -> tuple[int, int, bool]:
+    """(literal size or 0, literal column stride or 0, separable) of a window."""
+    if (size, stride_x) in LITERAL_WINDOWS:
+        return size, stride_x, LITERAL_WINDOWS[size, stride_x]
+    return 0, 0, size > 3
 
 
 @jit
@@ -325,10 +334,12 @@ def maxpool_forward(x: np.ndarray, size: int, stride_y: int, stride_x: int, offs
             parallel(x, stride_y, stride_x, offset, out, argmax, padded_shape, chunks)
         else:
             serial(x, stride_y, stride_x, offset, out, argmax, padded_shape)
-    elif threads:
-        _window_parallel(x, size, stride_y, stride_x, offset, out, argmax, padded_shape, rows, chunks)
     else:
-        _window_serial(x, size, stride_y, stride_x, offset, out, argmax, padded_shape, rows)
+        serial, parallel = _window_kernels(*_window_variant(size, stride_x), not inside)
+        if threads:
+            parallel(x, size, stride_y, stride_x, offset, out, argmax, padded_shape, rows, chunks)
+        else:
+            serial(x, size, stride_y, stride_x, offset, out, argmax, padded_shape, rows)
 
 
 @jit

@@ -7,6 +7,9 @@ threads for large ones; the results are identical.
 """
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import numpy as np
 from numba import prange
 
@@ -59,7 +62,7 @@ def _block_sum_plane(big, stride, scale, small, accumulate, b, c):
 
 
 # ---- the two resampling directions, plane by plane ---------------------------------------------------------
-@jit
+@jit(inline="always")
 def _resample_plane(src, stride, scale, dst, accumulate, expand, plane):
     channels = dst.shape[1]
     b, c = plane // channels, plane % channels
@@ -69,22 +72,29 @@ def _resample_plane(src, stride, scale, dst, accumulate, expand, plane):
         _block_sum_plane(src, stride, scale, dst, accumulate, b, c)
 
 
-@jit
-def _resample_serial(src, stride, scale, dst, accumulate, expand):
-    for plane in range(dst.shape[0] * dst.shape[1]):
-        _resample_plane(src, stride, scale, dst, accumulate, expand, plane)
+@functools.cache
+def _resample_kernels(expand: bool, accumulate: bool) -> tuple[Callable, Callable]:
+    """(serial, parallel) resampling in one direction; both flags are closure constants, so inference
+    (upsample forward: expand, assign) compiles neither the block sums nor the accumulating loops."""
 
+    @jit
+    def serial(src, stride, scale, dst):
+        for plane in range(dst.shape[0] * dst.shape[1]):
+            _resample_plane(src, stride, scale, dst, accumulate, expand, plane)
 
-@jit(parallel=True)
-def _resample_parallel(src, stride, scale, dst, accumulate, expand):
-    for plane in prange(dst.shape[0] * dst.shape[1]):
-        _resample_plane(src, stride, scale, dst, accumulate, expand, plane)
+    @jit(parallel=True)
+    def parallel(src, stride, scale, dst):
+        for plane in prange(dst.shape[0] * dst.shape[1]):
+            _resample_plane(src, stride, scale, dst, accumulate, expand, plane)
+
+    return serial, parallel
 
 
 def _resample(src, stride, scale, dst, accumulate, expand):
     big = dst if expand else src
-    kernel = _resample_parallel if use_threads(big.size, dst.shape[0] * dst.shape[1]) else _resample_serial
-    kernel(src, stride, scale, dst, accumulate, expand)
+    serial, parallel = _resample_kernels(bool(expand), bool(accumulate))
+    kernel = parallel if use_threads(big.size, dst.shape[0] * dst.shape[1]) else serial
+    kernel(src, stride, scale, dst)
 
 
 def nearest_expand(small: np.ndarray, stride: int, scale: np.float32, big: np.ndarray, accumulate: bool) -> None:
