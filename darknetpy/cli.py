@@ -239,6 +239,12 @@ def _emit(progress, lines: list[str]) -> None:
     sys.stdout.flush()
 
 
+def arm_compile_ahead(network) -> None:
+    """A first run of a per-image command compiles with a second process (darknetpy.compile_ahead)."""
+    from .compile_ahead import arm
+    arm(network)
+
+
 def cmd_predict(args) -> int:
     """What the network predicts, by its task (darknetpy.tasks.task_name_for, as the trainer chooses it): a
     classifier's top-k, a detector's boxes as `detect`, a segmenter's class shares and masks as `segment`."""
@@ -247,6 +253,7 @@ def cmd_predict(args) -> int:
     dask = _dask_requested(args)
     images = expand_images(args.images)
     model = api.load(args.cfg, args.weights, names=_names_source(args))
+    arm_compile_ahead(model.network)
     task = task_name_for(model.network)
     if task == "classification":
         return _classify_images(model, images, args, dask)
@@ -332,6 +339,7 @@ def cmd_detect(args, model=None, images: list[str] | None = None) -> int:
         images = expand_images(args.images)
     if model is None:
         model = api.load(args.cfg, args.weights, names=_names_source(args))
+        arm_compile_ahead(model.network)
     _require_task(model, "detection", "detect")
     letterbox = True if args.letterbox else (False if args.no_letterbox else None)
     if _dask_requested(args):
@@ -397,6 +405,7 @@ def cmd_segment(args, model=None, images: list[str] | None = None) -> int:
         images = expand_images(args.images)
     if model is None:
         model = api.load(args.cfg, args.weights, names=args.names)
+        arm_compile_ahead(model.network)
     _require_task(model, "segmentation", "segment")
     names = segmentation_names(model, _names_source(args))
     if dask:

@@ -35,6 +35,8 @@ def announce_compilation(stream: TextIO | None = None) -> None:
                     return  # numba's own helpers compile inside a kernel's compilation, never first
                 self.announced = True
                 print(NOTICE, file=self.stream if self.stream is not None else sys.stderr, flush=True)
+                from .compile_ahead import start_if_armed
+                start_if_armed()  # a second process compiles from the network's other end
 
             def on_end(self, ev: event.Event) -> None:
                 pass

@@ -60,6 +60,10 @@ class Network:
         self._batch = 0
 
     # ---- buffers --------------------------------------------------------------------------------------------
+    def allocate(self, batch: int) -> None:
+        """Give every layer its buffers for `batch` images (forward does this itself when the batch changes)."""
+        self._ensure_batch(batch)
+
     def _ensure_batch(self, batch: int) -> None:
         if batch != self._batch:
             self._batch = 0  # until every layer has its buffers

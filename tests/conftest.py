@@ -9,6 +9,10 @@ import pytest
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
+# No compile-ahead helper processes (darknetpy.compile_ahead) for the commands the tests run: the suite's
+# worker processes already keep every core busy. Its own tests switch it on.
+os.environ.setdefault("DARKNETPY_COMPILE_AHEAD", "0")
+
 
 def shared_path(*parts: str) -> Path:
     path = SHARED.joinpath(*parts)

@@ -110,3 +110,156 @@ def test_gnu_openmp_detection_reads_the_process_maps(tmp_path: Path) -> None:
         pytest.skip("no system libgomp to load")
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "True"]
+
+
+# ---- compile ahead (darknetpy.compile_ahead) ---------------------------------------------------------------
+TINY_DETECTOR = """\
+[net]
+width=32
+height=32
+channels=3
+
+[convolutional]
+batch_normalize=1
+filters=8
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[convolutional]
+filters=8
+size=1
+stride=1
+activation=leaky
+
+[upsample]
+stride=2
+
+[route]
+layers=-1,0
+
+[convolutional]
+filters=21
+size=1
+stride=1
+activation=linear
+
+[yolo]
+mask=0,1,2
+anchors=4,4, 8,8, 16,16
+classes=2
+num=3
+"""
+
+COUNT_COMPILATIONS = """\
+    import numpy as np
+    from numba.core import event
+    compiled = []
+    class Count(event.Listener):
+        def on_start(self, ev):
+            compiled.append(ev.data["dispatcher"].py_func.__module__)
+        def on_end(self, ev):
+            pass
+    event.register("numba:compile", Count())
+    from darknetpy.network import load_cfg
+    from darknetpy.kernels.resize import resize_image
+    net = load_cfg("tiny.cfg")
+    net.initialize(1)
+    net.forward(np.random.default_rng(0).random((1, 3, 32, 32), np.float32))
+    print(sum(m.startswith("darknetpy.") for m in compiled))
+    resize_image(np.zeros((3, 5, 7), np.float32), np.zeros((3, 4, 4), np.float32))   # not the helper's
+    print(sum(m.startswith("darknetpy.") for m in compiled))
+    """
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(entry.name)
+        except OSError:
+            pass
+    return found
+
+
+def test_compile_ahead_helper_fills_the_cache_with_the_networks_kernels(tmp_path: Path, monkeypatch) -> None:
+    """The helper compiles every kernel of the armed network's inference into the on-disk cache: a later
+    process running that network compiles no darknetpy kernel (and does compile one the helper had no reason
+    to, which shows the count works)."""
+    from darknetpy import compile_ahead
+    from darknetpy.network import network_from_text
+    cfg = tmp_path / "tiny.cfg"
+    cfg.write_text(TINY_DETECTOR)
+    cache = str(tmp_path / "cache")
+    monkeypatch.setenv(compile_ahead.ENVIRONMENT_SWITCH, "1")
+    monkeypatch.setenv("NUMBA_CACHE_DIR", cache)
+    monkeypatch.setattr(compile_ahead, "_helper", None)
+    net = network_from_text(TINY_DETECTOR, str(cfg))
+    if not compile_ahead.enabled():
+        pytest.skip("one core: no helper")
+    compile_ahead.arm(net)
+    compile_ahead.start_if_armed()
+    helper = compile_ahead._helper
+    assert helper is not None
+    assert helper.wait(timeout=240) == 0
+    compile_ahead.start_if_armed()                   # once per process: nothing is armed any more
+    assert compile_ahead._helper is helper
+    import numba
+    done = run_python(COUNT_COMPILATIONS, tmp_path, NUMBA_CACHE_DIR=cache,
+                      NUMBA_NUM_THREADS=str(numba.get_num_threads()))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0] == "0"
+    assert int(done.stdout.split()[1]) >= 1
+
+
+def test_compile_ahead_is_stopped_with_its_process_and_leaves_when_its_parent_is_gone(tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    from darknetpy import compile_ahead
+    from darknetpy.network import network_from_text
+    cfg = tmp_path / "stopped.cfg"
+    cfg.write_text(TINY_DETECTOR)
+    monkeypatch.setenv(compile_ahead.ENVIRONMENT_SWITCH, "1")
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(compile_ahead, "_helper", None)
+    if not compile_ahead.enabled():
+        pytest.skip("one core: no helper")
+    compile_ahead.arm(network_from_text(TINY_DETECTOR, str(cfg)))
+    compile_ahead.start_if_armed()
+    helper = compile_ahead._helper
+    compile_ahead.stop()
+    assert helper.poll() is not None and compile_ahead._helper is None
+    assert not _processes_mentioning(str(cfg))
+    # started by a process that is not the one it was told to serve: it leaves at once, compiling nothing
+    orphan = subprocess.run([sys.executable, "-m", "darknetpy.compile_ahead", str(cfg), "32", "32", "1", "1",
+                             str(os.getpid() + 10 ** 7)], cwd=tmp_path, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(REPO), "NUMBA_CACHE_DIR": str(tmp_path / "orphan")})
+    assert orphan.returncode == 0
+    assert not (tmp_path / "orphan").exists()
+
+
+def test_compile_ahead_is_off_when_the_environment_says_so(monkeypatch) -> None:
+    from darknetpy import compile_ahead
+    for value in ("0", "off", "false"):
+        monkeypatch.setenv(compile_ahead.ENVIRONMENT_SWITCH, value)
+        assert not compile_ahead.enabled()
+
+
+def test_first_run_of_predict_with_the_helper_prints_its_answers_and_leaves_no_process(tmp_path: Path) -> None:
+    cfg = tmp_path / "mnist-copy.cfg"
+    cfg.write_text((REPO / "cfg" / "mnist.cfg").read_text())
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NUMBA_CACHE_DIR": str(tmp_path / "cache"),
+           "DARKNETPY_COMPILE_AHEAD": "1"}
+    done = subprocess.run([sys.executable, "-m", "darknetpy", "predict", str(cfg), str(REPO / "weights" / "mnist.weights"),
+                           str(REPO / "darknetpy" / "samples" / "digit_7.png"), "--top", "1"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1].endswith(": 7")
+    from darknetpy.compile_notice import NOTICE
+    assert done.stderr.count(NOTICE) == 1
+    assert not _processes_mentioning(str(cfg))
