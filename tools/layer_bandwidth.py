@@ -1,0 +1,121 @@
+"""Where a network's inference time goes, by layer type, against the memory traffic each type cannot avoid.
+
+    python tools/layer_bandwidth.py CFG [WEIGHTS] [--width W --height H] [--repeat N]
+
+Each layer's forward is timed twice, with the thread counts of the environment (NUMBA_NUM_THREADS,
+OPENBLAS_NUM_THREADS: set both to 1 for the one-thread figures): "in pass", its median over --repeat whole
+forward passes (what a real pass sees: its weights and output buffer come from wherever the other layers
+left the caches), and "alone", the median of --repeat calls in a row on the same input (everything it touches
+hot in the caches). Layers are grouped by type (depthwise k x k / stride s, grouped, pointwise 1x1, dense
+k x k, and the other layer kinds). For each group:
+
+  bytes   what its layers must move at least: every input and weight read once and the output written once
+          (float32);
+  GB/s    bytes / time alone;
+  bound   the same bytes moved by numpy.copyto, layer by layer (an array half the layer's bytes copied into
+          another: read + write, in a row like "alone"), so the caches a layer's data fits in count for the
+          copy too;
+  x bound time alone / the copy's time: 1 is as fast as moving the data can be; far above 1 the type is bound
+          by arithmetic or overheads, not memory.
+
+The weights are seeded (darknetpy's initialisation) unless WEIGHTS is given: the time does not depend on them.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import darknetpy  # noqa: E402  (sets the thread policy before Numba starts threads)
+from darknetpy.layers.convolutional import Convolutional  # noqa: E402
+
+FLOAT_BYTES = 4
+
+
+def layer_type(layer) -> str:
+    if isinstance(layer, Convolutional):
+        cfg = layer.config
+        channels = layer.in_shapes[0].c
+        shape = f"{cfg.size}x{cfg.size}/{cfg.stride}"
+        if cfg.groups > 1 and cfg.groups == channels:
+            return f"depthwise {shape}"
+        if cfg.groups > 1:
+            return f"grouped {shape}"
+        return "pointwise 1x1" if cfg.size == 1 else f"dense {shape}"
+    return f"[{layer.kind}]"
+
+
+def median_seconds(call, repeat: int) -> float:
+    call()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def timed_pass(net, x: np.ndarray) -> list[float]:
+    """One inference forward pass, layer by layer as Network.forward runs it, with each layer's seconds."""
+    seconds = []
+    for index in range(net.output_index + 1):
+        layer = net.layers[index]
+        inputs = [x if j < 0 else net.outputs[j] for j in layer.input_indices()]
+        start = time.perf_counter()
+        net.outputs[index] = layer.forward(inputs, False)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("cfg")
+    parser.add_argument("weights", nargs="?")
+    parser.add_argument("--width", type=int)
+    parser.add_argument("--height", type=int)
+    parser.add_argument("--repeat", type=int, default=50)
+    args = parser.parse_args(argv)
+    model = darknetpy.load(args.cfg, args.weights, width=args.width, height=args.height, seed=1)
+    net = model.network
+    s = net.input_shape
+    x = np.random.default_rng(0).random((1, s.c, s.h, s.w), np.float32)
+    whole = median_seconds(lambda: net.forward(x), args.repeat)
+    in_pass = np.median([timed_pass(net, x) for _ in range(args.repeat)], axis=0)
+    groups: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for index in range(net.output_index + 1):
+        layer = net.layers[index]
+        inputs = [x if j < 0 else net.outputs[j] for j in layer.input_indices()]
+        seconds = median_seconds(lambda: layer.forward(inputs, False), args.repeat)
+        weights = sum(array.size for array in layer.weight_arrays())
+        moved = FLOAT_BYTES * (sum(a.size for a in inputs) + net.outputs[index].size + weights)
+        half = max(moved // (2 * FLOAT_BYTES), 1)
+        src, dst = np.ones(half, np.float32), np.empty(half, np.float32)
+        copy = median_seconds(lambda: np.copyto(dst, src), args.repeat)
+        group = groups[layer_type(layer)]
+        group["layers"] += 1
+        group["pass"] += in_pass[index]
+        group["seconds"] += seconds
+        group["bytes"] += moved
+        group["copy"] += copy
+    print(f"{Path(args.cfg).name} {s.w}x{s.h}, batch 1: whole forward {whole * 1e3:.2f} ms (median of "
+          f"{args.repeat})")
+    print(f"{'layer type':22} {'layers':>6} {'in pass ms':>10} {'share':>6} {'alone ms':>8} {'MB':>8} "
+          f"{'GB/s':>7} {'bound GB/s':>10} {'x bound':>7}")
+    total = sum(g["pass"] for g in groups.values())
+    for name, g in sorted(groups.items(), key=lambda item: -item[1]["pass"]):
+        print(f"{name:22} {int(g['layers']):6d} {g['pass'] * 1e3:10.3f} {g['pass'] / total:6.1%} "
+              f"{g['seconds'] * 1e3:8.3f} {g['bytes'] / 1e6:8.2f} {g['bytes'] / g['seconds'] / 1e9:7.1f} "
+              f"{g['bytes'] / g['copy'] / 1e9:10.1f} {g['seconds'] / g['copy']:7.1f}")
+    print(f"{'sum of layers':22} {sum(int(g['layers']) for g in groups.values()):6d} {total * 1e3:10.3f} "
+          f"{'':6} {sum(g['seconds'] for g in groups.values()) * 1e3:8.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
