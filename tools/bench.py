@@ -24,7 +24,7 @@ Cases (`--cases`, comma list; default all):
                    cfg and .weights through the small Darknet->torch builder in tools/bench_reference.py (BN
                    folded into the convolutions, yolo layers apply their logistic), and against onnxruntime
                    (CPU provider, intra_op_num_threads = the thread count, sequential, all graph
-                   optimisations) running that torch module exported with torch.onnx.export (opset 17) at the
+                   optimisations, idle workers not spinning) running that torch module exported with torch.onnx.export (opset 17) at the
                    batch size measured, or, where the builder lacks a layer, `darknetpy export`'s graph (the
                    anchor column says which).
   detect-scene     End to end on one 320x320 grey digit scene (tools/make_digit_scenes.py from shared MNIST), held
@@ -363,6 +363,10 @@ def onnx_session(ort, path: Path, threads: int):
     optimisation: onnxruntime at its best on this machine."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    # Its idle workers would spin after every call, taking the cores from the engine timed next in this
+    # process (2 threads, yolo-fastest-xl: darknetpy 55 ms after a spinning onnxruntime, 30 ms otherwise);
+    # onnxruntime's own time does not suffer from sleeping workers here (13.3-14.4 -> 12.4-12.9 ms).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
