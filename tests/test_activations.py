@@ -334,12 +334,17 @@ def test_bias_activate_matches_numpy(name):
     assert_forward_matches(name, out.ravel(), expected.ravel())
 
 
+# The parallel kernel runs the serial kernel's per-row code (activations._apply) over threads; a sample of
+# activations (identity, compare, exp, branches) checks the threading, each compiling for over a second.
+PARALLEL_SAMPLE = ("linear", "leaky", "logistic", "mish", "plse", "stair")
+
+
 @pytest.mark.parametrize("shape", [(3, 17, 401), (1, 2, 5)])
 def test_parallel_serial_and_auto_agree(shape):
     rng = np.random.default_rng(4)
     base = rng.uniform(-8, 8, shape).astype(np.float32)
     bias = rng.uniform(-2, 2, shape[1]).astype(np.float32)
-    for name in ALL_NAMES:
+    for name in PARALLEL_SAMPLE:
         code = act.activation_code(name)
         serial, parallel, auto = base.copy(), base.copy(), base.copy()
         act.bias_activate(serial, bias, code)
