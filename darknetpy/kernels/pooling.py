@@ -110,6 +110,17 @@ def _pad_plane(x, b, c, origin, padded):
         _fill(row, right, cols, NEG_FLT_MAX)
 
 
+@jit(inline="always")
+def _maxpool_plane_2x2(x, b, c, stride_y, stride_x, offset, out, argmax, scratch, step, padded):
+    """Plane (b, c) of a 2x2 window; step and padded are the calling kernel's closure constants."""
+    column_step = step if step else stride_x
+    if padded:
+        _pad_plane(x, b, c, offset, scratch)
+        _maxpool_rows_2x2(scratch, offset, x.shape[3], stride_y, column_step, out[b, c], argmax[b, c])
+    else:
+        _maxpool_rows_2x2(x[b, c], 0, x.shape[3], stride_y, column_step, out[b, c], argmax[b, c])
+
+
 @functools.cache
 def _maxpool_2x2_kernels(step: int, padded: bool) -> tuple[Callable, Callable]:
     """(serial, parallel) kernels of a 2x2 window. `step` (the column stride, 0 for one read at run time) and
@@ -120,32 +131,22 @@ def _maxpool_2x2_kernels(step: int, padded: bool) -> tuple[Callable, Callable]:
 
     @jit
     def serial(x, stride_y, stride_x, offset, out, argmax, padded_shape):
-        channels, width = x.shape[1], x.shape[3]
-        column_step = step if step else stride_x
+        channels = x.shape[1]
         scratch = np.empty(padded_shape, np.float32)
         for plane in range(x.shape[0] * channels):
-            b, c = plane // channels, plane % channels
-            if padded:
-                _pad_plane(x, b, c, offset, scratch)
-                _maxpool_rows_2x2(scratch, offset, width, stride_y, column_step, out[b, c], argmax[b, c])
-            else:
-                _maxpool_rows_2x2(x[b, c], 0, width, stride_y, column_step, out[b, c], argmax[b, c])
+            _maxpool_plane_2x2(x, plane // channels, plane % channels, stride_y, stride_x, offset, out, argmax,
+                               scratch, step, padded)
 
     @jit(parallel=True)
     def parallel(x, stride_y, stride_x, offset, out, argmax, padded_shape, chunks):
-        channels, width = x.shape[1], x.shape[3]
-        column_step = step if step else stride_x
+        channels = x.shape[1]
         planes = x.shape[0] * channels
         for chunk in prange(chunks):
             # scratch per chunk of planes, not per plane: an allocation per 14x14 plane costs as much as the work
             scratch = np.empty(padded_shape, np.float32)
             for plane in range(chunk * planes // chunks, (chunk + 1) * planes // chunks):
-                b, c = plane // channels, plane % channels
-                if padded:
-                    _pad_plane(x, b, c, offset, scratch)
-                    _maxpool_rows_2x2(scratch, offset, width, stride_y, column_step, out[b, c], argmax[b, c])
-                else:
-                    _maxpool_rows_2x2(x[b, c], 0, width, stride_y, column_step, out[b, c], argmax[b, c])
+                _maxpool_plane_2x2(x, plane // channels, plane % channels, stride_y, stride_x, offset, out,
+                                   argmax, scratch, step, padded)
 
     return serial, parallel
 
