@@ -11,7 +11,8 @@ first: kernels depend on the shapes, flags and thread count, which it copies, ne
 It is armed by the commands that run a network on images (predict, detect, segment, valid, map) and
 started at the first compilation of a darknetpy kernel (compile_notice): a run whose kernels are all cached
 never starts it. It is not started on one core, nor with DARKNETPY_COMPILE_AHEAD=0 (the test suite: its
-worker processes already keep every core busy). It stops when its work is done, when this process exits
+worker processes already keep every core busy), nor when its copy of the network would take more than a
+quarter of the free memory. It stops when its work is done, when this process exits
 (atexit), and when this process dies (the kernel's parent-death signal, and a check before each layer).
 Everything it prints is discarded: it only ever fills the cache, and its failures cost nothing but time.
 """
@@ -38,12 +39,30 @@ def enabled() -> bool:
     return cores > 1
 
 
+def available_memory() -> int | None:
+    """Bytes of physical memory free now (Linux and most Unixes), None where that cannot be read."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def helper_bytes(network, batch: int) -> int:
+    """What the helper's copy of the network holds: its weights and every layer's output for `batch` images."""
+    return 4 * (network.weights_float_count() + batch * sum(shape.size for shape in network.shapes))
+
+
 def arm(network, batch: int = 1) -> None:
     """Compile `network`'s inference kernels (at its current input size, for `batch` images) in a helper
-    process if this process turns out to be compiling: called before the first forward pass."""
+    process if this process turns out to be compiling: called before the first forward pass. Not when the
+    helper's copy of the network would take more than a quarter of the free memory (a first run must not be
+    the one that runs out)."""
     global _plan
     import numba
     if not enabled() or not os.path.isfile(str(network.path)):
+        return
+    free = available_memory()
+    if free is not None and helper_bytes(network, batch) > free // 4:
         return
     _plan = [str(network.path), str(network.net.width), str(network.net.height), str(batch),
              str(numba.get_num_threads()), str(os.getpid())]

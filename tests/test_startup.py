@@ -250,6 +250,30 @@ def test_compile_ahead_is_off_when_the_environment_says_so(monkeypatch) -> None:
         assert not compile_ahead.enabled()
 
 
+def test_compile_ahead_is_not_armed_when_the_network_would_crowd_the_memory(tmp_path: Path, monkeypatch) -> None:
+    from darknetpy import compile_ahead
+    from darknetpy.network import network_from_text
+    cfg = tmp_path / "big.cfg"
+    cfg.write_text(TINY_DETECTOR)
+    net = network_from_text(TINY_DETECTOR, str(cfg))
+    # weights: 8*3*9 + 4*8 (biases, BN scales, means, variances), 8*8 + 8, 21*16 + 21;
+    # outputs: conv 8x32x32, maxpool 8x16x16, conv 8x16x16, upsample 8x32x32, route 16x32x32, conv and yolo 21x32x32
+    weights = 8 * 3 * 9 + 4 * 8 + 8 * 8 + 8 + 21 * 16 + 21
+    outputs = 8 * 1024 + 8 * 256 + 8 * 256 + 8 * 1024 + 16 * 1024 + 2 * 21 * 1024
+    assert compile_ahead.helper_bytes(net, 1) == 4 * (weights + outputs)
+    assert compile_ahead.helper_bytes(net, 3) == 4 * (weights + 3 * outputs)
+    monkeypatch.setenv(compile_ahead.ENVIRONMENT_SWITCH, "1")
+    monkeypatch.setattr(compile_ahead, "enabled", lambda: True)
+    monkeypatch.setattr(compile_ahead, "_plan", None)
+    need = compile_ahead.helper_bytes(net, 1)
+    monkeypatch.setattr(compile_ahead, "available_memory", lambda: 4 * need - 4)
+    compile_ahead.arm(net)
+    assert compile_ahead._plan is None
+    monkeypatch.setattr(compile_ahead, "available_memory", lambda: 4 * need)
+    compile_ahead.arm(net)
+    assert compile_ahead._plan is not None and compile_ahead._plan[0] == str(cfg)
+
+
 def test_first_run_of_predict_with_the_helper_prints_its_answers_and_leaves_no_process(tmp_path: Path) -> None:
     cfg = tmp_path / "mnist-copy.cfg"
     cfg.write_text((REPO / "cfg" / "mnist.cfg").read_text())
