@@ -73,17 +73,17 @@ def _resample_plane(src, stride, scale, dst, accumulate, expand, plane):
 
 
 @functools.cache
-def _resample_kernels(expand: bool, accumulate: bool) -> tuple[Callable, Callable]:
-    """(serial, parallel) resampling in one direction; both flags are closure constants, so inference
-    (upsample forward: expand, assign) compiles neither the block sums nor the accumulating loops."""
+def _resample_kernels(expand: bool) -> tuple[Callable, Callable]:
+    """(serial, parallel) resampling in one direction; `expand` is a closure constant, so inference (upsample
+    forward) does not compile the block sums."""
 
     @jit
-    def serial(src, stride, scale, dst):
+    def serial(src, stride, scale, dst, accumulate):
         for plane in range(dst.shape[0] * dst.shape[1]):
             _resample_plane(src, stride, scale, dst, accumulate, expand, plane)
 
     @jit(parallel=True)
-    def parallel(src, stride, scale, dst):
+    def parallel(src, stride, scale, dst, accumulate):
         for plane in prange(dst.shape[0] * dst.shape[1]):
             _resample_plane(src, stride, scale, dst, accumulate, expand, plane)
 
@@ -92,9 +92,9 @@ def _resample_kernels(expand: bool, accumulate: bool) -> tuple[Callable, Callabl
 
 def _resample(src, stride, scale, dst, accumulate, expand):
     big = dst if expand else src
-    serial, parallel = _resample_kernels(bool(expand), bool(accumulate))
+    serial, parallel = _resample_kernels(bool(expand))
     kernel = parallel if use_threads(big.size, dst.shape[0] * dst.shape[1]) else serial
-    kernel(src, stride, scale, dst)
+    kernel(src, stride, scale, dst, accumulate)
 
 
 def nearest_expand(small: np.ndarray, stride: int, scale: np.float32, big: np.ndarray, accumulate: bool) -> None:
