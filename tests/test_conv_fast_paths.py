@@ -482,6 +482,9 @@ def test_maxpool_kernel_matches_naive_with_ties_nan_and_flt_max(size, stride, pa
     pooling.maxpool_forward(x, size, stride, stride, offset, out, argmax)
     np.testing.assert_array_equal(out, ref)
     np.testing.assert_array_equal(argmax, winner)
+    out.fill(7.0)
+    pooling.maxpool_forward(x, size, stride, stride, offset, out, None)   # inference: values only
+    np.testing.assert_array_equal(out, ref)
 
 
 @pytest.mark.parametrize("size,stride_y,stride_x,padding", [

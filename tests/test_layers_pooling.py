@@ -73,7 +73,8 @@ def test_forward_matches_naive_and_records_winners(text):
     sy, sx = cfg.strides
     ref, winner = maxpool(x, cfg.window, sy, sx, cfg.total_padding)
     assert got.shape == ref.shape
-    np.testing.assert_array_equal(got, ref)
+    np.testing.assert_array_equal(got, ref)                     # inference: values only
+    np.testing.assert_array_equal(layer.forward([x], True), ref)  # training: values and winners
     np.testing.assert_array_equal(layer.argmax, winner)
 
 
@@ -233,15 +234,17 @@ def test_threaded_and_serial_kernels_agree_with_naive(threaded, monkeypatch):
     (3, 1, 1, 2, True), (5, 1, 1, 4, True), (7, 2, 3, 6, True),
 ])
 def test_every_window_kernel_matches_naive(size, stride, stride_x, padding, threaded, monkeypatch):
-    """Each window variant is compiled as its own kernel (kernels/pooling.py): the variants against the
-    oracle."""
+    """Each window variant is compiled as its own kernel (kernels/pooling.py), with and without the winners:
+    the variants against the oracle."""
     from darknetpy.kernels import pooling as kernels
     monkeypatch.setattr(kernels, "PARALLEL_MIN_ELEMENTS", 0 if threaded else 1 << 62)
     text = f"[maxpool]\nsize={size}\nstride={stride}\nstride_x={stride_x}\npadding={padding}"
     net = make_net(text, 17, 15, 3)
     layer = net.layers[0]
     x = np.random.default_rng(size * 7 + stride).standard_normal((2, 3, 15, 17)).astype(np.float32)
-    got = net.forward(x)
+    x[0, 1, 3:6, 4:9] = 0.5                      # ties: the first maximum must win
     ref, winner = maxpool(x, size, stride, stride_x, padding)
-    np.testing.assert_array_equal(got, ref)
+    np.testing.assert_array_equal(net.forward(x), ref)          # inference: values only
+    layer.argmax.fill(99)
+    np.testing.assert_array_equal(layer.forward([x], True), ref)  # training: values and winners
     np.testing.assert_array_equal(layer.argmax, winner)

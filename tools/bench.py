@@ -112,7 +112,12 @@ from bench_reference import build_torch_darknet, read_cfg_sections  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SHARED = REPO.parent / "shared"
 ALL_CASES = ["sgemm", "yolov3-tiny", "yolo-fastest-xl", "darknet19", "yolov4-tiny", "vgg-16", "digits-yolo",
-             "digits-seg", "detect-scene", "segment-scene", "train", "train-yolo", "train-order", "startup", "startup-detect", "rss"]
+             "digits-seg", "detect-scene", "segment-scene", "maxpool", "train", "train-yolo", "train-order",
+             "startup", "startup-detect", "rss"]
+# the maxpool case: (channels, side) maps x (size, stride) windows, batch 1: yolov3-tiny's 2x2 and SPP's
+# larger windows (README: ns per output = ms / outputs)
+MAXPOOL_MAPS = ((64, 104), (256, 26))
+MAXPOOL_WINDOWS = ((2, 2), (3, 2), (5, 1), (9, 1), (13, 1))
 THREAD_ENV_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 SGEMM_SHAPE = (512, 2304, 1024)  # (M, K, N): a 3x3 conv with 256 -> 512 channels on a 32x32 map
@@ -344,6 +349,47 @@ def case_sgemm(assets: dict, threads: int, opts: argparse.Namespace) -> list[Row
     if torch is not None and "torch" not in errors:
         row.check = relative_difference(c, tc.numpy())
     return [row]
+
+
+def case_maxpool(assets: dict, threads: int, opts: argparse.Namespace) -> list[Row]:
+    """Max pooling per window and map against torch's max_pool2d: inference (values only) and, as training
+    needs them, with the winners (torch: return_indices=True). Darknet's padding is size - 1 with the
+    window origin at -(size - 1) // 2, which for these maps is torch's symmetric padding of (size - 1) // 2."""
+    import numpy as np
+    from darknetpy.kernels import pooling
+    torch, why = import_optional("torch")
+    if torch is not None:
+        set_anchor_threads(threads, torch=torch)
+    rows: list[Row] = []
+    rng = np.random.default_rng(3)
+    for channels, side in MAXPOOL_MAPS:
+        x = rng.standard_normal((1, channels, side, side), dtype=np.float32)
+        tx = torch.from_numpy(x) if torch is not None else None
+        for size, stride in MAXPOOL_WINDOWS:
+            padding = size - 1
+            offset = int(-padding / 2)
+            out_side = (side + padding - size) // stride + 1
+            out = np.empty((1, channels, out_side, out_side), np.float32)
+            winners = np.empty(out.shape, np.int32)
+            for train in (False, True):
+                argmax = winners if train else None
+                runners: dict[str, Callable[[], object]] = {
+                    "darknetpy": lambda argmax=argmax: pooling.maxpool_forward(x, size, stride, stride, offset, out,
+                                                                              argmax)}
+                if torch is not None:
+                    runners["torch"] = (lambda train=train: torch.nn.functional.max_pool2d(
+                        tx, size, stride, (size - 1) // 2, return_indices=train))
+                samples, errors = time_alternating(runners, opts.warmup, opts.repeat, opts.budget)
+                label = f"maxpool {size}x{size}/{stride} {channels}x{side}x{side}" + (" +winners" if train else "")
+                row = Row(label, "torch max_pool2d" if torch is not None else "torch",
+                          median_ms(samples["darknetpy"]), median_ms(samples.get("torch", [])),
+                          len(samples["darknetpy"]), darknetpy_error=errors.get("darknetpy"),
+                          anchor_error=errors.get("torch", why))
+                if torch is not None and not errors:
+                    expected = torch.nn.functional.max_pool2d(tx, size, stride, (size - 1) // 2)
+                    row.check = relative_difference(out, expected.numpy()) if expected.shape == out.shape else None
+                rows.append(row)
+    return rows
 
 
 INFERENCE_CASES = {
@@ -848,6 +894,8 @@ def run_case(case: str, assets: dict, threads: int, opts: argparse.Namespace) ->
         return case_scene(case, assets, threads, opts)
     if case == "sgemm":
         return case_sgemm(assets, threads, opts)
+    if case == "maxpool":
+        return case_maxpool(assets, threads, opts)
     if case in INFERENCE_CASES:
         return case_inference(case, assets, threads, opts)
     if case == "train":

@@ -4,7 +4,8 @@ Max pooling keeps Darknet's geometry: the window origin is shifted by `offset` (
 -padding/2, so padding 1 puts all padding on the right/bottom), taps outside the image read -FLT_MAX,
 and the first strict maximum in row-then-column order wins. The winner's position inside its plane
 (y*W + x) is stored for the backward pass; -1 means no tap beat -FLT_MAX (all taps outside the image,
-or NaN), and such outputs pass no gradient.
+or NaN), and such outputs pass no gradient. Inference keeps no winners: the same comparisons in the same
+order, values only, so the tap loops carry no index arithmetic.
 
 Speed: windows that may leave the image read a -FLT_MAX-padded copy of the plane, so no loop has bounds
 checks. Every output keeps its running maximum in registers, one output per loop iteration, with the tap
@@ -28,6 +29,8 @@ from . import jit
 from .threads import threads_pay
 
 NEG_FLT_MAX = np.float32(-3.4028234663852886e38)
+# the argmax argument of the kernels that keep no winners (never read or written)
+_NO_WINNERS = np.full((1, 1, 1, 1), -1, np.int32)
 
 
 # Below this many input elements starting the thread team costs more than the work (memory-bound loops,
@@ -42,12 +45,30 @@ def use_threads(elements: int, planes: int) -> bool:
 
 
 @jit(inline="always")
-def _first_max_2x2(best, best_index, r0, r1, index0, index1, step):
+def _first_max_2x2(best, best_index, r0, r1, index0, index1, step, track):
     """One output row of a 2x2 window with column stride `step`: output i reads r0[i*step], r0[i*step + 1],
     r1[i*step], r1[i*step + 1] in row-then-column order, whose in-plane indices are index0 + i*step (+1) and
-    index1 + i*step (+1). Plain indexing (strided row views are several times slower), the running maximum
-    in registers and each output stored once: a read-compare-store on the output row would be turned into
-    masked stores, which are very slow on some x86 CPUs."""
+    index1 + i*step (+1) (kept only when `track`). Plain indexing (strided row views are several times
+    slower), the running maximum in registers and each output stored once: a read-compare-store on the output
+    row would be turned into masked stores, which are very slow on some x86 CPUs."""
+    if not track:
+        for i in range(best.shape[0]):
+            j = i * step
+            b = NEG_FLT_MAX
+            v = r0[j]
+            if v > b:
+                b = v
+            v = r0[j + 1]
+            if v > b:
+                b = v
+            v = r1[j]
+            if v > b:
+                b = v
+            v = r1[j + 1]
+            if v > b:
+                b = v
+            best[i] = b
+        return
     for i in range(best.shape[0]):
         j = i * step
         b = NEG_FLT_MAX
@@ -73,14 +94,15 @@ def _first_max_2x2(best, best_index, r0, r1, index0, index1, step):
 
 
 @jit(inline="always")
-def _maxpool_rows_2x2(src, origin, width, stride_y, step, out_plane, index_plane):
+def _maxpool_rows_2x2(src, origin, width, stride_y, step, out_plane, index_plane, track):
     """out_plane/index_plane (OH, OW) of a 2x2 window with column stride `step` from `src`, a plane in which
     every window tap is readable; src[py, px] is image pixel (py + origin, px + origin), so its in-plane
     index is (py + origin)*width + px + origin (taps outside the image hold -FLT_MAX there and never win)."""
     for oy in range(out_plane.shape[0]):
         top = oy * stride_y
         index0, index1 = (top + origin) * width + origin, (top + 1 + origin) * width + origin
-        _first_max_2x2(out_plane[oy], index_plane[oy], src[top], src[top + 1], index0, index1, step)
+        _first_max_2x2(out_plane[oy], index_plane[oy if track else 0], src[top], src[top + 1], index0, index1,
+                       step, track)
 
 
 @jit(inline="always")
@@ -111,23 +133,25 @@ def _pad_plane(x, b, c, origin, padded):
 
 
 @jit(inline="always")
-def _maxpool_plane_2x2(x, b, c, stride_y, stride_x, offset, out, argmax, scratch, step, padded):
-    """Plane (b, c) of a 2x2 window; step and padded are the calling kernel's closure constants."""
+def _maxpool_plane_2x2(x, b, c, stride_y, stride_x, offset, out, argmax, scratch, step, padded, track):
+    """Plane (b, c) of a 2x2 window; step, padded and track are the calling kernel's closure constants
+    (untracked: argmax is a placeholder, never written)."""
     column_step = step if step else stride_x
+    index_plane = argmax[b, c] if track else argmax[0, 0]
     if padded:
         _pad_plane(x, b, c, offset, scratch)
-        _maxpool_rows_2x2(scratch, offset, x.shape[3], stride_y, column_step, out[b, c], argmax[b, c])
+        _maxpool_rows_2x2(scratch, offset, x.shape[3], stride_y, column_step, out[b, c], index_plane, track)
     else:
-        _maxpool_rows_2x2(x[b, c], 0, x.shape[3], stride_y, column_step, out[b, c], argmax[b, c])
+        _maxpool_rows_2x2(x[b, c], 0, x.shape[3], stride_y, column_step, out[b, c], index_plane, track)
 
 
 @functools.cache
-def _maxpool_2x2_kernels(step: int, padded: bool) -> tuple[Callable, Callable]:
-    """(serial, parallel) kernels of a 2x2 window. `step` (the column stride, 0 for one read at run time) and
-    `padded` (windows may leave the image: read a -FLT_MAX-padded copy) are closure constants, so the column
-    loads see a literal stride and vectorise, and a network compiles only the variant it uses (one kernel
-    holding all six compiled in 2.8 s; the README's MNIST command needs one). Closures over plain values
-    are cached on disk like module-level kernels."""
+def _maxpool_2x2_kernels(step: int, padded: bool, track: bool) -> tuple[Callable, Callable]:
+    """(serial, parallel) kernels of a 2x2 window. `step` (the column stride, 0 for one read at run time),
+    `padded` (windows may leave the image: read a -FLT_MAX-padded copy) and `track` (keep the winners for a
+    backward pass) are closure constants, so the column loads see a literal stride and vectorise, and a
+    network compiles only the variant it uses (one kernel holding all six compiled in 2.8 s; the README's
+    MNIST command needs one). Closures over plain values are cached on disk like module-level kernels."""
 
     @jit
     def serial(x, stride_y, stride_x, offset, out, argmax, padded_shape):
@@ -135,7 +159,7 @@ def _maxpool_2x2_kernels(step: int, padded: bool) -> tuple[Callable, Callable]:
         scratch = np.empty(padded_shape, np.float32)
         for plane in range(x.shape[0] * channels):
             _maxpool_plane_2x2(x, plane // channels, plane % channels, stride_y, stride_x, offset, out, argmax,
-                               scratch, step, padded)
+                               scratch, step, padded, track)
 
     @jit(parallel=True)
     def parallel(x, stride_y, stride_x, offset, out, argmax, padded_shape, chunks):
@@ -146,18 +170,34 @@ def _maxpool_2x2_kernels(step: int, padded: bool) -> tuple[Callable, Callable]:
             scratch = np.empty(padded_shape, np.float32)
             for plane in range(chunk * planes // chunks, (chunk + 1) * planes // chunks):
                 _maxpool_plane_2x2(x, plane // channels, plane % channels, stride_y, stride_x, offset, out,
-                                   argmax, scratch, step, padded)
+                                   argmax, scratch, step, padded, track)
 
     return serial, parallel
 
 
 # ---- any other window --------------------------------------------------------------------------------------
 @jit(inline="always")
-def _window_rows(src, origin, width, rows, size, stride_y, stride_x, out_plane, index_plane):
+def _window_rows(src, origin, width, rows, size, stride_y, stride_x, out_plane, index_plane, track):
     """out_plane/index_plane (OH, OW) of rows x size windows from `src`, a plane in which every window tap is
     readable (src[py, px] is image pixel (py + origin, px + origin)); the running maximum in registers: with
-    literal `rows`, `size` and `stride_x` the tap loops unroll and the loop over outputs vectorises."""
+    literal `rows`, `size` and `stride_x` the tap loops unroll and the loop over outputs vectorises. Without
+    `track` only the maxima are written (the same values: the same taps in the same order)."""
     out_h, out_w = out_plane.shape
+    if not track:
+        for oy in range(out_h):
+            top = oy * stride_y
+            best = out_plane[oy]
+            for ox in range(out_w):
+                left = ox * stride_x
+                b = NEG_FLT_MAX
+                for ky in range(rows):
+                    row = src[top + ky]
+                    for kx in range(size):
+                        v = row[left + kx]
+                        if v > b:
+                            b = v
+                best[ox] = b
+        return
     for oy in range(out_h):
         top = oy * stride_y
         best = out_plane[oy]
@@ -180,14 +220,17 @@ def _window_rows(src, origin, width, rows, size, stride_y, stride_x, out_plane, 
 
 
 @jit(inline="always")
-def _separable_rows(src, origin, width, size, stride_y, stride_x, out_plane, index_plane, row_v, row_i):
+def _separable_rows(src, origin, width, size, stride_y, stride_x, out_plane, index_plane, row_v, row_i,
+                    track):
     """The first maximum in row-then-column order is the first maximum down the window's rows of each row's
     first maximum along it: 2*size taps per output instead of size*size. row_v/row_i receive the row maxima
     of every row of `src`; the column pass runs on them as a plane of size x 1 windows, and its winners
     (positions in row_v) are then looked up in row_i."""
-    _window_rows(src, origin, width, 1, size, 1, stride_x, row_v, row_i)
+    _window_rows(src, origin, width, 1, size, 1, stride_x, row_v, row_i, track)
     out_w = out_plane.shape[1]
-    _window_rows(row_v, 0, out_w, size, 1, stride_y, 1, out_plane, index_plane)
+    _window_rows(row_v, 0, out_w, size, 1, stride_y, 1, out_plane, index_plane, track)
+    if not track:
+        return
     row_indices = row_i.ravel()
     for oy in range(out_plane.shape[0]):
         winners = index_plane[oy]
@@ -204,27 +247,31 @@ LITERAL_WINDOWS = {(3, 1): False, (3, 2): True, (5, 1): True, (9, 1): True, (13,
 
 @jit(inline="always")
 def _window_plane(x, b, c, window, stride_y, stride_x, offset, out, argmax, scratch, row_v, row_i, size, step,
-                  separable, padded):
-    """Plane (b, c); size, step, separable and padded are the calling kernel's closure constants."""
+                  separable, padded, track):
+    """Plane (b, c); size, step, separable, padded and track are the calling kernel's closure constants
+    (untracked: argmax is a placeholder and row_i scratch, neither read)."""
     k = size if size else window
     column_step = step if step else stride_x
+    index_plane = argmax[b, c] if track else argmax[0, 0]
     if padded:
         _pad_plane(x, b, c, offset, scratch)
         src, origin = scratch, offset
     else:
         src, origin = x[b, c], 0
     if separable:
-        _separable_rows(src, origin, x.shape[3], k, stride_y, column_step, out[b, c], argmax[b, c], row_v, row_i)
+        _separable_rows(src, origin, x.shape[3], k, stride_y, column_step, out[b, c], index_plane, row_v, row_i,
+                        track)
     else:
-        _window_rows(src, origin, x.shape[3], k, k, stride_y, column_step, out[b, c], argmax[b, c])
+        _window_rows(src, origin, x.shape[3], k, k, stride_y, column_step, out[b, c], index_plane, track)
 
 
 @functools.cache
-def _window_kernels(size: int, step: int, separable: bool, padded: bool) -> tuple[Callable, Callable]:
+def _window_kernels(size: int, step: int, separable: bool, padded: bool,
+                    track: bool) -> tuple[Callable, Callable]:
     """(serial, parallel) max pooling with a size x size window (any size but 2), from the padded copy
-    unless the windows stay inside the image. `size` and `step` (the column stride) are literal when
-    nonzero, read at run time when 0; all four are closure constants, so a network compiles only the
-    windows it uses (one kernel holding every variant compiled for 7.6 s)."""
+    unless the windows stay inside the image, keeping the winners when `track`. `size` and `step` (the
+    column stride) are literal when nonzero, read at run time when 0; all five are closure constants, so a
+    network compiles only the windows it uses (one kernel holding every variant compiled for 7.6 s)."""
 
     @jit
     def serial(x, window, stride_y, stride_x, offset, out, argmax, padded_shape, rows):
@@ -234,7 +281,7 @@ def _window_kernels(size: int, step: int, separable: bool, padded: bool) -> tupl
         row_i = np.empty((rows, out.shape[3]), np.int32)
         for p in range(x.shape[0] * channels):
             _window_plane(x, p // channels, p % channels, window, stride_y, stride_x, offset, out, argmax,
-                          scratch, row_v, row_i, size, step, separable, padded)
+                          scratch, row_v, row_i, size, step, separable, padded, track)
 
     @jit(parallel=True)
     def parallel(x, window, stride_y, stride_x, offset, out, argmax, padded_shape, rows, chunks):
@@ -246,7 +293,7 @@ def _window_kernels(size: int, step: int, separable: bool, padded: bool) -> tupl
             row_i = np.empty((rows, out.shape[3]), np.int32)
             for p in range(chunk * planes // chunks, (chunk + 1) * planes // chunks):
                 _window_plane(x, p // channels, p % channels, window, stride_y, stride_x, offset, out, argmax,
-                              scratch, row_v, row_i, size, step, separable, padded)
+                              scratch, row_v, row_i, size, step, separable, padded, track)
 
     return serial, parallel
 
@@ -314,29 +361,33 @@ def _clipped_forward_parallel(x, size, stride_y, stride_x, offset, out, argmax):
 
 
 def maxpool_forward(x: np.ndarray, size: int, stride_y: int, stride_x: int, offset: int, out: np.ndarray,
-                    argmax: np.ndarray) -> None:
+                    argmax: np.ndarray | None) -> None:
     """out[b, c, oy, ox] = max over the size x size window at (offset + oy*stride_y, offset + ox*stride_x);
-    argmax (int32, shaped like out) receives the winning in-plane index or -1."""
+    argmax (int32, shaped like out) receives the winning in-plane index or -1. With argmax None (inference:
+    no backward pass will ask) the kernels skip the winners, which doubles their speed on some windows."""
     height, width = x.shape[2], x.shape[3]
     threads = use_threads(x.size, x.shape[0] * x.shape[1])
+    track = argmax is not None
     if size > height or size > width:
         # the padded copy and the tap loops of the path below would grow with the window
         kernel = _clipped_forward_parallel if threads else _clipped_forward_serial
-        kernel(x, size, stride_y, stride_x, offset, out, argmax)
+        kernel(x, size, stride_y, stride_x, offset, out, argmax if track else np.empty(out.shape, np.int32))
         return
+    if not track:
+        argmax = _NO_WINNERS
     rows = (out.shape[2] - 1) * stride_y + size
     cols = (out.shape[3] - 1) * stride_x + size
     chunks = min(x.shape[0] * x.shape[1], CHUNKS_PER_THREAD * numba.get_num_threads())
     inside = offset == 0 and rows <= height and cols <= width
     padded_shape = (0, 0) if inside else (rows, cols)
     if size == 2:
-        serial, parallel = _maxpool_2x2_kernels(stride_x if stride_x in (1, 2) else 0, not inside)
+        serial, parallel = _maxpool_2x2_kernels(stride_x if stride_x in (1, 2) else 0, not inside, track)
         if threads:
             parallel(x, stride_y, stride_x, offset, out, argmax, padded_shape, chunks)
         else:
             serial(x, stride_y, stride_x, offset, out, argmax, padded_shape)
     else:
-        serial, parallel = _window_kernels(*_window_variant(size, stride_x), not inside)
+        serial, parallel = _window_kernels(*_window_variant(size, stride_x), not inside, track)
         if threads:
             parallel(x, size, stride_y, stride_x, offset, out, argmax, padded_shape, rows, chunks)
         else:

@@ -63,6 +63,7 @@ class Maxpool(Layer):
     def __init__(self, config: MaxpoolConfig, index: int):
         super().__init__(config, index)
         self.argmax: np.ndarray | None = None
+        self._argmax_current = False   # argmax holds the winners of the last forward pass
 
     def output_shape(self, in_shapes: list[Shape]) -> Shape:
         cfg = self.config
@@ -76,14 +77,23 @@ class Maxpool(Layer):
         self.argmax = np.full(self.output.shape, -1, dtype=np.int32)
 
     def forward(self, xs: list[np.ndarray], train: bool) -> np.ndarray:
-        cfg = self.config
-        sy, sx = cfg.strides
-        kernels.maxpool_forward(xs[0], cfg.window, sy, sx, cfg.origin_offset, self.output, self.argmax)
+        # inference pools values alone (the winners cost as much again on some windows); a backward pass
+        # after it finds them again from the same input
+        self._pool(xs[0], self.argmax if train else None)
         return self.output
 
+    def _pool(self, x: np.ndarray, argmax: np.ndarray | None) -> None:
+        cfg = self.config
+        sy, sx = cfg.strides
+        kernels.maxpool_forward(x, cfg.window, sy, sx, cfg.origin_offset, self.output, argmax)
+        self._argmax_current = argmax is not None
+
     def backward(self, dy: np.ndarray, xs: list[np.ndarray], dxs: list[np.ndarray | None]) -> None:
-        if dxs[0] is not None:
-            kernels.maxpool_backward(dy, self.argmax, dxs[0])
+        if dxs[0] is None:
+            return
+        if not self._argmax_current:
+            self._pool(xs[0], self.argmax)
+        kernels.maxpool_backward(dy, self.argmax, dxs[0])
 
     def summary_row(self) -> str:
         cfg = self.config
