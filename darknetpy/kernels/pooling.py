@@ -45,6 +45,12 @@ def use_threads(elements: int, planes: int) -> bool:
 
 
 @jit(inline="always")
+def _larger(best, value):
+    """Darknet's `if (value > best) best = value`: a NaN never wins, and on a tie the earlier value stays."""
+    return value if value > best else best
+
+
+@jit(inline="always")
 def _first_max_2x2(best, best_index, r0, r1, index0, index1, step, track):
     """One output row of a 2x2 window with column stride `step`: output i reads r0[i*step], r0[i*step + 1],
     r1[i*step], r1[i*step + 1] in row-then-column order, whose in-plane indices are index0 + i*step (+1) and
@@ -54,20 +60,7 @@ def _first_max_2x2(best, best_index, r0, r1, index0, index1, step, track):
     if not track:
         for i in range(best.shape[0]):
             j = i * step
-            b = NEG_FLT_MAX
-            v = r0[j]
-            if v > b:
-                b = v
-            v = r0[j + 1]
-            if v > b:
-                b = v
-            v = r1[j]
-            if v > b:
-                b = v
-            v = r1[j + 1]
-            if v > b:
-                b = v
-            best[i] = b
+            best[i] = _larger(_larger(_larger(_larger(NEG_FLT_MAX, r0[j]), r0[j + 1]), r1[j]), r1[j + 1])
         return
     for i in range(best.shape[0]):
         j = i * step
