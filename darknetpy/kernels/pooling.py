@@ -45,23 +45,13 @@ def use_threads(elements: int, planes: int) -> bool:
 
 
 @jit(inline="always")
-def _larger(best, value):
-    """Darknet's `if (value > best) best = value`: a NaN never wins, and on a tie the earlier value stays."""
-    return value if value > best else best
-
-
-@jit(inline="always")
 def _first_max_2x2(best, best_index, r0, r1, index0, index1, step, track):
     """One output row of a 2x2 window with column stride `step`: output i reads r0[i*step], r0[i*step + 1],
     r1[i*step], r1[i*step + 1] in row-then-column order, whose in-plane indices are index0 + i*step (+1) and
-    index1 + i*step (+1) (kept only when `track`). Plain indexing (strided row views are several times
-    slower), the running maximum in registers and each output stored once: a read-compare-store on the output
-    row would be turned into masked stores, which are very slow on some x86 CPUs."""
-    if not track:
-        for i in range(best.shape[0]):
-            j = i * step
-            best[i] = _larger(_larger(_larger(_larger(NEG_FLT_MAX, r0[j]), r0[j + 1]), r1[j]), r1[j + 1])
-        return
+    index1 + i*step (+1) (kept only when `track`: untracked, the index arithmetic is dead code and compiled
+    away). Plain indexing (strided row views are several times slower), the running maximum in registers and
+    each output stored once: a read-compare-store on the output row would be turned into masked stores, which
+    are very slow on some x86 CPUs."""
     for i in range(best.shape[0]):
         j = i * step
         b = NEG_FLT_MAX
@@ -83,7 +73,8 @@ def _first_max_2x2(best, best_index, r0, r1, index0, index1, step, track):
             b = v
             k = np.int32(index1 + j + 1)
         best[i] = b
-        best_index[i] = k
+        if track:
+            best_index[i] = k
 
 
 @jit(inline="always")
@@ -174,27 +165,13 @@ def _window_rows(src, origin, width, rows, size, stride_y, stride_x, out_plane, 
     """out_plane/index_plane (OH, OW) of rows x size windows from `src`, a plane in which every window tap is
     readable (src[py, px] is image pixel (py + origin, px + origin)); the running maximum in registers: with
     literal `rows`, `size` and `stride_x` the tap loops unroll and the loop over outputs vectorises. Without
-    `track` only the maxima are written (the same values: the same taps in the same order)."""
+    `track` only the maxima are written (the same values: the same taps in the same order; the index
+    arithmetic is dead code then and compiled away)."""
     out_h, out_w = out_plane.shape
-    if not track:
-        for oy in range(out_h):
-            top = oy * stride_y
-            best = out_plane[oy]
-            for ox in range(out_w):
-                left = ox * stride_x
-                b = NEG_FLT_MAX
-                for ky in range(rows):
-                    row = src[top + ky]
-                    for kx in range(size):
-                        v = row[left + kx]
-                        if v > b:
-                            b = v
-                best[ox] = b
-        return
     for oy in range(out_h):
         top = oy * stride_y
         best = out_plane[oy]
-        best_index = index_plane[oy]
+        best_index = index_plane[oy if track else 0]
         for ox in range(out_w):
             left = ox * stride_x
             b = NEG_FLT_MAX
@@ -209,7 +186,8 @@ def _window_rows(src, origin, width, rows, size, stride_y, stride_x, out_plane, 
                         b = v
                         k = first + np.int32(kx)
             best[ox] = b
-            best_index[ox] = k
+            if track:
+                best_index[ox] = k
 
 
 @jit(inline="always")
