@@ -234,8 +234,9 @@ def test_threaded_and_serial_kernels_agree_with_naive(threaded, monkeypatch):
     (3, 1, 1, 2, True), (5, 1, 1, 4, True), (7, 2, 3, 6, True),
 ])
 def test_every_window_kernel_matches_naive(size, stride, stride_x, padding, threaded, monkeypatch):
-    """Each window variant is compiled as its own kernel (kernels/pooling.py), with and without the winners:
-    the variants against the oracle (threaded: inference's only; the threaded kernels share one driver)."""
+    """Each window variant is compiled as its own kernel (kernels/pooling.py): inference's (values only,
+    columns first) and training's (values and winners), both against the oracle, with ties, NaN and -inf
+    (threaded: inference's only; the threaded kernels share one driver)."""
     from darknetpy.kernels import pooling as kernels
     monkeypatch.setattr(kernels, "PARALLEL_MIN_ELEMENTS", 0 if threaded else 1 << 62)
     text = f"[maxpool]\nsize={size}\nstride={stride}\nstride_x={stride_x}\npadding={padding}"
@@ -243,6 +244,8 @@ def test_every_window_kernel_matches_naive(size, stride, stride_x, padding, thre
     layer = net.layers[0]
     x = np.random.default_rng(size * 7 + stride).standard_normal((2, 3, 15, 17)).astype(np.float32)
     x[0, 1, 3:6, 4:9] = 0.5                      # ties: the first maximum must win
+    x[1, 2, 4, 4:7] = np.nan                     # NaN never wins, in any order of the taps
+    x[1, 0, 7:9, 2] = -np.inf                    # and -inf loses to the -FLT_MAX the windows start from
     ref, winner = maxpool(x, size, stride, stride_x, padding)
     np.testing.assert_array_equal(net.forward(x), ref)          # inference: values only
     if threaded:

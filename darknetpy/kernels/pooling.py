@@ -161,17 +161,15 @@ def _maxpool_2x2_kernels(step: int, padded: bool, track: bool) -> tuple[Callable
 
 # ---- any other window --------------------------------------------------------------------------------------
 @jit(inline="always")
-def _window_rows(src, origin, width, rows, size, stride_y, stride_x, out_plane, index_plane, track):
+def _window_rows(src, origin, width, rows, size, stride_y, stride_x, out_plane, index_plane):
     """out_plane/index_plane (OH, OW) of rows x size windows from `src`, a plane in which every window tap is
     readable (src[py, px] is image pixel (py + origin, px + origin)); the running maximum in registers: with
-    literal `rows`, `size` and `stride_x` the tap loops unroll and the loop over outputs vectorises. Without
-    `track` only the maxima are written (the same values: the same taps in the same order; the index
-    arithmetic is dead code then and compiled away)."""
+    literal `rows`, `size` and `stride_x` the tap loops unroll and the loop over outputs vectorises."""
     out_h, out_w = out_plane.shape
     for oy in range(out_h):
         top = oy * stride_y
         best = out_plane[oy]
-        best_index = index_plane[oy if track else 0]
+        best_index = index_plane[oy]
         for ox in range(out_w):
             left = ox * stride_x
             b = NEG_FLT_MAX
@@ -186,22 +184,18 @@ def _window_rows(src, origin, width, rows, size, stride_y, stride_x, out_plane, 
                         b = v
                         k = first + np.int32(kx)
             best[ox] = b
-            if track:
-                best_index[ox] = k
+            best_index[ox] = k
 
 
 @jit(inline="always")
-def _separable_rows(src, origin, width, size, stride_y, stride_x, out_plane, index_plane, row_v, row_i,
-                    track):
+def _separable_rows(src, origin, width, size, stride_y, stride_x, out_plane, index_plane, row_v, row_i):
     """The first maximum in row-then-column order is the first maximum down the window's rows of each row's
     first maximum along it: 2*size taps per output instead of size*size. row_v/row_i receive the row maxima
     of every row of `src`; the column pass runs on them as a plane of size x 1 windows, and its winners
     (positions in row_v) are then looked up in row_i."""
-    _window_rows(src, origin, width, 1, size, 1, stride_x, row_v, row_i, track)
+    _window_rows(src, origin, width, 1, size, 1, stride_x, row_v, row_i)
     out_w = out_plane.shape[1]
-    _window_rows(row_v, 0, out_w, size, 1, stride_y, 1, out_plane, index_plane, track)
-    if not track:
-        return
+    _window_rows(row_v, 0, out_w, size, 1, stride_y, 1, out_plane, index_plane)
     row_indices = row_i.ravel()
     for oy in range(out_plane.shape[0]):
         winners = index_plane[oy]
@@ -218,31 +212,28 @@ LITERAL_WINDOWS = {(3, 1): False, (3, 2): True, (5, 1): True, (9, 1): True, (13,
 
 @jit(inline="always")
 def _window_plane(x, b, c, window, stride_y, stride_x, offset, out, argmax, scratch, row_v, row_i, size, step,
-                  separable, padded, track):
-    """Plane (b, c); size, step, separable, padded and track are the calling kernel's closure constants
-    (untracked: argmax is a placeholder and row_i scratch, neither read)."""
+                  separable, padded):
+    """Plane (b, c); size, step, separable and padded are the calling kernel's closure constants."""
     k = size if size else window
     column_step = step if step else stride_x
-    index_plane = argmax[b, c] if track else argmax[0, 0]
+    index_plane = argmax[b, c]
     if padded:
         _pad_plane(x, b, c, offset, scratch)
         src, origin = scratch, offset
     else:
         src, origin = x[b, c], 0
     if separable:
-        _separable_rows(src, origin, x.shape[3], k, stride_y, column_step, out[b, c], index_plane, row_v, row_i,
-                        track)
+        _separable_rows(src, origin, x.shape[3], k, stride_y, column_step, out[b, c], index_plane, row_v, row_i)
     else:
-        _window_rows(src, origin, x.shape[3], k, k, stride_y, column_step, out[b, c], index_plane, track)
+        _window_rows(src, origin, x.shape[3], k, k, stride_y, column_step, out[b, c], index_plane)
 
 
 @functools.cache
-def _window_kernels(size: int, step: int, separable: bool, padded: bool,
-                    track: bool) -> tuple[Callable, Callable]:
-    """(serial, parallel) max pooling with a size x size window (any size but 2), from the padded copy
-    unless the windows stay inside the image, keeping the winners when `track`. `size` and `step` (the
-    column stride) are literal when nonzero, read at run time when 0; all five are closure constants, so a
-    network compiles only the windows it uses (one kernel holding every variant compiled for 7.6 s)."""
+def _window_kernels(size: int, step: int, separable: bool, padded: bool) -> tuple[Callable, Callable]:
+    """(serial, parallel) max pooling with a size x size window (any size but 2) that keeps the winners (for
+    training), from the padded copy unless the windows stay inside the image. `size` and `step` (the column
+    stride) are literal when nonzero, read at run time when 0; all four are closure constants, so a network
+    compiles only the windows it uses (one kernel holding every variant compiled for 7.6 s)."""
 
     @jit
     def serial(x, window, stride_y, stride_x, offset, out, argmax, padded_shape, rows):
@@ -252,7 +243,7 @@ def _window_kernels(size: int, step: int, separable: bool, padded: bool,
         row_i = np.empty((rows, out.shape[3]), np.int32)
         for p in range(x.shape[0] * channels):
             _window_plane(x, p // channels, p % channels, window, stride_y, stride_x, offset, out, argmax,
-                          scratch, row_v, row_i, size, step, separable, padded, track)
+                          scratch, row_v, row_i, size, step, separable, padded)
 
     @jit(parallel=True)
     def parallel(x, window, stride_y, stride_x, offset, out, argmax, padded_shape, rows, chunks):
@@ -264,7 +255,7 @@ def _window_kernels(size: int, step: int, separable: bool, padded: bool,
             row_i = np.empty((rows, out.shape[3]), np.int32)
             for p in range(chunk * planes // chunks, (chunk + 1) * planes // chunks):
                 _window_plane(x, p // channels, p % channels, window, stride_y, stride_x, offset, out, argmax,
-                              scratch, row_v, row_i, size, step, separable, padded, track)
+                              scratch, row_v, row_i, size, step, separable, padded)
 
     return serial, parallel
 
@@ -274,6 +265,116 @@ def _window_variant(size: int, stride_x: int) -> tuple[int, int, bool]:
     if (size, stride_x) in LITERAL_WINDOWS:
         return size, stride_x, LITERAL_WINDOWS[size, stride_x]
     return 0, 0, size > 3
+
+
+# ---- inference: any window but 2x2, values only ------------------------------------------------------------
+# Without winners the order of the taps does not matter (the maximum of the taps that are not NaN, never below
+# -FLT_MAX, whatever the order), so these kernels go columns first, which the tracked path cannot: per output
+# row, the maxima down each column of the window's rows into `line` (a -FLT_MAX-padded row: no padded copy of
+# the plane), then the maxima along `line`. At a column stride s >= 2 `line` is first split into s phases
+# (phase r holds line[s*j + r]) so that every load of the tap loop is contiguous: taps at stride 2 are what
+# kept the tracked 3x3/2 loop from vectorising.
+@jit(inline="always")
+def _column_maxima(x, b, c, top, k, size, offset, line, start, stop):
+    """line[p] = the maximum down column p + offset of image rows top .. top+k-1 (those inside the image),
+    for p in [start, stop); -FLT_MAX where no row is inside."""
+    height = x.shape[2]
+    first, last = max(top, 0), min(top + k, height)
+    if size and first == top and last == top + size:
+        # a literal window wholly inside: the row loop unrolls and the column loop vectorises
+        rows = x[b, c, top:top + size]
+        for p in range(start, stop):
+            m = NEG_FLT_MAX
+            for ky in range(size):
+                v = rows[ky, p + offset]
+                m = v if v > m else m
+            line[p] = m
+        return
+    for p in range(start, stop):
+        line[p] = NEG_FLT_MAX
+    for y in range(first, last):
+        row = x[b, c, y]
+        for p in range(start, stop):
+            v = row[p + offset]
+            m = line[p]
+            line[p] = v if v > m else m
+
+
+@jit(inline="always")
+def _line_maxima(line, phases, out_row, k, stride_x, size, step):
+    """out_row[i] = the maximum of line[i*stride_x .. i*stride_x + k - 1]; size and step are literal or 0."""
+    out_w = out_row.shape[0]
+    if step == 1:
+        for i in range(out_w):
+            m = NEG_FLT_MAX
+            for t in range(size):
+                v = line[i + t]
+                m = v if v > m else m
+            out_row[i] = m
+    elif step:
+        for j in range(phases.shape[1]):
+            for r in range(step):
+                phases[r, j] = line[step * j + r]
+        for i in range(out_w):
+            m = NEG_FLT_MAX
+            for t in range(size):
+                v = phases[t % step, i + t // step]
+                m = v if v > m else m
+            out_row[i] = m
+    else:
+        for i in range(out_w):
+            m = NEG_FLT_MAX
+            for t in range(i * stride_x, i * stride_x + k):
+                v = line[t]
+                m = v if v > m else m
+            out_row[i] = m
+
+
+@jit(inline="always")
+def _image_columns(width, offset, length):
+    """[start, stop): the entries p of a padded row of `length` whose column p + offset is in the image."""
+    stop = max(0, min(length, width - offset))
+    return min(-offset, stop), stop
+
+
+@jit(inline="always")
+def _inference_window_plane(x, b, c, window, stride_y, stride_x, offset, out, line, phases, size, step):
+    """Plane (b, c) of a window's values; size and step are the calling kernel's closure constants. line's
+    entries outside [start, stop) are -FLT_MAX from its allocation and are never written."""
+    k = size if size else window
+    start, stop = _image_columns(x.shape[3], offset, line.shape[0])
+    for oy in range(out.shape[2]):
+        _column_maxima(x, b, c, oy * stride_y + offset, k, size, offset, line, start, stop)
+        _line_maxima(line, phases, out[b, c, oy], k, stride_x, size, step)
+
+
+@functools.cache
+def _inference_window_kernels(size: int, step: int) -> tuple[Callable, Callable]:
+    """(serial, parallel) max pooling values of a size x size window (any size but 2); `size` and `step` (the
+    column stride) are closure constants, literal when nonzero (the windows of LITERAL_WINDOWS), read at run
+    time when 0."""
+
+    @jit
+    def serial(x, window, stride_y, stride_x, offset, out, line_length, phase_length):
+        channels = x.shape[1]
+        line = np.full(line_length, NEG_FLT_MAX, np.float32)
+        phases = np.empty((max(step, 1), phase_length), np.float32)
+        for p in range(x.shape[0] * channels):
+            _inference_window_plane(x, p // channels, p % channels, window, stride_y, stride_x, offset, out,
+                                    line, phases, size, step)
+
+    @jit(parallel=True)
+    def parallel(x, window, stride_y, stride_x, offset, out, line_length, phase_length, chunks):
+        channels = x.shape[1]
+        planes = x.shape[0] * channels
+        for chunk in prange(chunks):
+            line = np.full(line_length, NEG_FLT_MAX, np.float32)
+            phases = np.empty((max(step, 1), phase_length), np.float32)
+            for p in range(chunk * planes // chunks, (chunk + 1) * planes // chunks):
+                _inference_window_plane(x, p // channels, p % channels, window, stride_y, stride_x, offset, out,
+                                        line, phases, size, step)
+
+    return serial, parallel
 
 
 @jit
@@ -344,11 +445,21 @@ def maxpool_forward(x: np.ndarray, size: int, stride_y: int, stride_x: int, offs
         kernel = _clipped_forward_parallel if threads else _clipped_forward_serial
         kernel(x, size, stride_y, stride_x, offset, out, argmax if track else np.empty(out.shape, np.int32))
         return
+    chunks = min(x.shape[0] * x.shape[1], CHUNKS_PER_THREAD * numba.get_num_threads())
+    if size != 2 and not track:
+        literal_size, step, _ = _window_variant(size, stride_x)
+        # line: the padded row under every window of an output row, a whole number of phases long
+        phase_length = -(-((out.shape[3] - 1) * stride_x + size) // stride_x)
+        serial, parallel = _inference_window_kernels(literal_size, step)
+        if threads:
+            parallel(x, size, stride_y, stride_x, offset, out, phase_length * stride_x, phase_length, chunks)
+        else:
+            serial(x, size, stride_y, stride_x, offset, out, phase_length * stride_x, phase_length)
+        return
     if not track:
         argmax = _NO_WINNERS
     rows = (out.shape[2] - 1) * stride_y + size
     cols = (out.shape[3] - 1) * stride_x + size
-    chunks = min(x.shape[0] * x.shape[1], CHUNKS_PER_THREAD * numba.get_num_threads())
     inside = offset == 0 and rows <= height and cols <= width
     padded_shape = (0, 0) if inside else (rows, cols)
     if size == 2:
@@ -358,7 +469,7 @@ def maxpool_forward(x: np.ndarray, size: int, stride_y: int, stride_x: int, offs
         else:
             serial(x, stride_y, stride_x, offset, out, argmax, padded_shape)
     else:
-        serial, parallel = _window_kernels(*_window_variant(size, stride_x), not inside, track)
+        serial, parallel = _window_kernels(*_window_variant(size, stride_x), not inside)
         if threads:
             parallel(x, size, stride_y, stride_x, offset, out, argmax, padded_shape, rows, chunks)
         else:
