@@ -12,7 +12,8 @@ checks. Every output keeps its running maximum in registers, one output per loop
 loops unrolled for the usual windows (literal sizes and column strides), so the loop over an output row
 vectorises. Windows larger than 3x3 (and 3x3 at stride 2) are separable: the first maximum in
 row-then-column order is the first maximum down the rows of each row's first maximum along it, so 2k taps
-replace k*k; the column pass is the same register loop over the plane of row maxima.
+replace k*k; the column pass is the same register loop over the plane of row maxima. At inference, windows
+at column strides >= 2 go columns first instead (see the section on them below).
 Windows larger than the image visit only the taps inside it (the others cannot win), so their cost is bounded
 by the image, not by the window: size=99999999999 costs what a window the size of the image does.
 """
@@ -161,15 +162,17 @@ def _maxpool_2x2_kernels(step: int, padded: bool, track: bool) -> tuple[Callable
 
 # ---- any other window --------------------------------------------------------------------------------------
 @jit(inline="always")
-def _window_rows(src, origin, width, rows, size, stride_y, stride_x, out_plane, index_plane):
+def _window_rows(src, origin, width, rows, size, stride_y, stride_x, out_plane, index_plane, track):
     """out_plane/index_plane (OH, OW) of rows x size windows from `src`, a plane in which every window tap is
     readable (src[py, px] is image pixel (py + origin, px + origin)); the running maximum in registers: with
-    literal `rows`, `size` and `stride_x` the tap loops unroll and the loop over outputs vectorises."""
+    literal `rows`, `size` and `stride_x` the tap loops unroll and the loop over outputs vectorises. Without
+    `track` only the maxima are written (the same values: the same taps in the same order; the index
+    arithmetic is dead code then and compiled away)."""
     out_h, out_w = out_plane.shape
     for oy in range(out_h):
         top = oy * stride_y
         best = out_plane[oy]
-        best_index = index_plane[oy]
+        best_index = index_plane[oy if track else 0]
         for ox in range(out_w):
             left = ox * stride_x
             b = NEG_FLT_MAX
@@ -184,18 +187,22 @@ def _window_rows(src, origin, width, rows, size, stride_y, stride_x, out_plane, 
                         b = v
                         k = first + np.int32(kx)
             best[ox] = b
-            best_index[ox] = k
+            if track:
+                best_index[ox] = k
 
 
 @jit(inline="always")
-def _separable_rows(src, origin, width, size, stride_y, stride_x, out_plane, index_plane, row_v, row_i):
+def _separable_rows(src, origin, width, size, stride_y, stride_x, out_plane, index_plane, row_v, row_i,
+                    track):
     """The first maximum in row-then-column order is the first maximum down the window's rows of each row's
     first maximum along it: 2*size taps per output instead of size*size. row_v/row_i receive the row maxima
     of every row of `src`; the column pass runs on them as a plane of size x 1 windows, and its winners
     (positions in row_v) are then looked up in row_i."""
-    _window_rows(src, origin, width, 1, size, 1, stride_x, row_v, row_i)
+    _window_rows(src, origin, width, 1, size, 1, stride_x, row_v, row_i, track)
     out_w = out_plane.shape[1]
-    _window_rows(row_v, 0, out_w, size, 1, stride_y, 1, out_plane, index_plane)
+    _window_rows(row_v, 0, out_w, size, 1, stride_y, 1, out_plane, index_plane, track)
+    if not track:
+        return
     row_indices = row_i.ravel()
     for oy in range(out_plane.shape[0]):
         winners = index_plane[oy]
@@ -212,28 +219,31 @@ LITERAL_WINDOWS = {(3, 1): False, (3, 2): True, (5, 1): True, (9, 1): True, (13,
 
 @jit(inline="always")
 def _window_plane(x, b, c, window, stride_y, stride_x, offset, out, argmax, scratch, row_v, row_i, size, step,
-                  separable, padded):
-    """Plane (b, c); size, step, separable and padded are the calling kernel's closure constants."""
+                  separable, padded, track):
+    """Plane (b, c); size, step, separable, padded and track are the calling kernel's closure constants
+    (untracked: argmax is a placeholder and row_i scratch, neither read)."""
     k = size if size else window
     column_step = step if step else stride_x
-    index_plane = argmax[b, c]
+    index_plane = argmax[b, c] if track else argmax[0, 0]
     if padded:
         _pad_plane(x, b, c, offset, scratch)
         src, origin = scratch, offset
     else:
         src, origin = x[b, c], 0
     if separable:
-        _separable_rows(src, origin, x.shape[3], k, stride_y, column_step, out[b, c], index_plane, row_v, row_i)
+        _separable_rows(src, origin, x.shape[3], k, stride_y, column_step, out[b, c], index_plane, row_v, row_i,
+                        track)
     else:
-        _window_rows(src, origin, x.shape[3], k, k, stride_y, column_step, out[b, c], index_plane)
+        _window_rows(src, origin, x.shape[3], k, k, stride_y, column_step, out[b, c], index_plane, track)
 
 
 @functools.cache
-def _window_kernels(size: int, step: int, separable: bool, padded: bool) -> tuple[Callable, Callable]:
-    """(serial, parallel) max pooling with a size x size window (any size but 2) that keeps the winners (for
-    training), from the padded copy unless the windows stay inside the image. `size` and `step` (the column
-    stride) are literal when nonzero, read at run time when 0; all four are closure constants, so a network
-    compiles only the windows it uses (one kernel holding every variant compiled for 7.6 s)."""
+def _window_kernels(size: int, step: int, separable: bool, padded: bool,
+                    track: bool) -> tuple[Callable, Callable]:
+    """(serial, parallel) max pooling with a size x size window (any size but 2), from the padded copy
+    unless the windows stay inside the image, keeping the winners when `track`. `size` and `step` (the
+    column stride) are literal when nonzero, read at run time when 0; all five are closure constants, so a
+    network compiles only the windows it uses (one kernel holding every variant compiled for 7.6 s)."""
 
     @jit
     def serial(x, window, stride_y, stride_x, offset, out, argmax, padded_shape, rows):
@@ -243,7 +253,7 @@ def _window_kernels(size: int, step: int, separable: bool, padded: bool) -> tupl
         row_i = np.empty((rows, out.shape[3]), np.int32)
         for p in range(x.shape[0] * channels):
             _window_plane(x, p // channels, p % channels, window, stride_y, stride_x, offset, out, argmax,
-                          scratch, row_v, row_i, size, step, separable, padded)
+                          scratch, row_v, row_i, size, step, separable, padded, track)
 
     @jit(parallel=True)
     def parallel(x, window, stride_y, stride_x, offset, out, argmax, padded_shape, rows, chunks):
@@ -255,7 +265,7 @@ def _window_kernels(size: int, step: int, separable: bool, padded: bool) -> tupl
             row_i = np.empty((rows, out.shape[3]), np.int32)
             for p in range(chunk * planes // chunks, (chunk + 1) * planes // chunks):
                 _window_plane(x, p // channels, p % channels, window, stride_y, stride_x, offset, out, argmax,
-                              scratch, row_v, row_i, size, step, separable, padded)
+                              scratch, row_v, row_i, size, step, separable, padded, track)
 
     return serial, parallel
 
@@ -267,51 +277,51 @@ def _window_variant(size: int, stride_x: int) -> tuple[int, int, bool]:
     return 0, 0, size > 3
 
 
-# ---- inference: any window but 2x2, values only ------------------------------------------------------------
+# ---- inference at column strides >= 2: values only, columns first -----------------------------------------
 # Without winners the order of the taps does not matter (the maximum of the taps that are not NaN, never below
 # -FLT_MAX, whatever the order), so these kernels go columns first, which the tracked path cannot: per output
 # row, the maxima down each column of the window's rows into `line` (a -FLT_MAX-padded row: no padded copy of
-# the plane), then the maxima along `line`. At a column stride s >= 2 `line` is first split into s phases
-# (phase r holds line[s*j + r]) so that every load of the tap loop is contiguous: taps at stride 2 are what
-# kept the tracked 3x3/2 loop from vectorising.
+# the plane), then the maxima along `line`, first split into s phases (phase r holds line[s*j + r]) so that
+# every load of the tap loop is contiguous: taps at stride 2 are what kept the row-first 3x3/2 loop from
+# vectorising (6 -> 4 ns per output on 64x104x104, 9 -> 5 on 256x26x26). At stride 1 the row-first kernels
+# stay faster (SPP's 13x13: 3 against 6-10 ns), so they keep those windows.
 @jit(inline="always")
-def _column_maxima(x, b, c, top, k, size, offset, line, start, stop):
+def _column_maxima(x, b, c, top, k, offset, line, start, stop):
     """line[p] = the maximum down column p + offset of image rows top .. top+k-1 (those inside the image),
-    for p in [start, stop); -FLT_MAX where no row is inside."""
+    for p in [start, stop); -FLT_MAX where no row is inside. Three rows per pass over `line` (a group of
+    fewer repeats its last row: values only, so a repeated tap changes nothing): few enough pointers that the
+    column loop vectorises behind LLVM's run-time overlap checks, which it gives up on past eight."""
     height = x.shape[2]
-    first, last = max(top, 0), min(top + k, height)
-    if size and first == top and last == top + size:
-        # a literal window wholly inside: the row loop unrolls and the column loop vectorises
-        rows = x[b, c, top:top + size]
+    y, last = max(top, 0), min(top + k, height)
+    if y >= last:
         for p in range(start, stop):
-            m = NEG_FLT_MAX
-            for ky in range(size):
-                v = rows[ky, p + offset]
-                m = v if v > m else m
-            line[p] = m
+            line[p] = NEG_FLT_MAX
         return
-    for p in range(start, stop):
-        line[p] = NEG_FLT_MAX
-    for y in range(first, last):
-        row = x[b, c, y]
+    fresh = True
+    while y < last:
+        r0 = x[b, c, y]
+        r1 = x[b, c, min(y + 1, last - 1)]
+        r2 = x[b, c, min(y + 2, last - 1)]
         for p in range(start, stop):
-            v = row[p + offset]
-            m = line[p]
-            line[p] = v if v > m else m
+            m = NEG_FLT_MAX if fresh else line[p]
+            q = p + offset
+            v = r0[q]
+            m = v if v > m else m
+            v = r1[q]
+            m = v if v > m else m
+            v = r2[q]
+            m = v if v > m else m
+            line[p] = m
+        fresh = False
+        y += 3
 
 
 @jit(inline="always")
 def _line_maxima(line, phases, out_row, k, stride_x, size, step):
-    """out_row[i] = the maximum of line[i*stride_x .. i*stride_x + k - 1]; size and step are literal or 0."""
+    """out_row[i] = the maximum of line[i*stride_x .. i*stride_x + k - 1]; size and step (>= 2) are literal or
+    0."""
     out_w = out_row.shape[0]
-    if step == 1:
-        for i in range(out_w):
-            m = NEG_FLT_MAX
-            for t in range(size):
-                v = line[i + t]
-                m = v if v > m else m
-            out_row[i] = m
-    elif step:
+    if step:
         for j in range(phases.shape[1]):
             for r in range(step):
                 phases[r, j] = line[step * j + r]
@@ -344,15 +354,15 @@ def _inference_window_plane(x, b, c, window, stride_y, stride_x, offset, out, li
     k = size if size else window
     start, stop = _image_columns(x.shape[3], offset, line.shape[0])
     for oy in range(out.shape[2]):
-        _column_maxima(x, b, c, oy * stride_y + offset, k, size, offset, line, start, stop)
+        _column_maxima(x, b, c, oy * stride_y + offset, k, offset, line, start, stop)
         _line_maxima(line, phases, out[b, c, oy], k, stride_x, size, step)
 
 
 @functools.cache
 def _inference_window_kernels(size: int, step: int) -> tuple[Callable, Callable]:
-    """(serial, parallel) max pooling values of a size x size window (any size but 2); `size` and `step` (the
-    column stride) are closure constants, literal when nonzero (the windows of LITERAL_WINDOWS), read at run
-    time when 0."""
+    """(serial, parallel) max pooling values of a size x size window (any size but 2) at a column stride >= 2;
+    `size` and `step` (the column stride) are closure constants, literal when nonzero (the windows of
+    LITERAL_WINDOWS), read at run time when 0."""
 
     @jit
     def serial(x, window, stride_y, stride_x, offset, out, line_length, phase_length):
@@ -446,7 +456,7 @@ def maxpool_forward(x: np.ndarray, size: int, stride_y: int, stride_x: int, offs
         kernel(x, size, stride_y, stride_x, offset, out, argmax if track else np.empty(out.shape, np.int32))
         return
     chunks = min(x.shape[0] * x.shape[1], CHUNKS_PER_THREAD * numba.get_num_threads())
-    if size != 2 and not track:
+    if size != 2 and stride_x >= 2 and not track:
         literal_size, step, _ = _window_variant(size, stride_x)
         # line: the padded row under every window of an output row, a whole number of phases long
         phase_length = -(-((out.shape[3] - 1) * stride_x + size) // stride_x)
@@ -469,7 +479,7 @@ def maxpool_forward(x: np.ndarray, size: int, stride_y: int, stride_x: int, offs
         else:
             serial(x, stride_y, stride_x, offset, out, argmax, padded_shape)
     else:
-        serial, parallel = _window_kernels(*_window_variant(size, stride_x), not inside)
+        serial, parallel = _window_kernels(*_window_variant(size, stride_x), not inside, track)
         if threads:
             parallel(x, size, stride_y, stride_x, offset, out, argmax, padded_shape, rows, chunks)
         else:
