@@ -235,9 +235,9 @@ def test_threaded_and_serial_kernels_agree_with_naive(threaded, monkeypatch):
     (5, 1, 1, 4, True), (7, 2, 3, 6, True),
 ])
 def test_every_window_kernel_matches_naive(size, stride, stride_x, padding, threaded, monkeypatch):
-    """Each window variant is compiled as its own kernel (kernels/pooling.py): inference's (values only,
-    columns first) and training's (values and winners), both against the oracle, with ties, NaN and -inf
-    (threaded: inference's only; the threaded kernels share one driver)."""
+    """Each window variant is compiled as its own kernel (kernels/pooling.py): inference's (values only;
+    columns first at column strides >= 2) and training's (values and winners), both against the oracle, with
+    ties, NaN and -inf (threaded: inference's only; the threaded kernels share one driver)."""
     from darknetpy.kernels import pooling as kernels
     monkeypatch.setattr(kernels, "PARALLEL_MIN_ELEMENTS", 0 if threaded else 1 << 62)
     text = f"[maxpool]\nsize={size}\nstride={stride}\nstride_x={stride_x}\npadding={padding}"

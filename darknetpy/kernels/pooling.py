@@ -4,8 +4,9 @@ Max pooling keeps Darknet's geometry: the window origin is shifted by `offset` (
 -padding/2, so padding 1 puts all padding on the right/bottom), taps outside the image read -FLT_MAX,
 and the first strict maximum in row-then-column order wins. The winner's position inside its plane
 (y*W + x) is stored for the backward pass; -1 means no tap beat -FLT_MAX (all taps outside the image,
-or NaN), and such outputs pass no gradient. Inference keeps no winners: the same comparisons in the same
-order, values only, so the tap loops carry no index arithmetic.
+or NaN), and such outputs pass no gradient. Inference keeps no winners, only values (the maximum of the
+taps that are not NaN, never below -FLT_MAX, in whatever order they are visited), so its tap loops carry no
+index arithmetic.
 
 Speed: windows that may leave the image read a -FLT_MAX-padded copy of the plane, so no loop has bounds
 checks. Every output keeps its running maximum in registers, one output per loop iteration, with the tap
@@ -96,14 +97,19 @@ def _fill(values, start, stop, value):
         values[j] = value
 
 
+@jit(inline="always")
+def _image_columns(width, offset, length):
+    """[start, stop): the entries p of a padded row of `length` whose column p + offset is in the image."""
+    stop = max(0, min(length, width - offset))
+    return min(max(0, -offset), stop), stop
+
+
 @jit
 def _pad_plane(x, b, c, origin, padded):
     """padded[py, px] = x[b, c, py + origin, px + origin], -FLT_MAX outside the image."""
-    height, width = x.shape[2], x.shape[3]
+    height = x.shape[2]
     cols = padded.shape[1]
-    # padded columns [left, right) hold image columns [left + origin, right + origin)
-    left = min(cols, max(0, -origin))
-    right = max(left, min(cols, width - origin))
+    left, right = _image_columns(x.shape[3], origin, cols)
     for py in range(padded.shape[0]):
         iy = py + origin
         row = padded[py]
@@ -338,13 +344,6 @@ def _line_maxima(line, phases, out_row, k, stride_x, size, step):
                 v = line[t]
                 m = v if v > m else m
             out_row[i] = m
-
-
-@jit(inline="always")
-def _image_columns(width, offset, length):
-    """[start, stop): the entries p of a padded row of `length` whose column p + offset is in the image."""
-    stop = max(0, min(length, width - offset))
-    return min(-offset, stop), stop
 
 
 @jit(inline="always")
