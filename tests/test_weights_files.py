@@ -76,3 +76,17 @@ def test_refused_file_leaves_the_network_untouched(tmp_path):
         read_weights(network, path)
     for a, b in zip(network.layers[0].weight_arrays(), before):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("position, value", [(300_000, np.inf), (3 * 200_000 + 199, -np.inf), (1, np.nan)])
+def test_non_finite_values_are_found_anywhere_in_a_large_file(tmp_path, position, value):
+    # 600,200 floats: the check reads the file in blocks, so a bad value past the first block, and the very
+    # last value of the file, are found too (and named by their offset within their array)
+    network = vector_net("[connected]\noutput=200\nactivation=linear", 3000)
+    floats = np.ones(200 + 3000 * 200, "<f4")
+    floats[position] = value
+    path = tmp_path / "big.weights"
+    path.write_bytes(struct.pack("<iiiQ", 0, 2, 0, 0) + floats.tobytes())
+    array, offset = (1, position) if position < 200 else (2, position - 200)
+    with pytest.raises(WeightsError, match=rf"array {array} of 2 \(\d+ floats\): value {offset} is {value}"):
+        read_weights(network, path)
