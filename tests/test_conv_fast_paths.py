@@ -136,6 +136,52 @@ def test_winograd_matches_naive_for_every_block_size(tile, batch, c, k, h, w, pa
             np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4 if tile == 4 else 1e-5)
 
 
+@pytest.mark.parametrize("tile", [2, 4])
+def test_winograd_blocks_shared_out_side_by_side_match_naive(tile, monkeypatch):
+    # Three shares of one-tile-row blocks over a batch of 2 (F(2x2): 8 blocks, shared 3 + 3 + 2), forward
+    # with leaky and the training path's accumulate (dx += the transposed convolution)
+    import numba
+    import darknetpy.layers.conv_engines as conv
+    from darknetpy.kernels import activations as act
+    from darknetpy.layers.epilogue import Epilogue
+    monkeypatch.setattr(conv, "WINOGRAD_BLOCK_BYTES", 1)
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_BLOCK_TILES", 1)
+    monkeypatch.setattr(numba, "get_num_threads", lambda: 3)
+    batch, c, k, h, w = 2, 5, 6, 2 * tile + 3, 11
+    x = RNG.standard_normal((batch, c, h, w)).astype(np.float32)
+    weights = RNG.standard_normal((k, c, 3, 3)).astype(np.float32)
+    bias = RNG.standard_normal(k).astype(np.float32)
+    engine = conv.WinogradEngine(c, k, h, w, 1, batch, tile)
+    engine.prepare(weights, bias)
+    assert [len(starts) for starts in engine._scratch().starts] == ([3, 3, 2] if tile == 2 else [2, 2, 2])
+    out = np.full((batch, k, h, w), np.nan, np.float32)
+    engine.forward(x, out, Epilogue(k, act.LEAKY, batch_normalize=False))
+    ref = conv2d(x.astype(np.float64), weights, bias, 1, 1, 1)
+    np.testing.assert_allclose(out, leaky(ref), rtol=1e-4, atol=1e-4 if tile == 4 else 1e-5)
+    transposed = conv.WinogradEngine(k, c, h, w, 1, batch, tile)
+    dx = RNG.standard_normal((batch, c, h, w)).astype(np.float32)
+    expected = dx + conv2d(ref.astype(np.float32).astype(np.float64),
+                           winograd.transposed_weights(weights), np.zeros(c), 1, 1, 1)
+    transposed.accumulate_input_gradient(ref.astype(np.float32), weights, dx)
+    np.testing.assert_allclose(dx, expected, rtol=1e-4, atol=1e-3)
+
+
+def test_side_by_side_shares_all_run_and_the_first_error_is_raised():
+    from darknetpy.kernels.threads import run_side_by_side
+    seen = []
+    run_side_by_side(seen.append, 3)
+    assert sorted(seen) == [0, 1, 2]
+
+    def failing(share):
+        seen.append(share)
+        if share == 2:
+            raise ValueError("share 2")
+    seen.clear()
+    with pytest.raises(ValueError, match="share 2"):
+        run_side_by_side(failing, 3)
+    assert sorted(seen) == [0, 1, 2]   # every share ran to its end before the error was raised
+
+
 def test_winograd_f4_rounding_stays_small_on_many_channels():
     # F(4x4)'s transforms amplify float32 rounding (about 1e-5 of the output range with 256 channels, varying
     # with the BLAS build); it must stay well inside the 1e-4 parity tolerance. Own seed: order-independent.
@@ -535,6 +581,24 @@ def test_idle_openmp_workers_sleep_unless_the_user_said_otherwise():
         assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
     finally:
         os.environ["OMP_WAIT_POLICY"] = saved
+
+
+@pytest.mark.parametrize("user_value", [None, "20"])
+def test_openblas_idle_workers_spin_briefly_set_before_numpy_loads(user_value):
+    # OpenBLAS reads the variable when numpy loads it: what counts is its value at numpy's import
+    script = ("import os, sys\n"
+              "class Spy:\n"
+              "    def find_spec(self, name, path=None, target=None):\n"
+              "        if name == 'numpy':\n"
+              "            print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'))\n"
+              "            sys.meta_path.remove(self)\n"
+              "sys.meta_path.insert(0, Spy())\n"
+              "import darknetpy\n")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    if user_value:
+        env["OPENBLAS_THREAD_TIMEOUT"] = user_value
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == [user_value or "16"], done.stderr
 
 
 def test_warns_when_numba_threads_were_started_spinning_before_import():

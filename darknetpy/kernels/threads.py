@@ -8,7 +8,7 @@ of the hundreds of hand-overs in a forward pass waits for a scheduler time slice
 tools/bench.py at 2 threads (2-core AMD EPYC): yolo-fastest-xl 320 takes 585 ms per forward pass with
 libgomp's default wait policy and 30 ms with OMP_WAIT_POLICY=PASSIVE (yolov3-tiny 155 -> 66 ms, the MNIST
 training step 214 -> 108 ms). So idle OpenMP workers are made to sleep at once unless the user chose
-otherwise.
+otherwise. (OpenBLAS's idle workers spin too; how long is set in darknetpy/thread_environment.py.)
 
 libgomp reads the variable once, when the library is loaded. Numba loads it when it starts its threading
 layer (the first parallel kernel call or numba.set_num_threads), so importing darknetpy before that is
@@ -25,12 +25,15 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 
 from ..errors import DarknetWarning
+from ..thread_environment import apply_environment_defaults, set_by_darknetpy
 
-_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
+_SIDE_BY_SIDE_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
 
 def _numba_threads_started() -> bool:
@@ -61,17 +64,38 @@ def choose_threading_layer() -> str | None:
 
 
 def apply_defaults() -> None:
-    """Set the wait-policy environment defaults (an explicit user setting always wins)."""
-    missing = [key for key in _DEFAULTS if key not in os.environ]
-    for key in missing:
-        os.environ[key] = _DEFAULTS[key]
+    """Set the thread environment's defaults (an explicit user setting always wins; darknetpy/__init__ has
+    normally set them already, before numpy loaded) and choose the threading layer."""
+    apply_environment_defaults()
     choose_threading_layer()
-    if missing and _numba_threads_started() and numba.get_num_threads() > 1 \
+    if "OMP_WAIT_POLICY" in set_by_darknetpy() and _numba_threads_started() and numba.get_num_threads() > 1 \
             and numba.threading_layer() == "omp":
         warnings.warn("Numba's OpenMP threads were started before darknetpy was imported, with the default "
                       "spinning wait policy: with more than one thread this can make darknetpy many times "
                       "slower. Import darknetpy first, or set OMP_WAIT_POLICY=PASSIVE in the environment.",
                       DarknetWarning, stacklevel=2)
+
+
+def run_side_by_side(work: Callable[[int], None], shares: int) -> None:
+    """work(0), ..., work(shares - 1) at once: the calling thread takes share 0, a pool kept for this
+    process the others. For callers whose shares run GIL-free serial kernels and BLAS calls of their own
+    (no Numba parallel kernel: the workqueue layer aborts when two threads launch one at the same time). Waits for
+    every share, then raises the first exception."""
+    if shares <= 1:
+        work(0)
+        return
+    key = (os.getpid(), shares)   # a forked child must not wait on its parent's threads (gone in the child)
+    pool = _SIDE_BY_SIDE_POOLS.get(key)
+    if pool is None:
+        pool = _SIDE_BY_SIDE_POOLS[key] = ThreadPoolExecutor(shares - 1, thread_name_prefix="darknetpy")
+    futures = [pool.submit(work, share) for share in range(1, shares)]
+    try:
+        work(0)
+    finally:
+        errors = [future.exception() for future in futures]
+    for error in errors:
+        if error is not None:
+            raise error
 
 
 def threads_pay(work: int, tasks: int, minimum_work: int) -> bool:

@@ -15,6 +15,8 @@ written out explicitly so that LLVM vectorises them along the tile row:
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from numba import prange
 
@@ -265,11 +267,12 @@ def _input_small_f2_parallel(x, g0, g1, pad, tiles_h, tiles_w, v):
 
 
 def input_transform(x: np.ndarray, first_row: int, end_row: int, pad: int, tile: int, tiles_h: int,
-                    tiles_w: int, v: np.ndarray) -> None:
+                    tiles_w: int, v: np.ndarray, threaded: bool = True) -> None:
     """v[:, :, :(end_row - first_row)*tiles_w] = B^T d B of the input tiles d of tile rows
-    [first_row, end_row) of the batch (tile row g is row g % tiles_h of image g // tiles_h)."""
+    [first_row, end_row) of the batch (tile row g is row g % tiles_h of image g // tiles_h). `threaded`
+    False keeps to the calling thread (a caller that runs blocks side by side in threads of its own)."""
     count = (end_row - first_row) * tiles_w
-    parallel = threads_pay(v.shape[0] * v.shape[1] * count, x.shape[1], PARALLEL_MIN_ELEMENTS)
+    parallel = threaded and threads_pay(v.shape[0] * v.shape[1] * count, x.shape[1], PARALLEL_MIN_ELEMENTS)
     if tile == 2 and tiles_w <= SMALL_TILES_W:
         small = _input_small_f2_parallel if parallel else _input_small_f2_serial
         small(x, first_row, end_row, pad, tiles_h, tiles_w, v)
@@ -428,11 +431,12 @@ _OUTPUT_KERNELS = {(2, False): _output_serial_f2, (4, False): _output_serial_f4,
 
 
 def output_transform(m: np.ndarray, first_row: int, end_row: int, bias: np.ndarray, leaky: bool, tile: int,
-                     tiles_h: int, tiles_w: int, out: np.ndarray, accumulate: bool = False) -> None:
+                     tiles_h: int, tiles_w: int, out: np.ndarray, accumulate: bool = False,
+                     threaded: bool = True) -> None:
     """Output pixels of tile rows [first_row, end_row) = A^T M A of their tiles (m as input_transform's v)
     + bias[k], then Darknet's leaky if `leaky`; with `accumulate` the result is added to `out` instead."""
     count = (end_row - first_row) * tiles_w
-    parallel = threads_pay(m.shape[0] * m.shape[1] * count, out.shape[1], PARALLEL_MIN_ELEMENTS)
+    parallel = threaded and threads_pay(m.shape[0] * m.shape[1] * count, out.shape[1], PARALLEL_MIN_ELEMENTS)
     _OUTPUT_KERNELS[tile, parallel](m, first_row, end_row, bias, leaky, accumulate, tiles_h, tiles_w, out)
 
 
@@ -443,25 +447,34 @@ def block_rows(channels: int, filters: int, tile: int, tiles_w: int, total_rows:
     return max(1, min(total_rows, budget_bytes // per_row))
 
 
+def block_starts(batch: int, out_h: int, out_w: int, tile: int, rows_per_block: int) -> range:
+    """First tile row of every block of `rows_per_block` tile rows over the batch."""
+    return range(0, batch * tile_counts(out_h, out_w, tile)[0], rows_per_block)
+
+
 def winograd_conv(x: np.ndarray, u: np.ndarray, bias: np.ndarray, pad: int, tile: int, leaky: bool,
                   rows_per_block: int, v: np.ndarray, m: np.ndarray, out: np.ndarray,
-                  accumulate: bool = False) -> None:
-    """The whole convolution: x (B, C, H, W), u = transform_weights(...), out (B, K, OH, OW) (x and out may
-    be strided views with contiguous rows). Tile rows are processed `rows_per_block` at a time through the
+                  accumulate: bool = False, starts: Sequence[int] | None = None, threaded: bool = True) -> None:
+    """The convolution: x (B, C, H, W), u = transform_weights(...), out (B, K, OH, OW) (x and out may be
+    strided views with contiguous rows). Tile rows are processed `rows_per_block` at a time through the
     flat scratch buffers v (>= a*a*C*rows_per_block*tiles_w floats) and m (>= a*a*K*rows_per_block*tiles_w),
     so that a block stays in cache between its three steps. With `accumulate`, out += the convolution
-    (bias and leaky must then be zero / off)."""
+    (bias and leaky must then be zero / off). `starts` (default: every block, `block_starts`) picks the
+    blocks to compute: blocks write disjoint output rows, so callers may run disjoint sets of them side by
+    side, each with its own v and m and `threaded` False."""
     tiles_h, tiles_w = tile_counts(out.shape[2], out.shape[3], tile)
     positions = u.shape[0]
     total = x.shape[0] * tiles_h
-    for first in range(0, total, rows_per_block):
+    if starts is None:
+        starts = range(0, total, rows_per_block)
+    for first in starts:
         end = min(total, first + rows_per_block)
         count = (end - first) * tiles_w
         vb = v[:positions * x.shape[1] * count].reshape(positions, x.shape[1], count)
         mb = m[:positions * out.shape[1] * count].reshape(positions, out.shape[1], count)
-        input_transform(x, first, end, pad, tile, tiles_h, tiles_w, vb)
+        input_transform(x, first, end, pad, tile, tiles_h, tiles_w, vb, threaded)
         np.matmul(u, vb, out=mb)
-        output_transform(mb, first, end, bias, leaky, tile, tiles_h, tiles_w, out, accumulate)
+        output_transform(mb, first, end, bias, leaky, tile, tiles_h, tiles_w, out, accumulate, threaded)
 
 
 def scratch_sizes(channels: int, filters: int, tile: int, tiles_w: int, rows_per_block: int) -> tuple[int, int]:

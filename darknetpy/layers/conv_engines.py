@@ -25,6 +25,7 @@ from ..kernels import winograd
 from ..kernels.depthwise import grouped_conv_backward, grouped_conv_forward
 from ..kernels.im2col import (batch_to_channel_major, channel_major_to_batch, channel_major_to_batch_add,
                               col2im_batch_add, im2col_batch)
+from ..kernels.threads import run_side_by_side
 from .base import FLOAT
 from .epilogue import Epilogue
 
@@ -63,6 +64,15 @@ WINOGRAD_TRAIN_MIN_PIXELS = 128 * 128
 # small products split poorly, 1.4-2.1 on every 16- and 32-channel layer up to 7 MiB and 1.26-1.79 on
 # 64-channel ones up to 6 MiB, 0.91 on 64->128 at 20x20. Larger patch matrices (yolov3-tiny's 208x208 and
 # 104x104 layers, batches of 8) keep Winograd.
+# With more than one thread, the transforms of one block are too small to wake a thread team for (under the
+# parallel kernels' threshold of about 0.5 ms of work), and the products of layers reading few channels too
+# small for BLAS to split: such a layer ran no faster at 2 threads than at 1. Its blocks are then shared
+# out, whole, among threads that each run serial transforms and their own products (forward, 2 threads,
+# side by side / one block at a time: yolov3-tiny 16->32 at 208x208 0.56-0.63, 32->64 at 104x104 0.74,
+# at batch 8 0.55 and 0.60; darknet19 32->64 at 128x128 0.54; digits-yolo 32->64 at 40x40, batch 8,
+# 0.54). From 64 channels on the products are large enough for BLAS's own threads, and sharing out the
+# blocks measured 0.9-1.8.
+WINOGRAD_SIDE_BY_SIDE_MAX_CHANNELS = 32
 # (most input channels, largest patch matrix in bytes) for GEMM: with one thread, with more
 GEMM_OVER_WINOGRAD_ONE_THREAD = (32, 4 << 20)
 GEMM_OVER_WINOGRAD_THREADS = (64, 8 << 20)
@@ -299,6 +309,15 @@ class DirectEngine(_ChannelMajorProduct):
                               grad_weights, dx)
 
 
+@dataclass(frozen=True)
+class WinogradPlan:
+    """How a WinogradEngine walks its blocks: `rows` tile rows per block; share k computes the blocks
+    starting at starts[k] with its own scratch[k] = (v, m); more than one share run side by side."""
+    rows: int
+    starts: list[range]
+    scratch: list[tuple[np.ndarray, np.ndarray]]
+
+
 class WinogradEngine:
     """A stride-1 3x3 ungrouped convolution from in_channels to out_channels with an out_h x out_w output,
     by Winograd tiles of `tile` x `tile` outputs."""
@@ -311,20 +330,24 @@ class WinogradEngine:
         self.padding = padding
         self.batch = batch
         self.tile = tile
-        self._plan: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._plan: WinogradPlan | None = None
         self._transformed: np.ndarray | None = None
         self._shift: np.ndarray | None = None
 
-    def _scratch(self) -> tuple[int, np.ndarray, np.ndarray]:
-        """(tile rows per block, v scratch, m scratch)."""
+    def _scratch(self) -> WinogradPlan:
         if self._plan is None:
             tiles_h, tiles_w = winograd.tile_counts(self.out_h, self.out_w, self.tile)
             total_rows = self.batch * tiles_h
             rows = winograd.block_rows(self.in_channels, self.out_channels, self.tile, tiles_w, total_rows,
                                        WINOGRAD_BLOCK_BYTES)
             rows = max(rows, min(total_rows, -(-WINOGRAD_MIN_BLOCK_TILES // tiles_w)))
+            starts = winograd.block_starts(self.batch, self.out_h, self.out_w, self.tile, rows)
+            shares = 1
+            if self.in_channels <= WINOGRAD_SIDE_BY_SIDE_MAX_CHANNELS:
+                shares = max(1, min(numba.get_num_threads(), len(starts)))
             v_size, m_size = winograd.scratch_sizes(self.in_channels, self.out_channels, self.tile, tiles_w, rows)
-            self._plan = (rows, np.empty(v_size, FLOAT), np.empty(m_size, FLOAT))
+            self._plan = WinogradPlan(rows, [starts[k::shares] for k in range(shares)],
+                                      [(np.empty(v_size, FLOAT), np.empty(m_size, FLOAT)) for _ in range(shares)])
         return self._plan
 
     def prepare(self, weights: np.ndarray, shift: np.ndarray) -> None:
@@ -333,20 +356,30 @@ class WinogradEngine:
         self._transformed = winograd.transform_weights(weights, self.tile)
         self._shift = shift
 
+    def _convolve(self, x: np.ndarray, out: np.ndarray, leaky: bool, accumulate: bool) -> None:
+        plan = self._scratch()
+        if len(plan.starts) == 1:
+            v, m = plan.scratch[0]
+            winograd.winograd_conv(x, self._transformed, self._shift, self.padding, self.tile, leaky, plan.rows,
+                                   v, m, out, accumulate=accumulate)
+            return
+
+        def share(k: int) -> None:
+            v, m = plan.scratch[k]
+            winograd.winograd_conv(x, self._transformed, self._shift, self.padding, self.tile, leaky, plan.rows,
+                                   v, m, out, accumulate, starts=plan.starts[k], threaded=False)
+        run_side_by_side(share, len(plan.starts))
+
     def forward(self, x: np.ndarray, out: np.ndarray, epilogue: Epilogue) -> None:
-        rows, v, m = self._scratch()
         fuse_leaky = epilogue.activation.fuses_leaky
-        winograd.winograd_conv(x, self._transformed, self._shift, self.padding, self.tile, fuse_leaky, rows, v, m,
-                               out)
+        self._convolve(x, out, fuse_leaky, accumulate=False)
         epilogue.activation.apply_unless_fused(out)
 
     def accumulate_input_gradient(self, dy: np.ndarray, weights: np.ndarray, dx: np.ndarray) -> None:
         """dx += dL/dx of the convolution by `weights` (this engine runs the transposed convolution)."""
         if self._transformed is None:
             self.prepare(winograd.transposed_weights(weights), np.zeros(self.out_channels, FLOAT))
-        rows, v, m = self._scratch()
-        winograd.winograd_conv(dy, self._transformed, self._shift, self.padding, self.tile, False, rows, v, m,
-                               dx, accumulate=True)
+        self._convolve(dy, dx, False, accumulate=True)
 
     def forget_weights(self) -> None:
         self._transformed = None

@@ -1,0 +1,39 @@
+"""Settings that the thread runtimes read once, when their libraries are loaded: darknetpy/__init__ sets
+them before numpy (OpenBLAS) and numba (OpenMP) are imported. A value the user set always wins.
+
+Two pools of threads share the cores: OpenBLAS's (matrix products) and darknetpy's (Numba's parallel
+kernels, and the Winograd blocks run side by side). They take turns many times per forward pass, and by
+default the idle workers of each pool keep spinning for a while, holding a core the other pool needs:
+
+  OMP_WAIT_POLICY=PASSIVE    idle OpenMP workers sleep at once (why, with figures: kernels/threads.py).
+  OPENBLAS_THREAD_TIMEOUT=16 OpenBLAS's idle workers spin for 2**16 cycles (about 25 us here) before they
+                             sleep, not 2**28 (about 0.1 s): long enough to serve back-to-back products, short
+                             enough to leave the core to the kernels between them. Forward passes at 2
+                             threads, against OpenBLAS's default (median of 3 alternating runs each): yolov3-tiny
+                             0.84 at batch 1 and 0.70 at batch 8, darknet19 0.86, digits-yolo at batch 8
+                             0.70; the small digit networks at batch 1 0.98-1.10 (their products are short
+                             enough that a sleeping worker's wake-up shows).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import MutableMapping
+
+DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "16"}
+_set_by_darknetpy: set[str] = set()
+
+
+def apply_environment_defaults(environ: MutableMapping[str, str] | None = None) -> list[str]:
+    """Set every variable of DEFAULTS the environment lacks; returns the names that were set."""
+    environ = os.environ if environ is None else environ
+    missing = [key for key in DEFAULTS if key not in environ]
+    for key in missing:
+        environ[key] = DEFAULTS[key]
+    if environ is os.environ:
+        _set_by_darknetpy.update(missing)
+    return missing
+
+
+def set_by_darknetpy() -> frozenset[str]:
+    """The variables this process got from DEFAULTS rather than from the user."""
+    return frozenset(_set_by_darknetpy)
