@@ -14,9 +14,10 @@ from .distributed.threads import share_cores_among_local_ranks as _share_cores  
 
 _share_cores()  # under mpiexec: each local rank gets its share of the cores, before numpy and numba load
 
-from .thread_environment import apply_environment_defaults as _thread_environment  # noqa: E402
+from . import thread_environment as _thread_environment  # noqa: E402
 
-_thread_environment()  # how idle threads wait, read by OpenBLAS and OpenMP when they load
+# how idle threads wait, read by OpenBLAS and OpenMP when they load
+_thread_environment.warn_if_blas_loaded_first(_thread_environment.apply_environment_defaults())
 
 from .kernels import threads as _threads  # noqa: E402,F401  (thread wait policy before Numba starts threads)
 

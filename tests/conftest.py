@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import darknetpy  # noqa: F401  (before any test module imports numpy: its thread settings, as the README says)
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 # No compile-ahead helper processes (darknetpy.compile_ahead) for the commands the tests run: the suite's

@@ -5,6 +5,7 @@ loops), numpy float64 formulas of spec §4.2, and PyTorch (float64) for gradient
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -246,7 +247,7 @@ def test_layer_paths_are_chosen_from_the_shapes():
     assert engines("filters=16\nsize=3\npad=1\nactivation=leaky", 3, 43) == ("direct", "gemm")
     assert engines("filters=16\nsize=3\npad=1\nactivation=leaky", 3, 42) == ("gemm", "gemm")
     assert engines("filters=16\nsize=3\nstride=2\npad=1\nactivation=leaky", 1, 160) == ("direct", "gemm")
-    assert engines("filters=16\nsize=3\npad=1\nactivation=leaky", 128) == ("winograd", "gemm")
+    assert engines("filters=16\nsize=3\npad=1\nactivation=leaky", 256) == ("winograd", "gemm")
     # few channels and a patch matrix that stays in the caches: im2col + GEMM (see conv_engines)
     assert engines("filters=16\nsize=3\npad=1\nactivation=leaky", 16) == ("gemm", "gemm")
     assert engines("filters=16\nsize=1\nactivation=leaky", 3) == ("gemm", "gemm")
@@ -266,7 +267,9 @@ def test_gemm_takes_few_channel_layers_whose_patches_fit_the_caches():
     assert not gemm_beats_winograd(geometry(16, 80), 8, 1)       # the batch's patches: 28 MiB
     assert not gemm_beats_winograd(geometry(64, 20), 1, 1)       # 64 channels at 1 thread
     assert gemm_beats_winograd(geometry(64, 20), 1, 2)
-    assert not gemm_beats_winograd(geometry(128, 10), 1, 2)
+    assert gemm_beats_winograd(geometry(128, 10), 8, 2)          # 128 channels, 3.5 MiB, at 2 threads
+    assert not gemm_beats_winograd(geometry(128, 16), 8, 2)      # 9 MiB
+    assert not gemm_beats_winograd(geometry(256, 10), 1, 2)
 
 
 @pytest.mark.parametrize("text,c", [
@@ -613,3 +616,18 @@ def test_warns_when_numba_threads_were_started_spinning_before_import():
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     layer, warned = done.stdout.split()
     assert warned == ("1" if layer == "omp" else "0"), done.stderr
+
+
+def test_warns_once_when_numpy_was_imported_before_the_blas_setting(monkeypatch):
+    from darknetpy.errors import DarknetWarning
+    from darknetpy.thread_environment import warn_if_blas_loaded_first
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    with pytest.warns(DarknetWarning, match="OPENBLAS_THREAD_TIMEOUT=16"):
+        warn_if_blas_loaded_first(["OPENBLAS_THREAD_TIMEOUT"], {"numpy": object()})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_blas_loaded_first(["OPENBLAS_THREAD_TIMEOUT"], {})          # numpy not loaded yet: in time
+        warn_if_blas_loaded_first([], {"numpy": object()})                 # the user's own setting
+        monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")                     # no idle BLAS threads at all
+        warn_if_blas_loaded_first(["OPENBLAS_THREAD_TIMEOUT"], {"numpy": object()})

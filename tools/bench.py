@@ -609,9 +609,9 @@ if torch_first:
     import torch  # starts (and configures) PyTorch's OpenMP runtime before darknetpy is imported
 import warnings
 warnings.simplefilter("ignore")
-import numpy as np
-import darknetpy
+import darknetpy  # before numpy where it can be (torch-first: torch has loaded numpy already)
 import numba
+import numpy as np
 model = darknetpy.load(cfg)
 batch = %(batch)d
 rng = np.random.default_rng(5)
@@ -1367,8 +1367,8 @@ MPI_LOOPBACK = {"MPIR_CVAR_CH4_NETMOD": "ofi", "FI_PROVIDER": "tcp", "FI_TCP_IFA
 
 TRAIN_DRIVER = """
 import json, os, sys, time
-import numpy as np
 import darknetpy
+import numpy as np
 from darknetpy.distributed import mpi_world_size
 cfg, steps = sys.argv[1], int(sys.argv[2])
 model = darknetpy.load(cfg, seed=1)

@@ -28,11 +28,10 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import darknetpy  # noqa: E402  (sets the thread policy before Numba starts threads)
+import darknetpy  # noqa: E402  (sets the thread settings before numpy and Numba start threads)
+import numpy as np  # noqa: E402
 from darknetpy.layers.convolutional import Convolutional  # noqa: E402
 
 FLOAT_BYTES = 4

@@ -73,9 +73,15 @@ WINOGRAD_TRAIN_MIN_PIXELS = 128 * 128
 # 0.54). From 64 channels on the products are large enough for BLAS's own threads, and sharing out the
 # blocks measured 0.9-1.8.
 WINOGRAD_SIDE_BY_SIDE_MAX_CHANNELS = 32
-# (most input channels, largest patch matrix in bytes) for GEMM: with one thread, with more
-GEMM_OVER_WINOGRAD_ONE_THREAD = (32, 4 << 20)
-GEMM_OVER_WINOGRAD_THREADS = (64, 8 << 20)
+# Once idle BLAS workers stopped spinning (darknetpy/thread_environment.py), GEMM also won, in whole passes at
+# 2 threads, on 128-channel layers of small maps (digits-yolo's 10x10 and digits-seg's 16x16 and 8x8 maps:
+# Winograd / GEMM 1.3-1.8 in the pass; whole passes with them on GEMM, alternating: digits-yolo 0.95 at
+# batch 1 and 0.96 at batch 8, digits-seg 0.89 and 0.99, yolov4-tiny 0.97; yolov3-tiny's 26x26 layer 1.03,
+# within the noise).
+# GEMM when the layer fits one of these (most input channels, largest patch matrix in bytes): with one
+# thread, with more
+GEMM_OVER_WINOGRAD_ONE_THREAD = ((32, 4 << 20),)
+GEMM_OVER_WINOGRAD_THREADS = ((64, 8 << 20), (128, 4 << 20))
 
 
 @dataclass(frozen=True)
@@ -152,8 +158,8 @@ def choose_engines(g: ConvGeometry, batch: int) -> tuple[GemmEngine | DirectEngi
 def gemm_beats_winograd(g: ConvGeometry, batch: int, threads: int) -> bool:
     """Whether im2col + GEMM is the faster inference path for a Winograd-shaped layer (see the constants);
     decided when the layer's buffers are allocated, for the Numba thread count in force then."""
-    max_channels, max_bytes = GEMM_OVER_WINOGRAD_ONE_THREAD if threads <= 1 else GEMM_OVER_WINOGRAD_THREADS
-    return g.channels <= max_channels and g.patch_bytes(batch) <= max_bytes
+    limits = GEMM_OVER_WINOGRAD_ONE_THREAD if threads <= 1 else GEMM_OVER_WINOGRAD_THREADS
+    return any(g.channels <= max_channels and g.patch_bytes(batch) <= max_bytes for max_channels, max_bytes in limits)
 
 
 class _ChannelMajorProduct:
