@@ -154,7 +154,7 @@ def test_winograd_blocks_shared_out_side_by_side_match_naive(tile, monkeypatch):
     bias = RNG.standard_normal(k).astype(np.float32)
     engine = conv.WinogradEngine(c, k, h, w, 1, batch, tile)
     engine.prepare(weights, bias)
-    assert [len(starts) for starts in engine._scratch().starts] == ([3, 3, 2] if tile == 2 else [2, 2, 2])
+    assert [len(starts) for starts in engine._block_plan().starts] == ([3, 3, 2] if tile == 2 else [2, 2, 2])
     out = np.full((batch, k, h, w), np.nan, np.float32)
     engine.forward(x, out, Epilogue(k, act.LEAKY, batch_normalize=False))
     ref = conv2d(x.astype(np.float64), weights, bias, 1, 1, 1)

@@ -466,7 +466,7 @@ def winograd_conv(x: np.ndarray, u: np.ndarray, bias: np.ndarray, pad: int, tile
     positions = u.shape[0]
     total = x.shape[0] * tiles_h
     if starts is None:
-        starts = range(0, total, rows_per_block)
+        starts = block_starts(x.shape[0], out.shape[2], out.shape[3], tile, rows_per_block)
     for first in starts:
         end = min(total, first + rows_per_block)
         count = (end - first) * tiles_w

@@ -340,7 +340,7 @@ class WinogradEngine:
         self._transformed: np.ndarray | None = None
         self._shift: np.ndarray | None = None
 
-    def _scratch(self) -> WinogradPlan:
+    def _block_plan(self) -> WinogradPlan:
         if self._plan is None:
             tiles_h, tiles_w = winograd.tile_counts(self.out_h, self.out_w, self.tile)
             total_rows = self.batch * tiles_h
@@ -363,7 +363,7 @@ class WinogradEngine:
         self._shift = shift
 
     def _convolve(self, x: np.ndarray, out: np.ndarray, leaky: bool, accumulate: bool) -> None:
-        plan = self._scratch()
+        plan = self._block_plan()
         if len(plan.starts) == 1:
             v, m = plan.scratch[0]
             winograd.winograd_conv(x, self._transformed, self._shift, self.padding, self.tile, leaky, plan.rows,
