@@ -9,10 +9,11 @@ default the idle workers of each pool keep spinning for a while, holding a core 
   OPENBLAS_THREAD_TIMEOUT=16 OpenBLAS's idle workers spin for 2**16 cycles (about 25 us here) before they
                              sleep, not 2**28 (about 0.1 s): long enough to serve back-to-back products, short
                              enough to leave the core to the kernels between them. Forward passes at 2
-                             threads, against OpenBLAS's default (median of 3 alternating runs each): yolov3-tiny
-                             0.84 at batch 1 and 0.70 at batch 8, darknet19 0.86, digits-yolo at batch 8
-                             0.70; the small digit networks at batch 1 0.98-1.10 (their products are short
-                             enough that a sleeping worker's wake-up shows).
+                             threads, against OpenBLAS's default (two sets of 3 alternating runs): yolov3-tiny
+                             0.82-0.84 at batch 1 and 0.68-0.70 at batch 8, darknet19 0.83-0.86, yolov4-tiny
+                             0.84, VGG-16 0.83, digits-yolo and digits-seg at batch 8 0.70-0.72; the digit
+                             networks at batch 1 0.99-1.10 (their products are short enough that a sleeping
+                             worker's wake-up shows).
 """
 from __future__ import annotations
 
@@ -44,7 +45,9 @@ def warn_if_blas_loaded_first(set_now: list[str], modules: Mapping[str, object] 
     passes up to a third of their time. Say so once, with the way out."""
     if "OPENBLAS_THREAD_TIMEOUT" not in set_now or "numpy" not in modules:
         return
-    if os.environ.get("OPENBLAS_NUM_THREADS", "") == "1" or (os.cpu_count() or 1) < 2:
+    # OpenBLAS takes its thread count from OPENBLAS_NUM_THREADS, else from OMP_NUM_THREADS
+    blas_threads = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
+    if blas_threads == "1" or (os.cpu_count() or 1) < 2:
         return
     warnings.warn("numpy was imported before darknetpy, so OpenBLAS's idle threads keep spinning for about 0.1 s "
                   "after each matrix product and take a core from darknetpy's threads (up to 1.4x slower "

@@ -622,6 +622,7 @@ def test_warns_once_when_numpy_was_imported_before_the_blas_setting(monkeypatch)
     from darknetpy.errors import DarknetWarning
     from darknetpy.thread_environment import warn_if_blas_loaded_first
     monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     with pytest.warns(DarknetWarning, match="OPENBLAS_THREAD_TIMEOUT=16"):
         warn_if_blas_loaded_first(["OPENBLAS_THREAD_TIMEOUT"], {"numpy": object()})
@@ -629,5 +630,8 @@ def test_warns_once_when_numpy_was_imported_before_the_blas_setting(monkeypatch)
         warnings.simplefilter("error")
         warn_if_blas_loaded_first(["OPENBLAS_THREAD_TIMEOUT"], {})          # numpy not loaded yet: in time
         warn_if_blas_loaded_first([], {"numpy": object()})                 # the user's own setting
-        monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")                     # no idle BLAS threads at all
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")                          # no idle BLAS threads at all
+        warn_if_blas_loaded_first(["OPENBLAS_THREAD_TIMEOUT"], {"numpy": object()})
+        monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
         warn_if_blas_loaded_first(["OPENBLAS_THREAD_TIMEOUT"], {"numpy": object()})
