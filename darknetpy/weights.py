@@ -25,11 +25,12 @@ WRITE_VERSION = (0, 2, 0)
 # versions: major 0 or 1, minor 0..100, revision 0..999, and the same with 1000 added to major or to minor
 # (transposed). Anything else (negative fields, 2.0.0, 999.999.0, 2147483647.2147483647.2147483647) is not
 # a Darknet weights file, however Darknet itself would read it.
-FINITE_CHECK_BLOCK = 1 << 18   # floats per block of the non-finite check (1 MiB)
 _MAJORS = range(0, 2)
 _MINORS = range(0, 101)
 _REVISIONS = range(0, 1000)
 _TRANSPOSED_FLAG = 1000
+
+FINITE_CHECK_BLOCK = 1 << 18   # floats per block of the non-finite check (1 MiB)
 
 
 def _plain_version(major: int, minor: int) -> tuple[int, int, bool] | None:

@@ -79,8 +79,8 @@ def apply_defaults() -> None:
 def run_side_by_side(work: Callable[[int], None], shares: int) -> None:
     """work(0), ..., work(shares - 1) at once: the calling thread takes share 0, a pool kept for this
     process the others. For callers whose shares run GIL-free serial kernels and BLAS calls of their own
-    (no Numba parallel kernel: the workqueue layer aborts when two threads launch one at the same time). Waits for
-    every share, then raises the first exception."""
+    (no Numba parallel kernel: the workqueue layer aborts when two threads launch one at the same time).
+    Waits for every share, then raises the first exception."""
     if shares <= 1:
         work(0)
         return
