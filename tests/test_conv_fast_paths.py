@@ -118,6 +118,9 @@ def test_direct_backward_matches_torch(case):
     (1, 2, 2, 8, 8, 0),     # valid convolution
     (1, 3, 2, 6, 7, 2),     # padding 2: the output grows
     (3, 2, 3, 4, 4, 1),
+    (1, 3, 4, 7, 37, 1),    # wide rows: F(2x2) past SMALL_TILES_W takes the phase-split path too
+    (2, 2, 3, 5, 35, 2),
+    (1, 2, 2, 6, 34, 0),
 ])
 def test_winograd_matches_naive_for_every_block_size(tile, batch, c, k, h, w, pad):
     x = RNG.standard_normal((batch, c, h, w)).astype(np.float32)

@@ -89,6 +89,15 @@ def _split_rows(x, b, c, first_row, ranges, plane):
     height = x.shape[2]
     tile = plane.shape[1]
     width_j = plane.shape[2]
+    # columns j whose taps are inside the image for every phase: there all m phases are filled in one loop
+    # (one pass of m adjacent loads per j, which LLVM vectorises as an interleaved group; a loop per phase
+    # walks the row m times at stride m), the few edge cells phase by phase
+    inner_lo = 0
+    inner_hi = width_j
+    for q in range(tile):
+        inner_lo = max(inner_lo, ranges[q, 0])
+        inner_hi = min(inner_hi, ranges[q, 1])
+    shift = ranges[0, 2] - ranges[0, 0] * tile  # image column of phase 0, column 0 (-pad)
     for r in range(plane.shape[0]):
         y = first_row + r
         rows = plane[r]
@@ -100,19 +109,31 @@ def _split_rows(x, b, c, first_row, ranges, plane):
         src = x[b, c, y]
         for q in range(tile):
             part = rows[q]
-            j0, j1, start = ranges[q, 0], min(ranges[q, 1], width_j), ranges[q, 2]
+            j0, j1 = ranges[q, 0], min(ranges[q, 1], width_j)
+            column = q + shift
             for j in range(j0):
                 part[j] = 0.0
-            seg = src[start:]
-            out = part[j0:j1]
-            if tile == 2:
-                for j in range(out.shape[0]):
-                    out[j] = seg[2 * j]
-            else:
-                for j in range(out.shape[0]):
-                    out[j] = seg[4 * j]
+            for j in range(j0, min(j1, inner_lo)):
+                part[j] = src[j * tile + column]
+            for j in range(max(j0, inner_hi), j1):
+                part[j] = src[j * tile + column]
             for j in range(max(j1, j0), width_j):
                 part[j] = 0.0
+        if inner_hi > inner_lo:
+            seg = src[inner_lo * tile + shift:]
+            if tile == 2:
+                p0, p1 = rows[0, inner_lo:inner_hi], rows[1, inner_lo:inner_hi]
+                for j in range(p0.shape[0]):
+                    p0[j] = seg[2 * j]
+                    p1[j] = seg[2 * j + 1]
+            else:
+                p0, p1 = rows[0, inner_lo:inner_hi], rows[1, inner_lo:inner_hi]
+                p2, p3 = rows[2, inner_lo:inner_hi], rows[3, inner_lo:inner_hi]
+                for j in range(p0.shape[0]):
+                    p0[j] = seg[4 * j]
+                    p1[j] = seg[4 * j + 1]
+                    p2[j] = seg[4 * j + 2]
+                    p3[j] = seg[4 * j + 3]
 
 
 @jit(inline="always")
