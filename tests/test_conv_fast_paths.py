@@ -67,6 +67,7 @@ DIRECT_CASES = [
     (1, 4, 4, 4, 6, 6, 1, 1, 0, 1),      # grouped 1x1
     (1, 2, 2, 2, 5, 5, 4, 1, 1, 1),      # even kernel
     (2, 5, 5, 5, 11, 9, 5, 1, 2, 1),     # depthwise 5x5 (Yolo-Fastest), odd sizes
+    (1, 3, 3, 3, 10, 13, 5, 2, 2, 1),    # depthwise 5x5 stride 2, padding 2 (both phases start inside)
     (1, 4, 8, 4, 7, 10, 5, 1, 1, 1),     # 5x5, depth multiplier 2, partial padding
     (1, 3, 3, 3, 9, 8, 5, 2, 2, 1),      # 5x5 stride 2 (the generic taps)
     (1, 4, 4, 4, 12, 11, 5, 1, 4, 2),    # 5x5 dilation 2
