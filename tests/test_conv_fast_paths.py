@@ -2,11 +2,6 @@
 F(2x2)/F(4x4), the gather im2col/col2im, the channel-major training path (BN + leaky + transpose fused),
 the batch-norm kernels, and the max-pool kernel. Oracles: tests/naive_conv.py and naive_pooling.py (float64
 loops), numpy float64 formulas of spec §4.2, and PyTorch (float64) for gradients."""
-import os
-import subprocess
-import sys
-import warnings
-
 import numpy as np
 import pytest
 
@@ -169,22 +164,6 @@ def test_winograd_blocks_shared_out_side_by_side_match_naive(tile, monkeypatch):
                            winograd.transposed_weights(weights), np.zeros(c), 1, 1, 1)
     transposed.accumulate_input_gradient(ref.astype(np.float32), weights, dx)
     np.testing.assert_allclose(dx, expected, rtol=1e-4, atol=1e-3)
-
-
-def test_side_by_side_shares_all_run_and_the_first_error_is_raised():
-    from darknetpy.kernels.threads import run_side_by_side
-    seen = []
-    run_side_by_side(seen.append, 3)
-    assert sorted(seen) == [0, 1, 2]
-
-    def failing(share):
-        seen.append(share)
-        if share == 2:
-            raise ValueError("share 2")
-    seen.clear()
-    with pytest.raises(ValueError, match="share 2"):
-        run_side_by_side(failing, 3)
-    assert sorted(seen) == [0, 1, 2]   # every share ran to its end before the error was raised
 
 
 def test_winograd_f4_rounding_stays_small_on_many_channels():
@@ -551,91 +530,3 @@ def test_maxpool_kernel_with_different_row_and_column_strides(size, stride_y, st
     pooling.maxpool_forward(x, size, stride_y, stride_x, int(-padding / 2), out, argmax)
     np.testing.assert_array_equal(out, ref)
     np.testing.assert_array_equal(argmax, winner)
-
-
-# ---- parallel variants (the cases above are too small to cross the thresholds) --------------------------
-def test_parallel_kernels_agree_with_the_references(monkeypatch):
-    import numba
-    from darknetpy.kernels import depthwise, im2col
-    if numba.get_num_threads() < 2:
-        pytest.skip("one Numba thread: the parallel kernels never run")
-    for module, name in [(depthwise, "PARALLEL_MIN_MACS"), (winograd, "PARALLEL_MIN_ELEMENTS"),
-                         (im2col, "PARALLEL_MIN_ELEMENTS"), (bn_kernels, "PARALLEL_MIN_ELEMENTS"),
-                         (pooling, "PARALLEL_MIN_ELEMENTS")]:
-        monkeypatch.setattr(module, name, 1)
-    test_direct_forward_matches_naive(DIRECT_CASES[4])
-    test_direct_backward_matches_torch(DIRECT_CASES[1])
-    test_winograd_matches_naive_for_every_block_size(4, 2, 5, 6, 9, 11, 1)
-    test_im2col_batch_and_its_adjoint((2, 3, 7, 9, 3, 1, 1, 1))
-    test_batchnorm_kernels_match_spec_formulas((4, 3, 7))
-    # 2x2 windows, padded, with and without winners (the threaded drivers of the other windows: one case of
-    # each in test_layers_pooling.py; each parallel variant compiles for seconds)
-    test_maxpool_kernel_matches_naive_with_ties_nan_and_flt_max(2, 2, 1, 7, 9)
-    test_training_forward_and_backward_match_torch_and_spec(
-        "filters=5\nsize=3\npad=1\nbatch_normalize=1", 6, "leaky")
-
-
-# ---- thread policy -------------------------------------------------------------------------------------
-def test_idle_openmp_workers_sleep_unless_the_user_said_otherwise():
-    import darknetpy.kernels.threads as threads
-    assert os.environ.get("OMP_WAIT_POLICY")  # set (by us, or earlier by the user)
-    saved = os.environ.pop("OMP_WAIT_POLICY")
-    try:
-        threads.apply_defaults()
-        assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
-        os.environ["OMP_WAIT_POLICY"] = "ACTIVE"
-        threads.apply_defaults()
-        assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
-    finally:
-        os.environ["OMP_WAIT_POLICY"] = saved
-
-
-@pytest.mark.parametrize("user_value", [None, "20"])
-def test_openblas_idle_workers_spin_briefly_set_before_numpy_loads(user_value):
-    # OpenBLAS reads the variable when numpy loads it: what counts is its value at numpy's import
-    script = ("import os, sys\n"
-              "class Spy:\n"
-              "    def find_spec(self, name, path=None, target=None):\n"
-              "        if name == 'numpy':\n"
-              "            print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'))\n"
-              "            sys.meta_path.remove(self)\n"
-              "sys.meta_path.insert(0, Spy())\n"
-              "import darknetpy\n")
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
-    if user_value:
-        env["OPENBLAS_THREAD_TIMEOUT"] = user_value
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
-    assert done.stdout.split() == [user_value or "16"], done.stderr
-
-
-def test_warns_when_numba_threads_were_started_spinning_before_import():
-    script = ("import warnings, numba\n"
-              "numba.set_num_threads(2)\n"
-              "with warnings.catch_warnings(record=True) as caught:\n"
-              "    warnings.simplefilter('always')\n"
-              "    import darknetpy\n"
-              "print(numba.threading_layer(), sum('OMP_WAIT_POLICY' in str(w.message) for w in caught))\n")
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    env["NUMBA_NUM_THREADS"] = "2"
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
-    layer, warned = done.stdout.split()
-    assert warned == ("1" if layer == "omp" else "0"), done.stderr
-
-
-def test_warns_once_when_numpy_was_imported_before_the_blas_setting(monkeypatch):
-    from darknetpy.errors import DarknetWarning
-    from darknetpy.thread_environment import warn_if_blas_loaded_first
-    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    with pytest.warns(DarknetWarning, match="OPENBLAS_THREAD_TIMEOUT=16"):
-        warn_if_blas_loaded_first(["OPENBLAS_THREAD_TIMEOUT"], {"numpy": object()})
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        warn_if_blas_loaded_first(["OPENBLAS_THREAD_TIMEOUT"], {})          # numpy not loaded yet: in time
-        warn_if_blas_loaded_first([], {"numpy": object()})                 # the user's own setting
-        monkeypatch.setenv("OMP_NUM_THREADS", "1")                          # no idle BLAS threads at all
-        warn_if_blas_loaded_first(["OPENBLAS_THREAD_TIMEOUT"], {"numpy": object()})
-        monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
-        monkeypatch.setenv("OMP_NUM_THREADS", "2")
-        warn_if_blas_loaded_first(["OPENBLAS_THREAD_TIMEOUT"], {"numpy": object()})
