@@ -71,19 +71,19 @@ def tile_counts(out_h: int, out_w: int, tile: int) -> tuple[int, int]:
 # ph[l % m, tx + l // m] and every loop below runs over contiguous memory.
 
 def _column_ranges(width: int, pad: int, tile: int) -> np.ndarray:
-    """Per phase q: (j0, j1, first image column) with image column j*m + q - pad valid for j in [j0, j1)
-    (computed once per call: integer divisions cost more than copying a short row)."""
-    ranges = np.zeros((tile, 3), np.int64)
+    """Per phase q: (j0, j1) with image column j*m + q - pad valid for j in [j0, j1) (computed once per
+    call: integer divisions cost more than copying a short row)."""
+    ranges = np.zeros((tile, 2), np.int64)
     for q in range(tile):
         first = pad - q
         j0 = -(-first // tile) if first > 0 else 0
         j1 = (width - 1 + pad - q) // tile + 1
-        ranges[q] = (j0, max(j0, j1), j0 * tile + q - pad)
+        ranges[q] = (j0, max(j0, j1))
     return ranges
 
 
 @jit
-def _split_rows(x, b, c, first_row, ranges, plane):
+def _split_rows(x, b, c, first_row, pad, ranges, plane):
     """plane (R, m, J) = the image rows first_row .. first_row + R - 1 of plane (b, c), zero outside the
     image, phase split."""
     height = x.shape[2]
@@ -97,7 +97,6 @@ def _split_rows(x, b, c, first_row, ranges, plane):
     for q in range(tile):
         inner_lo = max(inner_lo, ranges[q, 0])
         inner_hi = min(inner_hi, ranges[q, 1])
-    shift = ranges[0, 2] - ranges[0, 0] * tile  # image column of phase 0, column 0 (-pad)
     for r in range(plane.shape[0]):
         y = first_row + r
         rows = plane[r]
@@ -110,7 +109,7 @@ def _split_rows(x, b, c, first_row, ranges, plane):
         for q in range(tile):
             part = rows[q]
             j0, j1 = ranges[q, 0], min(ranges[q, 1], width_j)
-            column = q + shift
+            column = q - pad
             for j in range(j0):
                 part[j] = 0.0
             for j in range(j0, min(j1, inner_lo)):
@@ -120,7 +119,7 @@ def _split_rows(x, b, c, first_row, ranges, plane):
             for j in range(max(j1, j0), width_j):
                 part[j] = 0.0
         if inner_hi > inner_lo:
-            seg = src[inner_lo * tile + shift:]
+            seg = src[inner_lo * tile - pad:]
             if tile == 2:
                 p0, p1 = rows[0, inner_lo:inner_hi], rows[1, inner_lo:inner_hi]
                 for j in range(p0.shape[0]):
@@ -206,7 +205,7 @@ def _input_channel(x, c, g0, g1, pad, tiles_h, tiles_w, ranges, plane, work, v):
         ty0 = g - b * tiles_h
         ty1 = min(tiles_h, ty0 + g1 - g)
         rows = plane[:(ty1 - ty0) * tile + 2]
-        _split_rows(x, b, c, ty0 * tile - pad, ranges, rows)
+        _split_rows(x, b, c, ty0 * tile - pad, pad, ranges, rows)
         for ty in range(ty0, ty1):
             window = rows[(ty - ty0) * tile:(ty - ty0) * tile + alpha]
             p = (g - g0 + ty - ty0) * tiles_w
