@@ -635,10 +635,6 @@ def case_train_order(assets: dict, threads: int, opts: argparse.Namespace) -> li
     torch first, its OpenMP runtime is the one Numba would share, already configured to spin)."""
     cfg, = require(assets, "train-order", "order_cfg")
     env = dict(os.environ)   # the case child's own: thread counts, PYTHONPATH and --env extras already set
-    # A user's install keeps its bytecode (pip compiles it; an editable install writes it on first import).
-    # Where the environment forbids writing it, every fresh process would compile darknetpy's modules from
-    # source again (about 0.12 s here), which no user pays twice.
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
     medians: dict[str, float | None] = {}
     errors: dict[str, str] = {}
     layers: dict[str, str] = {}
@@ -715,10 +711,6 @@ def startup_rows(name: str, commands: dict[str, list[str]], opts: argparse.Names
     with an empty Numba cache (a fresh NUMBA_CACHE_DIR: the first run on a machine, compiling every kernel
     the command uses), then warm, alternating with the OpenCV process."""
     env = dict(os.environ)   # the case child's own: thread counts, PYTHONPATH and --env extras already set
-    # A user's install keeps its bytecode (pip compiles it; an editable install writes it on first import).
-    # Where the environment forbids writing it, every fresh process would compile darknetpy's modules from
-    # source again (about 0.12 s here), which no user pays twice.
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
 
     def runner(engine: str, run_env: dict[str, str]) -> Callable[[], object]:
         def run():
@@ -782,10 +774,6 @@ net.forward(net.getUnconnectedOutLayersNames())
 
 def case_rss(assets: dict, threads: int, opts: argparse.Namespace) -> list[Row]:
     env = dict(os.environ)   # the case child's own: thread counts, PYTHONPATH and --env extras already set
-    # A user's install keeps its bytecode (pip compiles it; an editable install writes it on first import).
-    # Where the environment forbids writing it, every fresh process would compile darknetpy's modules from
-    # source again (about 0.12 s here), which no user pays twice.
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
     cfg, weights = require(assets, "rss", "yolov3_tiny_cfg", "yolov3_tiny_weights")
 
     def peak_mib(command: list[str]) -> tuple[float | None, str | None]:
@@ -970,6 +958,10 @@ def child_env(threads: int, extra: dict[str, str] | None = None) -> dict[str, st
     env = dict(os.environ)
     for name in THREAD_ENV_VARS:
         env[name] = str(threads)
+    # A user's install keeps its bytecode (pip compiles it; an editable install writes it on first import).
+    # Where the environment forbids writing it, every fresh process of the start-up, rss and train-order
+    # cases would compile darknetpy's modules from source again (about 0.12 s here), which no user pays twice.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.update(extra or {})
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env["PYTHONWARNINGS"] = "ignore"
