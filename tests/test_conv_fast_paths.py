@@ -83,6 +83,70 @@ def test_direct_forward_matches_naive(case):
     np.testing.assert_allclose(out, leaky(ref), rtol=1e-5, atol=1e-5)
 
 
+# batch, channels, h, w, k, stride, pad, dilation
+CHANNELS_LAST_CASES = [
+    (1, 8, 10, 10, 3, 1, 1, 1),
+    (2, 19, 7, 9, 3, 1, 1, 1),     # channels past the vector width, odd sizes, two images
+    (1, 16, 20, 20, 3, 2, 1, 1),   # stride 2
+    (1, 5, 6, 7, 3, 3, 0, 1),      # stride 3, no padding
+    (2, 5, 9, 8, 5, 1, 2, 1),      # 5x5 (the tap-by-tap path)
+    (1, 6, 11, 10, 5, 2, 2, 1),    # 5x5 stride 2
+    (1, 4, 12, 11, 5, 1, 4, 2),    # 5x5 dilation 2
+    (1, 3, 6, 6, 3, 1, 3, 1),      # padding beyond the kernel: output larger than the input
+    (1, 7, 5, 4, 1, 1, 0, 1),      # 1x1
+]
+
+
+@pytest.mark.parametrize("case", CHANNELS_LAST_CASES)
+def test_channels_last_depthwise_forward_matches_naive(case):
+    from darknetpy.kernels import depthwise_channels_last as cl
+    batch, c, h, w, k, s, p, d = case
+    x = RNG.standard_normal((batch, c, h, w)).astype(np.float32)
+    weights = RNG.standard_normal((c, 1, k, k)).astype(np.float32)
+    bias = RNG.standard_normal(c).astype(np.float32)
+    ref = conv2d(x.astype(np.float64), weights, bias, s, s, p, c, d)
+    out = np.full(ref.shape, np.nan, np.float32)
+    shape = cl.padded_shape(c, h, w, k, s, s, p, d, ref.shape[2], ref.shape[3])
+    padded = np.zeros(shape, np.float32)
+    taps, offsets = cl.taps_of(weights), cl.tap_offsets(k, d, shape)
+    cl.depthwise_channels_last_forward(x, taps, offsets, bias, s, s, p, padded, out)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    cl.depthwise_channels_last_forward(x, taps, offsets, bias, s, s, p, padded, out, leaky=True)
+    np.testing.assert_allclose(out, leaky(ref), rtol=1e-5, atol=1e-5)
+
+
+def test_channels_last_layers_sharing_a_scratch_shape_with_another_placement():
+    """Layers 0 and 2 need the same (12, 12, C) scratch, but layer 0 places a 10x10 image at (1, 1) and
+    layer 2 an 8x8 one at (2, 2), whose border layer 0's image would overwrite; and the mish of layer 2 is
+    applied after the kernel."""
+    text = ("[convolutional]\nfilters=6\ngroups=6\nsize=3\npad=1\nbatch_normalize=1\nactivation=leaky\n"
+            "[convolutional]\nfilters=6\ngroups=6\nsize=3\npadding=0\nactivation=linear\n"
+            "[convolutional]\nfilters=6\ngroups=6\nsize=5\npadding=2\nbatch_normalize=1\nactivation=mish\n"
+            "[convolutional]\nfilters=6\ngroups=6\nsize=3\npad=1\nactivation=leaky\n")
+    net = make_net(text, 10, 10, 6)
+    for layer in net.layers:
+        randomise(layer, RNG)
+    x = RNG.standard_normal((2, 6, 10, 10)).astype(np.float32)
+    for _ in range(2):   # the second pass finds the scratches the first one left
+        got = net.forward(x).copy()
+    assert [layer.engine.name for layer in net.layers] == ["channels-last"] * 4
+    values = x.astype(np.float64)
+    for layer in net.layers:
+        cfg = layer.config
+        pad = cfg.size // 2 if cfg.pad else cfg.padding
+        values = conv2d(values, layer.weights, np.zeros(6), 1, 1, pad, 6)
+        if layer.bn is not None:
+            values = batchnorm_inference(values, layer.bn.scales, layer.biases, layer.bn.rolling_mean,
+                                         layer.bn.rolling_var)
+        else:
+            values = values + layer.biases[None, :, None, None]
+        if cfg.activation == "leaky":
+            values = leaky(values)
+        elif cfg.activation == "mish":
+            values = values * np.tanh(np.logaddexp(0, values))
+    np.testing.assert_allclose(got, values, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("case", DIRECT_CASES)
 def test_direct_backward_matches_torch(case):
     torch = torch_or_skip()
@@ -225,7 +289,13 @@ def test_layer_paths_are_chosen_from_the_shapes():
     def engines(text, c, size=16):
         conv = layer(text, c, size)
         return conv.engine.name, conv.trainer.name
-    assert engines("filters=8\nsize=3\npad=1\ngroups=8\nactivation=leaky", 8) == ("direct", "direct")
+    # depthwise: channels-last at inference up to 16x16 outputs from up to 20x20 inputs
+    depthwise = "filters=8\nsize=3\npad=1\ngroups=8\nactivation=leaky"
+    assert engines(depthwise, 8) == ("channels-last", "direct")
+    assert engines(depthwise, 8, 17) == ("direct", "direct")
+    assert engines(depthwise + "\nstride=2", 8, 20) == ("channels-last", "direct")
+    assert engines(depthwise + "\nstride=2", 8, 22) == ("direct", "direct")
+    assert engines("filters=16\nsize=3\npad=1\ngroups=8\nactivation=leaky", 8, 10) == ("direct", "direct")
     # a first layer on 3 channels: direct once its patch matrix passes 192 KiB (3*9*43*43*4 = 195 KiB)
     assert engines("filters=16\nsize=3\npad=1\nactivation=leaky", 3, 43) == ("direct", "gemm")
     assert engines("filters=16\nsize=3\npad=1\nactivation=leaky", 3, 42) == ("gemm", "gemm")

@@ -33,14 +33,17 @@ def test_side_by_side_shares_all_run_and_the_first_error_is_raised():
 # ---- parallel variants (the cases above are too small to cross the thresholds) --------------------------
 def test_parallel_kernels_agree_with_the_references(monkeypatch):
     import numba
-    from darknetpy.kernels import depthwise, im2col
+    from darknetpy.kernels import depthwise, depthwise_channels_last, im2col
     if numba.get_num_threads() < 2:
         pytest.skip("one Numba thread: the parallel kernels never run")
-    for module, name in [(depthwise, "PARALLEL_MIN_MACS"), (winograd, "PARALLEL_MIN_ELEMENTS"),
+    for module, name in [(depthwise, "PARALLEL_MIN_MACS"), (depthwise_channels_last, "PARALLEL_MIN_MACS"),
+                         (winograd, "PARALLEL_MIN_ELEMENTS"),
                          (im2col, "PARALLEL_MIN_ELEMENTS"), (bn_kernels, "PARALLEL_MIN_ELEMENTS"),
                          (pooling, "PARALLEL_MIN_ELEMENTS")]:
         monkeypatch.setattr(module, name, 1)
     fast.test_direct_forward_matches_naive(fast.DIRECT_CASES[4])
+    fast.test_channels_last_depthwise_forward_matches_naive(fast.CHANNELS_LAST_CASES[1])
+    fast.test_channels_last_depthwise_forward_matches_naive(fast.CHANNELS_LAST_CASES[4])
     fast.test_direct_backward_matches_torch(fast.DIRECT_CASES[1])
     fast.test_winograd_matches_naive_for_every_block_size(4, 2, 5, 6, 9, 11, 1)
     fast.test_im2col_batch_and_its_adjoint((2, 3, 7, 9, 3, 1, 1, 1))

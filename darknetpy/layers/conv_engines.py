@@ -16,12 +16,13 @@ saved input); `backward(x, weights, dy_t, grad_weights, dx)` takes dL/d(product)
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numba
 import numpy as np
 
-from ..kernels import winograd
+from ..kernels import depthwise_channels_last, winograd
 from ..kernels.depthwise import grouped_conv_backward, grouped_conv_forward
 from ..kernels.im2col import (batch_to_channel_major, channel_major_to_batch, channel_major_to_batch_add,
                               col2im_batch_add, im2col_batch)
@@ -83,6 +84,17 @@ WINOGRAD_SIDE_BY_SIDE_MAX_CHANNELS = 32
 GEMM_OVER_WINOGRAD_ONE_THREAD = ((32, 4 << 20),)
 GEMM_OVER_WINOGRAD_THREADS = ((64, 8 << 20), (128, 4 << 20))
 
+# Depthwise layers on small planes are convolved channels-last at inference (kernels/depthwise_channels_last.py):
+# the plane-at-a-time kernel's fixed costs per plane dominate there. Forward, 1 thread, channels-last /
+# planes, alone: 448 channels at 10x10 0.29, 272 at 20x20 stride 2 0.28, 1024 at 7x7 0.20, 512 at 14x14 0.51,
+# 5x5 kernels on 96 at 10x10 0.53; in Yolo-Fastest-XL's pass: 0.36 at 448x10x10, 0.37 at 272x20x20 stride
+# 2, 0.50-0.57 with 5x5 kernels at 10x10. From 20x20 planes on the planes kernel is as fast or faster (272
+# channels at 20x20, stride 1: 0.76 alone, 1.05-1.17 in the pass; 64 at 20x20 1.01, 32 1.17; 1.3-3.8 on
+# larger planes; 192 at 40x40 stride 2 1.04). So: output planes of at most 16x16 from input planes of at
+# most 20x20.
+CHANNELS_LAST_MAX_OUTPUT_PIXELS = 16 * 16
+CHANNELS_LAST_MAX_INPUT_PIXELS = 20 * 20
+
 
 @dataclass(frozen=True)
 class ConvGeometry:
@@ -120,6 +132,16 @@ class ConvGeometry:
             return True
         return self.in_per_group <= DIRECT_MAX_IN_ANY_OUT and not self.is_pointwise
 
+    @property
+    def is_depthwise(self) -> bool:
+        return self.groups == self.channels == self.filters and self.groups > 1
+
+    @property
+    def suits_channels_last(self) -> bool:
+        """Whether inference convolves this layer channels-last (see CHANNELS_LAST_MAX_OUTPUT_PIXELS)."""
+        return (self.is_depthwise and self.out_h * self.out_w <= CHANNELS_LAST_MAX_OUTPUT_PIXELS
+                and self.height * self.width <= CHANNELS_LAST_MAX_INPUT_PIXELS)
+
     def patch_bytes(self, batch: int) -> int:
         """Size of the im2col matrix of `batch` images."""
         return batch * self.channels * self.size * self.size * self.out_h * self.out_w * np.dtype(FLOAT).itemsize
@@ -132,13 +154,13 @@ class ConvGeometry:
         return 4 if self.out_h * self.out_w >= WINOGRAD_F4_MIN_PIXELS else 2
 
 
-def choose_engines(g: ConvGeometry, batch: int) -> tuple[GemmEngine | DirectEngine | WinogradEngine,
-                                                          GemmEngine | DirectEngine]:
+def choose_engines(g: ConvGeometry, batch: int) -> tuple[
+        GemmEngine | DirectEngine | WinogradEngine | ChannelsLastDepthwiseEngine, GemmEngine | DirectEngine]:
     """(inference engine, training engine) for a batch of `batch` images: the one selection rule."""
     if g.suits_direct and g.groups > 1:
         # grouped layers keep the direct kernel in training too
         direct = DirectEngine(g, batch)
-        return direct, direct
+        return (ChannelsLastDepthwiseEngine(g) if g.suits_channels_last else direct), direct
     winograd_dx = None
     if g.winograd_tile and g.padding <= 2 and g.height * g.width >= WINOGRAD_TRAIN_MIN_PIXELS:
         # dL/dx of a stride-1 3x3 convolution is itself one: of dy with the rotated, transposed weights
@@ -313,6 +335,50 @@ class DirectEngine(_ChannelMajorProduct):
         g = self.g
         grouped_conv_backward(x, weights, self._planes(dy_t), g.stride_y, g.stride_x, g.padding, g.dilation,
                               grad_weights, dx)
+
+
+_THREAD_SCRATCH = threading.local()
+
+
+def _zero_bordered_scratch(shape: tuple[int, int, int], height: int, width: int, pad: int) -> np.ndarray:
+    """This thread's zeroed scratch of `shape` for images of height x width placed at (pad, pad), shared by
+    every layer that asks for the same: the channels-last kernel writes only the image's cells, so for the
+    same placement the zero border stays valid, and the layers that share one scratch find it in the cache
+    (Yolo-Fastest-XL's five 448-channel 10x10 layers: 100 instead of 170 us each with a scratch per layer,
+    which has left the cache by the next use)."""
+    shared = getattr(_THREAD_SCRATCH, "by_placement", None)
+    if shared is None:
+        shared = _THREAD_SCRATCH.by_placement = {}
+    key = (shape, height, width, pad)
+    scratch = shared.get(key)
+    if scratch is None:
+        scratch = shared[key] = np.zeros(shape, FLOAT)
+    return scratch
+
+
+class ChannelsLastDepthwiseEngine:
+    """Inference of a depthwise layer on small planes, channels-last (see CHANNELS_LAST_MAX_OUTPUT_PIXELS)."""
+    name = "channels-last"
+
+    def __init__(self, g: ConvGeometry):
+        self.g = g
+        self._taps: np.ndarray | None = None
+        self._shift: np.ndarray | None = None
+        self._padded_shape = depthwise_channels_last.padded_shape(
+            g.channels, g.height, g.width, g.size, g.stride_y, g.stride_x, g.padding, g.dilation, g.out_h, g.out_w)
+        self._offsets = depthwise_channels_last.tap_offsets(g.size, g.dilation, self._padded_shape)
+
+    def prepare(self, weights: np.ndarray, shift: np.ndarray) -> None:
+        self._taps, self._shift = depthwise_channels_last.taps_of(weights), shift
+
+    def forward(self, x: np.ndarray, out: np.ndarray, epilogue: Epilogue) -> None:
+        g = self.g
+        padded = _zero_bordered_scratch(self._padded_shape, g.height, g.width, g.padding)
+        fuse_leaky = epilogue.activation.fuses_leaky
+        depthwise_channels_last.depthwise_channels_last_forward(
+            x, self._taps, self._offsets, self._shift, g.stride_y, g.stride_x, g.padding, padded, out,
+            fuse_leaky)
+        epilogue.activation.apply_unless_fused(out)
 
 
 @dataclass(frozen=True)
