@@ -10,7 +10,11 @@ F = np.float32
 
 
 def logistic(v: float) -> np.float32:
-    return F(1.0 / (1.0 + math.exp(-float(v))))
+    try:
+        e = math.exp(-float(v))
+    except OverflowError:   # C's exp returns inf there
+        e = math.inf
+    return F(1.0 / (1.0 + e))
 
 
 def yolo_forward(x: np.ndarray, n: int, classes: int, scale_x_y: float = 1.0, new_coords: bool = False):

@@ -57,6 +57,27 @@ def test_yolo_forward_matches_reference(extra, scale, new_coords):
     np.testing.assert_array_equal(y, naive.yolo_forward(x, 2, 3, scale, new_coords))
 
 
+def test_yolo_logistic_is_darknets_bit_for_bit_across_the_float32_range():
+    """The vectorised logistic of the heads against the C formula (libm's double exp, rounded to float32) on
+    every 20011th float32 bit pattern of either sign (infinities and NaNs included) and at the edges of its
+    clamps."""
+    from darknetpy.kernels.yolo import yolo_forward
+    patterns = np.arange(0, 2 ** 32, 20011, dtype=np.uint64).astype(np.uint32)
+    edges = np.array([0.0, -0.0, 36.7, -36.7, 88.7, -88.7, 99.9, 100.0, 100.1, -103.3, -104.9, -105.0, -105.1,
+                      np.inf, -np.inf, np.nan], F)
+    values = np.concatenate([patterns.view(F), edges])
+    values = np.resize(values, (values.size + 5) // 6 * 6)
+    x = values.reshape(1, 6, 1, -1)      # one anchor, one class: planes 0, 1, 4 and 5 take the logistic
+    out = np.empty_like(x)
+    yolo_forward(x, out, 1, 1, 1.0, 0.0, 0)
+    for plane in (0, 1, 4, 5):
+        want = np.array([naive.logistic(v) for v in x[0, plane, 0]], F)
+        np.testing.assert_array_equal(out[0, plane, 0].view(np.uint32)[~np.isnan(want)],
+                                      want.view(np.uint32)[~np.isnan(want)])
+        assert np.isnan(out[0, plane, 0][np.isnan(want)]).all()
+    np.testing.assert_array_equal(out[0, 2:4], x[0, 2:4])
+
+
 @pytest.mark.parametrize("extra, softmax, background", [
     ("softmax=1", True, False),
     ("", False, False),
