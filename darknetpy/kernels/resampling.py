@@ -22,25 +22,28 @@ from .pooling import use_threads
 # big's row-major order, as in Darknet's upsample_cpu.
 
 # ---- nearest-neighbour expansion (upsample forward, downsample backward) -----------------------------------
-@jit
-def _expand_plane(small, stride, scale, big, accumulate, b, c):
+@jit(inline="always")
+def _expand_plane(small, stride, scale, big, accumulate, b, c, row, step):
     """Darknet writes the small map's stride-fold area of big only (rows/columns past it stay as they were).
-    One expanded row serves the stride rows of big it repeats into."""
-    width = small.shape[3] * stride
-    row = np.empty(width, np.float32)
+    One expanded row (`row`, at least W*stride long) serves the stride rows of big it repeats into. `step` is
+    the stride as a literal (a closure constant, with which the repeat vectorises: 2x upsampling took 0.8 ns
+    per output with the stride read at run time) or 0 to read `stride`."""
+    fold = step if step else stride
+    width = small.shape[3] * fold
     for sy in range(small.shape[2]):
+        src = small[b, c, sy]
         for sx in range(small.shape[3]):
-            value = scale * small[b, c, sy, sx]
-            for dx in range(stride):
-                row[sx * stride + dx] = value
-        for dy in range(stride):
-            y = sy * stride + dy
+            value = scale * src[sx]
+            for dx in range(fold):
+                row[sx * fold + dx] = value
+        for dy in range(fold):
+            dst = big[b, c, sy * fold + dy]
             if accumulate:
                 for x in range(width):
-                    big[b, c, y, x] += row[x]
+                    dst[x] += row[x]
             else:
                 for x in range(width):
-                    big[b, c, y, x] = row[x]
+                    dst[x] = row[x]
 
 
 # ---- block sums (downsample forward, upsample backward) ----------------------------------------------------
@@ -63,36 +66,38 @@ def _block_sum_plane(big, stride, scale, small, accumulate, b, c):
 
 # ---- the two resampling directions, plane by plane ---------------------------------------------------------
 @jit(inline="always")
-def _resample_plane(src, stride, scale, dst, accumulate, expand, plane):
+def _resample_plane(src, stride, scale, dst, accumulate, expand, plane, row, step):
     channels = dst.shape[1]
     b, c = plane // channels, plane % channels
     if expand:
-        _expand_plane(src, stride, scale, dst, accumulate, b, c)
+        _expand_plane(src, stride, scale, dst, accumulate, b, c, row, step)
     else:
         _block_sum_plane(src, stride, scale, dst, accumulate, b, c)
 
 
 @functools.cache
-def _resample_kernels(expand: bool) -> tuple[Callable, Callable]:
-    """(serial, parallel) resampling in one direction; `expand` is a closure constant, so inference (upsample
-    forward) does not compile the block sums."""
+def _resample_kernels(expand: bool, step: int) -> tuple[Callable, Callable]:
+    """(serial, parallel) resampling in one direction; `expand` and `step` (the expansion's stride when it is
+    2, else 0) are closure constants, so inference (upsample forward) does not compile the block sums."""
 
     @jit
     def serial(src, stride, scale, dst, accumulate):
+        row = np.empty(dst.shape[3], np.float32)
         for plane in range(dst.shape[0] * dst.shape[1]):
-            _resample_plane(src, stride, scale, dst, accumulate, expand, plane)
+            _resample_plane(src, stride, scale, dst, accumulate, expand, plane, row, step)
 
     @jit(parallel=True)
     def parallel(src, stride, scale, dst, accumulate):
         for plane in prange(dst.shape[0] * dst.shape[1]):
-            _resample_plane(src, stride, scale, dst, accumulate, expand, plane)
+            row = np.empty(dst.shape[3], np.float32)
+            _resample_plane(src, stride, scale, dst, accumulate, expand, plane, row, step)
 
     return serial, parallel
 
 
 def _resample(src, stride, scale, dst, accumulate, expand):
     big = dst if expand else src
-    serial, parallel = _resample_kernels(bool(expand))
+    serial, parallel = _resample_kernels(bool(expand), 2 if expand and stride == 2 else 0)
     kernel = parallel if use_threads(big.size, dst.shape[0] * dst.shape[1]) else serial
     kernel(src, stride, scale, dst, accumulate)
 
