@@ -18,12 +18,23 @@ k x k, and the other layer kinds). For each group:
   x bound time alone / the copy's time: 1 is as fast as moving the data can be; far above 1 the type is bound
           by arithmetic or overheads, not memory.
 
+With --onnxruntime the network is also exported (`darknetpy export`) and run by onnxruntime (CPU provider, one
+inter-op thread, OPENBLAS_NUM_THREADS intra-op threads, all graph optimisations) with its profiler on; each
+node's median time is given to the layer its name comes from (the exporter names a layer's nodes
+`<kind>_<index>...`; onnxruntime keeps the name of the node it fuses others into, so a [shortcut] it adds
+inside the preceding convolution counts as that convolution's). The column "ort ms" is that time per
+group, "x ort" the group's in-pass time over it.
+
 The weights are seeded (darknetpy's initialisation) unless WEIGHTS is given: the time does not depend on them.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import re
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -72,6 +83,38 @@ def timed_pass(net, x: np.ndarray) -> list[float]:
     return seconds
 
 
+def onnxruntime_layer_seconds(model, x: np.ndarray, repeat: int) -> dict[int, float]:
+    """Median seconds per darknetpy layer index of onnxruntime running the exported network (profiled)."""
+    import onnxruntime as ort
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.onnx")
+        darknetpy.export_onnx(model, path, batch=x.shape[0])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(os.environ.get("OPENBLAS_NUM_THREADS", "0"))
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.enable_profiling = True
+        options.profile_file_prefix = os.path.join(folder, "profile")
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: x}
+        for _ in range(repeat + 1):
+            session.run(None, feed)
+        with open(session.end_profiling(), encoding="utf-8") as profile:
+            events = json.load(profile)
+    per_node: dict[str, list[float]] = defaultdict(list)
+    for event in events:
+        if event.get("cat") == "Node":
+            per_node[event["name"]].append(event["dur"] * 1e-6)
+    per_layer: dict[int, float] = defaultdict(float)
+    for name, durations in per_node.items():
+        match = re.match(r"[A-Za-z]+_(\d+)", name)
+        if match:
+            per_layer[int(match.group(1))] += float(np.median(durations))
+    return per_layer
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("cfg")
@@ -79,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int)
     parser.add_argument("--height", type=int)
     parser.add_argument("--repeat", type=int, default=50)
+    parser.add_argument("--onnxruntime", action="store_true",
+                        help="also time each layer type in onnxruntime (the exported graph, profiled)")
     args = parser.parse_args(argv)
     model = darknetpy.load(args.cfg, args.weights, width=args.width, height=args.height, seed=1)
     net = model.network
@@ -86,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     x = np.random.default_rng(0).random((1, s.c, s.h, s.w), np.float32)
     whole = median_seconds(lambda: net.forward(x), args.repeat)
     in_pass = np.median([timed_pass(net, x) for _ in range(args.repeat)], axis=0)
+    ort_seconds = onnxruntime_layer_seconds(model, x, args.repeat) if args.onnxruntime else {}
     groups: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for index in range(net.output_index + 1):
         layer = net.layers[index]
@@ -102,17 +148,25 @@ def main(argv: list[str] | None = None) -> int:
         group["seconds"] += seconds
         group["bytes"] += moved
         group["copy"] += copy
+        group["ort"] += ort_seconds.get(index, 0.0)
     print(f"{Path(args.cfg).name} {s.w}x{s.h}, batch 1: whole forward {whole * 1e3:.2f} ms (median of "
           f"{args.repeat})")
+    ort_header = f" {'ort ms':>8} {'x ort':>6}" if args.onnxruntime else ""
     print(f"{'layer type':22} {'layers':>6} {'in pass ms':>10} {'share':>6} {'alone ms':>8} {'MB':>8} "
-          f"{'GB/s':>7} {'bound GB/s':>10} {'x bound':>7}")
+          f"{'GB/s':>7} {'bound GB/s':>10} {'x bound':>7}{ort_header}")
     total = sum(g["pass"] for g in groups.values())
     for name, g in sorted(groups.items(), key=lambda item: -item[1]["pass"]):
+        ort_cells = ""
+        if args.onnxruntime:
+            ratio = f"{g['pass'] / g['ort']:6.2f}" if g["ort"] > 0 else f"{'fused':>6}"
+            ort_cells = f" {g['ort'] * 1e3:8.3f} {ratio}"
         print(f"{name:22} {int(g['layers']):6d} {g['pass'] * 1e3:10.3f} {g['pass'] / total:6.1%} "
               f"{g['seconds'] * 1e3:8.3f} {g['bytes'] / 1e6:8.2f} {g['bytes'] / g['seconds'] / 1e9:7.1f} "
-              f"{g['bytes'] / g['copy'] / 1e9:10.1f} {g['seconds'] / g['copy']:7.1f}")
+              f"{g['bytes'] / g['copy'] / 1e9:10.1f} {g['seconds'] / g['copy']:7.1f}{ort_cells}")
+    ort_total = f" {'':8} {'':7} {'':8} {'':10} {'':7} {sum(g['ort'] for g in groups.values()) * 1e3:8.3f}" \
+        if args.onnxruntime else ""
     print(f"{'sum of layers':22} {sum(int(g['layers']) for g in groups.values()):6d} {total * 1e3:10.3f} "
-          f"{'':6} {sum(g['seconds'] for g in groups.values()) * 1e3:8.3f}")
+          f"{'':6} {sum(g['seconds'] for g in groups.values()) * 1e3:8.3f}{ort_total}")
     return 0
 
 

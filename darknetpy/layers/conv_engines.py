@@ -4,11 +4,16 @@
   * DirectEngine: groups with few channels each (depthwise above all) and first layers reading 1-4 channels
     of large images are convolved by a direct Numba kernel (kernels/depthwise.py): tiny per-group matrix products, or an
     im2col matrix 9x the size of the image, cost far more than the arithmetic;
+  * ChannelsLastDepthwiseEngine: depthwise layers on small planes (up to 16x16 outputs) at inference are
+    convolved channels-last (kernels/depthwise_channels_last.py), every tap a run over the channels: the
+    direct kernel's fixed costs per plane dominate there;
   * WinogradEngine: 3x3 stride-1 ungrouped convolutions at inference use F(2x2,3x3), or F(4x4,3x3) on large
     maps (kernels/winograd.py), with the weights transformed once; in training it computes dL/dx of large
     maps for a GemmEngine (the convolution of dy with the rotated, transposed weights, no col2im).
 
-An engine owns its scratch (created on first use: inference never needs the training buffers). Inference:
+An engine owns its scratch (created on first use: inference never needs the training buffers; the
+channels-last engine shares its zero-bordered copy of the image, per thread, with the layers that place
+images of the same size the same way). Inference:
 `prepare(weights, shift)` with the batch norm already folded in, then `forward(x, out, epilogue)`, which
 adds the shift and applies the activation. Training: `forward_train(x, weights)` returns the raw
 convolution as a channel-major (F, B*S) product (the epilogue turns it into the output and keeps it as BN's
