@@ -48,9 +48,10 @@ def test_parallel_kernels_agree_with_the_references(monkeypatch):
     fast.test_winograd_matches_naive_for_every_block_size(4, 2, 5, 6, 9, 11, 1)
     fast.test_im2col_batch_and_its_adjoint((2, 3, 7, 9, 3, 1, 1, 1))
     fast.test_batchnorm_kernels_match_spec_formulas((4, 3, 7))
-    # 2x2 windows, padded, with and without winners (the threaded drivers of the other windows: one case of
-    # each in test_layers_pooling.py; each parallel variant compiles for seconds)
+    # 2x2 windows, padded, with and without winners, and 3x3 at stride 2 (the threaded drivers of the other
+    # windows: one case of each in test_layers_pooling.py; each parallel variant compiles for seconds)
     fast.test_maxpool_kernel_matches_naive_with_ties_nan_and_flt_max(2, 2, 1, 7, 9)
+    fast.test_maxpool_kernel_matches_naive_with_ties_nan_and_flt_max(3, 2, 1, 8, 7)
     fast.test_training_forward_and_backward_match_torch_and_spec(
         "filters=5\nsize=3\npad=1\nbatch_normalize=1", 6, "leaky")
 
