@@ -91,7 +91,7 @@ class Model:
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Inference on a float32 batch (B, C, H, W) (or one (C, H, W) image); returns a copy of the output."""
-        return self.network.forward(x, train=False).copy()
+        return self.network.infer(x).copy()
 
     def summary(self) -> str:
         return self.network.summary()
@@ -122,7 +122,7 @@ class Model:
 
     def probabilities(self, image) -> np.ndarray:
         x = self.prepare(image)
-        return self.network.forward(x[None], train=False)[0].reshape(-1).copy()
+        return self.network.infer(x[None])[0].reshape(-1).copy()
 
     def predict(self, image, top: int | None = 5) -> list[Prediction]:
         """Top-k classes, highest first; equal values keep the lower index first (Darknet's top_k)."""

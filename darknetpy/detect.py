@@ -114,7 +114,7 @@ def detect(network, image: ImageSource, thresh: float = 0.25, nms: float = 0.45,
     labels = _resolve_names(names, classes)
     sized, img_w, img_h = preprocess(image, network.net.width, network.net.height, letterbox,
                                      network_channels(network))
-    network.forward(sized[None])
+    network.infer(sized[None])
     dets = network_boxes(network, img_w, img_h, thresh, letterbox)
     if nms:
         suppress(network, dets, classes, nms, nms_kind)

@@ -29,6 +29,10 @@ class Network:
         self._batch = 0
         self._deltas: list[np.ndarray] | None = None
         self.outputs: list[np.ndarray | None] = [None] * len(layers)
+        # each layer's own output buffer, and the buffers `infer` lends the layers instead (see infer)
+        self._own_outputs: list[np.ndarray] = []
+        self._lent_outputs: list[np.ndarray] | None = None
+        self._lending = False
         self.input_shape = Shape(net.channels, net.height, net.width) if net.height and net.width \
             else Shape.flat(net.inputs)
         self.shapes = self._build_shapes()
@@ -75,6 +79,9 @@ class Network:
                 raise self._out_of_memory(index, batch, exc) from None
             self._batch = batch
             self._deltas = None
+            self._own_outputs = [layer.output for layer in self.layers]
+            self._lent_outputs = None
+            self._lending = False
 
     def _out_of_memory(self, index: int, batch: int, exc: MemoryError) -> CfgError:
         """The located error for a MemoryError while layer `index` allocated or ran."""
@@ -109,9 +116,23 @@ class Network:
     def forward(self, x: np.ndarray, train: bool = False, truth: np.ndarray | None = None) -> np.ndarray:
         """Run the network; returns the last non-cost layer's output buffer (B, C, H, W) — valid until the
         next call (a network of cost layers only returns its input, passed through them). With `truth`
-        (B, outputs) the loss layers compute their cost (see `cost`)."""
+        (B, outputs) the loss layers compute their cost (see `cost`). Every layer's output stays in
+        `outputs` until the next call."""
+        return self._run(x, train, truth, lend=False)
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """An inference forward pass that keeps only what is read after it: the output of every layer that
+        no later layer reads (the output layer, detection heads) stays in `outputs` until the next call;
+        the other layers write into buffers they share, each used again once its readers have run, so
+        `outputs` of those layers holds other data afterwards. Same values as `forward(x)`, less memory
+        traffic: a pass writes into buffers still in the caches instead of a fresh one per layer
+        (yolo-fastest-1.1-xl at 320, 1 thread, alternating in one process: 0.90 of `forward`'s time)."""
+        return self._run(x, False, None, lend=True)
+
+    def _run(self, x: np.ndarray, train: bool, truth: np.ndarray | None, lend: bool) -> np.ndarray:
         x = self._check_input(x)
         self._ensure_batch(x.shape[0])
+        self._lend_outputs(lend)
         self._input = x
         for layer in self.loss_layers:  # None too: no truth left over from an interrupted pass
             layer.set_truth(truth)
@@ -124,10 +145,64 @@ class Network:
                     self.outputs[i] = None
                     continue
                 xs = [x if j < 0 else self.outputs[j] for j in layer.input_indices()]
-                self.outputs[i] = layer.forward(xs, train)
+                out = self.outputs[i] = layer.forward(xs, train)
+                if lend and out is not layer.output and not (layer.inference_returns_input and out is xs[0]):
+                    # the lending plan follows only these two cases
+                    raise RuntimeError(f"layer {i} [{layer.kind}] returned an array that is neither its output "
+                                       f"buffer nor its input; declare inference_returns_input or return "
+                                       f"self.output")
         except MemoryError as exc:  # scratch buffers (im2col columns, ...) are made on first use
             raise self._out_of_memory(i, x.shape[0], exc) from None
         return self.outputs[self.output_index]
+
+    def _lend_outputs(self, lend: bool) -> None:
+        """Point every layer's `output` at its lent buffer (lend) or back at its own."""
+        if lend == self._lending:
+            return
+        if lend and self._lent_outputs is None:
+            self._lent_outputs = self._plan_lent_outputs()
+        buffers = self._lent_outputs if lend else self._own_outputs
+        for layer, buffer in zip(self.layers, buffers):
+            layer.output = buffer
+        self._lending = lend
+
+    def _plan_lent_outputs(self) -> list[np.ndarray]:
+        """The buffer each layer writes into during `infer`, taken from the layers' own buffers: a buffer is
+        lent again, to a later layer of the same output shape, once every layer reading it has run. A
+        layer that returns its input (inference_returns_input) writes nothing: its readers keep that
+        input's buffer busy. Outputs no later layer reads, and the output layer's, are never lent again."""
+        count = self.output_index + 1   # the layers after it do not run at inference
+        holder = list(range(count))     # the layer whose buffer holds each layer's output (-1: the input)
+        busy_until = [-1] * count       # by holder: the last step at which its buffer is read (count: never free)
+        for i in range(count):
+            layer = self.layers[i]
+            if layer.inference_returns_input:
+                source = layer.input_indices()[0]
+                holder[i] = holder[source] if source >= 0 else -1
+            for j in layer.input_indices():
+                if j >= 0 and holder[j] >= 0:
+                    busy_until[holder[j]] = max(busy_until[holder[j]], i)
+        readers = [False] * count
+        for i in range(count):
+            for j in self.layers[i].input_indices():
+                if j >= 0:
+                    readers[j] = True
+        for i in range(count):
+            if (not readers[i] or i == self.output_index) and holder[i] >= 0:
+                busy_until[holder[i]] = count
+        lent = list(self._own_outputs)
+        free: dict[tuple, list[np.ndarray]] = {}
+        freed_after: dict[int, list[int]] = {}
+        for i in range(count):
+            for done in freed_after.pop(i - 1, []):
+                free.setdefault(lent[done].shape, []).append(lent[done])
+            if holder[i] != i:
+                continue
+            spare = free.get(self._own_outputs[i].shape)
+            if spare:
+                lent[i] = spare.pop()
+            freed_after.setdefault(max(busy_until[i], i), []).append(i)
+        return lent
 
     def cost(self) -> float:
         """Darknet's net->cost: the mean over the cost-bearing layers of their summed cost."""

@@ -57,7 +57,7 @@ def head_classes(network: Network) -> int:
 def probabilities_at(network: Network, image: np.ndarray, width: int, height: int) -> np.ndarray:
     """(classes, height, width) probabilities of one network-sized input, resized to width x height."""
     head = pixel_head(network)
-    output = network.forward(image[None], train=False)
+    output = network.infer(image[None])
     maps = np.ascontiguousarray(head.class_probabilities(output)[0], dtype=np.float32)
     if maps.shape[1:] != (height, width):
         maps = resize_image(maps, width, height)

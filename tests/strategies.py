@@ -201,6 +201,11 @@ def check_built_network(network: Network, path: str, text: str | None, run_forwa
         return Outcome("error")
     if not isinstance(y, np.ndarray):
         raise ContractViolation("forward returned no array", f"Network.forward returned {y!r}")
+    # the lean pass of detect/predict/segment: the same result, whatever layers the network has
+    kept = y.copy()
+    z = network.infer(x)
+    if not np.array_equal(z, kept, equal_nan=True):
+        raise ContractViolation("infer differs from forward", f"max difference {np.nanmax(np.abs(z - kept))}")
     return Outcome("forward", nonfinite=not bool(np.all(np.isfinite(y))))
 
 

@@ -78,16 +78,21 @@ def colour_set(tmp_path):
 
 
 class Recorder:
-    """Wraps a network's forward to keep what the network was given."""
+    """Wraps a network's passes (forward, and infer: what predict and detect run) to keep what the network
+    was given."""
 
     def __init__(self, network):
         self.inputs = []
-        self._forward = network.forward
-        network.forward = self
+        forward, infer = network.forward, network.infer
 
-    def __call__(self, x, train=False):
-        self.inputs.append(np.array(x, copy=True))
-        return self._forward(x, train=train)
+        def recorded_forward(x, train=False):
+            self.inputs.append(np.array(x, copy=True))
+            return forward(x, train=train)
+
+        def recorded_infer(x):
+            self.inputs.append(np.array(x, copy=True))
+            return infer(x)
+        network.forward, network.infer = recorded_forward, recorded_infer
 
 
 def test_grey_network_gets_the_same_pixels_in_predict_valid_train_and_detect(colour_set):

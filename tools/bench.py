@@ -19,8 +19,9 @@ Cases (`--cases`, comma list; default all):
                    %peak columns are its share of the numpy sgemm peak.
   digits-yolo      320x320, the bundled detector cfg/digits-yolo.cfg, seeded weights.
   digits-seg       256x256 (the cfg's own size), the bundled segmenter cfg/digits-seg.cfg, seeded weights.
-                   The inference cases run at each of `--batches` (default 1 and 8; "NAME b8" rows) and are
-                   timed against OpenCV DNN (OpenCV backend, CPU target), against PyTorch running the same
+                   The inference cases run darknetpy's inference pass (`Network.infer`, what detect,
+                   predict and segment use: layers share buffers, only the results are kept) at each of
+                   `--batches` (default 1 and 8; "NAME b8" rows) and are timed against OpenCV DNN (OpenCV backend, CPU target), against PyTorch running the same
                    cfg and .weights through the small Darknet->torch builder in tools/bench_reference.py (BN
                    folded into the convolutions, yolo layers apply their logistic), and against onnxruntime
                    (CPU provider, intra_op_num_threads = the thread count, sequential, all graph
@@ -498,7 +499,7 @@ def case_inference(case: str, assets: dict, threads: int, opts: argparse.Namespa
             network = model.network
 
             def run_darknetpy():
-                network.forward(x)
+                network.infer(x)   # what detect, predict and segment run: only the results are kept
                 latest["darknetpy"] = [network.outputs[i] for i in output_layers]
             runners["darknetpy"] = run_darknetpy
         if "opencv" in engines:
@@ -760,7 +761,7 @@ warnings.simplefilter("ignore")
 import numpy as np
 import darknetpy
 model = darknetpy.load(sys.argv[1], sys.argv[2])
-model.network.forward(np.zeros((1, 3, 416, 416), dtype=np.float32))
+model.network.infer(np.zeros((1, 3, 416, 416), dtype=np.float32))
 """
 RSS_OPENCV_SCRIPT = """\
 import sys

@@ -186,6 +186,9 @@ class Layer:
     kind: ClassVar[str] = ""
     aliases: ClassVar[tuple[str, ...]] = ()
     Config: ClassVar[type] = LayerConfig
+    #: whether an inference forward returns its first input itself instead of writing its output buffer
+    #: (the network's buffer sharing must then keep that input alive for this layer's readers)
+    inference_returns_input: ClassVar[bool] = False
 
     def __init__(self, config: LayerConfig, index: int):
         self.config = config

@@ -23,6 +23,7 @@ class DropoutConfig(LayerConfig):
 class Dropout(Layer):
     kind = "dropout"
     Config = DropoutConfig
+    inference_returns_input = True
     #: AlexeyAB's DropBlock options only change which values training drops; inference is the identity
     #: either way, so they are accepted without a warning (training uses plain dropout).
 

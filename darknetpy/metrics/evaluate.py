@@ -117,7 +117,7 @@ def detect_images(network, images: LabelledImages, progress: Progress | None = N
     results: list[ImageDetections] = []
     prepared = _prefetched(images, net.width, net.height, network_channels(network), letterbox)
     for done, sized in enumerate(prepared, 1):
-        network.forward(sized.pixels[None], train=False)
+        network.infer(sized.pixels[None])
         dets = network_boxes(network, sized.image_width, sized.image_height, MAP_DETECTION_THRESH, letterbox)
         suppress(network, dets, classes, MAP_NMS, "cfg")
         boxes = np.array([d.box for d in dets], np.float64).reshape(-1, 4)

@@ -75,7 +75,7 @@ class ClassificationTask(Task):
         for start in range(0, len(dataset), batch):
             indices = range(start, min(start + batch, len(dataset)))
             xs = np.stack([dataset.load(i)[0] for i in indices])
-            probs = self.network.forward(xs, train=False).reshape(len(xs), -1)
+            probs = self.network.infer(xs).reshape(len(xs), -1)
             for row, i in enumerate(indices):
                 truth = int(dataset.class_indices[i])
                 if truth < 0:

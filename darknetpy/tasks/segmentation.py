@@ -91,7 +91,7 @@ class SegmentationTask(Task):
         confusion = np.zeros((self.classes, self.classes), np.int64)
         for start in range(0, len(dataset), batch):
             items = [dataset.load(i) for i in range(start, min(start + batch, len(dataset)))]
-            output = self.network.forward(np.stack([image for image, _ in items]), train=False)
+            output = self.network.infer(np.stack([image for image, _ in items]))
             probabilities = head.class_probabilities(output)
             for row, (_, mask) in enumerate(items):
                 maps = np.ascontiguousarray(probabilities[row], dtype=np.float32)

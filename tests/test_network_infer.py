@@ -1,0 +1,198 @@
+"""Network.infer, the lean inference pass of detect/predict/segment: layers write into buffers they share once
+their readers have run. Oracle: Network.forward on the same network and input (every layer keeps its own
+buffer): the output and every output no later layer reads must be bit for bit the same, and a forward or
+training pass afterwards must see each layer's own buffer again."""
+import numpy as np
+import pytest
+
+from darknetpy.network import load_cfg
+
+from builders import quiet_net
+
+# conv -> dropout (returns its input at inference) -> conv -> shortcut to before the dropout -> route of two
+# -> upsample -> yolo head, a second head from an earlier layer; then a [cost] after the output
+TEXT = """[net]
+width=16
+height=16
+channels=3
+
+[convolutional]
+filters=8
+size=3
+pad=1
+activation=leaky
+
+[dropout]
+probability=.5
+
+[convolutional]
+filters=8
+size=1
+activation=leaky
+
+[shortcut]
+from=-3
+activation=linear
+
+[convolutional]
+filters=8
+size=3
+stride=2
+pad=1
+activation=leaky
+
+[convolutional]
+filters=8
+size=3
+pad=1
+activation=leaky
+
+[route]
+layers=-1,-2
+
+[convolutional]
+filters=14
+size=1
+activation=linear
+
+[yolo]
+mask=0,1
+anchors=2,3,4,5
+classes=2
+num=2
+
+[route]
+layers=-5
+
+[upsample]
+stride=2
+
+[route]
+layers=-1,0
+
+[convolutional]
+filters=14
+size=1
+activation=linear
+
+[yolo]
+mask=0,1
+anchors=2,3,4,5
+classes=2
+num=2
+"""
+
+
+def sinks(network):
+    read = {j for layer in network.layers[:network.output_index + 1] for j in layer.input_indices()}
+    return [i for i in range(network.output_index + 1) if i not in read]
+
+
+def check_infer_matches_forward(network, x):
+    network.initialize(7)
+    want = network.forward(x).copy()
+    own = [layer.output for layer in network.layers]
+    heads = {i: network.outputs[i].copy() for i in sinks(network)}
+    got = network.infer(x)
+    np.testing.assert_array_equal(got, want)
+    for i, value in heads.items():
+        np.testing.assert_array_equal(network.outputs[i], value)
+    lent = sum(layer.output is not mine for layer, mine in zip(network.layers, own))
+    for i, layer in enumerate(network.layers[:network.output_index + 1]):
+        for j in layer.input_indices():   # no layer writes into a buffer it reads
+            assert j < 0 or layer.inference_returns_input or layer.output is not network.outputs[j], (i, j)
+    again = network.forward(x)
+    assert all(layer.output is mine for layer, mine in zip(network.layers, own))
+    np.testing.assert_array_equal(again, want)
+    return lent
+
+
+def test_infer_shares_buffers_and_gives_forwards_results():
+    network = quiet_net(TEXT)
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    assert check_infer_matches_forward(network, x) >= 2     # buffers are really shared
+    # the two heads and the layers after each: the dropout's input stayed alive for the shortcut
+    assert sinks(network) == [8, 13]
+
+
+# Built so that a wrong plan changes the result: the dropout's output (layer 0's buffer) is read again by
+# the route at 4 after layer 2 (same shape) has run, and the 3x3/1 max pool (not computable in place) is
+# the last reader of layer 2's buffer.
+TIGHT = """[net]
+width=12
+height=10
+channels=4
+
+[convolutional]
+filters=6
+size=3
+pad=1
+activation=leaky
+
+[dropout]
+probability=.5
+
+[convolutional]
+filters=6
+size=3
+pad=1
+activation=leaky
+
+[maxpool]
+size=3
+stride=1
+
+[route]
+layers=1
+
+[route]
+layers=-1,-2
+"""
+
+
+def test_infer_keeps_a_passed_through_input_alive_and_never_writes_over_what_a_layer_reads():
+    network = quiet_net(TIGHT)
+    x = np.random.default_rng(3).standard_normal((1, 4, 10, 12)).astype(np.float32)
+    assert check_infer_matches_forward(network, x) >= 1
+
+
+def test_training_after_infer_uses_each_layers_own_buffer():
+    network = quiet_net(TEXT)
+    x = np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    network.initialize(3)
+    network.layers[1].seed(5)     # the dropout's training mask
+    network.infer(x)
+    truth = np.zeros((1, 90 * 5), np.float32)
+    truth[0, :5] = [0.5, 0.5, 0.2, 0.3, 1]
+    network.forward(x, train=True, truth=truth)
+    outputs = [o.copy() for o in network.outputs]
+    reference = quiet_net(TEXT)
+    reference.initialize(3)
+    reference.layers[1].seed(5)
+    reference.forward(x, train=True, truth=truth)
+    for got, want in zip(outputs, reference.outputs):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_layer_returning_a_foreign_array_is_refused_when_buffers_are_shared():
+    network = quiet_net(TEXT)
+    layer = network.layers[2]
+    original = layer.forward
+    layer.forward = lambda xs, train: original(xs, train).copy()
+    x = np.zeros((1, 3, 16, 16), np.float32)
+    network.forward(x)    # each layer's own buffer: nothing to follow
+    with pytest.raises(RuntimeError, match=r"layer 2 \[convolutional\]"):
+        network.infer(x)
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("name,size", [("cfg-corpus/darknet53.cfg", 64), ("cfg-corpus/yolov3-spp.cfg", 64),
+                                       ("cfg-alexeyab/yolov4-tiny.cfg", 64), ("cfg-corpus/resnext50.cfg", 64),
+                                       ("models/yolo-fastest-1.1/yolo-fastest-1.1-xl.cfg", 64),
+                                       ("cfg-corpus/darknet19.cfg", 64), ("cfg-corpus/cifar.cfg", 28)])
+def test_infer_matches_forward_on_real_networks(shared_dir, name, size):
+    network = load_cfg(shared_dir / name, width=size, height=size)
+    s = network.input_shape
+    x = np.random.default_rng(2).random((1, s.c, s.h, s.w), np.float32)
+    lent = check_infer_matches_forward(network, x)
+    assert lent >= 3
