@@ -10,7 +10,18 @@ from darknetpy.network import load_cfg
 from builders import quiet_net
 
 # conv -> dropout (returns its input at inference) -> conv -> shortcut to before the dropout -> route of two
-# -> upsample -> yolo head, a second head from an earlier layer; then a [cost] after the output
+# -> upsample -> yolo head, a second head from an earlier layer
+HEAD = """[convolutional]
+filters=14
+size=1
+activation=linear
+
+[yolo]
+mask=0,1
+anchors=2,3,4,5
+classes=2
+num=2
+"""
 TEXT = """[net]
 width=16
 height=16
@@ -50,17 +61,7 @@ activation=leaky
 [route]
 layers=-1,-2
 
-[convolutional]
-filters=14
-size=1
-activation=linear
-
-[yolo]
-mask=0,1
-anchors=2,3,4,5
-classes=2
-num=2
-
+{head}
 [route]
 layers=-5
 
@@ -70,17 +71,7 @@ stride=2
 [route]
 layers=-1,0
 
-[convolutional]
-filters=14
-size=1
-activation=linear
-
-[yolo]
-mask=0,1
-anchors=2,3,4,5
-classes=2
-num=2
-"""
+{head}""".format(head=HEAD)
 
 
 def sinks(network):
