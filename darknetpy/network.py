@@ -174,19 +174,17 @@ class Network:
         count = self.output_index + 1   # the layers after it do not run at inference
         holder = list(range(count))     # the layer whose buffer holds each layer's output (-1: the input)
         busy_until = [-1] * count       # by holder: the last step at which its buffer is read (count: never free)
+        readers = [False] * count
         for i in range(count):
             layer = self.layers[i]
             if layer.inference_returns_input:
                 source = layer.input_indices()[0]
                 holder[i] = holder[source] if source >= 0 else -1
             for j in layer.input_indices():
-                if j >= 0 and holder[j] >= 0:
-                    busy_until[holder[j]] = max(busy_until[holder[j]], i)
-        readers = [False] * count
-        for i in range(count):
-            for j in self.layers[i].input_indices():
                 if j >= 0:
                     readers[j] = True
+                    if holder[j] >= 0:
+                        busy_until[holder[j]] = max(busy_until[holder[j]], i)
         for i in range(count):
             if (not readers[i] or i == self.output_index) and holder[i] >= 0:
                 busy_until[holder[i]] = count

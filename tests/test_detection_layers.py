@@ -69,7 +69,7 @@ def test_yolo_logistic_is_darknets_bit_for_bit_across_the_float32_range():
     values = np.resize(values, (values.size + 5) // 6 * 6)
     x = values.reshape(1, 6, 1, -1)      # one anchor, one class: planes 0, 1, 4 and 5 take the logistic
     out = np.empty_like(x)
-    yolo_forward(x, out, 1, 1, 1.0, 0.0, 0)
+    yolo_forward(x, out, 1, 1.0, 0.0, 0)
     for plane in (0, 1, 4, 5):
         want = np.array([naive.logistic(v) for v in x[0, plane, 0]], F)
         np.testing.assert_array_equal(out[0, plane, 0].view(np.uint32)[~np.isnan(want)],

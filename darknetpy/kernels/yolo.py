@@ -156,17 +156,16 @@ def _yolo_forward_parallel(x, out, planes, alpha, beta, new_coords):
 YOLO_PARALLEL_MIN_VALUES = 1 << 17
 
 
-def yolo_forward(x: np.ndarray, out: np.ndarray, anchors: int, classes: int, scale_alpha: float,
-                 scale_beta: float, new_coords: int) -> None:
-    """[yolo] inference forward of x (B, anchors*(5+classes), H, W) into out (same shape).
+def yolo_forward(x: np.ndarray, out: np.ndarray, classes: int, scale_alpha: float, scale_beta: float,
+                 new_coords: int) -> None:
+    """[yolo] inference forward of x (B, anchors*(5+classes), H, W) into out (same shape); the layer has
+    checked that the channels are whole anchor blocks.
 
     Per anchor block: logistic on tx, ty, objectness and classes, tw/th raw (new_coords: nothing is
     activated, the previous layer already applied its logistic). Then AlexeyAB's scale_x_y map
     x*alpha + beta on tx, ty, which is the identity for scale_x_y = 1 (alpha 1, beta 0). The planes are
     independent, and large heads share them out over the threads.
     """
-    if x.shape[1] != anchors * (5 + classes):
-        raise ValueError(f"a [yolo] input of {x.shape[1]} planes for {anchors} anchors of {classes} classes")
     kernel = _yolo_forward_parallel if threads_pay(x.size, x.shape[0] * x.shape[1], YOLO_PARALLEL_MIN_VALUES) \
         else _yolo_forward_serial
     kernel(x, out, 5 + classes, np.float32(scale_alpha), np.float32(scale_beta), new_coords)

@@ -270,7 +270,7 @@ class Yolo(DetectionHead):
 
     def forward(self, xs, train):
         cfg = self.config
-        kernels.yolo_forward(xs[0], self.output, self.n, cfg.classes, self.scale_alpha, self.scale_beta,
+        kernels.yolo_forward(xs[0], self.output, cfg.classes, self.scale_alpha, self.scale_beta,
                              int(cfg.new_coords))
         truth = self._take_truth(train)
         if truth is None:
