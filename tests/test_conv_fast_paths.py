@@ -66,6 +66,12 @@ DIRECT_CASES = [
     (1, 4, 8, 4, 7, 10, 5, 1, 1, 1),     # 5x5, depth multiplier 2, partial padding
     (1, 3, 3, 3, 9, 8, 5, 2, 2, 1),      # 5x5 stride 2 (the generic taps)
     (1, 4, 4, 4, 12, 11, 5, 1, 4, 2),    # 5x5 dilation 2
+    # 3x3 stride 2 padding 1 on even widths: the column-split planes
+    (2, 6, 6, 6, 9, 12, 3, 2, 1, 1),     # depthwise, odd height, batch 2
+    (1, 5, 5, 5, 8, 10, 3, 2, 1, 1),     # even height
+    (1, 4, 8, 2, 6, 8, 3, 2, 1, 1),      # 2 in / 4 out channels per group
+    (1, 3, 3, 3, 2, 2, 3, 2, 1, 1),      # one output per plane
+    (1, 3, 6, 3, 1, 4, 3, 2, 1, 1),      # a single image row, depth multiplier 2
 ]
 
 
@@ -81,6 +87,22 @@ def test_direct_forward_matches_naive(case):
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
     grouped_conv_forward(x, weights, bias, s, s, p, d, out, leaky=True)
     np.testing.assert_allclose(out, leaky(ref), rtol=1e-5, atol=1e-5)
+
+
+def test_direct_forward_on_strided_views():
+    """A channel-sliced input (not contiguous: the column split needs flat planes, so the phase path runs)
+    and an output inside a larger buffer, as the training path passes its channel-major product."""
+    whole = RNG.standard_normal((2, 12, 10, 12)).astype(np.float32)
+    x = whole[:, ::2]
+    weights = RNG.standard_normal((6, 1, 3, 3)).astype(np.float32)
+    bias = RNG.standard_normal(6).astype(np.float32)
+    ref = conv2d(x.astype(np.float64), weights, bias, 2, 2, 1, 6, 1)
+    for source in (x, np.ascontiguousarray(x)):
+        buffer = np.full((6, 2 * 5 * 6 + 3), np.nan, np.float32)
+        out = buffer[:, :60].reshape(6, 2, 5, 6).transpose(1, 0, 2, 3)
+        grouped_conv_forward(source, weights, bias, 2, 2, 1, 1, out)
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+        assert np.isnan(buffer[:, 60:]).all()
 
 
 # batch, channels, h, w, k, stride, pad, dilation
@@ -293,8 +315,11 @@ def test_layer_paths_are_chosen_from_the_shapes():
     depthwise = "filters=8\nsize=3\npad=1\ngroups=8\nactivation=leaky"
     assert engines(depthwise, 8) == ("channels-last", "direct")
     assert engines(depthwise, 8, 17) == ("direct", "direct")
-    assert engines(depthwise + "\nstride=2", 8, 20) == ("channels-last", "direct")
-    assert engines(depthwise + "\nstride=2", 8, 22) == ("direct", "direct")
+    assert engines(depthwise + "\nstride=2", 8, 19) == ("channels-last", "direct")
+    assert engines(depthwise + "\nstride=2", 8, 21) == ("direct", "direct")
+    # ...except 3x3 stride 2 padding 1 on even widths: the direct kernel's column-split planes
+    assert engines(depthwise + "\nstride=2", 8, 20) == ("direct", "direct")
+    assert engines(depthwise.replace("pad=1", "padding=0") + "\nstride=2", 8, 20) == ("channels-last", "direct")
     assert engines("filters=16\nsize=3\npad=1\ngroups=8\nactivation=leaky", 8, 10) == ("direct", "direct")
     # a first layer on 3 channels: direct once its patch matrix passes 192 KiB (3*9*43*43*4 = 195 KiB)
     assert engines("filters=16\nsize=3\npad=1\nactivation=leaky", 3, 43) == ("direct", "gemm")

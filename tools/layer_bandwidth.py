@@ -1,6 +1,6 @@
 """Where a network's inference time goes, by layer type, against the memory traffic each type cannot avoid.
 
-    python tools/layer_bandwidth.py CFG [WEIGHTS] [--width W --height H] [--repeat N]
+    python tools/layer_bandwidth.py CFG [WEIGHTS] [--width W --height H] [--repeat N] [--onnxruntime] [--layers]
 
 Each layer's forward is timed twice, with the thread counts of the environment (NUMBA_NUM_THREADS,
 OPENBLAS_NUM_THREADS: set both to 1 for the one-thread figures): "in pass", its median over --repeat whole
@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=50)
     parser.add_argument("--onnxruntime", action="store_true",
                         help="also time each layer type in onnxruntime (the exported graph, profiled)")
+    parser.add_argument("--layers", action="store_true", help="also print one row per layer, before the groups")
     args = parser.parse_args(argv)
     model = darknetpy.load(args.cfg, args.weights, width=args.width, height=args.height, seed=1)
     net = model.network
@@ -143,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         src, dst = np.ones(half, np.float32), np.empty(half, np.float32)
         copy = median_seconds(lambda: np.copyto(dst, src), args.repeat)
         group = groups[layer_type(layer)]
+        if args.layers:
+            shape = net.outputs[index].shape[1:]
+            ort_cell = f" {ort_seconds.get(index, 0.0) * 1e3:8.3f}" if args.onnxruntime else ""
+            print(f"{index:4d} {layer_type(layer):20} {str(tuple(inputs[0].shape[1:])):>16} -> "
+                  f"{str(tuple(shape)):>16} {in_pass[index] * 1e3:8.3f} {seconds * 1e3:8.3f}{ort_cell}")
         group["layers"] += 1
         group["pass"] += in_pass[index]
         group["seconds"] += seconds

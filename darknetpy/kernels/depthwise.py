@@ -16,6 +16,21 @@ each tap into ONE long contiguous loop over the whole plane: rows as short as 10
 with a scalar remainder loop per row, and no loop needs bounds checks. 3x3 kernels with stride 1 or 2 get an
 unrolled loop that writes each output once, 5x5 stride-1 kernels one pass per kernel row.
 
+3x3 stride-2 kernels with padding 1 on planes of even width (the downsampling layers of depthwise-separable
+networks) skip the phase split, whose stride-2 gathers in rows of 10-80 values ran scalar (a 40x40 plane
+cost more than at stride 1, with a quarter of the outputs). Because the width is even, the parity of a
+value's flat index in its plane is the parity of its column, so ONE long loop splits the whole plane into
+its even and odd columns (a vectorised interleaved load):
+
+    even[lead + y*W/2 + j] = x[y, 2j],  odd[lead + y*W/2 + j] = x[y, 2j + 1]     (lead = W/2 + 1 zeros)
+
+Output (oy, ox) is then computed at grid position q = oy*W + ox: image row 2*oy - 1 + ky starts at
+(2*oy - 1 + ky) * W/2 = q - ox + (ky - 1) * W/2 in both halves, so every tap is a constant offset from q
+and the plane is again one long loop (the grid's right half, ox >= W/2, is garbage and dropped: twice the
+multiply-adds, which are not what this kernel waits for). The tap left of column 0 reads the previous row's
+last odd value instead of the zero border, so column 0 is computed again with that value as zero (the same
+expression in the same order: the same float32 result as a padded plane would give).
+
 The backward walks the same grid: each weight gradient is a long dot product of dy with a tap's phase
 plane, kept as LANES partial sums (vectorised; summed in float64 at the end), and dL/dx is accumulated tap by
 tap into a phase-layout scratch that is scattered back onto the image once per plane.
@@ -41,7 +56,7 @@ from .threads import threads_pay
 PARALLEL_MIN_MACS = 1 << 21
 LANES = 64  # partial sums per weight gradient
 # Tap patterns with a plane function of their own (the rest: _plane_any)
-TAPS_ANY, TAPS_3X3_STRIDE1, TAPS_3X3_STRIDE2, TAPS_5X5_STRIDE1 = 0, 1, 2, 3
+TAPS_ANY, TAPS_3X3_STRIDE1, TAPS_3X3_STRIDE2, TAPS_5X5_STRIDE1, TAPS_3X3_STRIDE2_SPLIT = 0, 1, 2, 3, 4
 
 
 def phase_shape(in_per_group: int, ksize: int, stride_y: int, stride_x: int, dilation: int, out_h: int,
@@ -52,6 +67,47 @@ def phase_shape(in_per_group: int, ksize: int, stride_y: int, stride_x: int, dil
     extent = (ksize - 1) * dilation
     return (in_per_group, min(stride_y, extent + 1), min(stride_x, extent + 1),
             out_h + extent // stride_y + 1, out_w + extent // stride_x)
+
+
+def split_shape(in_per_group: int, height: int, width: int) -> tuple[int, int, int, int, int]:
+    """Scratch of the column-split planes: (in_per_group, 1, 2, 1, lead + image + trail) holding the even
+    and odd columns of each input plane of a group, with zeros where the taps of the first and (odd
+    heights) last output rows and the grid's garbage half read past the image."""
+    half = width // 2
+    return in_per_group, 1, 2, 1, (half + 1) + height * half + (2 * half + 1)
+
+
+@jit
+def _split_columns(x, b, c, halves):
+    """halves[0] / halves[1]: the even / odd columns of image plane (b, c) after `lead` zeros."""
+    lead = x.shape[3] // 2 + 1
+    count = x.shape[2] * x.shape[3] // 2
+    src = x[b, c].ravel()
+    even = halves[0, 0, lead:lead + count]
+    odd = halves[1, 0, lead:lead + count]
+    for k in range(count):
+        even[k] = src[2 * k]
+        odd[k] = src[2 * k + 1]
+
+
+@jit
+def _plane_3x3_stride2_split(halves, half, w, bias_value, o):
+    """o[oy*W + ox] = the 3x3 stride-2 taps of output (oy, ox), W = 2*half, from the split columns
+    halves[0, 0] (even) and halves[1, 0] (odd) of one input plane (see the module docstring); o covers the
+    output rows' grid positions."""
+    even, odd = halves[0, 0], halves[1, 0]
+    lead = half + 1
+    # image rows 2*oy - 1, 2*oy, 2*oy + 1 start half a row apart; the left tap is one value earlier
+    _sum9(o, False, bias_value, w,
+          odd[lead - half - 1:], even[lead - half:], odd[lead - half:],
+          odd[lead - 1:], even[lead:], odd[lead:],
+          odd[lead + half - 1:], even[lead + half:], odd[lead + half:])
+    zero = even[0:1]  # inside the leading zeros
+    for q in range(0, o.shape[0], 2 * half):
+        _sum9(o[q:q + 1], False, bias_value, w,
+              zero, even[lead - half + q:], odd[lead - half + q:],
+              zero, even[lead + q:], odd[lead + q:],
+              zero, even[lead + half + q:], odd[lead + half + q:])
 
 
 @jit
@@ -185,14 +241,20 @@ def _convolve_group_image(x, weights, bias, leaky, b, g, stride_y, stride_x, pad
     in_per_group = weights.shape[1]
     out_per_group = out.shape[1] // (x.shape[1] // in_per_group)
     out_h, out_w = out.shape[2], out.shape[3]
-    wq = phases.shape[4]
+    pitch = grid_pitch(taps, phases.shape, x.shape[3])
     for ci in range(in_per_group):
-        _fill_phases(x, b, g * in_per_group + ci, stride_y, stride_x, pad, phases[ci])
+        if taps == TAPS_3X3_STRIDE2_SPLIT:
+            _split_columns(x, b, g * in_per_group + ci, phases[ci, 0])
+        else:
+            _fill_phases(x, b, g * in_per_group + ci, stride_y, stride_x, pad, phases[ci])
     for fi in range(out_per_group):
         f = g * out_per_group + fi
         for ci in range(in_per_group):
             w = weights[f, ci]
-            if taps == TAPS_3X3_STRIDE1:
+            if taps == TAPS_3X3_STRIDE2_SPLIT:
+                # one input channel per group (see _taps): nothing to accumulate
+                _plane_3x3_stride2_split(phases[ci, 0], x.shape[3] // 2, w, bias[f], plane)
+            elif taps == TAPS_3X3_STRIDE1:
                 _plane_3x3_stride1(phases[ci], w, ci > 0, bias[f], plane)
             elif taps == TAPS_3X3_STRIDE2:
                 _plane_3x3_stride2(phases[ci], w, ci > 0, bias[f], plane)
@@ -201,7 +263,7 @@ def _convolve_group_image(x, weights, bias, leaky, b, g, stride_y, stride_x, pad
             else:
                 _plane_any(phases[ci], w, stride_y, stride_x, dilation, ci > 0, bias[f], plane)
         for oy in range(out_h):
-            src = plane[oy * wq:]
+            src = plane[oy * pitch:]
             dst = out[b, f, oy]
             if leaky:
                 for ox in range(out_w):
@@ -211,7 +273,25 @@ def _convolve_group_image(x, weights, bias, leaky, b, g, stride_y, stride_x, pad
                     dst[ox] = src[ox]
 
 
-def _taps(ksize: int, stride_y: int, stride_x: int, dilation: int) -> int:
+@jit(inline="always")
+def grid_pitch(taps, phase_dims, width):
+    """Row pitch of the output grid a plane function writes: the phase width, or the image width for the
+    column-split planes."""
+    return width if taps == TAPS_3X3_STRIDE2_SPLIT else phase_dims[4]
+
+
+def splits_columns(ksize: int, stride_y: int, stride_x: int, pad: int, dilation: int, in_per_group: int,
+                   width: int) -> bool:
+    """Whether a convolution of this shape runs on column-split planes (given a C-contiguous input)."""
+    return (ksize == 3 and dilation == 1 and stride_y == stride_x == 2 and pad == 1 and in_per_group == 1
+            and width % 2 == 0)
+
+
+def _taps(x: np.ndarray, weights: np.ndarray, stride_y: int, stride_x: int, pad: int, dilation: int) -> int:
+    ksize = weights.shape[2]
+    if (splits_columns(ksize, stride_y, stride_x, pad, dilation, weights.shape[1], x.shape[3])
+            and x.flags.c_contiguous):
+        return TAPS_3X3_STRIDE2_SPLIT
     if ksize == 3 and dilation == 1 and stride_y == stride_x and stride_x in (1, 2):
         return TAPS_3X3_STRIDE1 if stride_x == 1 else TAPS_3X3_STRIDE2
     if ksize == 5 and dilation == 1 and stride_y == stride_x == 1:
@@ -229,7 +309,7 @@ def _forward_kernels(taps: int) -> tuple[Callable, Callable]:
     def serial(x, weights, bias, leaky, stride_y, stride_x, pad, dilation, phase_dims, out):
         groups = x.shape[1] // weights.shape[1]
         phases = np.zeros(phase_dims, np.float32)
-        plane = np.empty(out.shape[2] * phase_dims[4], np.float32)
+        plane = np.empty(out.shape[2] * grid_pitch(taps, phase_dims, x.shape[3]), np.float32)
         for task in range(x.shape[0] * groups):
             b = task // groups
             _convolve_group_image(x, weights, bias, leaky, b, task - b * groups, stride_y, stride_x, pad,
@@ -241,7 +321,7 @@ def _forward_kernels(taps: int) -> tuple[Callable, Callable]:
         for task in prange(x.shape[0] * groups):
             b = task // groups
             phases = np.zeros(phase_dims, np.float32)
-            plane = np.empty(out.shape[2] * phase_dims[4], np.float32)
+            plane = np.empty(out.shape[2] * grid_pitch(taps, phase_dims, x.shape[3]), np.float32)
             _convolve_group_image(x, weights, bias, leaky, b, task - b * groups, stride_y, stride_x, pad,
                                   dilation, phases, plane, out, taps)
 
@@ -258,9 +338,13 @@ def grouped_conv_forward(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, s
     of groups is C / weights.shape[1]), then Darknet's leaky if `leaky`; other activations are left to the
     caller."""
     groups = x.shape[1] // weights.shape[1]
-    dims = phase_shape(weights.shape[1], weights.shape[2], stride_y, stride_x, dilation, out.shape[2],
-                       out.shape[3])
-    serial, parallel = _forward_kernels(_taps(weights.shape[2], stride_y, stride_x, dilation))
+    taps = _taps(x, weights, stride_y, stride_x, pad, dilation)
+    if taps == TAPS_3X3_STRIDE2_SPLIT:
+        dims = split_shape(weights.shape[1], x.shape[2], x.shape[3])
+    else:
+        dims = phase_shape(weights.shape[1], weights.shape[2], stride_y, stride_x, dilation, out.shape[2],
+                           out.shape[3])
+    serial, parallel = _forward_kernels(taps)
     kernel = parallel if threads_pay(_macs(weights, out), x.shape[0] * groups, PARALLEL_MIN_MACS) else serial
     kernel(x, weights, bias, leaky, stride_y, stride_x, pad, dilation, dims, out)
 
