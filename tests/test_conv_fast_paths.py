@@ -72,6 +72,10 @@ DIRECT_CASES = [
     (1, 4, 8, 2, 6, 8, 3, 2, 1, 1),      # 2 in / 4 out channels per group
     (1, 3, 3, 3, 2, 2, 3, 2, 1, 1),      # one output per plane
     (1, 3, 6, 3, 1, 4, 3, 2, 1, 1),      # a single image row, depth multiplier 2
+    # filters in blocks of four, and the filters left over
+    (1, 1, 7, 1, 8, 8, 3, 2, 1, 1),      # column-split planes
+    (1, 3, 6, 1, 9, 10, 3, 2, 1, 1),     # RGB at stride 2 (phases, accumulated over the channels)
+    (2, 3, 9, 1, 7, 9, 3, 1, 1, 1),      # RGB at stride 1
 ]
 
 
