@@ -344,14 +344,35 @@ def test_gemm_takes_few_channel_layers_whose_patches_fit_the_caches():
 
     def geometry(channels, side):
         return ConvGeometry(channels, side, side, 32, side, side, 3, 1, 1, 1, 1, 1)
-    assert gemm_beats_winograd(geometry(16, 80), 1, 1)           # 3.5 MiB of patches
-    assert not gemm_beats_winograd(geometry(16, 128), 1, 1)      # 9 MiB
-    assert not gemm_beats_winograd(geometry(16, 80), 8, 1)       # the batch's patches: 28 MiB
-    assert not gemm_beats_winograd(geometry(64, 20), 1, 1)       # 64 channels at 1 thread
+    large_l2, small_l2 = 2 << 20, 1 << 20
+    assert gemm_beats_winograd(geometry(16, 80), 1, 1, large_l2)           # 3.5 MiB of patches
+    assert not gemm_beats_winograd(geometry(16, 80), 1, 1, small_l2)       # ...more than a 1 MiB L2
+    assert gemm_beats_winograd(geometry(16, 40), 1, 1, small_l2)           # 0.9 MiB
+    assert not gemm_beats_winograd(geometry(16, 128), 1, 1, large_l2)      # 9 MiB
+    assert not gemm_beats_winograd(geometry(16, 80), 8, 1, large_l2)       # the batch's patches: 28 MiB
+    assert not gemm_beats_winograd(geometry(64, 20), 1, 1, large_l2)       # 64 channels at 1 thread
     assert gemm_beats_winograd(geometry(64, 20), 1, 2)
     assert gemm_beats_winograd(geometry(128, 10), 8, 2)          # 128 channels, 3.5 MiB, at 2 threads
     assert not gemm_beats_winograd(geometry(128, 16), 8, 2)      # 9 MiB
     assert not gemm_beats_winograd(geometry(256, 10), 1, 2)
+    assert gemm_beats_winograd(geometry(32, 40), 1, 2, small_l2)           # threads: the same on both
+
+
+def test_the_l2_cache_size_is_read_from_sysfs_or_assumed(tmp_path):
+    from darknetpy.layers.conv_engines import GEMM_OVER_WINOGRAD_LARGE_L2, l2_cache_bytes
+
+    def cache_folder(name, *levels):
+        folder = tmp_path / name
+        for index, (level, size) in enumerate(levels):
+            (folder / f"index{index}").mkdir(parents=True)
+            (folder / f"index{index}" / "level").write_text(f"{level}\n")
+            (folder / f"index{index}" / "size").write_text(f"{size}\n")
+        return folder
+    assert l2_cache_bytes(cache_folder("zen4", (1, "32K"), (1, "32K"), (2, "1024K"), (3, "32768K"))) == 1 << 20
+    assert l2_cache_bytes(cache_folder("icelake", (1, "48K"), (2, "1280K"))) == 1280 << 10
+    assert l2_cache_bytes(cache_folder("odd", (2, "3M"))) == 3 << 20
+    assert l2_cache_bytes(cache_folder("garbled", (2, "lots"))) == GEMM_OVER_WINOGRAD_LARGE_L2
+    assert l2_cache_bytes(tmp_path / "missing") == GEMM_OVER_WINOGRAD_LARGE_L2
 
 
 @pytest.mark.parametrize("text,c", [

@@ -21,8 +21,10 @@ saved input); `backward(x, weights, dy_t, grad_weights, dx)` takes dL/d(product)
 """
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -88,6 +90,13 @@ WINOGRAD_SIDE_BY_SIDE_MAX_CHANNELS = 32
 # thread, with more
 GEMM_OVER_WINOGRAD_ONE_THREAD = ((32, 4 << 20),)
 GEMM_OVER_WINOGRAD_THREADS = ((64, 8 << 20), (128, 4 << 20))
+# On cores with less L2 the one-thread crossover comes sooner. AMD EPYC (Zen 4, 1 MiB of L2 per core),
+# forward, batch 1, Winograd / GEMM: 16->32 at 80x80 (3.5 MiB of patches) 0.67, 32->64 at 40x40 (1.8 MiB)
+# 0.77-0.84, 16->32 at 40x40 (0.9 MiB) 0.95, 16->16 at 32x32 (0.6 MiB) 2.5; whole passes alternating in
+# one process with patches up to the L2 size instead of 4 MiB: digits-yolo 0.92, digits-seg 0.97 (batch
+# 1), unchanged elsewhere (0.99-1.00). The same limit at 2 threads was slower (digits-yolo 1.13, digits-seg
+# 1.25), so the rule for threads is the same on both machines.
+GEMM_OVER_WINOGRAD_LARGE_L2 = 2 << 20
 
 # Depthwise layers on small planes are convolved channels-last at inference (kernels/depthwise_channels_last.py):
 # the plane-at-a-time kernel's fixed costs per plane dominate there. Forward, 1 thread, channels-last /
@@ -187,11 +196,32 @@ def choose_engines(g: ConvGeometry, batch: int) -> tuple[
     return gemm, gemm
 
 
-def gemm_beats_winograd(g: ConvGeometry, batch: int, threads: int) -> bool:
+def gemm_beats_winograd(g: ConvGeometry, batch: int, threads: int, l2_bytes: int | None = None) -> bool:
     """Whether im2col + GEMM is the faster inference path for a Winograd-shaped layer (see the constants);
-    decided when the layer's buffers are allocated, for the Numba thread count in force then."""
-    limits = GEMM_OVER_WINOGRAD_ONE_THREAD if threads <= 1 else GEMM_OVER_WINOGRAD_THREADS
+    decided when the layer's buffers are allocated, for the Numba thread count in force then and the L2
+    cache of a core (this machine's unless given)."""
+    if threads > 1:
+        limits = GEMM_OVER_WINOGRAD_THREADS
+    else:
+        l2_bytes = l2_cache_bytes() if l2_bytes is None else l2_bytes
+        limits = GEMM_OVER_WINOGRAD_ONE_THREAD if l2_bytes >= GEMM_OVER_WINOGRAD_LARGE_L2 else \
+            tuple((max_channels, min(max_bytes, l2_bytes)) for max_channels, max_bytes in GEMM_OVER_WINOGRAD_ONE_THREAD)
     return any(g.channels <= max_channels and g.patch_bytes(batch) <= max_bytes for max_channels, max_bytes in limits)
+
+
+@functools.cache
+def l2_cache_bytes(folder: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int:
+    """The level-2 cache of CPU 0 as Linux reports it; GEMM_OVER_WINOGRAD_LARGE_L2 (the machine the
+    one-thread rule was first measured on) where it cannot be read."""
+    try:
+        for index in sorted(folder.glob("index*")):
+            if (index / "level").read_text().strip() == "2":
+                size = (index / "size").read_text().strip().upper()
+                units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+                return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
+    except (OSError, ValueError):
+        pass
+    return GEMM_OVER_WINOGRAD_LARGE_L2
 
 
 class _ChannelMajorProduct:
