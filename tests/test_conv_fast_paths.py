@@ -66,14 +66,14 @@ DIRECT_CASES = [
     (1, 4, 8, 4, 7, 10, 5, 1, 1, 1),     # 5x5, depth multiplier 2, partial padding
     (1, 3, 3, 3, 9, 8, 5, 2, 2, 1),      # 5x5 stride 2 (the generic taps)
     (1, 4, 4, 4, 12, 11, 5, 1, 4, 2),    # 5x5 dilation 2
-    # 3x3 stride 2 padding 1 on even widths: the column-split planes
+    # 3x3 stride 2 padding 1 on even widths: phases filled from a column split
     (2, 6, 6, 6, 9, 12, 3, 2, 1, 1),     # depthwise, odd height, batch 2
     (1, 5, 5, 5, 8, 10, 3, 2, 1, 1),     # even height
     (1, 4, 8, 2, 6, 8, 3, 2, 1, 1),      # 2 in / 4 out channels per group
     (1, 3, 3, 3, 2, 2, 3, 2, 1, 1),      # one output per plane
     (1, 3, 6, 3, 1, 4, 3, 2, 1, 1),      # a single image row, depth multiplier 2
     # filters in blocks of four, and the filters left over
-    (1, 1, 7, 1, 8, 8, 3, 2, 1, 1),      # column-split planes
+    (1, 1, 7, 1, 8, 8, 3, 2, 1, 1),      # column split
     (1, 3, 6, 1, 9, 10, 3, 2, 1, 1),     # RGB at stride 2 (phases, accumulated over the channels)
     (2, 3, 9, 1, 7, 9, 3, 1, 1, 1),      # RGB at stride 1
 ]
@@ -321,7 +321,7 @@ def test_layer_paths_are_chosen_from_the_shapes():
     assert engines(depthwise, 8, 17) == ("direct", "direct")
     assert engines(depthwise + "\nstride=2", 8, 19) == ("channels-last", "direct")
     assert engines(depthwise + "\nstride=2", 8, 21) == ("direct", "direct")
-    # ...except 3x3 stride 2 padding 1 on even widths: the direct kernel's column-split planes
+    # ...except 3x3 stride 2 padding 1 on even widths (the direct kernel fills its phases from a column split)
     assert engines(depthwise + "\nstride=2", 8, 20) == ("direct", "direct")
     assert engines(depthwise.replace("pad=1", "padding=0") + "\nstride=2", 8, 20) == ("channels-last", "direct")
     assert engines("filters=16\nsize=3\npad=1\ngroups=8\nactivation=leaky", 8, 10) == ("direct", "direct")

@@ -16,20 +16,13 @@ each tap into ONE long contiguous loop over the whole plane: rows as short as 10
 with a scalar remainder loop per row, and no loop needs bounds checks. 3x3 kernels with stride 1 or 2 get an
 unrolled loop that writes each output once, 5x5 stride-1 kernels one pass per kernel row.
 
-3x3 stride-2 kernels with padding 1 on planes of even width (the downsampling layers of depthwise-separable
-networks) skip the phase split, whose stride-2 gathers in rows of 10-80 values ran scalar (a 40x40 plane
+With padding 1 and stride 2 on planes of even width (the downsampling layers) the phases are filled from
+a column split instead: the phase fill's stride-2 gathers in rows of 10-80 values ran scalar (a 40x40 plane
 cost more than at stride 1, with a quarter of the outputs). Because the width is even, the parity of a
 value's flat index in its plane is the parity of its column, so ONE long loop splits the whole plane into
-its even and odd columns (a vectorised interleaved load):
-
-    even[lead + y*W/2 + j] = x[y, 2j],  odd[lead + y*W/2 + j] = x[y, 2j + 1]     (lead = W/2 + 1 zeros)
-
-Output (oy, ox) is then computed at grid position q = oy*W + ox: image row 2*oy - 1 + ky starts at
-(2*oy - 1 + ky) * W/2 = q - ox + (ky - 1) * W/2 in both halves, so every tap is a constant offset from q
-and the plane is again one long loop (the grid's right half, ox >= W/2, is garbage and dropped: twice the
-multiply-adds, which are not what this kernel waits for). The tap left of column 0 reads the previous row's
-last odd value instead of the zero border, so column 0 is computed again with that value as zero (the same
-expression in the same order: the same float32 result as a padded plane would give).
+its even and odd columns (a vectorised interleaved load), and each phase row is then a contiguous copy of
+half an image row: phases[qy, 1, r, j] = even[y, j] and phases[qy, 0, r, j + 1] = odd[y, j] for image row
+y = 2r + qy - 1.
 
 The backward walks the same grid: each weight gradient is a long dot product of dy with a tap's phase
 plane, kept as LANES partial sums (vectorised; summed in float64 at the end), and dL/dx is accumulated tap by
@@ -57,6 +50,7 @@ PARALLEL_MIN_MACS = 1 << 21
 LANES = 64  # partial sums per weight gradient
 FILTER_BLOCK = 4  # filters of a group convolved per pass over its input planes (3x3 patterns)
 # Tap patterns with a plane function of their own (the rest: _plane_any)
+# (TAPS_3X3_STRIDE2_SPLIT: TAPS_3X3_STRIDE2 with the phases filled from a column split)
 TAPS_ANY, TAPS_3X3_STRIDE1, TAPS_3X3_STRIDE2, TAPS_5X5_STRIDE1, TAPS_3X3_STRIDE2_SPLIT = 0, 1, 2, 3, 4
 
 
@@ -70,46 +64,35 @@ def phase_shape(in_per_group: int, ksize: int, stride_y: int, stride_x: int, dil
             out_h + extent // stride_y + 1, out_w + extent // stride_x)
 
 
-def split_shape(in_per_group: int, height: int, width: int) -> tuple[int, int, int, int, int]:
-    """Scratch of the column-split planes: (in_per_group, 1, 2, 1, lead + image + trail) holding the even
-    and odd columns of each input plane of a group, with zeros where the taps of the first and (odd
-    heights) last output rows and the grid's garbage half read past the image."""
-    half = width // 2
-    return in_per_group, 1, 2, 1, (half + 1) + height * half + (2 * half + 1)
+@jit(inline="always")
+def split_length(taps, height, width):
+    """Values per half of the column-split scratch (1 where the tap pattern does not split)."""
+    return height * width // 2 if taps == TAPS_3X3_STRIDE2_SPLIT else 1
 
 
 @jit
-def _split_columns(x, b, c, halves):
-    """halves[0] / halves[1]: the even / odd columns of image plane (b, c) after `lead` zeros."""
-    lead = x.shape[3] // 2 + 1
-    count = x.shape[2] * x.shape[3] // 2
+def _fill_phases_from_split(x, b, c, halves, phases):
+    """phases (2, 2, Hq, Wq) of image plane (b, c) for padding 1 and stride 2 on an even width, through
+    halves (2, H*W/2), which receives the plane's even and odd columns. Cells outside the image are left
+    untouched, as in _fill_phases."""
+    height, half = x.shape[2], x.shape[3] // 2
     src = x[b, c].ravel()
-    even = halves[0, 0, lead:lead + count]
-    odd = halves[1, 0, lead:lead + count]
-    for k in range(count):
+    even, odd = halves[0], halves[1]
+    for k in range(height * half):
         even[k] = src[2 * k]
         odd[k] = src[2 * k + 1]
-
-
-@jit
-def _plane_3x3_stride2_split(halves, half, w, bias_values, o):
-    """o[k, oy*W + ox] = the 3x3 stride-2 taps of output (oy, ox) of filter w[k], W = 2*half, from the split
-    columns halves[0, 0] (even) and halves[1, 0] (odd) of one input plane (see the module docstring); o
-    covers the output rows' grid positions."""
-    even, odd = halves[0, 0], halves[1, 0]
-    lead = half + 1
-    # image rows 2*oy - 1, 2*oy, 2*oy + 1 start half a row apart; the left tap is one value earlier
-    _taps9(o, False, bias_values, w,
-           odd[lead - half - 1:], even[lead - half:], odd[lead - half:],
-           odd[lead - 1:], even[lead:], odd[lead:],
-           odd[lead + half - 1:], even[lead + half:], odd[lead + half:])
-    zero = even[0:1]  # inside the leading zeros
-    for k in range(o.shape[0]):
-        for q in range(0, o.shape[1], 2 * half):
-            _sum9(o[k, q:q + 1], False, bias_values[k], w[k],
-                  zero, even[lead - half + q:], odd[lead - half + q:],
-                  zero, even[lead + q:], odd[lead + q:],
-                  zero, even[lead + half + q:], odd[lead + half + q:])
+    for qy in range(2):
+        for r in range(phases.shape[2]):
+            y = 2 * r + qy - 1
+            if y < 0 or y >= height:
+                continue
+            # padded column 2j + 1 is image column 2j; padded column 2j is image column 2j - 1
+            even_row, odd_row = even[y * half:(y + 1) * half], odd[y * half:(y + 1) * half]
+            to_even, to_odd = phases[qy, 1, r], phases[qy, 0, r, 1:]
+            for j in range(half):
+                to_even[j] = even_row[j]
+            for j in range(half):
+                to_odd[j] = odd_row[j]
 
 
 @jit
@@ -279,18 +262,18 @@ def _leaky(y):
 
 
 @jit(inline="always")
-def _convolve_group_image(x, weights, bias, leaky, b, g, stride_y, stride_x, pad, dilation, phases, planes,
-                          out, taps):
+def _convolve_group_image(x, weights, bias, leaky, b, g, stride_y, stride_x, pad, dilation, phases, halves,
+                          planes, out, taps):
     """Output planes of group g of image b; `taps` is one of the TAPS_* constants (a closure constant of
     the calling kernel, so only its plane functions are compiled in). The 3x3 patterns convolve
     FILTER_BLOCK filters per pass over the input where a group has that many; `planes` holds their grids."""
     in_per_group = weights.shape[1]
     out_per_group = out.shape[1] // (x.shape[1] // in_per_group)
     out_h, out_w = out.shape[2], out.shape[3]
-    pitch = grid_pitch(taps, phases.shape, x.shape[3])
+    pitch = phases.shape[4]
     for ci in range(in_per_group):
         if taps == TAPS_3X3_STRIDE2_SPLIT:
-            _split_columns(x, b, g * in_per_group + ci, phases[ci, 0])
+            _fill_phases_from_split(x, b, g * in_per_group + ci, halves, phases[ci])
         else:
             _fill_phases(x, b, g * in_per_group + ci, stride_y, stride_x, pad, phases[ci])
     blocks = taps in (TAPS_3X3_STRIDE1, TAPS_3X3_STRIDE2, TAPS_3X3_STRIDE2_SPLIT)
@@ -301,12 +284,9 @@ def _convolve_group_image(x, weights, bias, leaky, b, g, stride_y, stride_x, pad
         block = planes[:count]
         for ci in range(in_per_group):
             w = weights[f:f + count, ci]
-            if taps == TAPS_3X3_STRIDE2_SPLIT:
-                # one input channel per group (see _taps): nothing to accumulate
-                _plane_3x3_stride2_split(phases[ci, 0], x.shape[3] // 2, w, bias[f:f + count], block)
-            elif taps == TAPS_3X3_STRIDE1:
+            if taps == TAPS_3X3_STRIDE1:
                 _plane_3x3_stride1(phases[ci], w, ci > 0, bias[f:f + count], block)
-            elif taps == TAPS_3X3_STRIDE2:
+            elif taps == TAPS_3X3_STRIDE2 or taps == TAPS_3X3_STRIDE2_SPLIT:
                 _plane_3x3_stride2(phases[ci], w, ci > 0, bias[f:f + count], block)
             elif taps == TAPS_5X5_STRIDE1:
                 _plane_5x5_stride1(phases[ci], w[0], ci > 0, bias[f], block[0])
@@ -325,24 +305,15 @@ def _convolve_group_image(x, weights, bias, leaky, b, g, stride_y, stride_x, pad
         fi += count
 
 
-@jit(inline="always")
-def grid_pitch(taps, phase_dims, width):
-    """Row pitch of the output grid a plane function writes: the phase width, or the image width for the
-    column-split planes."""
-    return width if taps == TAPS_3X3_STRIDE2_SPLIT else phase_dims[4]
-
-
-def splits_columns(ksize: int, stride_y: int, stride_x: int, pad: int, dilation: int, in_per_group: int,
-                   width: int) -> bool:
-    """Whether a convolution of this shape runs on column-split planes (given a C-contiguous input)."""
-    return (ksize == 3 and dilation == 1 and stride_y == stride_x == 2 and pad == 1 and in_per_group == 1
-            and width % 2 == 0)
+def splits_columns(ksize: int, stride_y: int, stride_x: int, pad: int, dilation: int, width: int) -> bool:
+    """Whether a convolution of this shape fills its phases from a column split (given a C-contiguous
+    input)."""
+    return ksize == 3 and dilation == 1 and stride_y == stride_x == 2 and pad == 1 and width % 2 == 0
 
 
 def _taps(x: np.ndarray, weights: np.ndarray, stride_y: int, stride_x: int, pad: int, dilation: int) -> int:
     ksize = weights.shape[2]
-    if (splits_columns(ksize, stride_y, stride_x, pad, dilation, weights.shape[1], x.shape[3])
-            and x.flags.c_contiguous):
+    if splits_columns(ksize, stride_y, stride_x, pad, dilation, x.shape[3]) and x.flags.c_contiguous:
         return TAPS_3X3_STRIDE2_SPLIT
     if ksize == 3 and dilation == 1 and stride_y == stride_x and stride_x in (1, 2):
         return TAPS_3X3_STRIDE1 if stride_x == 1 else TAPS_3X3_STRIDE2
@@ -361,12 +332,12 @@ def _forward_kernels(taps: int) -> tuple[Callable, Callable]:
     def serial(x, weights, bias, leaky, stride_y, stride_x, pad, dilation, phase_dims, out):
         groups = x.shape[1] // weights.shape[1]
         phases = np.zeros(phase_dims, np.float32)
-        planes = np.empty((FILTER_BLOCK, out.shape[2] * grid_pitch(taps, phase_dims, x.shape[3])),
-                              np.float32)
+        halves = np.empty((2, split_length(taps, x.shape[2], x.shape[3])), np.float32)
+        planes = np.empty((FILTER_BLOCK, out.shape[2] * phase_dims[4]), np.float32)
         for task in range(x.shape[0] * groups):
             b = task // groups
             _convolve_group_image(x, weights, bias, leaky, b, task - b * groups, stride_y, stride_x, pad,
-                                  dilation, phases, planes, out, taps)
+                                  dilation, phases, halves, planes, out, taps)
 
     @jit(parallel=True)
     def parallel(x, weights, bias, leaky, stride_y, stride_x, pad, dilation, phase_dims, out):
@@ -374,10 +345,10 @@ def _forward_kernels(taps: int) -> tuple[Callable, Callable]:
         for task in prange(x.shape[0] * groups):
             b = task // groups
             phases = np.zeros(phase_dims, np.float32)
-            planes = np.empty((FILTER_BLOCK, out.shape[2] * grid_pitch(taps, phase_dims, x.shape[3])),
-                                  np.float32)
+            halves = np.empty((2, split_length(taps, x.shape[2], x.shape[3])), np.float32)
+            planes = np.empty((FILTER_BLOCK, out.shape[2] * phase_dims[4]), np.float32)
             _convolve_group_image(x, weights, bias, leaky, b, task - b * groups, stride_y, stride_x, pad,
-                                  dilation, phases, planes, out, taps)
+                                  dilation, phases, halves, planes, out, taps)
 
     return serial, parallel
 
@@ -393,11 +364,8 @@ def grouped_conv_forward(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, s
     caller."""
     groups = x.shape[1] // weights.shape[1]
     taps = _taps(x, weights, stride_y, stride_x, pad, dilation)
-    if taps == TAPS_3X3_STRIDE2_SPLIT:
-        dims = split_shape(weights.shape[1], x.shape[2], x.shape[3])
-    else:
-        dims = phase_shape(weights.shape[1], weights.shape[2], stride_y, stride_x, dilation, out.shape[2],
-                           out.shape[3])
+    dims = phase_shape(weights.shape[1], weights.shape[2], stride_y, stride_x, dilation, out.shape[2],
+                       out.shape[3])
     serial, parallel = _forward_kernels(taps)
     kernel = parallel if threads_pay(_macs(weights, out), x.shape[0] * groups, PARALLEL_MIN_MACS) else serial
     kernel(x, weights, bias, leaky, stride_y, stride_x, pad, dilation, dims, out)

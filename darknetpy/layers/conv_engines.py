@@ -105,9 +105,9 @@ GEMM_OVER_WINOGRAD_LARGE_L2 = 2 << 20
 # 2, 0.50-0.57 with 5x5 kernels at 10x10. From 20x20 planes on the planes kernel is as fast or faster (272
 # channels at 20x20, stride 1: 0.76 alone, 1.05-1.17 in the pass; 64 at 20x20 1.01, 32 1.17; 1.3-3.8 on
 # larger planes; 192 at 40x40 stride 2 1.04). So: output planes of at most 16x16 from input planes of at
-# most 20x20 -- except 3x3 stride-2 layers the direct kernel runs on column-split planes (even widths,
-# padding 1): Yolo-Fastest-XL's 272x20x20 -> 10x10 took 0.077-0.079 ms there against 0.114-0.118 ms
-# channels-last, in the pass.
+# most 20x20 -- except 3x3 stride-2 layers whose phases the direct kernel fills from a column split (even
+# widths, padding 1): Yolo-Fastest-XL's 272x20x20 -> 10x10 took 0.077-0.079 ms there against 0.114-0.118
+# ms channels-last, in the pass.
 CHANNELS_LAST_MAX_OUTPUT_PIXELS = 16 * 16
 CHANNELS_LAST_MAX_INPUT_PIXELS = 20 * 20
 
@@ -156,7 +156,7 @@ class ConvGeometry:
     def suits_channels_last(self) -> bool:
         """Whether inference convolves this layer channels-last (see CHANNELS_LAST_MAX_OUTPUT_PIXELS)."""
         column_split = splits_columns(self.size, self.stride_y, self.stride_x, self.padding, self.dilation,
-                                      self.in_per_group, self.width)
+                                      self.width)
         return (self.is_depthwise and not column_split
                 and self.out_h * self.out_w <= CHANNELS_LAST_MAX_OUTPUT_PIXELS
                 and self.height * self.width <= CHANNELS_LAST_MAX_INPUT_PIXELS)
