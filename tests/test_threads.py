@@ -43,6 +43,7 @@ def test_parallel_kernels_agree_with_the_references(monkeypatch):
         monkeypatch.setattr(module, name, 1)
     fast.test_direct_forward_matches_naive(fast.DIRECT_CASES[4])
     fast.test_direct_forward_matches_naive(fast.DIRECT_CASES[16])  # phases from a column split
+    fast.test_direct_forward_matches_naive(fast.DIRECT_CASES[17])  # 5 planes: runs of unequal length
     fast.test_channels_last_depthwise_forward_matches_naive(fast.CHANNELS_LAST_CASES[1])
     fast.test_channels_last_depthwise_forward_matches_naive(fast.CHANNELS_LAST_CASES[4])
     fast.test_direct_backward_matches_torch(fast.DIRECT_CASES[1])

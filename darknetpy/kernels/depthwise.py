@@ -38,6 +38,7 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
+import numba
 import numpy as np
 from numba import prange
 
@@ -340,15 +341,19 @@ def _forward_kernels(taps: int) -> tuple[Callable, Callable]:
                                   dilation, phases, halves, planes, out, taps)
 
     @jit(parallel=True)
-    def parallel(x, weights, bias, leaky, stride_y, stride_x, pad, dilation, phase_dims, out):
+    def parallel(x, weights, bias, leaky, stride_y, stride_x, pad, dilation, phase_dims, out, runs):
+        # `runs` runs of tasks (one per thread), each with its scratch allocated and zeroed once, not per
+        # task (yolo-fastest-xl at batch 8, 2 threads: 0.97-0.98 of the pass)
         groups = x.shape[1] // weights.shape[1]
-        for task in prange(x.shape[0] * groups):
-            b = task // groups
+        tasks = x.shape[0] * groups
+        for run in prange(runs):
             phases = np.zeros(phase_dims, np.float32)
             halves = np.empty((2, split_length(taps, x.shape[2], x.shape[3])), np.float32)
             planes = np.empty((FILTER_BLOCK, out.shape[2] * phase_dims[4]), np.float32)
-            _convolve_group_image(x, weights, bias, leaky, b, task - b * groups, stride_y, stride_x, pad,
-                                  dilation, phases, halves, planes, out, taps)
+            for task in range(run * tasks // runs, (run + 1) * tasks // runs):
+                b = task // groups
+                _convolve_group_image(x, weights, bias, leaky, b, task - b * groups, stride_y, stride_x, pad,
+                                      dilation, phases, halves, planes, out, taps)
 
     return serial, parallel
 
@@ -367,8 +372,12 @@ def grouped_conv_forward(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, s
     dims = phase_shape(weights.shape[1], weights.shape[2], stride_y, stride_x, dilation, out.shape[2],
                        out.shape[3])
     serial, parallel = _forward_kernels(taps)
-    kernel = parallel if threads_pay(_macs(weights, out), x.shape[0] * groups, PARALLEL_MIN_MACS) else serial
-    kernel(x, weights, bias, leaky, stride_y, stride_x, pad, dilation, dims, out)
+    tasks = x.shape[0] * groups
+    if threads_pay(_macs(weights, out), tasks, PARALLEL_MIN_MACS):
+        parallel(x, weights, bias, leaky, stride_y, stride_x, pad, dilation, dims, out,
+                 min(numba.get_num_threads(), tasks))
+    else:
+        serial(x, weights, bias, leaky, stride_y, stride_x, pad, dilation, dims, out)
 
 
 @jit(inline="always")
