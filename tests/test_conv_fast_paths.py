@@ -109,6 +109,20 @@ def test_direct_forward_on_strided_views():
         assert np.isnan(buffer[:, 60:]).all()
 
 
+def test_direct_scratch_is_not_shared_by_different_placements():
+    """The direct kernel keeps its phase scratch between calls, sharing it per placement: a 12x12 image
+    without padding fills every cell of the 12-wide phase rows that a padded 10x10 image (the same phase
+    shape) needs to stay zero at its border."""
+    weights = RNG.standard_normal((4, 1, 3, 3)).astype(np.float32)
+    bias = RNG.standard_normal(4).astype(np.float32)
+    for size, pad in ((12, 0), (10, 1), (12, 0), (10, 1)):
+        x = RNG.standard_normal((1, 4, size, size)).astype(np.float32)
+        out = np.empty((1, 4, 10, 10), np.float32)
+        grouped_conv_forward(x, weights, bias, 1, 1, pad, 1, out)
+        np.testing.assert_allclose(out, conv2d(x.astype(np.float64), weights, bias, 1, 1, pad, 4, 1),
+                                   rtol=1e-5, atol=1e-5)
+
+
 # batch, channels, h, w, k, stride, pad, dilation
 CHANNELS_LAST_CASES = [
     (1, 8, 10, 10, 3, 1, 1, 1),
