@@ -36,7 +36,6 @@ Summation order differs from im2col + GEMM (float32 rounding only).
 from __future__ import annotations
 
 import functools
-import threading
 from typing import Callable
 
 import numba
@@ -44,6 +43,7 @@ import numpy as np
 from numba import prange
 
 from . import jit
+from .scratch import thread_scratch
 from .threads import threads_pay
 
 # Work (multiply-adds) below which starting the thread team costs more than it saves: ~0.5 ms of serial
@@ -371,29 +371,19 @@ def grouped_conv_forward(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, s
     kernel(x, weights, bias, leaky, stride_y, stride_x, pad, dilation, phases, halves, planes, out)
 
 
-_THREAD_SCRATCH = threading.local()
-
-
 def _forward_scratch(runs: int, placement: tuple, block: int, grid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(phases, halves, planes) scratch of `runs` runs for convolutions placed as `placement` (tap pattern,
     phase shape, image size, strides, padding, dilation), kept per thread and shared by the layers placed
     alike. Allocating it per call cost more than the convolution: the arrays are large enough for the C
     library to map fresh pages for them each time (a grey 320x320 first layer at stride 2: 637 us per call
-    against 164 us with the scratch kept, and 226 us for the kernel before the column split). The phases'
+    against 161 us with the scratch kept, and 226 us for the kernel before the column split). The phases'
     border cells are zero from allocation and never written (the fills write only the image's cells, the
     same ones for the same placement), so sharing them keeps them zero."""
-    shared = getattr(_THREAD_SCRATCH, "by_placement", None)
-    if shared is None:
-        shared = _THREAD_SCRATCH.by_placement = {}
-    key = (runs, placement, block, grid)
-    scratch = shared.get(key)
-    if scratch is None:
-        taps, dims, height, width = placement[:4]
-        scratch = shared[key] = (np.zeros((runs,) + dims, np.float32),
-                                 np.empty((runs, 2, height * width // 2 if taps == TAPS_3X3_STRIDE2_SPLIT else 1),
-                                          np.float32),
-                                 np.empty((runs, block, grid), np.float32))
-    return scratch
+    taps, dims, height, width = placement[:4]
+    split = height * width // 2 if taps == TAPS_3X3_STRIDE2_SPLIT else 1
+    return thread_scratch(("direct convolution", runs, placement, block, grid),
+                          lambda: (np.zeros((runs,) + dims, np.float32), np.empty((runs, 2, split), np.float32),
+                                   np.empty((runs, block, grid), np.float32)))
 
 
 @jit(inline="always")

@@ -22,7 +22,6 @@ saved input); `backward(x, weights, dy_t, grad_weights, dx)` takes dL/d(product)
 from __future__ import annotations
 
 import functools
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from ..kernels import depthwise_channels_last, winograd
 from ..kernels.depthwise import grouped_conv_backward, grouped_conv_forward, splits_columns
 from ..kernels.im2col import (batch_to_channel_major, channel_major_to_batch, channel_major_to_batch_add,
                               col2im_batch_add, im2col_batch)
+from ..kernels.scratch import thread_scratch
 from ..kernels.threads import run_side_by_side
 from .base import FLOAT
 from .epilogue import Epilogue
@@ -377,23 +377,13 @@ class DirectEngine(_ChannelMajorProduct):
                               grad_weights, dx)
 
 
-_THREAD_SCRATCH = threading.local()
-
-
 def _zero_bordered_scratch(shape: tuple[int, int, int], height: int, width: int, pad: int) -> np.ndarray:
     """This thread's zeroed scratch of `shape` for images of height x width placed at (pad, pad), shared by
     every layer that asks for the same: the channels-last kernel writes only the image's cells, so for the
     same placement the zero border stays valid, and the layers that share one scratch find it in the cache
     (Yolo-Fastest-XL's five 448-channel 10x10 layers: 100 instead of 170 us each with a scratch per layer,
     which has left the cache by the next use)."""
-    shared = getattr(_THREAD_SCRATCH, "by_placement", None)
-    if shared is None:
-        shared = _THREAD_SCRATCH.by_placement = {}
-    key = (shape, height, width, pad)
-    scratch = shared.get(key)
-    if scratch is None:
-        scratch = shared[key] = np.zeros(shape, FLOAT)
-    return scratch
+    return thread_scratch(("channels-last depthwise", shape, height, width, pad), lambda: np.zeros(shape, FLOAT))
 
 
 class ChannelsLastDepthwiseEngine:
