@@ -200,13 +200,13 @@ def gemm_beats_winograd(g: ConvGeometry, batch: int, threads: int, l2_bytes: int
     """Whether im2col + GEMM is the faster inference path for a Winograd-shaped layer (see the constants);
     decided when the layer's buffers are allocated, for the Numba thread count in force then and the L2
     cache of a core (this machine's unless given)."""
-    if threads > 1:
-        limits = GEMM_OVER_WINOGRAD_THREADS
-    else:
+    patches = g.patch_bytes(batch)
+    if threads <= 1:
         l2_bytes = l2_cache_bytes() if l2_bytes is None else l2_bytes
-        limits = GEMM_OVER_WINOGRAD_ONE_THREAD if l2_bytes >= GEMM_OVER_WINOGRAD_LARGE_L2 else \
-            tuple((max_channels, min(max_bytes, l2_bytes)) for max_channels, max_bytes in GEMM_OVER_WINOGRAD_ONE_THREAD)
-    return any(g.channels <= max_channels and g.patch_bytes(batch) <= max_bytes for max_channels, max_bytes in limits)
+        if l2_bytes < GEMM_OVER_WINOGRAD_LARGE_L2 and patches > l2_bytes:
+            return False
+    limits = GEMM_OVER_WINOGRAD_ONE_THREAD if threads <= 1 else GEMM_OVER_WINOGRAD_THREADS
+    return any(g.channels <= max_channels and patches <= max_bytes for max_channels, max_bytes in limits)
 
 
 @functools.cache
