@@ -254,3 +254,50 @@ def test_every_window_kernel_matches_naive(size, stride, stride_x, padding, thre
     layer.argmax.fill(99)
     np.testing.assert_array_equal(layer.forward([x], True), ref)  # training: values and winners
     np.testing.assert_array_equal(layer.argmax, winner)
+
+
+def awkward_values(shape, seed):
+    """Normal values with ties, NaN (never wins) and -inf (loses to the -FLT_MAX windows start from) in every
+    plane's corners and middle, where the edge handling of the inference kernels lives."""
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    x[..., 0, 0] = np.nan
+    x[..., -1, -1] = -np.inf
+    x[..., 1, :2] = 0.75
+    x[..., -2:, 1] = 0.75
+    x[0, 0, :, -1] = np.nan     # a whole column of NaN: windows seeing only it give -FLT_MAX
+    x[-1, -1, 2, :] = -np.inf   # a whole row of -inf
+    return x
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+@pytest.mark.parametrize("size,padding,height,width", [
+    (2, 1, 13, 13), (2, 0, 6, 9), (3, 2, 7, 10), (3, 0, 5, 5), (4, 3, 8, 6), (5, 4, 9, 11), (5, 13, 6, 7),
+    (8, 7, 9, 8), (9, 8, 9, 11), (13, 12, 13, 14), (3, 9, 4, 5), (7, 1, 7, 9),
+])
+def test_stride_1_windows_at_inference_match_naive(size, padding, height, width, threaded, monkeypatch):
+    """Inference's stride-1 kernel (spans of rows and columns doubled over a padded plane): every window size
+    (powers of two and not), paddings that keep the windows inside, put them half outside, or leave whole
+    output rows and columns outside the image (-FLT_MAX there), odd and tiny maps, against the spec's loop."""
+    from darknetpy.kernels import pooling as kernels
+    monkeypatch.setattr(kernels, "PARALLEL_MIN_ELEMENTS", 0 if threaded else 1 << 62)
+    x = awkward_values((2, 3, height, width), size * 31 + padding)
+    ref, _ = maxpool(x, size, 1, 1, padding)
+    out = np.full(ref.shape, 123.0, np.float32)
+    kernels.maxpool_forward(x, size, 1, 1, int(-padding / 2), out, None)
+    np.testing.assert_array_equal(out, ref)
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+@pytest.mark.parametrize("padding", [0, 1, 2, 3, 5])
+def test_3x3_stride_2_at_inference_matches_naive(padding, threaded, monkeypatch):
+    """Inference's 3x3/2 kernel (column maxima into even and odd phases, edges read directly): even and odd
+    widths from 3 to 10 and heights from 3 to 6 with every padding, against the spec's loop."""
+    from darknetpy.kernels import pooling as kernels
+    monkeypatch.setattr(kernels, "PARALLEL_MIN_ELEMENTS", 0 if threaded else 1 << 62)
+    for height in range(3, 7):
+        for width in range(3, 11):
+            x = awkward_values((2, 2, height, width), height * 11 + width)
+            ref, _ = maxpool(x, 3, 2, 2, padding)
+            out = np.full(ref.shape, 123.0, np.float32)
+            kernels.maxpool_forward(x, 3, 2, 2, int(-padding / 2), out, None)
+            np.testing.assert_array_equal(out, ref, err_msg=f"{height}x{width}")

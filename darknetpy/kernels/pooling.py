@@ -13,8 +13,9 @@ checks. Every output keeps its running maximum in registers, one output per loop
 loops unrolled for the usual windows (literal sizes and column strides), so the loop over an output row
 vectorises. Windows larger than 3x3 (and 3x3 at stride 2) are separable: the first maximum in
 row-then-column order is the first maximum down the rows of each row's first maximum along it, so 2k taps
-replace k*k; the column pass is the same register loop over the plane of row maxima. At inference, 3x3
-windows at stride 2 have a kernel of their own and other windows at column strides >= 2 go columns first
+replace k*k; the column pass is the same register loop over the plane of row maxima. That is what training
+runs. At inference, 3x3 windows at stride 2 have a kernel of their own, windows of 2x2 and larger at stride 1
+double spans in long loops over a padded plane, and other windows at column strides >= 2 go columns first
 (see the sections on them below).
 Windows larger than the image visit only the taps inside it (the others cannot win), so their cost is bounded
 by the image, not by the window: size=99999999999 costs what a window the size of the image does.
@@ -291,7 +292,7 @@ def _window_variant(size: int, stride_x: int) -> tuple[int, int, bool]:
 # the plane), then the maxima along `line`, first split into s phases (phase r holds line[s*j + r]) so that
 # every load of the tap loop is contiguous: taps at stride 2 are what kept the row-first 3x3/2 loop from
 # vectorising (6 -> 4 ns per output on 64x104x104, 9 -> 5 on 256x26x26). At stride 1 the row-first kernels
-# stay faster (SPP's 13x13: 3 against 6-10 ns), so they keep those windows.
+# were faster (SPP's 13x13: 3 against 6-10 ns); those windows now double spans (below).
 @jit(inline="always")
 def _column_maxima(x, b, c, top, k, offset, line, start, stop):
     """line[p] = the maximum down column p + offset of image rows top .. top+k-1 (those inside the image),
@@ -387,13 +388,17 @@ def _inference_window_kernels(size: int, step: int) -> tuple[Callable, Callable]
     return serial, parallel
 
 
-# ---- inference, 3x3 windows at stride 2: values only, rows first -------------------------------------------
-# The most common larger window (ResNet-style stems, Darknet's 3x3/2 pools) gets a kernel of its own: each
-# output reads its three rows straight from the image (a window's rows outside it are replaced by a row inside
-# it: values only, so a repeated tap changes nothing) with the column stride a literal 2, so each row's taps
-# are two interleaved loads that LLVM vectorises with shuffles, like the 2x2/2 loop; only the outputs whose
-# window leaves the image through a side take a scalar loop. 1 thread, ns per output, against the
-# columns-first kernel above, alternating in one process: 64x104x104 2.2 -> 1.3-1.5, 256x26x26 3.3 -> 2.4-2.6.
+# ---- inference, 3x3 windows at stride 2: values only, phases first -----------------------------------------
+# The most common larger window (ResNet-style stems, Darknet's 3x3/2 pools) gets a kernel of its own. Per output
+# row, its three image rows (a row outside the image replaced by one inside the window: values only, so a
+# repeated tap changes nothing) are reduced column by column into two phases, even[i] = the maximum down column
+# 2i + offset, odd[i] = down column 2i + offset + 1 (stride-2 loads that LLVM turns into permutes of
+# contiguous vectors), and each output is max(even[i], odd[i], even[i + 1]) from contiguous loads. Reading the
+# third column straight from the rows instead (2i + 2, a second stride-2 stream) compiled to gathers; scalar
+# edge entries written into the phases kept both loops from vectorising, so the outputs whose window leaves the
+# image through a side read the image directly. 1 thread, ns per output, against the rows-first kernel this
+# replaced, alternating in one process: 64x104x104 1.57 -> 0.81, 256x26x26 2.98 -> 2.10, 512x19x19
+# 3.73 -> 2.57, 512x13x13 4.84 -> 3.71 (2x2/2 in the same run: 0.30, 0.76, 4.3, 5.6).
 @jit(inline="always")
 def _larger(m, v):
     return v if v > m else m
@@ -409,12 +414,14 @@ def _edge_window_3(r0, r1, r2, left, width):
 
 
 @jit(inline="always")
-def _window_3x3_stride2_plane(x, b, c, offset, out):
+def _window_3x3_stride2_plane(x, b, c, offset, out, even, odd):
     height, width = x.shape[2], x.shape[3]
     out_w = out.shape[3]
-    # outputs [i0, i1) read columns 2i + offset .. 2i + offset + 2, all inside the image
-    i0 = min(out_w, max(0, (1 - offset) // 2))
-    i1 = max(i0, min(out_w, (width - 3 - offset) // 2 + 1))
+    # phase entries [ia, ib) read columns 2i + offset and 2i + offset + 1, both inside the image; outputs
+    # [ia, ib - 1) read only those entries
+    ia = min(out_w, max(0, (1 - offset) // 2))
+    ib = max(ia, min(out_w + 1, (width - 2 - offset) // 2 + 1))
+    inner_stop = max(ia, ib - 1)
     for oy in range(out.shape[2]):
         dst = out[b, c, oy]
         top = 2 * oy + offset
@@ -424,33 +431,131 @@ def _window_3x3_stride2_plane(x, b, c, offset, out):
                 dst[i] = NEG_FLT_MAX
             continue
         r0, r1, r2 = x[b, c, y0], x[b, c, min(y0 + 1, y1 - 1)], x[b, c, min(y0 + 2, y1 - 1)]
-        start = 2 * i0 + offset
+        start = 2 * ia + offset
         a0, a1, a2 = r0[start:], r1[start:], r2[start:]
-        c0, c1, c2 = r0[start + 2:], r1[start + 2:], r2[start + 2:]
-        inner = dst[i0:i1]
-        for i in range(inner.shape[0]):
+        even_in, odd_in = even[ia:ib], odd[ia:ib]
+        for i in range(ib - ia):
             j = 2 * i
-            m = _larger(_larger(_larger(NEG_FLT_MAX, a0[j]), a0[j + 1]), c0[j])
-            m = _larger(_larger(_larger(m, a1[j]), a1[j + 1]), c1[j])
-            inner[i] = _larger(_larger(_larger(m, a2[j]), a2[j + 1]), c2[j])
-        for i in range(i0):
+            even_in[i] = _larger(_larger(_larger(NEG_FLT_MAX, a0[j]), a1[j]), a2[j])
+            odd_in[i] = _larger(_larger(_larger(NEG_FLT_MAX, a0[j + 1]), a1[j + 1]), a2[j + 1])
+        inner = dst[ia:inner_stop]
+        first, second, third = even[ia:], odd[ia:], even[ia + 1:]
+        for i in range(inner_stop - ia):
+            inner[i] = _larger(_larger(first[i], second[i]), third[i])
+        for i in range(ia):
             dst[i] = _edge_window_3(r0, r1, r2, 2 * i + offset, width)
-        for i in range(i1, out_w):
+        for i in range(inner_stop, out_w):
             dst[i] = _edge_window_3(r0, r1, r2, 2 * i + offset, width)
 
 
 @jit
 def _window_3x3_stride2_serial(x, offset, out):
     channels = x.shape[1]
+    even = np.empty(out.shape[3] + 1, np.float32)
+    odd = np.empty(out.shape[3] + 1, np.float32)
     for p in range(x.shape[0] * channels):
-        _window_3x3_stride2_plane(x, p // channels, p % channels, offset, out)
+        _window_3x3_stride2_plane(x, p // channels, p % channels, offset, out, even, odd)
 
 
 @jit(parallel=True)
-def _window_3x3_stride2_parallel(x, offset, out):
+def _window_3x3_stride2_parallel(x, offset, out, chunks):
     channels = x.shape[1]
-    for p in prange(x.shape[0] * channels):
-        _window_3x3_stride2_plane(x, p // channels, p % channels, offset, out)
+    planes = x.shape[0] * channels
+    for chunk in prange(chunks):
+        even = np.empty(out.shape[3] + 1, np.float32)
+        odd = np.empty(out.shape[3] + 1, np.float32)
+        for p in range(chunk * planes // chunks, (chunk + 1) * planes // chunks):
+            _window_3x3_stride2_plane(x, p // channels, p % channels, offset, out, even, odd)
+
+
+# ---- inference, windows at stride 1: values only, spans doubled --------------------------------------------
+# SPP's 5x5, 9x9 and 13x13 windows (and 3x3, and yolov3-tiny's 2x2, at stride 1) read k*k taps per output, 2k
+# when separable. Without winners, the maximum over a span of 2s rows is that of two spans of s rows, and a
+# window of k rows that of two overlapping spans of `top` rows (the largest power of two up to k): log2(k) + 1
+# passes per direction instead of k taps. The plane is first copied into `padded` (its rows and columns outside
+# the image -FLT_MAX, NaN and -inf made -FLT_MAX, so the passes need no bounds and no NaN care); each pass is
+# then one long loop over the whole padded plane, which LLVM vectorises well, where loops over the short rows of
+# small maps stay mostly scalar. 1 thread, ns per output against the kernels these windows took before (the
+# row-first ones training still runs), alternating in one process, 3x3 / 5x5 / 9x9 / 13x13: 64x104x104
+# 1.26 / 1.30 / 1.59 / 1.90 -> 0.47 / 0.61 / 0.80 / 0.88; 256x26x26 1.60 / 1.72 / 2.57 / 3.45 -> 0.60 / 0.77 /
+# 0.99 / 1.28; 512x13x13 2.24 / 3.01 / 3.91 / 5.01 -> 1.22 / 1.54 / 2.01 / 2.41; yolov3-tiny's 2x2/1: 64x104x104
+# 1.11 -> 0.41, 256x26x26 1.38 -> 0.53, 512x13x13 1.85 -> 1.10.
+@jit
+def _pairwise_maxima(src, dst, length, distance):
+    """dst[i] = max(src[i], src[i + distance]) for i < length. A call of its own, on slices: inlined into the
+    plane loop, or indexing src twice, LLVM vectorised it 4x worse."""
+    first, second, result = src[:length], src[distance:distance + length], dst[:length]
+    for i in range(length):
+        result[i] = _larger(first[i], second[i])
+
+
+@jit(inline="always")
+def _doubled_window_plane(x, b, c, size, offset, out, padded, ping, pong):
+    """Plane (b, c) of a size x size window (size >= 2) at stride 1. padded (flat, (OH + size - 1) rows of
+    OW + size - 1) holds -FLT_MAX outside the image from its allocation; ping and pong are as long."""
+    height, width = x.shape[2], x.shape[3]
+    out_h, out_w = out.shape[2], out.shape[3]
+    row_length = out_w + size - 1
+    rows = out_h + size - 1
+    first_column, last_column = max(0, offset), min(width, offset + row_length)
+    for y in range(max(0, offset), min(height, offset + rows)):
+        base = (y - offset) * row_length - offset
+        src = x[b, c, y, first_column:last_column]
+        dst = padded[base + first_column:base + last_column]
+        for q in range(last_column - first_column):
+            dst[q] = _larger(NEG_FLT_MAX, src[q])
+    top = 1
+    while 2 * top <= size:
+        top *= 2
+    src, dst, spare = padded, ping, pong
+    # down the columns: spans of 2, 4, .. top rows, then the window's rows from two overlapping spans
+    length = rows * row_length
+    span = 1
+    while span < top:
+        length -= span * row_length
+        _pairwise_maxima(src, dst, length, span * row_length)
+        src, dst, spare = dst, spare, dst
+        span *= 2
+    length = out_h * row_length
+    if size > top:
+        _pairwise_maxima(src, dst, length, (size - top) * row_length)
+        src, dst, spare = dst, spare, dst
+    # then along the rows likewise, the last step writing the output rows
+    span = 1
+    while span < top:
+        length -= span
+        _pairwise_maxima(src, dst, length, span)
+        src, dst, spare = dst, spare, dst
+        span *= 2
+    shift = size - top
+    for oy in range(out_h):
+        first = src[oy * row_length:]
+        second = src[oy * row_length + shift:]
+        dst_row = out[b, c, oy]
+        for ox in range(out_w):
+            dst_row[ox] = _larger(first[ox], second[ox])
+
+
+@jit
+def _doubled_window_serial(x, size, offset, out):
+    channels = x.shape[1]
+    length = (out.shape[2] + size - 1) * (out.shape[3] + size - 1)
+    padded = np.full(length, NEG_FLT_MAX, np.float32)
+    ping, pong = np.empty(length, np.float32), np.empty(length, np.float32)
+    for p in range(x.shape[0] * channels):
+        _doubled_window_plane(x, p // channels, p % channels, size, offset, out, padded, ping, pong)
+
+
+@jit(parallel=True)
+def _doubled_window_parallel(x, size, offset, out, chunks):
+    channels = x.shape[1]
+    planes = x.shape[0] * channels
+    length = (out.shape[2] + size - 1) * (out.shape[3] + size - 1)
+    for chunk in prange(chunks):
+        padded = np.full(length, NEG_FLT_MAX, np.float32)
+        ping, pong = np.empty(length, np.float32), np.empty(length, np.float32)
+        for p in range(chunk * planes // chunks, (chunk + 1) * planes // chunks):
+            _doubled_window_plane(x, p // channels, p % channels, size, offset, out, padded, ping, pong)
 
 
 @jit
@@ -523,7 +628,16 @@ def maxpool_forward(x: np.ndarray, size: int, stride_y: int, stride_x: int, offs
         return
     chunks = min(x.shape[0] * x.shape[1], CHUNKS_PER_THREAD * numba.get_num_threads())
     if size == 3 and stride_y == stride_x == 2 and not track:
-        (_window_3x3_stride2_parallel if threads else _window_3x3_stride2_serial)(x, offset, out)
+        if threads:
+            _window_3x3_stride2_parallel(x, offset, out, chunks)
+        else:
+            _window_3x3_stride2_serial(x, offset, out)
+        return
+    if size >= 2 and stride_y == stride_x == 1 and not track:
+        if threads:
+            _doubled_window_parallel(x, size, offset, out, chunks)
+        else:
+            _doubled_window_serial(x, size, offset, out)
         return
     if size != 2 and stride_x >= 2 and not track:
         literal_size, step, _ = _window_variant(size, stride_x)
