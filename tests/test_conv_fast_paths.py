@@ -109,6 +109,53 @@ def test_direct_forward_on_strided_views():
         assert np.isnan(buffer[:, 60:]).all()
 
 
+@pytest.mark.parametrize("threaded", [False, True])
+@pytest.mark.parametrize("height,width", [(3, 3), (3, 6), (5, 3), (4, 4), (9, 11), (16, 17), (80, 80)])
+def test_same_3x3_depthwise_from_the_image_equals_the_phase_grid(height, width, threaded, monkeypatch):
+    """Same-size depthwise 3x3 layers run straight from the image (long loops whose wrapped edge taps are
+    selected away, edge rows, bounded corner sums): bit for bit the phase grid's sums, leaky or not, with inf
+    and NaN in the edge columns and rows (a wrapped inf must not reach the next row's first output), and
+    against the float64 oracle."""
+    from darknetpy.kernels import depthwise
+    monkeypatch.setattr(depthwise, "PARALLEL_MIN_MACS", 0 if threaded else 1 << 62)
+    x = RNG.standard_normal((2, 5, height, width)).astype(np.float32)
+    x[0, 0, 1, -1] = np.inf        # row 1's last column: rows 0-2 of column 0 must stay finite
+    x[0, 1, :, 0] = -np.inf
+    x[1, 2, -1, 1] = np.nan
+    x[1, 3, 0, :] = 1e30
+    weights = RNG.standard_normal((5, 1, 3, 3)).astype(np.float32)
+    bias = RNG.standard_normal(5).astype(np.float32)
+    assert depthwise.writes_same_3x3_directly(x, weights, 1, 1, 1, 1, np.empty_like(x))
+    ref = conv2d(x.astype(np.float64), weights, bias, 1, 1, 1, 5, 1)
+    for fused_leaky in (False, True):
+        direct = np.full_like(x, 7.0)
+        depthwise.grouped_conv_forward(x, weights, bias, 1, 1, 1, 1, direct, fused_leaky)
+        with monkeypatch.context() as m:
+            m.setattr(depthwise, "SAME_3X3_MAX_PIXELS", 0)
+            grid = np.full_like(x, 7.0)
+            depthwise.grouped_conv_forward(x, weights, bias, 1, 1, 1, 1, grid, fused_leaky)
+        np.testing.assert_array_equal(direct, grid)
+        expected = leaky(ref) if fused_leaky else ref
+        with np.errstate(invalid="ignore", over="ignore"):
+            np.testing.assert_allclose(direct, expected, rtol=1e-5, atol=1e-4)
+    assert np.isfinite(direct[0, 0, :3, 0]).all()
+
+
+def test_same_3x3_depthwise_writes_the_training_product_in_place():
+    """The training forward passes its channel-major (F, B*H*W) product as (B, F, H, W) planes: the
+    straight-from-the-image path writes into that buffer itself."""
+    x = RNG.standard_normal((2, 4, 6, 7)).astype(np.float32)
+    weights = RNG.standard_normal((4, 1, 3, 3)).astype(np.float32)
+    bias = RNG.standard_normal(4).astype(np.float32)
+    product = np.full((4, 2 * 42), np.nan, np.float32)
+    out = product.reshape(4, 2, 6, 7).transpose(1, 0, 2, 3)
+    from darknetpy.kernels import depthwise
+    assert depthwise.writes_same_3x3_directly(x, weights, 1, 1, 1, 1, out)
+    grouped_conv_forward(x, weights, bias, 1, 1, 1, 1, out)
+    expected = conv2d(x.astype(np.float64), weights, bias, 1, 1, 1, 4, 1)
+    np.testing.assert_allclose(product, expected.transpose(1, 0, 2, 3).reshape(4, -1), rtol=1e-5, atol=1e-5)
+
+
 def test_direct_scratch_is_not_shared_by_different_placements():
     """The direct kernel keeps its phase scratch between calls, sharing it per placement: a 12x12 image
     without padding fills every cell of the 12-wide phase rows that a padded 10x10 image (the same phase
@@ -155,10 +202,13 @@ def test_channels_last_depthwise_forward_matches_naive(case):
     np.testing.assert_allclose(out, leaky(ref), rtol=1e-5, atol=1e-5)
 
 
-def test_channels_last_layers_sharing_a_scratch_shape_with_another_placement():
+def test_channels_last_layers_sharing_a_scratch_shape_with_another_placement(monkeypatch):
     """Layers 0 and 2 need the same (12, 12, C) scratch, but layer 0 places a 10x10 image at (1, 1) and
     layer 2 an 8x8 one at (2, 2), whose border layer 0's image would overwrite; and the mish of layer 2 is
-    applied after the kernel."""
+    applied after the kernel. (Same-size 3x3 layers such as 0 and 3 now run straight from the image, so that
+    path is switched off here: the sharing rule is the channels-last engine's, whatever shapes reach it.)"""
+    from darknetpy.kernels import depthwise
+    monkeypatch.setattr(depthwise, "SAME_3X3_MAX_PIXELS", 0)
     text = ("[convolutional]\nfilters=6\ngroups=6\nsize=3\npad=1\nbatch_normalize=1\nactivation=leaky\n"
             "[convolutional]\nfilters=6\ngroups=6\nsize=3\npadding=0\nactivation=linear\n"
             "[convolutional]\nfilters=6\ngroups=6\nsize=5\npadding=2\nbatch_normalize=1\nactivation=mish\n"
@@ -331,8 +381,13 @@ def test_layer_paths_are_chosen_from_the_shapes():
         return conv.engine.name, conv.trainer.name
     # depthwise: channels-last at inference up to 16x16 outputs from up to 20x20 inputs
     depthwise = "filters=8\nsize=3\npad=1\ngroups=8\nactivation=leaky"
-    assert engines(depthwise, 8) == ("channels-last", "direct")
-    assert engines(depthwise, 8, 17) == ("direct", "direct")
+    depthwise_5x5 = depthwise.replace("size=3", "size=5").replace("pad=1", "padding=2")
+    assert engines(depthwise_5x5, 8) == ("channels-last", "direct")
+    assert engines(depthwise.replace("pad=1", "padding=0"), 8) == ("channels-last", "direct")
+    assert engines(depthwise_5x5, 8, 17) == ("direct", "direct")
+    # ...except same-size 3x3 layers, which the direct kernel runs straight from the image at any size
+    assert engines(depthwise, 8) == ("direct", "direct")
+    assert engines(depthwise, 8, 3) == ("direct", "direct")
     assert engines(depthwise + "\nstride=2", 8, 19) == ("channels-last", "direct")
     assert engines(depthwise + "\nstride=2", 8, 21) == ("direct", "direct")
     # ...except 3x3 stride 2 padding 1 on even widths (the direct kernel fills its phases from a column split)

@@ -347,6 +347,139 @@ def _forward_kernels(taps: int) -> tuple[Callable, Callable]:
     return serial, parallel
 
 
+# ---- depthwise 3x3 at stride 1 and padding 1, straight from the image ----------------------------------------
+# On the phase grid a plane pays a padded copy of itself and a row-by-row copy of the grid into the output; on
+# planes of 10 to 80 pixels a side those short rows cost more than the nine taps. Same-size depthwise 3x3
+# layers (Yolo-Fastest's twenty stride-1 layers, MobileNets') instead run one long loop over the plane's inner
+# rows straight from the image into the output. There the taps left of column 0 and right of the last column
+# wrap into the neighbouring rows, so those taps are selected away where the column masks say so (a select,
+# not a multiplication by zero: a wrapped inf or NaN never enters the sum). The top and bottom rows take a
+# loop of their own; the four corners and the two pixels the long loop skips (it starts and stops one pixel
+# inside so that no slice begins before the plane) a bounded scalar sum. Every output is the phase grid's sum
+# in the same order (the taps outside the image add a zero there), so the results are identical. Forward, 1
+# thread, against the phase grid: 192x40x40 0.82, 64x80x80 0.84, 272x20x20 0.40; 16x160x160 1.25, so large
+# planes keep the grid.
+SAME_3X3_MAX_PIXELS = 80 * 80
+
+
+@jit(inline="always")
+def _keep(ok, v):
+    return v if ok else np.float32(0.0)
+
+
+@jit(inline="always")
+def _finished(v, leaky):
+    return _leaky(v) if leaky else v
+
+
+@jit(inline="always")
+def _bounded_pixel(xf, w, bias, height, width, y, x):
+    """Output (y, x) from the taps inside the image, in the phase grid's order (the others add a zero there)."""
+    v = bias
+    for ky in range(3):
+        yy = y + ky - 1
+        if 0 <= yy < height:
+            for kx in range(3):
+                xx = x + kx - 1
+                if 0 <= xx < width:
+                    v += w[ky, kx] * xf[yy * width + xx]
+    return v
+
+
+@jit(inline="always")
+def _same_3x3_plane(xf, w, bias, leaky, height, width, left_ok, right_ok, of):
+    """One plane: xf and of are the flat (contiguous) input and output planes; left_ok / right_ok say which
+    flat positions have a column to their left / right."""
+    w00, w01, w02 = w[0, 0], w[0, 1], w[0, 2]
+    w10, w11, w12 = w[1, 0], w[1, 1], w[1, 2]
+    w20, w21, w22 = w[2, 0], w[2, 1], w[2, 2]
+    start, stop = width + 1, (height - 1) * width - 1
+    a, b, c = xf[start - width - 1:], xf[start - 1:], xf[start + width - 1:]
+    lo, ro, o = left_ok[start:], right_ok[start:], of[start:stop]
+    for i in range(stop - start):
+        left, right = lo[i], ro[i]
+        v = (bias + _keep(left, w00 * a[i]) + w01 * a[i + 1] + _keep(right, w02 * a[i + 2])
+             + _keep(left, w10 * b[i]) + w11 * b[i + 1] + _keep(right, w12 * b[i + 2])
+             + _keep(left, w20 * c[i]) + w21 * c[i + 1] + _keep(right, w22 * c[i + 2]))
+        o[i] = _finished(v, leaky)
+    # the top row (no row above) and the bottom row (none below), columns 1 .. width-2
+    r, s, o = xf, xf[width:], of[1:width - 1]
+    for i in range(width - 2):
+        v = bias + w10 * r[i] + w11 * r[i + 1] + w12 * r[i + 2] + w20 * s[i] + w21 * s[i + 1] + w22 * s[i + 2]
+        o[i] = _finished(v, leaky)
+    r, s = xf[(height - 1) * width:], xf[(height - 2) * width:]
+    o = of[(height - 1) * width + 1:height * width - 1]
+    for i in range(width - 2):
+        v = bias + w00 * s[i] + w01 * s[i + 1] + w02 * s[i + 2] + w10 * r[i] + w11 * r[i + 1] + w12 * r[i + 2]
+        o[i] = _finished(v, leaky)
+    for y, x in ((0, 0), (0, width - 1), (height - 1, 0), (height - 1, width - 1), (1, 0),
+                 (height - 2, width - 1)):
+        of[y * width + x] = _finished(_bounded_pixel(xf, w, bias, height, width, y, x), leaky)
+
+
+@jit(inline="always")
+def _same_3x3_image_plane(x, weights, bias, leaky, left_ok, right_ok, out, channel_major, height, width, p):
+    channels = x.shape[1]
+    b, c = p // channels, p % channels
+    _same_3x3_plane(x[b, c], weights[c, 0], bias[c], leaky, height, width, left_ok, right_ok,
+                    out[c, b] if channel_major else out[b, c])
+
+
+@jit
+def _same_3x3_serial(x, weights, bias, leaky, left_ok, right_ok, out, channel_major, height, width):
+    """x (B, C, H*W); out (B, C, H*W), or (C, B, H*W) when `channel_major` (the training product)."""
+    for p in range(x.shape[0] * x.shape[1]):
+        _same_3x3_image_plane(x, weights, bias, leaky, left_ok, right_ok, out, channel_major, height, width, p)
+
+
+@jit(parallel=True)
+def _same_3x3_parallel(x, weights, bias, leaky, left_ok, right_ok, out, channel_major, height, width, runs):
+    planes = x.shape[0] * x.shape[1]
+    for run in prange(runs):
+        for p in range(run * planes // runs, (run + 1) * planes // runs):
+            _same_3x3_image_plane(x, weights, bias, leaky, left_ok, right_ok, out, channel_major, height, width,
+                                  p)
+
+
+@functools.cache
+def _column_masks(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(left_ok, right_ok) over a flat height x width plane: False in the first / last column."""
+    column = np.arange(height * width) % width
+    left_ok, right_ok = column != 0, column != width - 1
+    left_ok.flags.writeable = right_ok.flags.writeable = False
+    return left_ok, right_ok
+
+
+def _flat_planes(out: np.ndarray) -> tuple[np.ndarray, bool] | None:
+    """out (B, F, H, W) as C-contiguous (B, F, H*W) planes, or as (F, B, H*W) (True) when it is a view of the
+    training's channel-major product; None if its planes are laid out otherwise."""
+    batch, filters, height, width = out.shape
+    if out.flags.c_contiguous:
+        return out.reshape(batch, filters, height * width), False
+    channel_major = out.transpose(1, 0, 2, 3)
+    if channel_major.flags.c_contiguous:
+        return channel_major.reshape(filters, batch, height * width), True
+    return None
+
+
+def suits_same_3x3(in_per_group: int, out_per_group: int, ksize: int, stride_y: int, stride_x: int, pad: int,
+                   dilation: int, height: int, width: int, out_h: int, out_w: int) -> bool:
+    """Whether a convolution of this shape runs straight from the image (see SAME_3X3_MAX_PIXELS), given
+    flat planes."""
+    return (in_per_group == 1 and out_per_group == 1 and ksize == 3 and stride_y == stride_x == 1 and pad == 1
+            and dilation == 1 and (out_h, out_w) == (height, width) and height >= 3 and width >= 3
+            and height * width <= SAME_3X3_MAX_PIXELS)
+
+
+def writes_same_3x3_directly(x: np.ndarray, weights: np.ndarray, stride_y: int, stride_x: int, pad: int,
+                             dilation: int, out: np.ndarray) -> bool:
+    """Whether grouped_conv_forward takes the straight-from-the-image path."""
+    groups = x.shape[1] // weights.shape[1]
+    return (suits_same_3x3(weights.shape[1], weights.shape[0] // groups, weights.shape[2], stride_y, stride_x, pad,
+                           dilation, x.shape[2], x.shape[3], out.shape[2], out.shape[3])
+            and x.flags.c_contiguous and _flat_planes(out) is not None)
+
+
 def _macs(weights: np.ndarray, out: np.ndarray) -> int:
     return out.size * weights.shape[1] * weights.shape[2] * weights.shape[3]
 
@@ -356,6 +489,19 @@ def grouped_conv_forward(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, s
     """out[b, f] = bias[f] + the convolution of input group f // (F / groups) with weights[f] (the number
     of groups is C / weights.shape[1]), then Darknet's leaky if `leaky`; other activations are left to the
     caller."""
+    if writes_same_3x3_directly(x, weights, stride_y, stride_x, pad, dilation, out):
+        height, width = x.shape[2], x.shape[3]
+        left_ok, right_ok = _column_masks(height, width)
+        planes, channel_major = _flat_planes(out)
+        flat_x = x.reshape(x.shape[0], x.shape[1], height * width)
+        tasks = x.shape[0] * x.shape[1]
+        if threads_pay(_macs(weights, out), tasks, PARALLEL_MIN_MACS):
+            _same_3x3_parallel(flat_x, weights, bias, leaky, left_ok, right_ok, planes, channel_major, height,
+                               width, min(numba.get_num_threads(), tasks))
+        else:
+            _same_3x3_serial(flat_x, weights, bias, leaky, left_ok, right_ok, planes, channel_major, height,
+                             width)
+        return
     groups = x.shape[1] // weights.shape[1]
     taps = _taps(x, weights, stride_y, stride_x, pad, dilation)
     dims = phase_shape(weights.shape[1], weights.shape[2], stride_y, stride_x, dilation, out.shape[2],

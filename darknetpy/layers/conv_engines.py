@@ -29,7 +29,7 @@ import numba
 import numpy as np
 
 from ..kernels import depthwise_channels_last, winograd
-from ..kernels.depthwise import grouped_conv_backward, grouped_conv_forward, splits_columns
+from ..kernels.depthwise import grouped_conv_backward, grouped_conv_forward, splits_columns, suits_same_3x3
 from ..kernels.im2col import (batch_to_channel_major, channel_major_to_batch, channel_major_to_batch_add,
                               col2im_batch_add, im2col_batch)
 from ..kernels.scratch import thread_scratch
@@ -107,7 +107,9 @@ GEMM_OVER_WINOGRAD_LARGE_L2 = 2 << 20
 # larger planes; 192 at 40x40 stride 2 1.04). So: output planes of at most 16x16 from input planes of at
 # most 20x20 -- except 3x3 stride-2 layers whose phases the direct kernel fills from a column split (even
 # widths, padding 1): Yolo-Fastest-XL's 272x20x20 -> 10x10 took 0.077-0.079 ms there against 0.114-0.118
-# ms channels-last, in the pass.
+# ms channels-last, in the pass -- and same-size 3x3 layers, which the direct kernel runs straight from the
+# image (kernels/depthwise.py, SAME_3X3_MAX_PIXELS): straight / channels-last, forward alone, 1 thread,
+# 448x10x10 0.72, 1024x7x7 0.64, 512x14x14 0.48, 256x16x16 0.36, 96x10x10 0.80.
 CHANNELS_LAST_MAX_OUTPUT_PIXELS = 16 * 16
 CHANNELS_LAST_MAX_INPUT_PIXELS = 20 * 20
 
@@ -157,7 +159,9 @@ class ConvGeometry:
         """Whether inference convolves this layer channels-last (see CHANNELS_LAST_MAX_OUTPUT_PIXELS)."""
         column_split = splits_columns(self.size, self.stride_y, self.stride_x, self.padding, self.dilation,
                                       self.width)
-        return (self.is_depthwise and not column_split
+        same_3x3 = suits_same_3x3(self.in_per_group, self.out_per_group, self.size, self.stride_y, self.stride_x,
+                                  self.padding, self.dilation, self.height, self.width, self.out_h, self.out_w)
+        return (self.is_depthwise and not column_split and not same_3x3
                 and self.out_h * self.out_w <= CHANNELS_LAST_MAX_OUTPUT_PIXELS
                 and self.height * self.width <= CHANNELS_LAST_MAX_INPUT_PIXELS)
 
