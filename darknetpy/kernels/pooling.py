@@ -397,8 +397,8 @@ def _inference_window_kernels(size: int, step: int) -> tuple[Callable, Callable]
 # third column straight from the rows instead (2i + 2, a second stride-2 stream) compiled to gathers; scalar
 # edge entries written into the phases kept both loops from vectorising, so the outputs whose window leaves the
 # image through a side read the image directly. 1 thread, ns per output, against the rows-first kernel this
-# replaced, alternating in one process: 64x104x104 1.57 -> 0.81, 256x26x26 2.98 -> 2.10, 512x19x19
-# 3.73 -> 2.57, 512x13x13 4.84 -> 3.71 (2x2/2 in the same run: 0.30, 0.76, 4.3, 5.6).
+# replaced, alternating in one process, medians of three runs: 64x104x104 1.57 -> 0.87, 256x26x26
+# 2.96 -> 2.09, 512x19x19 3.72 -> 2.56, 512x13x13 4.83 -> 3.70 (2x2/2 in the same runs: 0.29, 0.75, 4.3, 5.6).
 @jit(inline="always")
 def _larger(m, v):
     return v if v > m else m
@@ -470,16 +470,20 @@ def _window_3x3_stride2_parallel(x, offset, out, chunks):
 
 # ---- inference, windows at stride 1: values only, spans doubled --------------------------------------------
 # SPP's 5x5, 9x9 and 13x13 windows (and 3x3, and yolov3-tiny's 2x2, at stride 1) read k*k taps per output, 2k
-# when separable. Without winners, the maximum over a span of 2s rows is that of two spans of s rows, and a
-# window of k rows that of two overlapping spans of `top` rows (the largest power of two up to k): log2(k) + 1
-# passes per direction instead of k taps. The plane is first copied into `padded` (its rows and columns outside
-# the image -FLT_MAX, NaN and -inf made -FLT_MAX, so the passes need no bounds and no NaN care); each pass is
-# then one long loop over the whole padded plane, which LLVM vectorises well, where loops over the short rows of
-# small maps stay mostly scalar. 1 thread, ns per output against the kernels these windows took before (the
-# row-first ones training still runs), alternating in one process, 3x3 / 5x5 / 9x9 / 13x13: 64x104x104
-# 1.26 / 1.30 / 1.59 / 1.90 -> 0.47 / 0.61 / 0.80 / 0.88; 256x26x26 1.60 / 1.72 / 2.57 / 3.45 -> 0.60 / 0.77 /
-# 0.99 / 1.28; 512x13x13 2.24 / 3.01 / 3.91 / 5.01 -> 1.22 / 1.54 / 2.01 / 2.41; yolov3-tiny's 2x2/1: 64x104x104
-# 1.11 -> 0.41, 256x26x26 1.38 -> 0.53, 512x13x13 1.85 -> 1.10.
+# when separable. Without winners, the maximum over a span of 2s rows is that of two spans of s rows (over 4s
+# rows, that of four), and a window of k rows that of two overlapping spans of `top` rows (the largest power
+# of two up to k): a 13x13 window takes 3 passes down the columns and 3 along the rows instead of 13 taps
+# each. The plane is first copied into `padded` (its rows and columns outside the image -FLT_MAX, NaN and
+# -inf made -FLT_MAX, so the passes need no bounds and no NaN care); each pass is then one long loop over the
+# whole padded plane, which LLVM vectorises well, where loops over the short rows of small maps stay mostly
+# scalar. The passes are bound by their stores, hence four spans per pass where they fit and the last pass
+# down the columns fused with the first along the rows (0.85-0.88 of two-span passes on the large map below,
+# the same on the small ones). 1 thread, ns per output against the kernels these windows took before (the
+# row-first ones training still runs), alternating in one process, medians of three runs, 3x3 / 5x5 / 9x9 /
+# 13x13: 64x104x104 1.26 / 1.29 / 1.59 / 1.90 -> 0.43 / 0.56 / 0.66 / 0.76; 256x26x26 1.61 / 1.71 / 2.59 /
+# 3.57 -> 0.62 / 0.79 / 1.02 / 1.11; 512x19x19 1.70 / 1.98 / 2.98 / 4.06 -> 0.83 / 1.03 / 1.31 / 1.49;
+# 512x13x13 2.24 / 3.00 / 3.94 / 5.03 -> 1.32 / 1.66 / 2.05 / 2.30; yolov3-tiny's 2x2/1: 64x104x104
+# 1.10 -> 0.39, 256x26x26 1.37 -> 0.54, 512x13x13 1.84 -> 1.19.
 @jit
 def _pairwise_maxima(src, dst, length, distance):
     """dst[i] = max(src[i], src[i + distance]) for i < length. A call of its own, on slices: inlined into the
@@ -487,6 +491,36 @@ def _pairwise_maxima(src, dst, length, distance):
     first, second, result = src[:length], src[distance:distance + length], dst[:length]
     for i in range(length):
         result[i] = _larger(first[i], second[i])
+
+
+@jit
+def _fourfold_maxima(src, dst, length, near, far):
+    """dst[i] = max(src[i], src[i + near], src[i + far], src[i + near + far]) for i < length: two levels of
+    doubling (far = 2 near), or the window's last level down the columns and the first along the rows (near
+    = 1), in one pass: each pass is bound by its store."""
+    a, b = src[:length], src[near:near + length]
+    c, d = src[far:far + length], src[near + far:near + far + length]
+    result = dst[:length]
+    for i in range(length):
+        result[i] = _larger(_larger(a[i], b[i]), _larger(c[i], d[i]))
+
+
+@jit(inline="always")
+def _double_spans(src, dst, spare, length, span, top, step):
+    """From maxima over spans of `span` to spans of `top` (powers of two), in the direction whose neighbour is
+    `step` away: four times longer spans per pass where that fits, else twice. Returns (src, dst, spare,
+    length) with the result in src, valid for i < length."""
+    while span < top:
+        if 4 * span <= top:
+            length -= 3 * span * step
+            _fourfold_maxima(src, dst, length, span * step, 2 * span * step)
+            span *= 4
+        else:
+            length -= span * step
+            _pairwise_maxima(src, dst, length, span * step)
+            span *= 2
+        src, dst, spare = dst, spare, dst
+    return src, dst, spare, length
 
 
 @jit(inline="always")
@@ -507,26 +541,17 @@ def _doubled_window_plane(x, b, c, size, offset, out, padded, ping, pong):
     top = 1
     while 2 * top <= size:
         top *= 2
-    src, dst, spare = padded, ping, pong
-    # down the columns: spans of 2, 4, .. top rows, then the window's rows from two overlapping spans
-    length = rows * row_length
-    span = 1
-    while span < top:
-        length -= span * row_length
-        _pairwise_maxima(src, dst, length, span * row_length)
-        src, dst, spare = dst, spare, dst
-        span *= 2
-    length = out_h * row_length
+    # down the columns: spans of up to `top` rows
+    src, dst, spare, length = _double_spans(padded, ping, pong, rows * row_length, 1, top, row_length)
+    # the window's rows (two overlapping spans of `top`) and the first doubling along the rows, in one pass
+    length = out_h * row_length - 1
     if size > top:
-        _pairwise_maxima(src, dst, length, (size - top) * row_length)
-        src, dst, spare = dst, spare, dst
-    # then along the rows likewise, the last step writing the output rows
-    span = 1
-    while span < top:
-        length -= span
-        _pairwise_maxima(src, dst, length, span)
-        src, dst, spare = dst, spare, dst
-        span *= 2
+        _fourfold_maxima(src, dst, length, 1, (size - top) * row_length)
+    else:
+        _pairwise_maxima(src, dst, length, 1)
+    src, dst, spare = dst, spare, dst
+    # along the rows up to `top`, then each output from two overlapping spans
+    src, dst, spare, length = _double_spans(src, dst, spare, length, 2, top, 1)
     shift = size - top
     for oy in range(out_h):
         first = src[oy * row_length:]
