@@ -357,9 +357,12 @@ def _forward_kernels(taps: int) -> tuple[Callable, Callable]:
 # loop of their own; the four corners and the two pixels the long loop skips (it starts and stops one pixel
 # inside so that no slice begins before the plane) a bounded scalar sum. Every output is the phase grid's sum
 # in the same order (the taps outside the image add a zero there), so the results are identical. Forward, 1
-# thread, against the phase grid: 192x40x40 0.82, 64x80x80 0.84, 272x20x20 0.40; 16x160x160 1.25, so large
-# planes keep the grid.
-SAME_3X3_MAX_PIXELS = 80 * 80
+# thread, against the phase grid: 272x20x20 0.40, 192x40x40 0.65-0.82, 64x80x80 0.74-0.84, 16x160x160
+# 0.87-0.94, 16x208x208 0.79-0.86, 32x256x256 0.75-0.78, 8x416x416 0.77-0.80, 4x640x640 0.77-0.80 (a loop per
+# row instead of the masks: 0.9-1.1 of them on the large planes, 1.1-1.9 on the small ones). The masks take
+# two bytes per pixel, kept per plane size: planes above SAME_3X3_MAX_PIXELS keep the grid rather than hold
+# masks of more than 8 MB.
+SAME_3X3_MAX_PIXELS = 2048 * 2048
 
 
 @jit(inline="always")
@@ -441,7 +444,7 @@ def _same_3x3_parallel(x, weights, bias, leaky, left_ok, right_ok, out, channel_
                                   p)
 
 
-@functools.cache
+@functools.lru_cache(maxsize=16)
 def _column_masks(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """(left_ok, right_ok) over a flat height x width plane: False in the first / last column."""
     column = np.arange(height * width) % width
