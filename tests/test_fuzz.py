@@ -278,3 +278,58 @@ def test_direct_kernels_with_a_stride_far_beyond_the_image_match_torch():
         grouped_conv_backward(x, weights, dy, stride_y, stride_x, 1, 1, grad_weights, dx)
         np.testing.assert_allclose(grad_weights, tw.grad.numpy(), rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@st.composite
+def awkward_planes(draw, min_side: int, max_side: int) -> np.ndarray:
+    """A (1..2, 1..3, H, W) float32 map of small integers (ties) with NaN, +-inf and +-FLT_MAX scattered in."""
+    batch, channels = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    height, width = draw(st.integers(min_side, max_side)), draw(st.integers(min_side, max_side))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-4, 4, (batch, channels, height, width)).astype(np.float32)
+    specials = np.array([np.nan, np.inf, -np.inf, 3.4028235e38, -3.4028235e38], np.float32)
+    cells = rng.random(x.shape) < draw(st.sampled_from([0.0, 0.05, 0.3]))
+    x[cells] = rng.choice(specials, int(cells.sum()))
+    return x
+
+
+@settings(max_examples=120, **CI_SETTINGS)
+@given(x=awkward_planes(1, 14), size=st.integers(2, 9), padding=st.integers(0, 20),
+       stride=st.sampled_from([(1, 1), (2, 2)]))
+def test_inference_max_pooling_matches_the_spec_loop(x, size, padding, stride):
+    """Inference's max-pooling kernels (spans doubled at stride 1, column phases for 3x3/2, columns first
+    otherwise) on random maps, windows and paddings, with ties and non-finite values, against the spec's
+    tap-by-tap loop (values only: inference keeps no winners)."""
+    from darknetpy.kernels import pooling
+    from naive_pooling import maxpool
+    height, width = x.shape[2:]
+    out_h, out_w = (height + padding - size) // stride[0] + 1, (width + padding - size) // stride[1] + 1
+    if out_h < 1 or out_w < 1:
+        return
+    ref, _ = maxpool(x, size, stride[0], stride[1], padding)
+    out = np.full(ref.shape, 7.0, np.float32)
+    pooling.maxpool_forward(x, size, stride[0], stride[1], int(-padding / 2), out, None)
+    np.testing.assert_array_equal(out, ref)
+
+
+@settings(max_examples=120, **CI_SETTINGS)
+@given(x=awkward_planes(3, 24), leaky=st.booleans())
+def test_same_3x3_depthwise_straight_from_the_image_equals_the_phase_grid(x, leaky):
+    """The straight-from-the-image depthwise 3x3 path against the phase grid on random plane sizes and
+    values, bit for bit (non-finite values included: the wrapped taps must never enter a sum)."""
+    from darknetpy.kernels import depthwise
+    channels = x.shape[1]
+    weights = np.random.default_rng(channels).integers(-3, 4, (channels, 1, 3, 3)).astype(np.float32) / 2
+    bias = np.linspace(-1, 1, channels).astype(np.float32)
+    assert depthwise.writes_same_3x3_directly(x, weights, 1, 1, 1, 1, x)
+    straight = np.full_like(x, 7.0)
+    depthwise.grouped_conv_forward(x, weights, bias, 1, 1, 1, 1, straight, leaky)
+    limit = depthwise.SAME_3X3_MAX_PIXELS
+    try:
+        depthwise.SAME_3X3_MAX_PIXELS = 0
+        grid = np.full_like(x, 7.0)
+        depthwise.grouped_conv_forward(x, weights, bias, 1, 1, 1, 1, grid, leaky)
+    finally:
+        depthwise.SAME_3X3_MAX_PIXELS = limit
+    np.testing.assert_array_equal(straight, grid)
