@@ -118,6 +118,7 @@ def test_same_3x3_depthwise_from_the_image_equals_the_phase_grid(height, width, 
     against the float64 oracle."""
     from darknetpy.kernels import depthwise
     monkeypatch.setattr(depthwise, "PARALLEL_MIN_MACS", 0 if threaded else 1 << 62)
+    monkeypatch.setattr(depthwise, "SAME_3X3_PARALLEL_MIN_MACS", 0 if threaded else 1 << 62)
     x = RNG.standard_normal((2, 5, height, width)).astype(np.float32)
     x[0, 0, 1, -1] = np.inf        # row 1's last column: rows 0-2 of column 0 must stay finite
     x[0, 1, :, 0] = -np.inf

@@ -363,6 +363,12 @@ def _forward_kernels(taps: int) -> tuple[Callable, Callable]:
 # two bytes per pixel, kept per plane size: planes above SAME_3X3_MAX_PIXELS keep the grid rather than hold
 # masks of more than 8 MB.
 SAME_3X3_MAX_PIXELS = 2048 * 2048
+# This path does a multiply-add in about a third of the grid's time, so its thread team pays later: 2 threads,
+# alone, serial / parallel: 3.7M multiply-adds (16x160x160, 64x80x80) 185 / 155 us, 2.8M 147 / 134, 1.0M
+# 65 / 90; in yolo-fastest-xl's 2-thread pass, alternating in one process, this path's threshold at 2M (the
+# grid's PARALLEL_MIN_MACS) against 8M: 12.10-12.55 against 11.96-12.38 ms in three runs (0.98-0.99: in the
+# pass the 3-4M layers lose what a second thread saves them alone); batch 8 unchanged (0.995-1.015).
+SAME_3X3_PARALLEL_MIN_MACS = 1 << 23
 
 
 @jit(inline="always")
@@ -498,7 +504,7 @@ def grouped_conv_forward(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, s
         planes, channel_major = _flat_planes(out)
         flat_x = x.reshape(x.shape[0], x.shape[1], height * width)
         tasks = x.shape[0] * x.shape[1]
-        if threads_pay(_macs(weights, out), tasks, PARALLEL_MIN_MACS):
+        if threads_pay(_macs(weights, out), tasks, SAME_3X3_PARALLEL_MIN_MACS):
             _same_3x3_parallel(flat_x, weights, bias, leaky, left_ok, right_ok, planes, channel_major, height,
                                width, min(numba.get_num_threads(), tasks))
         else:
