@@ -426,6 +426,12 @@ def test_gemm_takes_few_channel_layers_whose_patches_fit_the_caches():
     assert not gemm_beats_winograd(geometry(128, 16), 8, 2)      # 9 MiB
     assert not gemm_beats_winograd(geometry(256, 10), 1, 2)
     assert gemm_beats_winograd(geometry(32, 40), 1, 2, small_l2)           # threads: the same on both
+    # products narrower than 20 tiles (a 7x7 map at batch 1: 16 2x2 tiles) go GEMM at any channel count
+    for threads in (1, 2):
+        assert gemm_beats_winograd(geometry(512, 7), 1, threads, small_l2)
+        assert gemm_beats_winograd(geometry(512, 7), 1, threads, large_l2)
+        assert not gemm_beats_winograd(geometry(512, 7), 2, threads, large_l2)   # 32 tiles
+    assert not gemm_beats_winograd(geometry(512, 10), 1, 1, large_l2)           # 25 tiles
 
 
 def test_the_l2_cache_size_is_read_from_sysfs_or_assumed(tmp_path):

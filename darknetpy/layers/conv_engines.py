@@ -97,6 +97,13 @@ GEMM_OVER_WINOGRAD_THREADS = ((64, 8 << 20), (128, 4 << 20))
 # 1), unchanged elsewhere (0.99-1.00). The same limit at 2 threads was slower (digits-yolo 1.13, digits-seg
 # 1.25), so the rule for threads is the same on both machines.
 GEMM_OVER_WINOGRAD_LARGE_L2 = 2 << 20
+# Whatever the channels, a Winograd product narrower than this many tiles (a 7x7 map at batch 1 has 16 2x2 tiles)
+# runs far below BLAS's rate, and im2col + GEMM (49 columns) is faster. AMD EPYC, whole passes at batch 1,
+# GEMM on the 7x7 maps against Winograd, alternating in one process, 1 / 2 threads: darknet19 0.99 / 0.91-0.94,
+# darknet53 1.00 / 0.96, ResNet-18 0.97 / 0.96, ResNet-50 0.99 / 0.99. At 25 tiles (digits-yolo's 10x10 maps)
+# GEMM was slower (1.04 at 1 thread), and at 32 (7x7 at batch 2: darknet19 1.01-1.03), 128 (batch 8: 1.05-1.09)
+# too; 13x13 and 14x14 maps (49 tiles) lost 6-12% with GEMM.
+WINOGRAD_MIN_PRODUCT_TILES = 20
 
 # Depthwise layers on small planes are convolved channels-last at inference (kernels/depthwise_channels_last.py):
 # the plane-at-a-time kernel's fixed costs per plane dominate there. Forward, 1 thread, channels-last /
@@ -204,6 +211,9 @@ def gemm_beats_winograd(g: ConvGeometry, batch: int, threads: int, l2_bytes: int
     """Whether im2col + GEMM is the faster inference path for a Winograd-shaped layer (see the constants);
     decided when the layer's buffers are allocated, for the Numba thread count in force then and the L2
     cache of a core (this machine's unless given)."""
+    tiles_h, tiles_w = winograd.tile_counts(g.out_h, g.out_w, g.winograd_tile or 2)
+    if batch * tiles_h * tiles_w < WINOGRAD_MIN_PRODUCT_TILES:
+        return True
     patches = g.patch_bytes(batch)
     if threads <= 1:
         l2_bytes = l2_cache_bytes() if l2_bytes is None else l2_bytes
