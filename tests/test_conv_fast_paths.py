@@ -93,6 +93,28 @@ def test_direct_forward_matches_naive(case):
     np.testing.assert_allclose(out, leaky(ref), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("case", [
+    (1, 3, 16, 1, 13, 12, 3, 1, 1, 1),    # RGB at stride 1: four blocks of four filters
+    (1, 3, 6, 1, 9, 10, 3, 2, 1, 1),      # RGB at stride 2, column split: one block and two single filters
+    (1, 1, 16, 1, 20, 20, 3, 2, 1, 1),    # grey at stride 2
+    (1, 2, 5, 1, 9, 8, 5, 1, 2, 1),       # 5x5: filters one by one
+    (1, 3, 4, 1, 12, 11, 3, 1, 2, 2),     # dilation 2: the generic taps
+])
+def test_direct_forward_shares_out_the_filters_of_a_single_image(case, monkeypatch):
+    """An ungrouped layer at batch 1 is one task: its phases are filled once and its filter blocks shared
+    out among the threads (each with its own grids), against the float64 oracle."""
+    from darknetpy.kernels import depthwise
+    monkeypatch.setattr(depthwise, "PARALLEL_MIN_MACS", 0)
+    batch, c, f, groups, h, w, k, s, p, d = case
+    x = RNG.standard_normal((batch, c, h, w)).astype(np.float32)
+    weights = RNG.standard_normal((f, c // groups, k, k)).astype(np.float32)
+    bias = RNG.standard_normal(f).astype(np.float32)
+    ref = conv2d(x.astype(np.float64), weights, bias, s, s, p, groups, d)
+    out = np.full(ref.shape, np.nan, np.float32)
+    grouped_conv_forward(x, weights, bias, s, s, p, d, out, leaky=True)
+    np.testing.assert_allclose(out, leaky(ref), rtol=1e-5, atol=1e-5)
+
+
 def test_direct_forward_on_strided_views():
     """A channel-sliced input (not contiguous: the column split needs flat planes, so the phase path runs)
     and an output inside a larger buffer, as the training path passes its channel-major product."""

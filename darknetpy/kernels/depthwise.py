@@ -258,24 +258,33 @@ def _leaky(y):
 
 
 @jit(inline="always")
-def _convolve_group_image(x, weights, bias, leaky, b, g, stride_y, stride_x, pad, dilation, phases, halves,
-                          planes, out, taps):
-    """Output planes of group g of image b; `taps` is one of the TAPS_* constants (a closure constant of
-    the calling kernel, so only its plane functions are compiled in). The 3x3 patterns convolve
-    FILTER_BLOCK filters per pass over the input where a group has that many; `planes` holds their grids."""
-    in_per_group = weights.shape[1]
-    out_per_group = out.shape[1] // (x.shape[1] // in_per_group)
-    out_h, out_w = out.shape[2], out.shape[3]
-    pitch = phases.shape[4]
+def _fill_group_phases(x, b, g, in_per_group, stride_y, stride_x, pad, phases, halves, taps):
     for ci in range(in_per_group):
         if taps == TAPS_3X3_STRIDE2_SPLIT:
             _fill_phases_from_split(x, b, g * in_per_group + ci, halves, phases[ci])
         else:
             _fill_phases(x, b, g * in_per_group + ci, stride_y, stride_x, pad, phases[ci])
-    blocks = taps in (TAPS_3X3_STRIDE1, TAPS_3X3_STRIDE2, TAPS_3X3_STRIDE2_SPLIT)
-    fi = 0
-    while fi < out_per_group:
-        count = FILTER_BLOCK if blocks and out_per_group - fi >= FILTER_BLOCK else 1
+
+
+@jit(inline="always")
+def _filter_units(out_per_group, taps):
+    """(units, full blocks): a group's filters in units of FILTER_BLOCK (3x3 patterns), the rest one by one."""
+    if taps in (TAPS_3X3_STRIDE1, TAPS_3X3_STRIDE2, TAPS_3X3_STRIDE2_SPLIT):
+        full = out_per_group // FILTER_BLOCK
+        return full + out_per_group - full * FILTER_BLOCK, full
+    return out_per_group, 0
+
+
+@jit(inline="always")
+def _convolve_units(x, weights, bias, leaky, b, g, out_per_group, stride_y, stride_x, dilation, phases, planes,
+                    out, taps, first, stop):
+    """Filter units [first, stop) of group g of image b from its filled phases; `planes` holds their grids."""
+    in_per_group = weights.shape[1]
+    out_h, out_w = out.shape[2], out.shape[3]
+    pitch = phases.shape[4]
+    full = _filter_units(out_per_group, taps)[1]
+    for unit in range(first, stop):
+        fi, count = (unit * FILTER_BLOCK, FILTER_BLOCK) if unit < full else (unit - full + full * FILTER_BLOCK, 1)
         f = g * out_per_group + fi
         block = planes[:count]
         for ci in range(in_per_group):
@@ -298,7 +307,20 @@ def _convolve_group_image(x, weights, bias, leaky, b, g, stride_y, stride_x, pad
                 else:
                     for ox in range(out_w):
                         dst[ox] = src[ox]
-        fi += count
+
+
+@jit(inline="always")
+def _convolve_group_image(x, weights, bias, leaky, b, g, stride_y, stride_x, pad, dilation, phases, halves,
+                          planes, out, taps):
+    """Output planes of group g of image b; `taps` is one of the TAPS_* constants (a closure constant of
+    the calling kernel, so only its plane functions are compiled in). The 3x3 patterns convolve
+    FILTER_BLOCK filters per pass over the input where a group has that many; `planes` holds their grids."""
+    in_per_group = weights.shape[1]
+    out_per_group = out.shape[1] // (x.shape[1] // in_per_group)
+    _fill_group_phases(x, b, g, in_per_group, stride_y, stride_x, pad, phases, halves, taps)
+    units = _filter_units(out_per_group, taps)[0]
+    _convolve_units(x, weights, bias, leaky, b, g, out_per_group, stride_y, stride_x, dilation, phases, planes,
+                    out, taps, 0, units)
 
 
 def splits_columns(ksize: int, stride_y: int, stride_x: int, pad: int, dilation: int, width: int) -> bool:
@@ -319,8 +341,8 @@ def _taps(x: np.ndarray, weights: np.ndarray, stride_y: int, stride_x: int, pad:
 
 
 @functools.cache
-def _forward_kernels(taps: int) -> tuple[Callable, Callable]:
-    """(serial, parallel) forward kernels of one tap pattern. `taps` is a closure constant, so a network
+def _forward_kernels(taps: int) -> tuple[Callable, Callable, Callable]:
+    """(serial, parallel, parallel over the filters of a single group-image) forward kernels of one tap pattern. `taps` is a closure constant, so a network
     compiles only the plane functions it uses (one kernel holding all four compiled for 10 s; a closure over
     plain values is cached on disk like a module-level kernel)."""
 
@@ -344,7 +366,20 @@ def _forward_kernels(taps: int) -> tuple[Callable, Callable]:
                 _convolve_group_image(x, weights, bias, leaky, b, task - b * groups, stride_y, stride_x, pad,
                                       dilation, phases[run], halves[run], planes[run], out, taps)
 
-    return serial, parallel
+    @jit(parallel=True)
+    def parallel_units(x, weights, bias, leaky, stride_y, stride_x, pad, dilation, phases, halves, planes, out):
+        # one group of one image (an ungrouped layer at batch 1): its phases filled once, its filter units
+        # shared out, each run with its own grids
+        in_per_group = weights.shape[1]
+        out_per_group = out.shape[1]
+        _fill_group_phases(x, 0, 0, in_per_group, stride_y, stride_x, pad, phases[0], halves[0], taps)
+        units = _filter_units(out_per_group, taps)[0]
+        runs = planes.shape[0]
+        for run in prange(runs):
+            _convolve_units(x, weights, bias, leaky, 0, 0, out_per_group, stride_y, stride_x, dilation, phases[0],
+                            planes[run], out, taps, run * units // runs, (run + 1) * units // runs)
+
+    return serial, parallel, parallel_units
 
 
 # ---- depthwise 3x3 at stride 1 and padding 1, straight from the image ----------------------------------------
@@ -515,14 +550,20 @@ def grouped_conv_forward(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, s
     taps = _taps(x, weights, stride_y, stride_x, pad, dilation)
     dims = phase_shape(weights.shape[1], weights.shape[2], stride_y, stride_x, dilation, out.shape[2],
                        out.shape[3])
-    serial, parallel = _forward_kernels(taps)
+    serial, parallel, parallel_units = _forward_kernels(taps)
     tasks = x.shape[0] * groups
-    threaded = threads_pay(_macs(weights, out), tasks, PARALLEL_MIN_MACS)
-    runs = min(numba.get_num_threads(), tasks) if threaded else 1
+    macs = _macs(weights, out)
+    kernel, runs = serial, 1
+    if threads_pay(macs, tasks, PARALLEL_MIN_MACS):
+        kernel, runs = parallel, min(numba.get_num_threads(), tasks)
+    elif tasks == 1:
+        # a single group-image (an ungrouped first layer at batch 1): share out its filters instead
+        units = _filter_units(out.shape[1], taps)[0]
+        if threads_pay(macs, units, PARALLEL_MIN_MACS):
+            kernel, runs = parallel_units, min(numba.get_num_threads(), units)
     placement = (taps, dims, x.shape[2], x.shape[3], stride_y, stride_x, pad, dilation)
     phases, halves, planes = _forward_scratch(runs, placement, min(FILTER_BLOCK, out.shape[1] // groups),
                                               out.shape[2] * dims[4])
-    kernel = parallel if threaded else serial
     kernel(x, weights, bias, leaky, stride_y, stride_x, pad, dilation, phases, halves, planes, out)
 
 
