@@ -342,9 +342,10 @@ def _taps(x: np.ndarray, weights: np.ndarray, stride_y: int, stride_x: int, pad:
 
 @functools.cache
 def _forward_kernels(taps: int) -> tuple[Callable, Callable, Callable]:
-    """(serial, parallel, parallel over the filters of a single group-image) forward kernels of one tap pattern. `taps` is a closure constant, so a network
-    compiles only the plane functions it uses (one kernel holding all four compiled for 10 s; a closure over
-    plain values is cached on disk like a module-level kernel)."""
+    """(serial, parallel over group-images, parallel over the filters of a single group-image) forward
+    kernels of one tap pattern. `taps` is a closure constant, so a network compiles only the plane functions
+    it uses (one kernel holding all four compiled for 10 s; a closure over plain values is cached on disk like
+    a module-level kernel)."""
 
     @jit
     def serial(x, weights, bias, leaky, stride_y, stride_x, pad, dilation, phases, halves, planes, out):
