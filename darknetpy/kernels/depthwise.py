@@ -516,13 +516,35 @@ def suits_same_3x3(in_per_group: int, out_per_group: int, ksize: int, stride_y: 
             and height * width <= SAME_3X3_MAX_PIXELS)
 
 
+def _same_3x3_planes(x: np.ndarray, weights: np.ndarray, stride_y: int, stride_x: int, pad: int, dilation: int,
+                     out: np.ndarray) -> tuple[np.ndarray, bool] | None:
+    """out's flat planes (see _flat_planes) when grouped_conv_forward takes the straight-from-the-image path,
+    else None."""
+    groups = x.shape[1] // weights.shape[1]
+    if not (suits_same_3x3(weights.shape[1], weights.shape[0] // groups, weights.shape[2], stride_y, stride_x,
+                           pad, dilation, x.shape[2], x.shape[3], out.shape[2], out.shape[3])
+            and x.flags.c_contiguous):
+        return None
+    return _flat_planes(out)
+
+
 def writes_same_3x3_directly(x: np.ndarray, weights: np.ndarray, stride_y: int, stride_x: int, pad: int,
                              dilation: int, out: np.ndarray) -> bool:
     """Whether grouped_conv_forward takes the straight-from-the-image path."""
-    groups = x.shape[1] // weights.shape[1]
-    return (suits_same_3x3(weights.shape[1], weights.shape[0] // groups, weights.shape[2], stride_y, stride_x, pad,
-                           dilation, x.shape[2], x.shape[3], out.shape[2], out.shape[3])
-            and x.flags.c_contiguous and _flat_planes(out) is not None)
+    return _same_3x3_planes(x, weights, stride_y, stride_x, pad, dilation, out) is not None
+
+
+def _same_3x3_forward(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, leaky: bool, planes: np.ndarray,
+                      channel_major: bool) -> None:
+    height, width = x.shape[2], x.shape[3]
+    left_ok, right_ok = _column_masks(height, width)
+    flat_x = x.reshape(x.shape[0], x.shape[1], height * width)
+    tasks = x.shape[0] * x.shape[1]
+    if threads_pay(tasks * height * width * 9, tasks, SAME_3X3_PARALLEL_MIN_MACS):
+        _same_3x3_parallel(flat_x, weights, bias, leaky, left_ok, right_ok, planes, channel_major, height, width,
+                           min(numba.get_num_threads(), tasks))
+    else:
+        _same_3x3_serial(flat_x, weights, bias, leaky, left_ok, right_ok, planes, channel_major, height, width)
 
 
 def _macs(weights: np.ndarray, out: np.ndarray) -> int:
@@ -534,18 +556,9 @@ def grouped_conv_forward(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, s
     """out[b, f] = bias[f] + the convolution of input group f // (F / groups) with weights[f] (the number
     of groups is C / weights.shape[1]), then Darknet's leaky if `leaky`; other activations are left to the
     caller."""
-    if writes_same_3x3_directly(x, weights, stride_y, stride_x, pad, dilation, out):
-        height, width = x.shape[2], x.shape[3]
-        left_ok, right_ok = _column_masks(height, width)
-        planes, channel_major = _flat_planes(out)
-        flat_x = x.reshape(x.shape[0], x.shape[1], height * width)
-        tasks = x.shape[0] * x.shape[1]
-        if threads_pay(_macs(weights, out), tasks, SAME_3X3_PARALLEL_MIN_MACS):
-            _same_3x3_parallel(flat_x, weights, bias, leaky, left_ok, right_ok, planes, channel_major, height,
-                               width, min(numba.get_num_threads(), tasks))
-        else:
-            _same_3x3_serial(flat_x, weights, bias, leaky, left_ok, right_ok, planes, channel_major, height,
-                             width)
+    same_3x3 = _same_3x3_planes(x, weights, stride_y, stride_x, pad, dilation, out)
+    if same_3x3 is not None:
+        _same_3x3_forward(x, weights, bias, leaky, *same_3x3)
         return
     groups = x.shape[1] // weights.shape[1]
     taps = _taps(x, weights, stride_y, stride_x, pad, dilation)

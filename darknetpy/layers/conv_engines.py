@@ -211,7 +211,7 @@ def gemm_beats_winograd(g: ConvGeometry, batch: int, threads: int, l2_bytes: int
     """Whether im2col + GEMM is the faster inference path for a Winograd-shaped layer (see the constants);
     decided when the layer's buffers are allocated, for the Numba thread count in force then and the L2
     cache of a core (this machine's unless given)."""
-    tiles_h, tiles_w = winograd.tile_counts(g.out_h, g.out_w, g.winograd_tile or 2)
+    tiles_h, tiles_w = winograd.tile_counts(g.out_h, g.out_w, g.winograd_tile)
     if batch * tiles_h * tiles_w < WINOGRAD_MIN_PRODUCT_TILES:
         return True
     patches = g.patch_bytes(batch)
