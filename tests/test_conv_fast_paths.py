@@ -424,7 +424,12 @@ def test_layer_paths_are_chosen_from_the_shapes():
     assert engines("filters=16\nsize=3\npad=1\nactivation=leaky", 256) == ("winograd", "gemm")
     # few channels and a patch matrix that stays in the caches: im2col + GEMM (see conv_engines)
     assert engines("filters=16\nsize=3\npad=1\nactivation=leaky", 16) == ("gemm", "gemm")
-    assert engines("filters=16\nsize=1\nactivation=leaky", 3) == ("gemm", "gemm")
+    # ungrouped 1x1 layers: the register-blocked kernel from 16 pixels on, BLAS below and when grouped
+    assert engines("filters=16\nsize=1\nactivation=leaky", 3) == ("pointwise", "gemm")
+    assert engines("filters=16\nsize=1\nactivation=leaky", 3, 4) == ("pointwise", "gemm")
+    assert engines("filters=16\nsize=1\nactivation=leaky", 3, 3) == ("gemm", "gemm")
+    assert engines("filters=32\nsize=1\ngroups=2\nactivation=leaky", 64) == ("gemm", "gemm")
+    assert engines("filters=16\nsize=1\nstride=2\nactivation=leaky", 16) == ("gemm", "gemm")
     assert engines("filters=64\nsize=3\npad=1\ngroups=2\nactivation=leaky", 64) == ("gemm", "gemm")
     assert layer("filters=16\nsize=3\npad=1\nactivation=leaky", 16).winograd_tile == 2
     assert layer("filters=16\nsize=3\npad=1\nactivation=leaky", 16, 64).winograd_tile == 4
@@ -498,16 +503,19 @@ def test_direct_layer_inference_with_folded_batch_norm(text, c):
     ("filters=7\nsize=1\nbatch_normalize=1\nactivation=leaky", 5),
     ("filters=18\nsize=1\ngroups=2\nbatch_normalize=1\nactivation=linear", 20),
     ("filters=27\nsize=1\ngroups=3\nactivation=logistic", 30),         # no BN, an unfused activation
+    ("filters=13\nsize=1\nactivation=logistic", 9),
+    ("filters=4\nsize=1\nbatch_normalize=1\nactivation=linear", 33),
 ])
 def test_pointwise_layer_inference_per_image(text, c, batch):
-    """1x1 layers multiply each image's planes straight into the output (no channel-major copies)."""
+    """1x1 layers multiply each image's planes straight into the output (no channel-major copies): grouped
+    ones by BLAS, ungrouped ones by the register-blocked kernel."""
     net = make_net("[convolutional]\n" + text, 11, 7, c)
     layer = net.layers[0]
     randomise(layer, RNG)
     x = RNG.standard_normal((batch, c, 7, 11)).astype(np.float32)
     got = net.forward(x)
-    assert layer.engine.name == "gemm"
     cfg = layer.config
+    assert layer.engine.name == ("gemm" if cfg.groups > 1 else "pointwise")
     raw = conv2d(x.astype(np.float64), layer.weights, np.zeros(cfg.filters), 1, 1, 0, cfg.groups)
     if layer.bn is not None:
         ref = batchnorm_inference(raw, layer.bn.scales, layer.biases, layer.bn.rolling_mean,

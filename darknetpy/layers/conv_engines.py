@@ -4,6 +4,9 @@
   * DirectEngine: groups with few channels each (depthwise above all) and first layers reading 1-4 channels
     of large images are convolved by a direct Numba kernel (kernels/depthwise.py): tiny per-group matrix products, or an
     im2col matrix 9x the size of the image, cost far more than the arithmetic;
+  * PointwiseEngine: ungrouped 1x1 stride-1 layers at inference run a register-blocked Numba kernel with the
+    shift and leaky fused (kernels/pointwise.py): BLAS packs the whole input of these products only a few
+    channels deep, and the epilogue is one more pass over the output;
   * ChannelsLastDepthwiseEngine: depthwise layers on small planes (up to 16x16 outputs) at inference are
     convolved channels-last (kernels/depthwise_channels_last.py), every tap a run over the channels: the
     direct kernel's fixed costs per plane dominate there;
@@ -28,7 +31,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from ..kernels import depthwise_channels_last, winograd
+from ..kernels import depthwise_channels_last, pointwise, winograd
 from ..kernels.depthwise import grouped_conv_backward, grouped_conv_forward, splits_columns, suits_same_3x3
 from ..kernels.im2col import (batch_to_channel_major, channel_major_to_batch, channel_major_to_batch_add,
                               col2im_batch_add, im2col_batch)
@@ -104,6 +107,16 @@ GEMM_OVER_WINOGRAD_LARGE_L2 = 2 << 20
 # GEMM was slower (1.04 at 1 thread), and at 32 (7x7 at batch 2: darknet19 1.01-1.03), 128 (batch 8: 1.05-1.09)
 # too; 13x13 and 14x14 maps (49 tiles) lost 6-12% with GEMM.
 WINOGRAD_MIN_PRODUCT_TILES = 20
+# Ungrouped 1x1 layers take the register-blocked kernel (kernels/pointwise.py), except with more than one thread
+# on small maps with many weights: BLAS's threads split those products well (they spin for a moment between
+# products), while waking Numba's sleeping workers costs ~40 us, as much as half such a layer's work. Alone,
+# 2 threads, AMD EPYC, BLAS (+ epilogue) / best of the kernel serial or shared out: 448->96 at 10x10 0.75,
+# 96->448 0.73, 96->255 0.71, 272->48 at 20x20 0.96, 256->128 at 13x13 0.89, 1024->256 0.91, 512->255 0.90;
+# but 96->96 at 10x10 1.09, 192->48 at 20x20 1.0, 48->272 1.5, 32->192 at 40x40 1.9, 256->255 at 26x26
+# 1.09, 128->64 at 52x52 1.34. (At one thread the kernel is as fast or faster everywhere measured: 0.22-0.45
+# of BLAS on 8-16 channels of 160x160 maps, 0.6-0.9 from 32 to 512 channels, 0.97-1.04 at 1024-2048.)
+POINTWISE_GEMM_MAX_PIXELS = 400
+POINTWISE_GEMM_MIN_WEIGHTS = 128 * 128
 
 # Depthwise layers on small planes are convolved channels-last at inference (kernels/depthwise_channels_last.py):
 # the plane-at-a-time kernel's fixed costs per plane dominate there. Forward, 1 thread, channels-last /
@@ -200,6 +213,9 @@ def choose_engines(g: ConvGeometry, batch: int) -> tuple[
     # (the first layer): its weight gradient is one well-shaped product (MNIST's first layer, batch 128:
     # backward 10.6 -> 7.7 ms, 1 thread).
     gemm = GemmEngine(g, batch, winograd_dx)
+    if g.is_pointwise and g.groups == 1 and g.out_h * g.out_w >= pointwise.MIN_PIXELS \
+            and not gemm_beats_pointwise(g, batch, numba.get_num_threads()):
+        return PointwiseEngine(g), gemm
     if g.suits_direct and g.patch_bytes(batch) >= DIRECT_MIN_PATCH_BYTES:
         return DirectEngine(g, batch), gemm
     if g.winograd_tile and not gemm_beats_winograd(g, batch, numba.get_num_threads()):
@@ -221,6 +237,12 @@ def gemm_beats_winograd(g: ConvGeometry, batch: int, threads: int, l2_bytes: int
             return False
     limits = GEMM_OVER_WINOGRAD_ONE_THREAD if threads <= 1 else GEMM_OVER_WINOGRAD_THREADS
     return any(g.channels <= max_channels and patches <= max_bytes for max_channels, max_bytes in limits)
+
+
+def gemm_beats_pointwise(g: ConvGeometry, batch: int, threads: int) -> bool:
+    """Whether BLAS is the faster inference path for an ungrouped 1x1 layer (see POINTWISE_GEMM_*)."""
+    return (threads > 1 and batch * g.out_h * g.out_w <= POINTWISE_GEMM_MAX_PIXELS
+            and g.channels * g.filters >= POINTWISE_GEMM_MIN_WEIGHTS)
 
 
 @functools.cache
@@ -389,6 +411,31 @@ class DirectEngine(_ChannelMajorProduct):
         g = self.g
         grouped_conv_backward(x, weights, self._planes(dy_t), g.stride_y, g.stride_x, g.padding, g.dilation,
                               grad_weights, dx)
+
+
+class PointwiseEngine:
+    """Inference of an ungrouped 1x1 stride-1 layer (see kernels/pointwise.py)."""
+    name = "pointwise"
+
+    def __init__(self, g: ConvGeometry):
+        self.g = g
+        self._weights: np.ndarray | None = None
+        self._shift: np.ndarray | None = None
+
+    def prepare(self, weights: np.ndarray, shift: np.ndarray) -> None:
+        g = self.g
+        self._weights = np.ascontiguousarray(weights.reshape(g.filters, g.channels), FLOAT)
+        self._shift = np.ascontiguousarray(shift, FLOAT)
+
+    def forward(self, x: np.ndarray, out: np.ndarray, epilogue: Epilogue) -> None:
+        g = self.g
+        batch = x.shape[0]
+        # a route's channel slice of a batch is strided between images: the kernel reads flat planes
+        x3 = np.ascontiguousarray(x.reshape(batch, g.channels, -1))
+        out3 = out.reshape(batch, g.filters, -1)
+        fuse_leaky = epilogue.activation.fuses_leaky
+        pointwise.pointwise_forward(self._weights, self._shift, x3, out3, fuse_leaky)
+        epilogue.activation.apply_unless_fused(out3)
 
 
 def _zero_bordered_scratch(shape: tuple[int, int, int], height: int, width: int, pad: int) -> np.ndarray:

@@ -1,0 +1,230 @@
+"""Pointwise (1x1, stride 1, ungrouped) convolution at inference, with its shift and leaky fused:
+
+    out[b, f, p] = act(sum_c weights[f, c] * x[b, c, p] + shift[f])      (act: leaky or identity)
+
+An image's (C, N) planes already are the right-hand matrix of a product with the (F, C) weights, and BLAS
+does run it -- but the depthwise-separable networks' 1x1 layers read few channels of large maps (16 -> 16
+at 160x160), where OpenBLAS packs the whole input for a product only 16 deep (24 GFLOP/s) and the shift and
+activation then take one more pass over the output. Here each output block, 4 filters x TILE pixels, is 16
+vectors of accumulators held in registers (kernels/simd.py) while the loop runs down the input channels:
+per channel, four vector loads of the input, four broadcast weights and 16 multiply-adds; the shift and the
+activation are applied on the way out. The input tile (C x TILE values) is read from L1 or L2 by every
+filter block. Summation order: channel by channel, with fused multiply-adds, then the shift (BLAS sums in
+its own order: float32 rounding only).
+
+Pixel tails narrower than a tile take blocks of one or two vectors; the last vector of a plane is placed to
+end exactly at the plane's end and may overlap the one before (it recomputes those outputs to the same
+values), so planes need at least LANES pixels (`MIN_PIXELS`) and no vector reads or writes past a plane.
+Filters left over from the 4-blocks take a block of their own.
+
+Shapes: weights (F, C), shift (F,), x (B, C*N) and out (B, F*N), all C-contiguous float32; `out` must not
+overlap `x`.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import prange
+
+from . import jit
+from .simd import LANES, add, fma, leaky, load, splat, store
+from .threads import run_side_by_side, threads_pay
+
+TILE = 4 * LANES       # pixels per full output block
+MIN_PIXELS = LANES     # the smallest plane the kernels handle
+# ~0.5 ms of serial work (at ~0.01 ns per multiply-add: 100+ GFLOP/s) before a second thread pays its wake-up
+PARALLEL_MIN_MACS = 1 << 22
+
+
+@jit(inline="always")
+def _finish(out, at, acc, bias, leaky_out):
+    value = add(acc, bias)
+    if leaky_out:
+        value = leaky(value)
+    store(out, at, value)
+
+
+@jit(inline="always")
+def _four_by_four(weights, shift, x, out, f, p, n, leaky_out):
+    """Filters f..f+3 at the four vectors from pixel p."""
+    zero = splat(0.0)
+    a00 = zero; a01 = zero; a02 = zero; a03 = zero
+    a10 = zero; a11 = zero; a12 = zero; a13 = zero
+    a20 = zero; a21 = zero; a22 = zero; a23 = zero
+    a30 = zero; a31 = zero; a32 = zero; a33 = zero
+    at = p
+    for c in range(weights.shape[1]):
+        x0 = load(x, at); x1 = load(x, at + LANES); x2 = load(x, at + 2 * LANES); x3 = load(x, at + 3 * LANES)
+        w0 = splat(weights[f, c]); w1 = splat(weights[f + 1, c])
+        w2 = splat(weights[f + 2, c]); w3 = splat(weights[f + 3, c])
+        a00 = fma(w0, x0, a00); a01 = fma(w0, x1, a01); a02 = fma(w0, x2, a02); a03 = fma(w0, x3, a03)
+        a10 = fma(w1, x0, a10); a11 = fma(w1, x1, a11); a12 = fma(w1, x2, a12); a13 = fma(w1, x3, a13)
+        a20 = fma(w2, x0, a20); a21 = fma(w2, x1, a21); a22 = fma(w2, x2, a22); a23 = fma(w2, x3, a23)
+        a30 = fma(w3, x0, a30); a31 = fma(w3, x1, a31); a32 = fma(w3, x2, a32); a33 = fma(w3, x3, a33)
+        at += n
+    row = f * n + p
+    bias = splat(shift[f])
+    _finish(out, row, a00, bias, leaky_out); _finish(out, row + LANES, a01, bias, leaky_out)
+    _finish(out, row + 2 * LANES, a02, bias, leaky_out); _finish(out, row + 3 * LANES, a03, bias, leaky_out)
+    row += n
+    bias = splat(shift[f + 1])
+    _finish(out, row, a10, bias, leaky_out); _finish(out, row + LANES, a11, bias, leaky_out)
+    _finish(out, row + 2 * LANES, a12, bias, leaky_out); _finish(out, row + 3 * LANES, a13, bias, leaky_out)
+    row += n
+    bias = splat(shift[f + 2])
+    _finish(out, row, a20, bias, leaky_out); _finish(out, row + LANES, a21, bias, leaky_out)
+    _finish(out, row + 2 * LANES, a22, bias, leaky_out); _finish(out, row + 3 * LANES, a23, bias, leaky_out)
+    row += n
+    bias = splat(shift[f + 3])
+    _finish(out, row, a30, bias, leaky_out); _finish(out, row + LANES, a31, bias, leaky_out)
+    _finish(out, row + 2 * LANES, a32, bias, leaky_out); _finish(out, row + 3 * LANES, a33, bias, leaky_out)
+
+
+@jit(inline="always")
+def _four_by_two(weights, shift, x, out, f, p0, p1, n, leaky_out):
+    """Filters f..f+3 at the vectors from pixels p0 and p1 (which may overlap)."""
+    zero = splat(0.0)
+    a00 = zero; a01 = zero; a10 = zero; a11 = zero
+    a20 = zero; a21 = zero; a30 = zero; a31 = zero
+    at = 0
+    for c in range(weights.shape[1]):
+        x0 = load(x, at + p0); x1 = load(x, at + p1)
+        w0 = splat(weights[f, c]); w1 = splat(weights[f + 1, c])
+        w2 = splat(weights[f + 2, c]); w3 = splat(weights[f + 3, c])
+        a00 = fma(w0, x0, a00); a01 = fma(w0, x1, a01)
+        a10 = fma(w1, x0, a10); a11 = fma(w1, x1, a11)
+        a20 = fma(w2, x0, a20); a21 = fma(w2, x1, a21)
+        a30 = fma(w3, x0, a30); a31 = fma(w3, x1, a31)
+        at += n
+    row = f * n
+    bias = splat(shift[f])
+    _finish(out, row + p0, a00, bias, leaky_out); _finish(out, row + p1, a01, bias, leaky_out)
+    row += n
+    bias = splat(shift[f + 1])
+    _finish(out, row + p0, a10, bias, leaky_out); _finish(out, row + p1, a11, bias, leaky_out)
+    row += n
+    bias = splat(shift[f + 2])
+    _finish(out, row + p0, a20, bias, leaky_out); _finish(out, row + p1, a21, bias, leaky_out)
+    row += n
+    bias = splat(shift[f + 3])
+    _finish(out, row + p0, a30, bias, leaky_out); _finish(out, row + p1, a31, bias, leaky_out)
+
+
+@jit(inline="always")
+def _eight_by_one(weights, shift, x, out, f, p, n, leaky_out):
+    """Filters f..f+7 at the vector from pixel p."""
+    zero = splat(0.0)
+    a0 = zero; a1 = zero; a2 = zero; a3 = zero; a4 = zero; a5 = zero; a6 = zero; a7 = zero
+    at = p
+    for c in range(weights.shape[1]):
+        xc = load(x, at)
+        a0 = fma(splat(weights[f, c]), xc, a0); a1 = fma(splat(weights[f + 1, c]), xc, a1)
+        a2 = fma(splat(weights[f + 2, c]), xc, a2); a3 = fma(splat(weights[f + 3, c]), xc, a3)
+        a4 = fma(splat(weights[f + 4, c]), xc, a4); a5 = fma(splat(weights[f + 5, c]), xc, a5)
+        a6 = fma(splat(weights[f + 6, c]), xc, a6); a7 = fma(splat(weights[f + 7, c]), xc, a7)
+        at += n
+    row = f * n + p
+    _finish(out, row, a0, splat(shift[f]), leaky_out); row += n
+    _finish(out, row, a1, splat(shift[f + 1]), leaky_out); row += n
+    _finish(out, row, a2, splat(shift[f + 2]), leaky_out); row += n
+    _finish(out, row, a3, splat(shift[f + 3]), leaky_out); row += n
+    _finish(out, row, a4, splat(shift[f + 4]), leaky_out); row += n
+    _finish(out, row, a5, splat(shift[f + 5]), leaky_out); row += n
+    _finish(out, row, a6, splat(shift[f + 6]), leaky_out); row += n
+    _finish(out, row, a7, splat(shift[f + 7]), leaky_out)
+
+
+@jit(inline="always")
+def _one_by_four(weights, shift, x, out, f, p0, p1, p2, p3, n, leaky_out):
+    """Filter f at the vectors from pixels p0..p3 (which may overlap)."""
+    zero = splat(0.0)
+    a0 = zero; a1 = zero; a2 = zero; a3 = zero
+    at = 0
+    for c in range(weights.shape[1]):
+        wc = splat(weights[f, c])
+        a0 = fma(wc, load(x, at + p0), a0); a1 = fma(wc, load(x, at + p1), a1)
+        a2 = fma(wc, load(x, at + p2), a2); a3 = fma(wc, load(x, at + p3), a3)
+        at += n
+    row = f * n
+    bias = splat(shift[f])
+    _finish(out, row + p0, a0, bias, leaky_out); _finish(out, row + p1, a1, bias, leaky_out)
+    _finish(out, row + p2, a2, bias, leaky_out); _finish(out, row + p3, a3, bias, leaky_out)
+
+
+@jit
+def _tile(weights, shift, x, out, p, n, f_lo, f_hi, leaky_out):
+    """Filters f_lo..f_hi-1 over the pixels p..min(p + TILE, n) - 1 of one image."""
+    width = min(TILE, n - p)
+    vectors = (width + LANES - 1) // LANES
+    last = n - LANES   # where a plane's last vector starts
+    p1 = min(p + LANES, last)
+    p2 = min(p + 2 * LANES, last)
+    p3 = min(p + 3 * LANES, last)
+    f = f_lo
+    if width == TILE:
+        while f + 4 <= f_hi:
+            _four_by_four(weights, shift, x, out, f, p, n, leaky_out)
+            f += 4
+    elif vectors == 1:
+        p0 = min(p, last)
+        while f + 8 <= f_hi:
+            _eight_by_one(weights, shift, x, out, f, p0, n, leaky_out)
+            f += 8
+    else:
+        while f + 4 <= f_hi:
+            _four_by_two(weights, shift, x, out, f, p, p1, n, leaky_out)
+            if vectors > 2:
+                _four_by_two(weights, shift, x, out, f, p2, p3, n, leaky_out)
+            f += 4
+    p0 = min(p, last)
+    while f < f_hi:
+        _one_by_four(weights, shift, x, out, f, p0, p1, p2, p3, n, leaky_out)
+        f += 1
+
+
+@jit
+def pointwise_tasks(weights, shift, x, out, leaky_out, chunk, first, last):
+    """Tasks first..last-1 of the layer, a task being (image, pixel tile, `chunk` filters) in that order:
+    out[b] = act(weights @ x[b] + shift) over the task's pixels and filters (see the module docstring)."""
+    n = x.shape[1] // weights.shape[1]
+    filters = weights.shape[0]
+    tiles = (n + TILE - 1) // TILE
+    chunks = (filters + chunk - 1) // chunk
+    for task in range(first, last):
+        b = task // (tiles * chunks)
+        tile = task // chunks - b * tiles
+        f_lo = (task % chunks) * chunk
+        _tile(weights, shift, x[b], out[b], tile * TILE, n, f_lo, min(f_lo + chunk, filters), leaky_out)
+
+
+def task_count(batch: int, n: int, filters: int, chunk: int) -> int:
+    return batch * -(-n // TILE) * -(-filters // chunk)
+
+
+def pointwise_forward(weights: np.ndarray, shift: np.ndarray, x: np.ndarray, out: np.ndarray,
+                      leaky_out: bool) -> None:
+    """out (B, F, N) = act(weights (F, C) @ x (B, C, N) + shift), act leaky or identity; N >= MIN_PIXELS.
+    Arrays C-contiguous float32, `out` apart from `x`."""
+    batch, channels, n = x.shape
+    filters = weights.shape[0]
+    if (n < MIN_PIXELS or weights.shape[1] != channels or out.shape != (batch, filters, n)
+            or not (x.flags.c_contiguous and out.flags.c_contiguous)):
+        raise ValueError(f"pointwise_forward: weights {weights.shape}, x {x.shape}, out {out.shape}")
+    x2, out2 = x.reshape(batch, -1), out.reshape(batch, -1)
+    tiles = task_count(batch, n, 1, 1)
+    threads = numba.get_num_threads()
+    if not threads_pay(batch * filters * channels * n, tiles * -(-filters // 4), PARALLEL_MIN_MACS):
+        pointwise_tasks(weights, shift, x2, out2, leaky_out, filters, 0, tiles)
+        return
+    # Python threads running the serial kernel without the GIL: a Numba parallel version would be one more
+    # kernel to compile (~3 s on a first run). Split the filters too when the pixel tiles alone are too few
+    # to share out evenly.
+    chunks = min(-(-filters // 4), -(-4 * threads // tiles))
+    chunk = -(-(-(-filters // max(chunks, 1))) // 4) * 4
+    tasks = task_count(batch, n, filters, chunk)
+    shares = min(threads, tasks)
+
+    def share(k: int) -> None:
+        pointwise_tasks(weights, shift, x2, out2, leaky_out, chunk, tasks * k // shares,
+                        tasks * (k + 1) // shares)
+    run_side_by_side(share, shares)

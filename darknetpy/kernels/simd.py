@@ -1,0 +1,140 @@
+"""Explicit float32 vectors for kernels that keep a block of accumulators in registers.
+
+LLVM's loop vectoriser only vectorises innermost loops. A matrix-product kernel wants the opposite: a block
+of outputs (filters x pixels) held in registers while an inner loop runs over the input channels, each step
+one vector load of pixels, a few broadcast weights and a multiply-add per accumulator. Written as scalar
+loops, Numba either vectorises the channel loop (strided gathers) or keeps the accumulators in memory (a
+load and a store per multiply-add; three times slower than BLAS). These intrinsics give a kernel a vector
+type, `Lanes` (LANES float32 values: one vector register), that Numba keeps in SSA
+values like any scalar, so the block stays in registers.
+
+Loads and stores are unaligned and unchecked: the caller keeps `index + LANES <= arr.size`. They take 1-D
+C-contiguous float32 arrays only. The arithmetic is IEEE float32, lane by lane: `fma` rounds once, as BLAS's
+multiply-adds do; `leaky` is Darknet's `x > 0 ? x : 0.1f * x`.
+
+Numba's on-disk cache keys a kernel on its own source, not on these code generators: after editing this
+module, delete the cached files of the kernels that use it (see kernels/__init__.py).
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import binding, ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+
+def _host_lanes() -> int:
+    try:
+        wide = binding.get_host_cpu_features().get("avx512f", False)
+    except RuntimeError:   # LLVM cannot read this CPU's features: assume the common AVX2
+        wide = False
+    return 16 if wide else 8
+
+
+# One 512-bit register where the CPU has them, else one 256-bit register (LLVM splits wider vectors, and the
+# kernels' 16 accumulators would no longer fit AVX2's 16 registers).
+LANES = _host_lanes()
+_FLOAT = ir.FloatType()
+_VECTOR = ir.VectorType(_FLOAT, LANES)
+
+
+class LanesType(types.Type):
+    def __init__(self):
+        super().__init__(name=f"float32x{LANES}")
+
+
+Lanes = LanesType()
+
+
+@register_model(LanesType)
+class _LanesModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _VECTOR)
+
+
+def _is_flat_float32(arr) -> bool:
+    return isinstance(arr, types.Array) and arr.dtype == types.float32 and arr.ndim == 1 and arr.layout == "C"
+
+
+def _vector_pointer(context, builder, arr_type, arr, index, index_type):
+    data = context.make_array(arr_type)(context, builder, arr).data
+    offset = context.cast(builder, index, index_type, types.intp)
+    return builder.bitcast(builder.gep(data, [offset]), _VECTOR.as_pointer())
+
+
+@intrinsic
+def load(typingctx, arr, index):
+    """arr[index : index + LANES] as one vector."""
+    if not (_is_flat_float32(arr) and isinstance(index, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_vector_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1]),
+                            align=4)
+    return Lanes(arr, index), codegen
+
+
+@intrinsic
+def store(typingctx, arr, index, value):
+    """arr[index : index + LANES] = value."""
+    if not (_is_flat_float32(arr) and isinstance(index, types.Integer) and value == Lanes):
+        return None
+
+    def codegen(context, builder, sig, args):
+        builder.store(args[2], _vector_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1]),
+                      align=4)
+        return context.get_dummy_value()
+    return types.none(arr, index, Lanes), codegen
+
+
+@intrinsic
+def splat(typingctx, value):
+    """A vector with `value` (converted to float32) in every lane."""
+    if not isinstance(value, (types.Float, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        scalar = context.cast(builder, args[0], sig.args[0], types.float32)
+        first = builder.insert_element(ir.Constant(_VECTOR, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(first, ir.Constant(_VECTOR, ir.Undefined),
+                                      ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+    return Lanes(value), codegen
+
+
+@intrinsic
+def fma(typingctx, a, b, c):
+    """a * b + c, rounded once."""
+    if not (a == Lanes and b == Lanes and c == Lanes):
+        return None
+
+    def codegen(context, builder, sig, args):
+        function = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VECTOR, [_VECTOR] * 3),
+                                                  f"llvm.fma.v{LANES}f32")
+        return builder.call(function, list(args))
+    return Lanes(Lanes, Lanes, Lanes), codegen
+
+
+@intrinsic
+def add(typingctx, a, b):
+    """a + b."""
+    if not (a == Lanes and b == Lanes):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fadd(args[0], args[1])
+    return Lanes(Lanes, Lanes), codegen
+
+
+@intrinsic
+def leaky(typingctx, a):
+    """Darknet's leaky ReLU, lane by lane: a where a > 0, else 0.1f * a (NaN stays NaN)."""
+    if a != Lanes:
+        return None
+
+    def codegen(context, builder, sig, args):
+        value = args[0]
+        zero = ir.Constant(_VECTOR, [0.0] * LANES)
+        tenth = ir.Constant(_VECTOR, [float(np.float32(0.1))] * LANES)
+        return builder.select(builder.fcmp_ordered(">", value, zero), value, builder.fmul(value, tenth))
+    return Lanes(Lanes), codegen

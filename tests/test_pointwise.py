@@ -1,0 +1,167 @@
+"""The register-blocked 1x1 kernel (kernels/pointwise.py) against a float64 product: every block shape
+(4x4 tiles, the 4x2 and 8x1 tails, single filters), pixel counts around the tile and vector sizes (the
+last vector overlapping the one before), serial and shared out, with guard values around the output to
+catch any write past a plane; and the vector intrinsics it is built on (kernels/simd.py)."""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from darknetpy.kernels import jit, pointwise, simd
+from darknetpy.kernels.pointwise import pointwise_forward, pointwise_tasks, task_count
+
+RNG = np.random.default_rng(20261207)
+LANES, TILE = simd.LANES, pointwise.TILE
+GUARD = 2 * LANES + 3
+SENTINEL = np.float32(-7.25)
+
+
+def expected(weights, shift, x, leaky_out):
+    value = np.einsum("fc,bcn->bfn", weights.astype(np.float64), x.astype(np.float64)) + shift[None, :, None]
+    return np.where(value > 0, value, np.float32(0.1) * value) if leaky_out else value
+
+
+def case(batch, channels, filters, pixels):
+    weights = RNG.standard_normal((filters, channels)).astype(np.float32)
+    shift = RNG.standard_normal(filters).astype(np.float32)
+    x = RNG.standard_normal((batch, channels, pixels)).astype(np.float32)
+    return weights, shift, x
+
+
+def guarded_output(shape):
+    """An output array with sentinel values right before and after it in memory."""
+    size = int(np.prod(shape))
+    memory = np.full(size + 2 * GUARD, SENTINEL, np.float32)
+    return memory, memory[GUARD:GUARD + size].reshape(shape)
+
+
+def run(kernel, weights, shift, x, leaky_out, chunk=None):
+    batch, _, pixels = x.shape
+    memory, out = guarded_output((batch, weights.shape[0], pixels))
+    flat_x, flat_out = x.reshape(batch, -1), out.reshape(batch, -1)
+    filters = weights.shape[0]
+    if kernel == "serial":
+        pointwise_tasks(weights, shift, flat_x, flat_out, leaky_out, filters, 0, task_count(batch, pixels, 1, 1))
+    elif kernel == "shares":
+        # the tasks in three uneven runs, the middle one first, as threads may take them
+        tasks = task_count(batch, pixels, filters, chunk)
+        cuts = [0, tasks // 3, tasks // 3 + (tasks + 1) // 2, tasks]
+        for k in (1, 0, 2):
+            pointwise_tasks(weights, shift, flat_x, flat_out, leaky_out, chunk, cuts[k], cuts[k + 1])
+    else:
+        pointwise_forward(weights, shift, x, out, leaky_out)
+    assert (memory[:GUARD] == SENTINEL).all() and (memory[-GUARD:] == SENTINEL).all(), "wrote outside the output"
+    return out
+
+
+PIXELS = [LANES, LANES + 1, 2 * LANES - 1, 2 * LANES, 3 * LANES - 1, 3 * LANES + 1, TILE - 1, TILE, TILE + 1,
+          TILE + LANES, TILE + LANES + 5, 2 * TILE + 3 * LANES - 2, 49, 100, 169]
+FILTERS = [1, 3, 4, 5, 7, 8, 9, 12, 13]
+
+
+@pytest.mark.parametrize("pixels", PIXELS)
+@pytest.mark.parametrize("filters", FILTERS)
+def test_every_block_and_tail_against_the_float64_product(pixels, filters):
+    weights, shift, x = case(2, 5, filters, pixels)
+    for leaky_out in (True, False):
+        got = run("serial", weights, shift, x, leaky_out)
+        np.testing.assert_allclose(got, expected(weights, shift, x, leaky_out), rtol=2e-6, atol=2e-6)
+
+
+@pytest.mark.parametrize("chunk", [4, 8, 12, 1000])
+@pytest.mark.parametrize("pixels,filters", [(LANES, 9), (TILE + 7, 13), (3 * TILE, 8), (100, 30)])
+def test_tasks_shared_out_cover_every_output_once(chunk, pixels, filters):
+    weights, shift, x = case(3, 17, filters, pixels)
+    got = run("shares", weights, shift, x, True, chunk)
+    np.testing.assert_array_equal(got, run("serial", weights, shift, x, True))
+
+
+@pytest.mark.parametrize("channels", [1, 2, 64, 300])
+def test_channel_counts(channels):
+    weights, shift, x = case(1, channels, 11, TILE + 2 * LANES + 1)
+    got = run("forward", weights, shift, x, True)
+    tolerance = 2e-6 * np.sqrt(channels)
+    np.testing.assert_allclose(got, expected(weights, shift, x, True), rtol=tolerance, atol=tolerance)
+
+
+def test_forward_shares_out_large_layers(monkeypatch):
+    weights, shift, x = case(2, 24, 20, 2 * TILE + 5)
+    serial = run("serial", weights, shift, x, True)
+    monkeypatch.setattr(pointwise, "PARALLEL_MIN_MACS", 0)
+    monkeypatch.setattr(pointwise.numba, "get_num_threads", lambda: 2)
+    calls = []
+    real = pointwise.pointwise_tasks
+    monkeypatch.setattr(pointwise, "pointwise_tasks", lambda *args: calls.append(args[-3:]) or real(*args))
+    np.testing.assert_array_equal(run("forward", weights, shift, x, True), serial)
+    (chunk, first, middle), (_, middle_again, last) = sorted(calls, key=lambda call: call[1])
+    assert chunk % 4 == 0 and first == 0 and middle == middle_again and last == task_count(2, 2 * TILE + 5, 20, chunk)
+
+
+def test_non_finite_inputs_reach_only_their_pixels():
+    weights, shift, x = case(1, 6, 9, TILE + 5)
+    x[0, 2, 3] = np.nan
+    x[0, 4, TILE + 4] = np.inf
+    x[0, 1, TILE - 1] = -np.inf
+    with np.errstate(invalid="ignore"):
+        want = expected(weights, shift, x, True)
+    got = run("serial", weights, shift, x, True)
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6)
+    assert np.isnan(got[0, :, 3]).all() and np.isfinite(np.delete(got[0], [3, TILE - 1, TILE + 4], axis=1)).all()
+
+
+def test_leaky_is_darknets_float32_formula():
+    weights = np.ones((4, 1), np.float32)
+    shift = np.zeros(4, np.float32)
+    values = np.array([-3.3, -1e-30, -0.0, 0.0, 2.5, -np.inf, np.inf, np.nan] * 8, np.float32)[:LANES * 4]
+    x = values.reshape(1, 1, -1)
+    got = run("serial", weights, shift, x, True)[0, 0]
+    with np.errstate(invalid="ignore"):
+        want = np.where(values > 0, values, np.float32(0.1) * values)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("bad", ["few pixels", "channels", "output shape", "strided output"])
+def test_forward_refuses_what_the_kernels_cannot_take(bad):
+    weights, shift, x = case(1, 3, 4, 40)
+    out = np.empty((1, 4, 40), np.float32)
+    if bad == "few pixels":
+        x, out = x[:, :, :LANES - 1].copy(), out[:, :, :LANES - 1].copy()
+    elif bad == "channels":
+        weights = weights[:, :2].copy()
+    elif bad == "output shape":
+        out = np.empty((1, 5, 40), np.float32)
+    else:
+        out = np.empty((1, 4, 80), np.float32)[:, :, ::2]
+    with pytest.raises(ValueError):
+        pointwise_forward(weights, shift, x, out, True)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None,
+          suppress_health_check=list(HealthCheck))
+@given(batch=st.integers(1, 3), channels=st.integers(1, 40), filters=st.integers(1, 21),
+       pixels=st.integers(LANES, 3 * TILE + LANES), leaky_out=st.booleans(), chunk=st.sampled_from([4, 8, 16]))
+def test_random_shapes(batch, channels, filters, pixels, leaky_out, chunk):
+    weights, shift, x = case(batch, channels, filters, pixels)
+    want = expected(weights, shift, x, leaky_out)
+    tolerance = 2e-6 * np.sqrt(channels)
+    got = run("serial", weights, shift, x, leaky_out)
+    np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance)
+    np.testing.assert_array_equal(run("shares", weights, shift, x, leaky_out, chunk), got)
+
+
+# ---- the intrinsics --------------------------------------------------------------------------------------
+@jit
+def _intrinsics_probe(a, b, c, out):
+    simd.store(out, 0, simd.fma(simd.load(a, 0), simd.load(b, 0), simd.load(c, 0)))
+    simd.store(out, LANES, simd.add(simd.load(a, 1), simd.splat(2.5)))
+    simd.store(out, 2 * LANES, simd.leaky(simd.load(c, 0)))
+
+
+def test_intrinsics_lane_by_lane():
+    a, b, c = (RNG.standard_normal(LANES + 1).astype(np.float32) for _ in range(3))
+    out = np.zeros(3 * LANES, np.float32)
+    _intrinsics_probe(a, b, c, out)
+    fused = (a[:LANES].astype(np.float64) * b[:LANES] + c[:LANES]).astype(np.float32)   # rounded once
+    np.testing.assert_array_equal(out[:LANES], fused)
+    np.testing.assert_array_equal(out[LANES:2 * LANES], a[1:] + np.float32(2.5))
+    np.testing.assert_array_equal(out[2 * LANES:], np.where(c[:LANES] > 0, c[:LANES], np.float32(0.1) * c[:LANES]))
