@@ -42,7 +42,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from . import jit
+from . import depthwise_stride2, jit
 from .scratch import thread_scratch
 from .threads import threads_pay
 
@@ -547,6 +547,17 @@ def _same_3x3_forward(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, leak
         _same_3x3_serial(flat_x, weights, bias, leaky, left_ok, right_ok, planes, channel_major, height, width)
 
 
+def _stride2_planes(x: np.ndarray, weights: np.ndarray, stride_y: int, stride_x: int, pad: int, dilation: int,
+                    out: np.ndarray) -> tuple[np.ndarray, bool] | None:
+    """out's flat planes when grouped_conv_forward hands the layer to kernels/depthwise_stride2.py, else None."""
+    groups = x.shape[1] // weights.shape[1]
+    if not (depthwise_stride2.suits(weights.shape[1], weights.shape[0] // groups, weights.shape[2], stride_y,
+                                    stride_x, pad, dilation, x.shape[2], x.shape[3], out.shape[2], out.shape[3])
+            and x.flags.c_contiguous):
+        return None
+    return _flat_planes(out)
+
+
 def _macs(weights: np.ndarray, out: np.ndarray) -> int:
     return out.size * weights.shape[1] * weights.shape[2] * weights.shape[3]
 
@@ -559,6 +570,10 @@ def grouped_conv_forward(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, s
     same_3x3 = _same_3x3_planes(x, weights, stride_y, stride_x, pad, dilation, out)
     if same_3x3 is not None:
         _same_3x3_forward(x, weights, bias, leaky, *same_3x3)
+        return
+    stride2 = _stride2_planes(x, weights, stride_y, stride_x, pad, dilation, out)
+    if stride2 is not None:
+        depthwise_stride2.forward(x, weights, bias, leaky, *stride2)
         return
     groups = x.shape[1] // weights.shape[1]
     taps = _taps(x, weights, stride_y, stride_x, pad, dilation)

@@ -138,3 +138,72 @@ def leaky(typingctx, a):
         tenth = ir.Constant(_VECTOR, [float(np.float32(0.1))] * LANES)
         return builder.select(builder.fcmp_ordered(">", value, zero), value, builder.fmul(value, tenth))
     return Lanes(Lanes), codegen
+
+
+def _lane_mask(builder, count, count_type, context):
+    """<LANES x i1>: lanes below `count` set."""
+    count32 = builder.trunc(context.cast(builder, count, count_type, types.int64), ir.IntType(32))
+    lanes = ir.Constant(ir.VectorType(ir.IntType(32), LANES), list(range(LANES)))
+    first = builder.insert_element(ir.Constant(ir.VectorType(ir.IntType(32), LANES), ir.Undefined), count32,
+                                   ir.Constant(ir.IntType(32), 0))
+    limit = builder.shuffle_vector(first, ir.Constant(ir.VectorType(ir.IntType(32), LANES), ir.Undefined),
+                                   ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+    return builder.icmp_signed("<", lanes, limit)
+
+
+@intrinsic
+def load_first(typingctx, arr, index, count):
+    """arr[index : index + count] in the first `count` lanes (0 <= count <= LANES), zeros after; nothing
+    past them is read."""
+    if not (_is_flat_float32(arr) and isinstance(index, types.Integer) and isinstance(count, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        pointer = _vector_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_VECTOR, [_VECTOR.as_pointer(), ir.IntType(32),
+                                                      ir.VectorType(ir.IntType(1), LANES), _VECTOR]),
+            f"llvm.masked.load.v{LANES}f32.p0")
+        mask = _lane_mask(builder, args[2], sig.args[2], context)
+        return builder.call(function, [pointer, ir.Constant(ir.IntType(32), 4), mask,
+                                       ir.Constant(_VECTOR, [0.0] * LANES)])
+    return Lanes(arr, index, count), codegen
+
+
+@intrinsic
+def store_first(typingctx, arr, index, value, count):
+    """arr[index : index + count] = the first `count` lanes of value (0 <= count <= LANES); nothing past
+    them is written."""
+    if not (_is_flat_float32(arr) and isinstance(index, types.Integer) and value == Lanes
+            and isinstance(count, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        pointer = _vector_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [_VECTOR, _VECTOR.as_pointer(), ir.IntType(32),
+                                                            ir.VectorType(ir.IntType(1), LANES)]),
+            f"llvm.masked.store.v{LANES}f32.p0")
+        mask = _lane_mask(builder, args[3], sig.args[3], context)
+        builder.call(function, [args[2], pointer, ir.Constant(ir.IntType(32), 4), mask])
+        return context.get_dummy_value()
+    return types.none(arr, index, Lanes, count), codegen
+
+
+def _shuffle(indices):
+    def typer(typingctx, a, b):
+        if not (a == Lanes and b == Lanes):
+            return None
+
+        def codegen(context, builder, sig, args):
+            return builder.shuffle_vector(args[0], args[1],
+                                          ir.Constant(ir.VectorType(ir.IntType(32), LANES), indices))
+        return Lanes(Lanes, Lanes), codegen
+    return typer
+
+
+# Lanes of the 2*LANES values a, b (a's first): the even ones, the odd ones; and `shifted_in(a, b)`, which is
+# b moved up one lane with a's last lane in front (the values one position before b's, when a precedes b).
+evens = intrinsic(_shuffle([2 * j for j in range(LANES)]))
+odds = intrinsic(_shuffle([2 * j + 1 for j in range(LANES)]))
+shifted_in = intrinsic(_shuffle([LANES - 1] + [LANES + j for j in range(LANES - 1)]))
