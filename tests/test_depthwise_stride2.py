@@ -75,8 +75,8 @@ def test_shared_out_between_threads(monkeypatch):
     monkeypatch.setattr(depthwise_stride2, "PARALLEL_MIN_MACS", 0)
     monkeypatch.setattr(depthwise_stride2.numba, "get_num_threads", lambda: 2)
     ranges = []
-    real = depthwise_stride2.depthwise_3x3_stride2_planes
-    monkeypatch.setattr(depthwise_stride2, "depthwise_3x3_stride2_planes",
+    real = depthwise_stride2.depthwise_3x3_stride2_share
+    monkeypatch.setattr(depthwise_stride2, "depthwise_3x3_stride2_share",
                         lambda *args: ranges.append(args[-2:]) or real(*args))
     shared, _ = convolve(x, weights, bias, True)
     np.testing.assert_array_equal(shared, serial)

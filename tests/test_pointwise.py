@@ -90,8 +90,8 @@ def test_forward_shares_out_large_layers(monkeypatch):
     monkeypatch.setattr(pointwise, "PARALLEL_MIN_MACS", 0)
     monkeypatch.setattr(pointwise.numba, "get_num_threads", lambda: 2)
     calls = []
-    real = pointwise.pointwise_tasks
-    monkeypatch.setattr(pointwise, "pointwise_tasks", lambda *args: calls.append(args[-3:]) or real(*args))
+    real = pointwise.pointwise_share
+    monkeypatch.setattr(pointwise, "pointwise_share", lambda *args: calls.append(args[-3:]) or real(*args))
     np.testing.assert_array_equal(run("forward", weights, shift, x, True), serial)
     (chunk, first, middle), (_, middle_again, last) = sorted(calls, key=lambda call: call[1])
     assert chunk % 4 == 0 and first == 0 and middle == middle_again and last == task_count(2, 2 * TILE + 5, 20, chunk)

@@ -21,7 +21,8 @@ import numpy as np
 
 from . import jit
 from .simd import (LANES, add, evens, fma, leaky, load, load_first, odds, shifted_in, splat, store, store_first)
-from .threads import run_side_by_side, threads_pay
+from .handoff import share_out, store_release
+from .threads import threads_pay
 
 # ~0.5 ms of serial work before a second thread pays its wake-up (a multiply-add costs ~0.05 ns here)
 PARALLEL_MIN_MACS = 1 << 23
@@ -86,20 +87,29 @@ def depthwise_3x3_stride2_planes(xf, weights, bias, leaky_out, height, width, of
                     store_first(of, at, value, count)
 
 
+@jit
+def depthwise_3x3_stride2_share(flags, ticket, first_flag, flag_count, before, xf, weights, bias, leaky_out, height,
+                                width, of, channel_major, first, last):
+    """depthwise_3x3_stride2_planes as a share of kernels/handoff.py: raises `ticket` before or after."""
+    if before:
+        for k in range(first_flag, first_flag + flag_count):
+            store_release(flags, k, ticket)
+    depthwise_3x3_stride2_planes(xf, weights, bias, leaky_out, height, width, of, channel_major, first, last)
+    if not before:
+        for k in range(first_flag, first_flag + flag_count):
+            store_release(flags, k, ticket)
+
+
 def forward(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, leaky_out: bool, planes: np.ndarray,
             channel_major: bool) -> None:
     """The convolution of x into `planes` (see the module docstring), shared out among the threads when it
-    pays (Python threads running the serial kernel without the GIL: no second kernel to compile)."""
+    pays (kernels/handoff.py: the serial kernel over runs of planes, no second kernel to compile)."""
     batch, channels, height, width = x.shape
     xf, of = x.reshape(-1), planes.reshape(-1)
     tasks = batch * channels
     macs = tasks * ((height + 1) // 2) * (width // 2) * 9
-    if not threads_pay(macs, tasks, PARALLEL_MIN_MACS):
+    if threads_pay(macs, tasks, PARALLEL_MIN_MACS):
+        share_out(depthwise_3x3_stride2_share, (xf, weights, bias, leaky_out, height, width, of, channel_major),
+                  tasks, numba.get_num_threads())
+    else:
         depthwise_3x3_stride2_planes(xf, weights, bias, leaky_out, height, width, of, channel_major, 0, tasks)
-        return
-    shares = min(numba.get_num_threads(), tasks)
-
-    def share(k: int) -> None:
-        depthwise_3x3_stride2_planes(xf, weights, bias, leaky_out, height, width, of, channel_major,
-                                     tasks * k // shares, tasks * (k + 1) // shares)
-    run_side_by_side(share, shares)

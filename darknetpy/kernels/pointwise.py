@@ -28,11 +28,16 @@ from numba import prange
 
 from . import jit
 from .simd import LANES, add, fma, leaky, load, splat, store
-from .threads import run_side_by_side, threads_pay
+from .handoff import share_out, store_release
+from .threads import threads_pay
 
 TILE = 4 * LANES       # pixels per full output block
 MIN_PIXELS = LANES     # the smallest plane the kernels handle
-# ~0.5 ms of serial work (at ~0.01 ns per multiply-add: 100+ GFLOP/s) before a second thread pays its wake-up
+# Layers from ~4M multiply-adds (~80 us at one thread) are shared out among the threads (kernels/handoff.py).
+# Smaller ones gain alone (2 threads: 448->96 at 10x10, 4.3M, 99 -> 60 us) but lose in a pass, where the
+# helper's share has to fetch its input from the other core's cache: whole passes at 2 threads, taking
+# turns in one process, against threads for 4M+ layers: 1M / 2M thresholds yolo-fastest-1.1 1.07-1.08 / -,
+# yolo-fastest-1.1-xl 1.00 / 1.00 (0.93 for all three against the thread pool used before at 4M).
 PARALLEL_MIN_MACS = 1 << 22
 
 
@@ -201,6 +206,19 @@ def task_count(batch: int, n: int, filters: int, chunk: int) -> int:
     return batch * -(-n // TILE) * -(-filters // chunk)
 
 
+@jit
+def pointwise_share(flags, ticket, first_flag, flag_count, before, weights, shift, x, out, leaky_out, chunk, first,
+                    last):
+    """pointwise_tasks as a share of kernels/handoff.py: raises `ticket` in the flags before or after."""
+    if before:
+        for k in range(first_flag, first_flag + flag_count):
+            store_release(flags, k, ticket)
+    pointwise_tasks(weights, shift, x, out, leaky_out, chunk, first, last)
+    if not before:
+        for k in range(first_flag, first_flag + flag_count):
+            store_release(flags, k, ticket)
+
+
 def pointwise_forward(weights: np.ndarray, shift: np.ndarray, x: np.ndarray, out: np.ndarray,
                       leaky_out: bool) -> None:
     """out (B, F, N) = act(weights (F, C) @ x (B, C, N) + shift), act leaky or identity; N >= MIN_PIXELS.
@@ -216,15 +234,8 @@ def pointwise_forward(weights: np.ndarray, shift: np.ndarray, x: np.ndarray, out
     if not threads_pay(batch * filters * channels * n, tiles * -(-filters // 4), PARALLEL_MIN_MACS):
         pointwise_tasks(weights, shift, x2, out2, leaky_out, filters, 0, tiles)
         return
-    # Python threads running the serial kernel without the GIL: a Numba parallel version would be one more
-    # kernel to compile (~3 s on a first run). Split the filters too when the pixel tiles alone are too few
-    # to share out evenly.
+    # split the filters too when the pixel tiles alone are too few to share out evenly
     chunks = min(-(-filters // 4), -(-4 * threads // tiles))
     chunk = -(-(-(-filters // max(chunks, 1))) // 4) * 4
     tasks = task_count(batch, n, filters, chunk)
-    shares = min(threads, tasks)
-
-    def share(k: int) -> None:
-        pointwise_tasks(weights, shift, x2, out2, leaky_out, chunk, tasks * k // shares,
-                        tasks * (k + 1) // shares)
-    run_side_by_side(share, shares)
+    share_out(pointwise_share, (weights, shift, x2, out2, leaky_out, chunk), tasks, threads)
