@@ -41,13 +41,14 @@ def run(kernel, weights, shift, x, leaky_out, chunk=None):
     flat_x, flat_out = x.reshape(batch, -1), out.reshape(batch, -1)
     filters = weights.shape[0]
     if kernel == "serial":
-        pointwise_tasks(weights, shift, flat_x, flat_out, leaky_out, filters, 0, task_count(batch, pixels, 1, 1))
+        pointwise_tasks(weights, shift, flat_x, flat_out, leaky_out, filters, 0, task_count(batch, pixels, 1, 1),
+                        False)
     elif kernel == "shares":
         # the tasks in three uneven runs, the middle one first, as threads may take them
         tasks = task_count(batch, pixels, filters, chunk)
         cuts = [0, tasks // 3, tasks // 3 + (tasks + 1) // 2, tasks]
         for k in (1, 0, 2):
-            pointwise_tasks(weights, shift, flat_x, flat_out, leaky_out, chunk, cuts[k], cuts[k + 1])
+            pointwise_tasks(weights, shift, flat_x, flat_out, leaky_out, chunk, cuts[k], cuts[k + 1], False)
     else:
         pointwise_forward(weights, shift, x, out, leaky_out)
     assert (memory[:GUARD] == SENTINEL).all() and (memory[-GUARD:] == SENTINEL).all(), "wrote outside the output"
@@ -95,6 +96,22 @@ def test_forward_shares_out_large_layers(monkeypatch):
     np.testing.assert_array_equal(run("forward", weights, shift, x, True), serial)
     (chunk, first, middle), (_, middle_again, last) = sorted(calls, key=lambda call: call[1])
     assert chunk % 4 == 0 and first == 0 and middle == middle_again and last == task_count(2, 2 * TILE + 5, 20, chunk)
+
+
+@pytest.mark.parametrize("offset,streams", [(0, True), (4, False)])
+def test_large_aligned_outputs_are_streamed_to_the_same_values(monkeypatch, offset, streams):
+    from darknetpy.layers.base import aligned_zeros
+    weights, shift, x = case(2, 7, 9, 3 * TILE + LANES)
+    want = run("serial", weights, shift, x, True)
+    monkeypatch.setattr(pointwise, "STREAM_MIN_BYTES", 0)
+    seen = []
+    real = pointwise.pointwise_tasks
+    monkeypatch.setattr(pointwise, "pointwise_tasks", lambda *args: seen.append(args[-1]) or real(*args))
+    memory = aligned_zeros((want.size + offset,))
+    out = memory[offset:].reshape(want.shape)
+    pointwise_forward(weights, shift, x, out, True)
+    assert seen == [streams]
+    np.testing.assert_array_equal(out, want)
 
 
 def test_non_finite_inputs_reach_only_their_pixels():
@@ -165,3 +182,16 @@ def test_intrinsics_lane_by_lane():
     np.testing.assert_array_equal(out[:LANES], fused)
     np.testing.assert_array_equal(out[LANES:2 * LANES], a[1:] + np.float32(2.5))
     np.testing.assert_array_equal(out[2 * LANES:], np.where(c[:LANES] > 0, c[:LANES], np.float32(0.1) * c[:LANES]))
+
+
+def test_layer_outputs_start_on_a_cache_line():
+    from darknetpy.layers.base import aligned_zeros
+    from builders import image_net
+    for shape in [(1,), (3, 5), (2, 16, 7, 7), (1, 8, 160, 160)]:
+        array = aligned_zeros(shape)
+        assert array.shape == shape and array.ctypes.data % 64 == 0 and not array.any()
+        assert array.flags.c_contiguous and array.dtype == np.float32
+    net = image_net("[convolutional]\nfilters=5\nsize=1\n[maxpool]\nsize=2\nstride=2", 10, 6, 3)
+    net.layers[0].allocate(2)
+    net.layers[1].allocate(2)
+    assert all(layer.output.ctypes.data % 64 == 0 for layer in net.layers)

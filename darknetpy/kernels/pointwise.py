@@ -27,7 +27,7 @@ import numpy as np
 from numba import prange
 
 from . import jit
-from .simd import LANES, add, fma, leaky, load, splat, store
+from .simd import LANES, add, fma, leaky, load, splat, store, store_stream
 from .handoff import share_out, store_release
 from .threads import threads_pay
 
@@ -39,6 +39,13 @@ MIN_PIXELS = LANES     # the smallest plane the kernels handle
 # turns in one process, against threads for 4M+ layers: 1M / 2M thresholds yolo-fastest-1.1 1.07-1.08 / -,
 # yolo-fastest-1.1-xl 1.00 / 1.00 (0.93 for all three against the thread pool used before at 4M).
 PARALLEL_MIN_MACS = 1 << 22
+# Outputs of at least this many bytes (twice a 1 MiB L2) are written past the caches (non-temporal stores, full
+# tiles only, when the output is STREAM_ALIGNMENT-aligned: layers/base.py aligned_zeros): they would leave the
+# cache before the next layer reads them anyway, and a normal store first reads each line it writes.
+# Whole passes, taking turns in one process, 1 thread: yolo-fastest-1.1-xl at batch 8 0.90-0.91, at batch 1
+# 1.00 (its one 4.9 MB output); from 1 MiB on, batch 1: 1.01-1.02.
+STREAM_MIN_BYTES = 2 << 20
+STREAM_ALIGNMENT = 64
 
 
 @jit(inline="always")
@@ -50,7 +57,18 @@ def _finish(out, at, acc, bias, leaky_out):
 
 
 @jit(inline="always")
-def _four_by_four(weights, shift, x, out, f, p, n, leaky_out):
+def _finish_stream(out, at, acc, bias, leaky_out, stream):
+    value = add(acc, bias)
+    if leaky_out:
+        value = leaky(value)
+    if stream:
+        store_stream(out, at, value)
+    else:
+        store(out, at, value)
+
+
+@jit(inline="always")
+def _four_by_four(weights, shift, x, out, f, p, n, leaky_out, stream):
     """Filters f..f+3 at the four vectors from pixel p."""
     zero = splat(0.0)
     a00 = zero; a01 = zero; a02 = zero; a03 = zero
@@ -69,20 +87,20 @@ def _four_by_four(weights, shift, x, out, f, p, n, leaky_out):
         at += n
     row = f * n + p
     bias = splat(shift[f])
-    _finish(out, row, a00, bias, leaky_out); _finish(out, row + LANES, a01, bias, leaky_out)
-    _finish(out, row + 2 * LANES, a02, bias, leaky_out); _finish(out, row + 3 * LANES, a03, bias, leaky_out)
+    _finish_stream(out, row, a00, bias, leaky_out, stream); _finish_stream(out, row + LANES, a01, bias, leaky_out, stream)
+    _finish_stream(out, row + 2 * LANES, a02, bias, leaky_out, stream); _finish_stream(out, row + 3 * LANES, a03, bias, leaky_out, stream)
     row += n
     bias = splat(shift[f + 1])
-    _finish(out, row, a10, bias, leaky_out); _finish(out, row + LANES, a11, bias, leaky_out)
-    _finish(out, row + 2 * LANES, a12, bias, leaky_out); _finish(out, row + 3 * LANES, a13, bias, leaky_out)
+    _finish_stream(out, row, a10, bias, leaky_out, stream); _finish_stream(out, row + LANES, a11, bias, leaky_out, stream)
+    _finish_stream(out, row + 2 * LANES, a12, bias, leaky_out, stream); _finish_stream(out, row + 3 * LANES, a13, bias, leaky_out, stream)
     row += n
     bias = splat(shift[f + 2])
-    _finish(out, row, a20, bias, leaky_out); _finish(out, row + LANES, a21, bias, leaky_out)
-    _finish(out, row + 2 * LANES, a22, bias, leaky_out); _finish(out, row + 3 * LANES, a23, bias, leaky_out)
+    _finish_stream(out, row, a20, bias, leaky_out, stream); _finish_stream(out, row + LANES, a21, bias, leaky_out, stream)
+    _finish_stream(out, row + 2 * LANES, a22, bias, leaky_out, stream); _finish_stream(out, row + 3 * LANES, a23, bias, leaky_out, stream)
     row += n
     bias = splat(shift[f + 3])
-    _finish(out, row, a30, bias, leaky_out); _finish(out, row + LANES, a31, bias, leaky_out)
-    _finish(out, row + 2 * LANES, a32, bias, leaky_out); _finish(out, row + 3 * LANES, a33, bias, leaky_out)
+    _finish_stream(out, row, a30, bias, leaky_out, stream); _finish_stream(out, row + LANES, a31, bias, leaky_out, stream)
+    _finish_stream(out, row + 2 * LANES, a32, bias, leaky_out, stream); _finish_stream(out, row + 3 * LANES, a33, bias, leaky_out, stream)
 
 
 @jit(inline="always")
@@ -157,7 +175,7 @@ def _one_by_four(weights, shift, x, out, f, p0, p1, p2, p3, n, leaky_out):
 
 
 @jit
-def _tile(weights, shift, x, out, p, n, f_lo, f_hi, leaky_out):
+def _tile(weights, shift, x, out, p, n, f_lo, f_hi, leaky_out, stream):
     """Filters f_lo..f_hi-1 over the pixels p..min(p + TILE, n) - 1 of one image."""
     width = min(TILE, n - p)
     vectors = (width + LANES - 1) // LANES
@@ -168,7 +186,7 @@ def _tile(weights, shift, x, out, p, n, f_lo, f_hi, leaky_out):
     f = f_lo
     if width == TILE:
         while f + 4 <= f_hi:
-            _four_by_four(weights, shift, x, out, f, p, n, leaky_out)
+            _four_by_four(weights, shift, x, out, f, p, n, leaky_out, stream)
             f += 4
     elif vectors == 1:
         p0 = min(p, last)
@@ -188,9 +206,10 @@ def _tile(weights, shift, x, out, p, n, f_lo, f_hi, leaky_out):
 
 
 @jit
-def pointwise_tasks(weights, shift, x, out, leaky_out, chunk, first, last):
+def pointwise_tasks(weights, shift, x, out, leaky_out, chunk, first, last, stream):
     """Tasks first..last-1 of the layer, a task being (image, pixel tile, `chunk` filters) in that order:
-    out[b] = act(weights @ x[b] + shift) over the task's pixels and filters (see the module docstring)."""
+    out[b] = act(weights @ x[b] + shift) over the task's pixels and filters (see the module docstring);
+    `stream`: full tiles are stored past the caches (out 64-byte aligned, planes a multiple of LANES long)."""
     n = x.shape[1] // weights.shape[1]
     filters = weights.shape[0]
     tiles = (n + TILE - 1) // TILE
@@ -199,7 +218,7 @@ def pointwise_tasks(weights, shift, x, out, leaky_out, chunk, first, last):
         b = task // (tiles * chunks)
         tile = task // chunks - b * tiles
         f_lo = (task % chunks) * chunk
-        _tile(weights, shift, x[b], out[b], tile * TILE, n, f_lo, min(f_lo + chunk, filters), leaky_out)
+        _tile(weights, shift, x[b], out[b], tile * TILE, n, f_lo, min(f_lo + chunk, filters), leaky_out, stream)
 
 
 def task_count(batch: int, n: int, filters: int, chunk: int) -> int:
@@ -207,13 +226,13 @@ def task_count(batch: int, n: int, filters: int, chunk: int) -> int:
 
 
 @jit
-def pointwise_share(flags, ticket, first_flag, flag_count, before, weights, shift, x, out, leaky_out, chunk, first,
-                    last):
+def pointwise_share(flags, ticket, first_flag, flag_count, before, weights, shift, x, out, leaky_out, stream, chunk,
+                    first, last):
     """pointwise_tasks as a share of kernels/handoff.py: raises `ticket` in the flags before or after."""
     if before:
         for k in range(first_flag, first_flag + flag_count):
             store_release(flags, k, ticket)
-    pointwise_tasks(weights, shift, x, out, leaky_out, chunk, first, last)
+    pointwise_tasks(weights, shift, x, out, leaky_out, chunk, first, last, stream)
     if not before:
         for k in range(first_flag, first_flag + flag_count):
             store_release(flags, k, ticket)
@@ -231,11 +250,12 @@ def pointwise_forward(weights: np.ndarray, shift: np.ndarray, x: np.ndarray, out
     x2, out2 = x.reshape(batch, -1), out.reshape(batch, -1)
     tiles = task_count(batch, n, 1, 1)
     threads = numba.get_num_threads()
+    stream = STREAM_MIN_BYTES <= out.nbytes and out.ctypes.data % STREAM_ALIGNMENT == 0 and n % LANES == 0
     if not threads_pay(batch * filters * channels * n, tiles * -(-filters // 4), PARALLEL_MIN_MACS):
-        pointwise_tasks(weights, shift, x2, out2, leaky_out, filters, 0, tiles)
+        pointwise_tasks(weights, shift, x2, out2, leaky_out, filters, 0, tiles, stream)
         return
     # split the filters too when the pixel tiles alone are too few to share out evenly
     chunks = min(-(-filters // 4), -(-4 * threads // tiles))
     chunk = -(-(-(-filters // max(chunks, 1))) // 4) * 4
     tasks = task_count(batch, n, filters, chunk)
-    share_out(pointwise_share, (weights, shift, x2, out2, leaky_out, chunk), tasks, threads)
+    share_out(pointwise_share, (weights, shift, x2, out2, leaky_out, stream, chunk), tasks, threads)

@@ -207,3 +207,17 @@ def _shuffle(indices):
 evens = intrinsic(_shuffle([2 * j for j in range(LANES)]))
 odds = intrinsic(_shuffle([2 * j + 1 for j in range(LANES)]))
 shifted_in = intrinsic(_shuffle([LANES - 1] + [LANES + j for j in range(LANES - 1)]))
+
+
+@intrinsic
+def store_stream(typingctx, arr, index, value):
+    """arr[index : index + LANES] = value, bypassing the caches; the address must be 64-byte aligned."""
+    if not (_is_flat_float32(arr) and isinstance(index, types.Integer) and value == Lanes):
+        return None
+
+    def codegen(context, builder, sig, args):
+        pointer = _vector_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        instruction = builder.store(args[2], pointer, align=LANES * 4)
+        instruction.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+        return context.get_dummy_value()
+    return types.none(arr, index, Lanes), codegen
