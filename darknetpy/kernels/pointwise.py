@@ -48,7 +48,7 @@ STREAM_MIN_BYTES = 2 << 20
 STREAM_ALIGNMENT = 64
 
 
-@jit(inline="always")
+@jit
 def _finish(out, at, acc, bias, leaky_out):
     value = add(acc, bias)
     if leaky_out:
@@ -56,7 +56,7 @@ def _finish(out, at, acc, bias, leaky_out):
     store(out, at, value)
 
 
-@jit(inline="always")
+@jit
 def _finish_stream(out, at, acc, bias, leaky_out, stream):
     value = add(acc, bias)
     if leaky_out:
