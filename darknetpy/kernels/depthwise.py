@@ -43,6 +43,7 @@ import numpy as np
 from numba import prange
 
 from . import depthwise_stride2, jit
+from .handoff import share_out, store_release
 from .scratch import thread_scratch
 from .threads import threads_pay
 
@@ -399,12 +400,13 @@ def _forward_kernels(taps: int) -> tuple[Callable, Callable, Callable]:
 # two bytes per pixel, kept per plane size: planes above SAME_3X3_MAX_PIXELS keep the grid rather than hold
 # masks of more than 8 MB.
 SAME_3X3_MAX_PIXELS = 2048 * 2048
-# This path does a multiply-add in about a third of the grid's time, so its thread team pays later: 2 threads,
-# alone, serial / parallel: 3.7M multiply-adds (16x160x160, 64x80x80) 185 / 155 us, 2.8M 147 / 134, 1.0M
-# 65 / 90; in yolo-fastest-xl's 2-thread pass, alternating in one process, this path's threshold at 2M (the
-# grid's PARALLEL_MIN_MACS) against 8M: 12.10-12.55 against 11.96-12.38 ms in three runs (0.98-0.99: in the
-# pass the 3-4M layers lose what a second thread saves them alone); batch 8 unchanged (0.995-1.015).
-SAME_3X3_PARALLEL_MIN_MACS = 1 << 23
+# This path does a multiply-add in about a third of the grid's time; its planes are shared out to the helper
+# threads of kernels/handoff.py, which are still awake from the layers before, from 1M multiply-adds on. With
+# an OpenMP team (woken per call) the threshold had to be 8M: in yolo-fastest-xl's 2-thread pass the 3-4M
+# layers lost what a second thread saved them alone (185 / 155 us alone at 3.7M). Whole passes at 2 threads,
+# taking turns in one process, helpers from 1M against the OpenMP team from 8M: yolo-fastest-1.1-xl 0.93
+# (batch 1) and 0.94 (batch 8), from 2M 0.95; yolo-fastest-1.1 1.00; 1 thread unchanged.
+SAME_3X3_PARALLEL_MIN_MACS = 1 << 20
 
 
 @jit(inline="always")
@@ -477,13 +479,18 @@ def _same_3x3_serial(x, weights, bias, leaky, left_ok, right_ok, out, channel_ma
         _same_3x3_image_plane(x, weights, bias, leaky, left_ok, right_ok, out, channel_major, height, width, p)
 
 
-@jit(parallel=True)
-def _same_3x3_parallel(x, weights, bias, leaky, left_ok, right_ok, out, channel_major, height, width, runs):
-    planes = x.shape[0] * x.shape[1]
-    for run in prange(runs):
-        for p in range(run * planes // runs, (run + 1) * planes // runs):
-            _same_3x3_image_plane(x, weights, bias, leaky, left_ok, right_ok, out, channel_major, height, width,
-                                  p)
+@jit
+def _same_3x3_share(flags, ticket, first_flag, flag_count, before, x, weights, bias, leaky, left_ok, right_ok, out,
+                    channel_major, height, width, first, last):
+    """Planes first..last-1 as a share of kernels/handoff.py: raises `ticket` in the flags before or after."""
+    if before:
+        for k in range(first_flag, first_flag + flag_count):
+            store_release(flags, k, ticket)
+    for p in range(first, last):
+        _same_3x3_image_plane(x, weights, bias, leaky, left_ok, right_ok, out, channel_major, height, width, p)
+    if not before:
+        for k in range(first_flag, first_flag + flag_count):
+            store_release(flags, k, ticket)
 
 
 @functools.lru_cache(maxsize=16)
@@ -541,8 +548,8 @@ def _same_3x3_forward(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, leak
     flat_x = x.reshape(x.shape[0], x.shape[1], height * width)
     tasks = x.shape[0] * x.shape[1]
     if threads_pay(tasks * height * width * 9, tasks, SAME_3X3_PARALLEL_MIN_MACS):
-        _same_3x3_parallel(flat_x, weights, bias, leaky, left_ok, right_ok, planes, channel_major, height, width,
-                           min(numba.get_num_threads(), tasks))
+        share_out(_same_3x3_share, (flat_x, weights, bias, leaky, left_ok, right_ok, planes, channel_major, height,
+                                    width), tasks, numba.get_num_threads())
     else:
         _same_3x3_serial(flat_x, weights, bias, leaky, left_ok, right_ok, planes, channel_major, height, width)
 
