@@ -24,8 +24,10 @@ from .simd import (LANES, add, evens, fma, leaky, load, load_first, odds, shifte
 from .handoff import share_out, store_release
 from .threads import threads_pay
 
-# ~0.5 ms of serial work before a second thread pays its wake-up (a multiply-add costs ~0.05 ns here)
-PARALLEL_MIN_MACS = 1 << 23
+# Shared out among the awake helper threads (kernels/handoff.py) from 2M multiply-adds (~60 us at one thread):
+# whole passes at 2 threads, taking turns in one process, against 8M: yolo-fastest-1.1-xl 0.97 (1M: 0.98),
+# yolo-fastest-1.1 0.99 (1M).
+PARALLEL_MIN_MACS = 1 << 21
 
 
 def suits(in_per_group: int, out_per_group: int, ksize: int, stride_y: int, stride_x: int, pad: int,
