@@ -39,12 +39,14 @@ MIN_PIXELS = LANES     # the smallest plane the kernels handle
 # turns in one process, against threads for 4M+ layers: 1M / 2M thresholds yolo-fastest-1.1 1.07-1.08 / -,
 # yolo-fastest-1.1-xl 1.00 / 1.00 (0.93 for all three against the thread pool used before at 4M).
 PARALLEL_MIN_MACS = 1 << 22
-# Outputs of at least this many bytes (twice a 1 MiB L2) are written past the caches (non-temporal stores, full
-# tiles only, when the output is STREAM_ALIGNMENT-aligned: layers/base.py aligned_zeros): they would leave the
-# cache before the next layer reads them anyway, and a normal store first reads each line it writes.
-# Whole passes, taking turns in one process, 1 thread: yolo-fastest-1.1-xl at batch 8 0.90-0.91, at batch 1
-# 1.00 (its one 4.9 MB output); from 1 MiB on, batch 1: 1.01-1.02.
-STREAM_MIN_BYTES = 2 << 20
+# Outputs of at least this many bytes are written past the caches (non-temporal stores, full tiles only, when
+# the output is STREAM_ALIGNMENT-aligned: layers/base.py aligned_zeros): a normal store first reads each line
+# it writes, and outputs this large leave the caches before the next layer reads them. Smaller ones may still
+# be in the shared L3 when the next layer starts. Whole passes, taking turns in one process, 1 thread,
+# yolo-fastest-1.1-xl, streaming / not: batch 8 0.91 from 2 MiB on, 0.93 from 8 MiB, 0.97 from 16 MiB; batch 1
+# 1.01 from 2 MiB (its one 4.9 MB output, which the next layer then reads from memory: 0.62 ms instead of
+# 0.29), 1.01-1.02 from 1 MiB.
+STREAM_MIN_BYTES = 8 << 20
 STREAM_ALIGNMENT = 64
 
 
