@@ -14,14 +14,12 @@ from darknetpy.kernels import handoff
 @numba.njit(nogil=True)
 def _count_share(flags, ticket, first_flag, flag_count, before, counts, worker, who, first, last):
     if before:
-        for k in range(first_flag, first_flag + flag_count):
-            handoff.store_release(flags, k, ticket)
+        handoff.publish(flags, first_flag, flag_count, ticket)
     for task in range(first, last):
         counts[task] += 1
         worker[task] = who
     if not before:
-        for k in range(first_flag, first_flag + flag_count):
-            handoff.store_release(flags, k, ticket)
+        handoff.publish(flags, first_flag, flag_count, ticket)
 
 
 def counting_share(flags, ticket, first_flag, flag_count, before, counts, worker, first, last):
@@ -80,6 +78,19 @@ def test_a_busy_team_leaves_the_work_to_the_caller():
         thread.start()
         thread.join(10)
     assert done.is_set() and (counts == 1).all() and (worker == 0).all()
+
+
+@numba.njit
+def _publish(flags, first_flag, flag_count, ticket):
+    handoff.publish(flags, first_flag, flag_count, ticket)
+
+
+def test_publish_writes_exactly_its_flags():
+    flags = np.zeros(5, np.int64)
+    _publish(flags, 1, 3, 7)
+    np.testing.assert_array_equal(flags, [0, 7, 7, 7, 0])
+    _publish(flags, 4, 0, 9)
+    np.testing.assert_array_equal(flags, [0, 7, 7, 7, 0])
 
 
 def test_wait_for_gives_up_after_its_rounds():

@@ -43,7 +43,7 @@ import numpy as np
 from numba import prange
 
 from . import depthwise_stride2, jit
-from .handoff import share_out, store_release
+from .handoff import publish, share_out
 from .scratch import thread_scratch
 from .threads import threads_pay
 
@@ -484,13 +484,11 @@ def _same_3x3_share(flags, ticket, first_flag, flag_count, before, x, weights, b
                     channel_major, height, width, first, last):
     """Planes first..last-1 as a share of kernels/handoff.py: raises `ticket` in the flags before or after."""
     if before:
-        for k in range(first_flag, first_flag + flag_count):
-            store_release(flags, k, ticket)
+        publish(flags, first_flag, flag_count, ticket)
     for p in range(first, last):
         _same_3x3_image_plane(x, weights, bias, leaky, left_ok, right_ok, out, channel_major, height, width, p)
     if not before:
-        for k in range(first_flag, first_flag + flag_count):
-            store_release(flags, k, ticket)
+        publish(flags, first_flag, flag_count, ticket)
 
 
 @functools.lru_cache(maxsize=16)

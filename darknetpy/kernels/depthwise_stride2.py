@@ -21,7 +21,7 @@ import numpy as np
 
 from . import jit
 from .simd import (LANES, add, evens, fma, leaky, load, load_first, odds, shifted_in, splat, store, store_first)
-from .handoff import share_out, store_release
+from .handoff import publish, share_out
 from .threads import threads_pay
 
 # Shared out among the awake helper threads (kernels/handoff.py) from 2M multiply-adds (~60 us at one thread):
@@ -94,12 +94,10 @@ def depthwise_3x3_stride2_share(flags, ticket, first_flag, flag_count, before, x
                                 width, of, channel_major, first, last):
     """depthwise_3x3_stride2_planes as a share of kernels/handoff.py: raises `ticket` before or after."""
     if before:
-        for k in range(first_flag, first_flag + flag_count):
-            store_release(flags, k, ticket)
+        publish(flags, first_flag, flag_count, ticket)
     depthwise_3x3_stride2_planes(xf, weights, bias, leaky_out, height, width, of, channel_major, first, last)
     if not before:
-        for k in range(first_flag, first_flag + flag_count):
-            store_release(flags, k, ticket)
+        publish(flags, first_flag, flag_count, ticket)
 
 
 def forward(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, leaky_out: bool, planes: np.ndarray,

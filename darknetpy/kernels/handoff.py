@@ -14,7 +14,7 @@ once it sees its ticket, when the caller is inside its own share and holds no GI
 
 A share function takes (flags, ticket, first_flag, flag_count, before, *args, first, last): it does tasks
 first..last-1 of its kernel and stores `ticket` into flags[first_flag : first_flag + flag_count] with
-`store_release`, before the tasks if `before` (the caller's share, raising the helpers' tickets) and after them
+`publish`, before the tasks if `before` (the caller's share, raising the helpers' tickets) and after them
 otherwise (a helper's share, marking it done). A helper that went to sleep just as its ticket was raised is
 woken by the caller once the caller's own share is done.
 
@@ -58,18 +58,23 @@ def load_acquire(typingctx, arr, index):
 
 
 @intrinsic
-def store_release(typingctx, arr, index, value):
-    """arr[index] = value, an atomic store with release ordering."""
-    if not (_is_int64_vector(arr) and isinstance(index, types.Integer) and isinstance(value, types.Integer)):
+def publish(typingctx, flags, first_flag, flag_count, ticket):
+    """flags[first_flag : first_flag + flag_count] = ticket, each an atomic store with release ordering: a
+    thread that sees the ticket (load_acquire) also sees everything written before it."""
+    if not (_is_int64_vector(flags) and isinstance(first_flag, types.Integer)
+            and isinstance(flag_count, types.Integer) and isinstance(ticket, types.Integer)):
         return None
 
     def codegen(context, builder, sig, args):
         data = context.make_array(sig.args[0])(context, builder, args[0]).data
-        offset = context.cast(builder, args[1], sig.args[1], types.intp)
-        value = context.cast(builder, args[2], sig.args[2], types.int64)
-        builder.store_atomic(value, builder.gep(data, [offset]), "release", 8)
+        first = context.cast(builder, args[1], sig.args[1], types.intp)
+        count = context.cast(builder, args[2], sig.args[2], types.intp)
+        value = context.cast(builder, args[3], sig.args[3], types.int64)
+        with cgutils.for_range(builder, count) as loop:
+            pointer = builder.gep(data, [builder.add(first, loop.index)])
+            builder.store_atomic(value, pointer, "release", 8)
         return context.get_dummy_value()
-    return types.none(arr, index, value), codegen
+    return types.none(flags, first_flag, flag_count, ticket), codegen
 
 
 @intrinsic

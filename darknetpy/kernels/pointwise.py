@@ -28,7 +28,7 @@ from numba import prange
 
 from . import jit
 from .simd import LANES, add, fma, leaky, load, splat, store, store_stream
-from .handoff import share_out, store_release
+from .handoff import publish, share_out
 from .threads import threads_pay
 
 TILE = 4 * LANES       # pixels per full output block
@@ -51,15 +51,8 @@ STREAM_ALIGNMENT = 64
 
 
 @jit
-def _finish(out, at, acc, bias, leaky_out):
-    value = add(acc, bias)
-    if leaky_out:
-        value = leaky(value)
-    store(out, at, value)
-
-
-@jit
-def _finish_stream(out, at, acc, bias, leaky_out, stream):
+def _finish(out, at, acc, bias, leaky_out, stream):
+    """out[at : at + LANES] = act(acc + bias), past the caches if `stream` (64-byte aligned `at`)."""
     value = add(acc, bias)
     if leaky_out:
         value = leaky(value)
@@ -67,6 +60,16 @@ def _finish_stream(out, at, acc, bias, leaky_out, stream):
         store_stream(out, at, value)
     else:
         store(out, at, value)
+
+
+@jit(inline="always")
+def _finish_four(out, row, shift_value, a0, a1, a2, a3, leaky_out, stream):
+    """One filter's four vectors of a tile from `row` on."""
+    bias = splat(shift_value)
+    _finish(out, row, a0, bias, leaky_out, stream)
+    _finish(out, row + LANES, a1, bias, leaky_out, stream)
+    _finish(out, row + 2 * LANES, a2, bias, leaky_out, stream)
+    _finish(out, row + 3 * LANES, a3, bias, leaky_out, stream)
 
 
 @jit(inline="always")
@@ -88,21 +91,10 @@ def _four_by_four(weights, shift, x, out, f, p, n, leaky_out, stream):
         a30 = fma(w3, x0, a30); a31 = fma(w3, x1, a31); a32 = fma(w3, x2, a32); a33 = fma(w3, x3, a33)
         at += n
     row = f * n + p
-    bias = splat(shift[f])
-    _finish_stream(out, row, a00, bias, leaky_out, stream); _finish_stream(out, row + LANES, a01, bias, leaky_out, stream)
-    _finish_stream(out, row + 2 * LANES, a02, bias, leaky_out, stream); _finish_stream(out, row + 3 * LANES, a03, bias, leaky_out, stream)
-    row += n
-    bias = splat(shift[f + 1])
-    _finish_stream(out, row, a10, bias, leaky_out, stream); _finish_stream(out, row + LANES, a11, bias, leaky_out, stream)
-    _finish_stream(out, row + 2 * LANES, a12, bias, leaky_out, stream); _finish_stream(out, row + 3 * LANES, a13, bias, leaky_out, stream)
-    row += n
-    bias = splat(shift[f + 2])
-    _finish_stream(out, row, a20, bias, leaky_out, stream); _finish_stream(out, row + LANES, a21, bias, leaky_out, stream)
-    _finish_stream(out, row + 2 * LANES, a22, bias, leaky_out, stream); _finish_stream(out, row + 3 * LANES, a23, bias, leaky_out, stream)
-    row += n
-    bias = splat(shift[f + 3])
-    _finish_stream(out, row, a30, bias, leaky_out, stream); _finish_stream(out, row + LANES, a31, bias, leaky_out, stream)
-    _finish_stream(out, row + 2 * LANES, a32, bias, leaky_out, stream); _finish_stream(out, row + 3 * LANES, a33, bias, leaky_out, stream)
+    _finish_four(out, row, shift[f], a00, a01, a02, a03, leaky_out, stream)
+    _finish_four(out, row + n, shift[f + 1], a10, a11, a12, a13, leaky_out, stream)
+    _finish_four(out, row + 2 * n, shift[f + 2], a20, a21, a22, a23, leaky_out, stream)
+    _finish_four(out, row + 3 * n, shift[f + 3], a30, a31, a32, a33, leaky_out, stream)
 
 
 @jit(inline="always")
@@ -123,16 +115,16 @@ def _four_by_two(weights, shift, x, out, f, p0, p1, n, leaky_out):
         at += n
     row = f * n
     bias = splat(shift[f])
-    _finish(out, row + p0, a00, bias, leaky_out); _finish(out, row + p1, a01, bias, leaky_out)
+    _finish(out, row + p0, a00, bias, leaky_out, False); _finish(out, row + p1, a01, bias, leaky_out, False)
     row += n
     bias = splat(shift[f + 1])
-    _finish(out, row + p0, a10, bias, leaky_out); _finish(out, row + p1, a11, bias, leaky_out)
+    _finish(out, row + p0, a10, bias, leaky_out, False); _finish(out, row + p1, a11, bias, leaky_out, False)
     row += n
     bias = splat(shift[f + 2])
-    _finish(out, row + p0, a20, bias, leaky_out); _finish(out, row + p1, a21, bias, leaky_out)
+    _finish(out, row + p0, a20, bias, leaky_out, False); _finish(out, row + p1, a21, bias, leaky_out, False)
     row += n
     bias = splat(shift[f + 3])
-    _finish(out, row + p0, a30, bias, leaky_out); _finish(out, row + p1, a31, bias, leaky_out)
+    _finish(out, row + p0, a30, bias, leaky_out, False); _finish(out, row + p1, a31, bias, leaky_out, False)
 
 
 @jit(inline="always")
@@ -149,14 +141,14 @@ def _eight_by_one(weights, shift, x, out, f, p, n, leaky_out):
         a6 = fma(splat(weights[f + 6, c]), xc, a6); a7 = fma(splat(weights[f + 7, c]), xc, a7)
         at += n
     row = f * n + p
-    _finish(out, row, a0, splat(shift[f]), leaky_out); row += n
-    _finish(out, row, a1, splat(shift[f + 1]), leaky_out); row += n
-    _finish(out, row, a2, splat(shift[f + 2]), leaky_out); row += n
-    _finish(out, row, a3, splat(shift[f + 3]), leaky_out); row += n
-    _finish(out, row, a4, splat(shift[f + 4]), leaky_out); row += n
-    _finish(out, row, a5, splat(shift[f + 5]), leaky_out); row += n
-    _finish(out, row, a6, splat(shift[f + 6]), leaky_out); row += n
-    _finish(out, row, a7, splat(shift[f + 7]), leaky_out)
+    _finish(out, row, a0, splat(shift[f]), leaky_out, False); row += n
+    _finish(out, row, a1, splat(shift[f + 1]), leaky_out, False); row += n
+    _finish(out, row, a2, splat(shift[f + 2]), leaky_out, False); row += n
+    _finish(out, row, a3, splat(shift[f + 3]), leaky_out, False); row += n
+    _finish(out, row, a4, splat(shift[f + 4]), leaky_out, False); row += n
+    _finish(out, row, a5, splat(shift[f + 5]), leaky_out, False); row += n
+    _finish(out, row, a6, splat(shift[f + 6]), leaky_out, False); row += n
+    _finish(out, row, a7, splat(shift[f + 7]), leaky_out, False)
 
 
 @jit(inline="always")
@@ -172,8 +164,8 @@ def _one_by_four(weights, shift, x, out, f, p0, p1, p2, p3, n, leaky_out):
         at += n
     row = f * n
     bias = splat(shift[f])
-    _finish(out, row + p0, a0, bias, leaky_out); _finish(out, row + p1, a1, bias, leaky_out)
-    _finish(out, row + p2, a2, bias, leaky_out); _finish(out, row + p3, a3, bias, leaky_out)
+    _finish(out, row + p0, a0, bias, leaky_out, False); _finish(out, row + p1, a1, bias, leaky_out, False)
+    _finish(out, row + p2, a2, bias, leaky_out, False); _finish(out, row + p3, a3, bias, leaky_out, False)
 
 
 @jit
@@ -232,12 +224,10 @@ def pointwise_share(flags, ticket, first_flag, flag_count, before, weights, shif
                     first, last):
     """pointwise_tasks as a share of kernels/handoff.py: raises `ticket` in the flags before or after."""
     if before:
-        for k in range(first_flag, first_flag + flag_count):
-            store_release(flags, k, ticket)
+        publish(flags, first_flag, flag_count, ticket)
     pointwise_tasks(weights, shift, x, out, leaky_out, chunk, first, last, stream)
     if not before:
-        for k in range(first_flag, first_flag + flag_count):
-            store_release(flags, k, ticket)
+        publish(flags, first_flag, flag_count, ticket)
 
 
 def pointwise_forward(weights: np.ndarray, shift: np.ndarray, x: np.ndarray, out: np.ndarray,
