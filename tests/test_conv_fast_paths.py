@@ -426,9 +426,11 @@ def test_layer_paths_are_chosen_from_the_shapes():
     # few channels and a patch matrix that stays in the caches: im2col + GEMM (see conv_engines)
     assert engines("filters=16\nsize=3\npad=1\nactivation=leaky", 16) == ("gemm", "gemm")
     # ungrouped 1x1 layers: the register-blocked kernel from 16 pixels on, BLAS below and when grouped
+    from darknetpy.kernels.pointwise import MIN_PIXELS
+    smallest = int(np.ceil(np.sqrt(MIN_PIXELS)))   # the smallest square map the kernel takes (one vector)
     assert engines("filters=16\nsize=1\nactivation=leaky", 3) == ("pointwise", "gemm")
-    assert engines("filters=16\nsize=1\nactivation=leaky", 3, 4) == ("pointwise", "gemm")
-    assert engines("filters=16\nsize=1\nactivation=leaky", 3, 3) == ("gemm", "gemm")
+    assert engines("filters=16\nsize=1\nactivation=leaky", 3, smallest) == ("pointwise", "gemm")
+    assert engines("filters=16\nsize=1\nactivation=leaky", 3, smallest - 1) == ("gemm", "gemm")
     assert engines("filters=32\nsize=1\ngroups=2\nactivation=leaky", 64) == ("gemm", "gemm")
     assert engines("filters=16\nsize=1\nstride=2\nactivation=leaky", 16) == ("gemm", "gemm")
     assert engines("filters=64\nsize=3\npad=1\ngroups=2\nactivation=leaky", 64) == ("gemm", "gemm")
