@@ -67,6 +67,18 @@ def test_a_helpers_error_reaches_the_caller():
     assert (counts[:2] == 2).all() and (counts[2:] == 1).all()
 
 
+def test_the_callers_error_waits_for_the_helpers():
+    counts, worker = np.zeros(4, np.int64), np.zeros(4, np.int64)
+
+    def failing_caller(flags, ticket, first_flag, flag_count, before, *args):
+        if before:
+            raise ValueError("caller failed before raising the tickets")
+        counting_share(flags, ticket, first_flag, flag_count, before, *args)
+    with pytest.raises(ValueError, match="caller failed"):
+        handoff.share_out(failing_caller, (counts, worker), 4, 2)
+    np.testing.assert_array_equal(counts, [0, 0, 1, 1])   # the helper's share ran, and was waited for
+
+
 def test_a_busy_team_leaves_the_work_to_the_caller():
     handoff.share_out(counting_share, (np.zeros(2, np.int64), np.zeros(2, np.int64)), 2, 2)
     team = handoff._TEAMS[(handoff.os.getpid(), 1)]

@@ -20,8 +20,8 @@ import numba
 import numpy as np
 
 from . import jit
-from .simd import (LANES, add, evens, fma, leaky, load, load_first, odds, shifted_in, splat, store, store_first)
 from .handoff import publish, share_out
+from .simd import LANES, add, evens, fma, leaky, load, load_first, odds, shifted_in, splat, store, store_first
 from .threads import threads_pay
 
 # Shared out among the awake helper threads (kernels/handoff.py) from 2M multiply-adds (~60 us at one thread):

@@ -7,7 +7,7 @@ one thread at any thread count. A `Team` keeps helper threads that, after each s
 that follow each other closely hand over in a few microseconds.
 
 The hand-over never waits for the GIL. A kernel that can be shared has a *share* function (a Numba kernel
-of its module, see `share_signature`): it publishes a ticket before doing its part (the calling thread's
+of its own module, written as the last paragraph says): it publishes a ticket before doing its part (the calling thread's
 share: the helpers see it while the caller computes, without the GIL) or after (a helper's share: the
 caller sees it done without the helper taking the GIL back). A helper picks up its arguments in Python only
 once it sees its ticket, when the caller is inside its own share and holds no GIL.
@@ -150,14 +150,26 @@ class Team:
                 self.tickets[:helpers] = ticket
                 self._wake.notify_all()
         # raises the helpers' tickets (again, for those that slept) inside the kernel, without the GIL
-        share(self.tickets, ticket, 0, helpers, True, *args, 0, tasks // shares)
-        while not wait_for(self.done, 0, helpers, ticket, SPIN_ROUNDS):
-            with self._wake:   # a helper that fell asleep as its ticket was raised
-                self._wake.notify_all()
+        try:
+            share(self.tickets, ticket, 0, helpers, True, *args, 0, tasks // shares)
+        except BaseException:
+            # the kernel may have failed before raising the tickets: raise them here, so that no helper is
+            # still writing into the arrays once the error reaches the caller
+            with self._wake:
+                self.tickets[:helpers] = ticket
+            self._wait_done(ticket, helpers)
+            raise
+        self._wait_done(ticket, helpers)
         errors = [exc for exc in self._errors[:helpers] if exc is not None]
         self._errors[:helpers] = [None] * helpers
         if errors:
             raise errors[0]
+
+
+    def _wait_done(self, ticket: int, helpers: int) -> None:
+        while not wait_for(self.done, 0, helpers, ticket, SPIN_ROUNDS):
+            with self._wake:   # a helper that fell asleep as its ticket was raised
+                self._wake.notify_all()
 
 
 _TEAMS: dict[tuple[int, int], Team] = {}

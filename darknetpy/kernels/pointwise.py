@@ -24,20 +24,20 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import prange
 
 from . import jit
-from .simd import LANES, add, fma, leaky, load, splat, store, store_stream
 from .handoff import publish, share_out
+from .simd import LANES, add, fma, leaky, load, splat, store, store_stream
 from .threads import threads_pay
 
 TILE = 4 * LANES       # pixels per full output block
 MIN_PIXELS = LANES     # the smallest plane the kernels handle
 # Layers from ~4M multiply-adds (~80 us at one thread) are shared out among the threads (kernels/handoff.py).
-# Smaller ones gain alone (2 threads: 448->96 at 10x10, 4.3M, 99 -> 60 us) but lose in a pass, where the
-# helper's share has to fetch its input from the other core's cache: whole passes at 2 threads, taking
-# turns in one process, against threads for 4M+ layers: 1M / 2M thresholds yolo-fastest-1.1 1.07-1.08 / -,
-# yolo-fastest-1.1-xl 1.00 / 1.00 (0.93 for all three against the thread pool used before at 4M).
+# Smaller ones gain alone (2 threads: 448->96 at 10x10, 4.3M, 99 -> 60 us) but can lose in a pass, where the
+# helper's share has to fetch its input from the other core's cache. Whole passes at 2 threads, taking turns
+# in one process, against the woken thread pool used before (from 4M): helpers from 1M yolo-fastest-1.1 1.07,
+# yolo-fastest-1.1-xl 0.93; from 2M yolo-fastest-1.1-xl 0.92; from 4M yolo-fastest-1.1-xl 0.93,
+# yolo-fastest-1.1 0.99, digits-seg 0.98.
 PARALLEL_MIN_MACS = 1 << 22
 # Outputs of at least this many bytes are written past the caches (non-temporal stores, full tiles only, when
 # the output is STREAM_ALIGNMENT-aligned: layers/base.py aligned_zeros): a normal store first reads each line

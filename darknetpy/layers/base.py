@@ -358,8 +358,9 @@ class LossLayer(Layer):
 
 
 def aligned_zeros(shape: tuple[int, ...], alignment: int = 64) -> np.ndarray:
-    """A zeroed float32 array whose data starts on an `alignment`-byte boundary (a cache line): a vector
-    load from a 16-byte aligned buffer straddles two cache lines three times in four."""
+    """A zeroed float32 array whose data starts on an `alignment`-byte boundary (a cache line; numpy's large
+    arrays start 16 bytes into one): kernels may then write whole lines past the caches (non-temporal vector
+    stores need aligned addresses, see kernels/pointwise.py)."""
     count = int(np.prod(shape))
     itemsize = np.dtype(FLOAT).itemsize
     memory = np.zeros(count + alignment // itemsize, dtype=FLOAT)

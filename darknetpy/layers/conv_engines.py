@@ -114,13 +114,15 @@ GEMM_OVER_WINOGRAD_LARGE_L2 = 2 << 20
 # too; 13x13 and 14x14 maps (49 tiles) lost 6-12% with GEMM.
 WINOGRAD_MIN_PRODUCT_TILES = 20
 # Ungrouped 1x1 layers take the register-blocked kernel (kernels/pointwise.py), except with more than one thread
-# on small maps with many weights: BLAS's threads split those products well (they spin for a moment between
-# products), while waking Numba's sleeping workers costs ~40 us, as much as half such a layer's work. Alone,
-# 2 threads, AMD EPYC, BLAS (+ epilogue) / best of the kernel serial or shared out: 448->96 at 10x10 0.75,
-# 96->448 0.73, 96->255 0.71, 272->48 at 20x20 0.96, 256->128 at 13x13 0.89, 1024->256 0.91, 512->255 0.90;
-# but 96->96 at 10x10 1.09, 192->48 at 20x20 1.0, 48->272 1.5, 32->192 at 40x40 1.9, 256->255 at 26x26
-# 1.09, 128->64 at 52x52 1.34. (At one thread the kernel is as fast or faster everywhere measured: 0.22-0.45
-# of BLAS on 8-16 channels of 160x160 maps, 0.6-0.9 from 32 to 512 channels, 0.97-1.04 at 1024-2048.)
+# on small maps with many weights, where BLAS's threads split the products well. Measured alone, 2 threads,
+# AMD EPYC, BLAS (+ epilogue) / best of the kernel serial or shared out through a thread pool that had to be
+# woken (~40 us): 448->96 at 10x10 0.75, 96->448 0.73, 96->255 0.71, 272->48 at 20x20 0.96, 256->128 at 13x13
+# 0.89, 1024->256 0.91, 512->255 0.90; but 96->96 at 10x10 1.09, 192->48 at 20x20 1.0, 48->272 1.5, 32->192 at
+# 40x40 1.9, 256->255 at 26x26 1.09, 128->64 at 52x52 1.34. With the helper threads kept awake
+# (kernels/handoff.py) whole passes at 2 threads measured the same with and without this rule (yolo-fastest-xl
+# 0.99, yolo-fastest 1.01, yolov3-tiny 1.00), so it stayed. (At one thread the kernel is as fast or faster
+# everywhere measured: 0.22-0.45 of BLAS on 8-16 channels of 160x160 maps, 0.6-0.9 from 32 to 512 channels,
+# 0.97-1.04 at 1024-2048.)
 POINTWISE_GEMM_MAX_PIXELS = 400
 POINTWISE_GEMM_MIN_WEIGHTS = 128 * 128
 
