@@ -187,3 +187,74 @@ def test_infer_matches_forward_on_real_networks(shared_dir, name, size):
     x = np.random.default_rng(2).random((1, s.c, s.h, s.w), np.float32)
     lent = check_infer_matches_forward(network, x)
     assert lent >= 3
+
+
+# A linear 1x1 convolution whose only reader is a plain [shortcut] (through a dropout) adds the shortcut's
+# other input in its own pass at inference (Network._plan_sums): the same values bit for bit.
+SUMMED = """[net]
+width={side}
+height={side}
+channels=3
+batch={batch}
+
+[convolutional]
+filters=16
+size=3
+pad=1
+activation=leaky
+
+[convolutional]
+filters=24
+size=1
+activation=leaky
+
+[convolutional]
+filters=16
+size=1
+activation={activation}
+
+[dropout]
+probability=.3
+
+[shortcut]
+from={source}
+activation=linear
+alpha={alpha}
+
+[convolutional]
+filters=16
+size=1
+activation=linear
+
+[shortcut]
+from=-2
+activation=linear
+{tail}"""
+
+
+def summed_net(activation="linear", source=-4, alpha=1, tail="", side=12, batch=1):
+    return quiet_net(SUMMED.format(activation=activation, source=source, alpha=alpha, tail=tail, side=side,
+                                   batch=batch))
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_a_linear_1x1_layer_adds_the_shortcut_in_its_own_pass(batch):
+    network = summed_net(batch=batch)
+    x = np.random.default_rng(3).standard_normal((batch, 3, 12, 12)).astype(np.float32)
+    check_infer_matches_forward(network, x)
+    assert network._summed_by == {4, 6} and network._addend_of == {2: 0, 5: 4}
+    assert network.layers[2].engine.name == "pointwise"
+
+
+@pytest.mark.parametrize("case", ["leaky producer", "scaled shortcut", "residual is the producer",
+                                  "producer read elsewhere", "too small for the kernel"])
+def test_sums_stay_in_the_shortcut_when_they_cannot_move(case):
+    kwargs = {"leaky producer": dict(activation="leaky"), "scaled shortcut": dict(alpha=0.5),
+              "residual is the producer": dict(source=-2),
+              "producer read elsewhere": dict(tail="\n[route]\nlayers=2,-1\n"),
+              "too small for the kernel": dict(side=3)}[case]
+    network = summed_net(**kwargs)
+    side = kwargs.get("side", 12)
+    x = np.random.default_rng(4).standard_normal((1, 3, side, side)).astype(np.float32)
+    check_infer_matches_forward(network, x)
+    assert 4 not in network._summed_by and 2 not in network._addend_of

@@ -51,11 +51,14 @@ STREAM_ALIGNMENT = 64
 
 
 @jit
-def _finish(out, at, acc, bias, leaky_out, stream):
-    """out[at : at + LANES] = act(acc + bias), past the caches if `stream` (64-byte aligned `at`)."""
+def _finish(out, at, acc, bias, leaky_out, stream, addend, adding):
+    """out[at : at + LANES] = act(acc + bias) (+ addend[at : at + LANES] if `adding`), past the caches if
+    `stream` (64-byte aligned `at`)."""
     value = add(acc, bias)
     if leaky_out:
         value = leaky(value)
+    if adding:
+        value = add(value, load(addend, at))
     if stream:
         store_stream(out, at, value)
     else:
@@ -63,17 +66,17 @@ def _finish(out, at, acc, bias, leaky_out, stream):
 
 
 @jit(inline="always")
-def _finish_four(out, row, shift_value, a0, a1, a2, a3, leaky_out, stream):
+def _finish_four(out, row, shift_value, a0, a1, a2, a3, leaky_out, stream, addend, adding):
     """One filter's four vectors of a tile from `row` on."""
     bias = splat(shift_value)
-    _finish(out, row, a0, bias, leaky_out, stream)
-    _finish(out, row + LANES, a1, bias, leaky_out, stream)
-    _finish(out, row + 2 * LANES, a2, bias, leaky_out, stream)
-    _finish(out, row + 3 * LANES, a3, bias, leaky_out, stream)
+    _finish(out, row, a0, bias, leaky_out, stream, addend, adding)
+    _finish(out, row + LANES, a1, bias, leaky_out, stream, addend, adding)
+    _finish(out, row + 2 * LANES, a2, bias, leaky_out, stream, addend, adding)
+    _finish(out, row + 3 * LANES, a3, bias, leaky_out, stream, addend, adding)
 
 
 @jit(inline="always")
-def _four_by_four(weights, shift, x, out, f, p, n, leaky_out, stream):
+def _four_by_four(weights, shift, x, out, f, p, n, leaky_out, stream, addend, adding):
     """Filters f..f+3 at the four vectors from pixel p."""
     zero = splat(0.0)
     a00 = zero; a01 = zero; a02 = zero; a03 = zero
@@ -91,14 +94,14 @@ def _four_by_four(weights, shift, x, out, f, p, n, leaky_out, stream):
         a30 = fma(w3, x0, a30); a31 = fma(w3, x1, a31); a32 = fma(w3, x2, a32); a33 = fma(w3, x3, a33)
         at += n
     row = f * n + p
-    _finish_four(out, row, shift[f], a00, a01, a02, a03, leaky_out, stream)
-    _finish_four(out, row + n, shift[f + 1], a10, a11, a12, a13, leaky_out, stream)
-    _finish_four(out, row + 2 * n, shift[f + 2], a20, a21, a22, a23, leaky_out, stream)
-    _finish_four(out, row + 3 * n, shift[f + 3], a30, a31, a32, a33, leaky_out, stream)
+    _finish_four(out, row, shift[f], a00, a01, a02, a03, leaky_out, stream, addend, adding)
+    _finish_four(out, row + n, shift[f + 1], a10, a11, a12, a13, leaky_out, stream, addend, adding)
+    _finish_four(out, row + 2 * n, shift[f + 2], a20, a21, a22, a23, leaky_out, stream, addend, adding)
+    _finish_four(out, row + 3 * n, shift[f + 3], a30, a31, a32, a33, leaky_out, stream, addend, adding)
 
 
 @jit(inline="always")
-def _four_by_two(weights, shift, x, out, f, p0, p1, n, leaky_out):
+def _four_by_two(weights, shift, x, out, f, p0, p1, n, leaky_out, addend, adding):
     """Filters f..f+3 at the vectors from pixels p0 and p1 (which may overlap)."""
     zero = splat(0.0)
     a00 = zero; a01 = zero; a10 = zero; a11 = zero
@@ -115,20 +118,20 @@ def _four_by_two(weights, shift, x, out, f, p0, p1, n, leaky_out):
         at += n
     row = f * n
     bias = splat(shift[f])
-    _finish(out, row + p0, a00, bias, leaky_out, False); _finish(out, row + p1, a01, bias, leaky_out, False)
+    _finish(out, row + p0, a00, bias, leaky_out, False, addend, adding); _finish(out, row + p1, a01, bias, leaky_out, False, addend, adding)
     row += n
     bias = splat(shift[f + 1])
-    _finish(out, row + p0, a10, bias, leaky_out, False); _finish(out, row + p1, a11, bias, leaky_out, False)
+    _finish(out, row + p0, a10, bias, leaky_out, False, addend, adding); _finish(out, row + p1, a11, bias, leaky_out, False, addend, adding)
     row += n
     bias = splat(shift[f + 2])
-    _finish(out, row + p0, a20, bias, leaky_out, False); _finish(out, row + p1, a21, bias, leaky_out, False)
+    _finish(out, row + p0, a20, bias, leaky_out, False, addend, adding); _finish(out, row + p1, a21, bias, leaky_out, False, addend, adding)
     row += n
     bias = splat(shift[f + 3])
-    _finish(out, row + p0, a30, bias, leaky_out, False); _finish(out, row + p1, a31, bias, leaky_out, False)
+    _finish(out, row + p0, a30, bias, leaky_out, False, addend, adding); _finish(out, row + p1, a31, bias, leaky_out, False, addend, adding)
 
 
 @jit(inline="always")
-def _eight_by_one(weights, shift, x, out, f, p, n, leaky_out):
+def _eight_by_one(weights, shift, x, out, f, p, n, leaky_out, addend, adding):
     """Filters f..f+7 at the vector from pixel p."""
     zero = splat(0.0)
     a0 = zero; a1 = zero; a2 = zero; a3 = zero; a4 = zero; a5 = zero; a6 = zero; a7 = zero
@@ -141,18 +144,18 @@ def _eight_by_one(weights, shift, x, out, f, p, n, leaky_out):
         a6 = fma(splat(weights[f + 6, c]), xc, a6); a7 = fma(splat(weights[f + 7, c]), xc, a7)
         at += n
     row = f * n + p
-    _finish(out, row, a0, splat(shift[f]), leaky_out, False); row += n
-    _finish(out, row, a1, splat(shift[f + 1]), leaky_out, False); row += n
-    _finish(out, row, a2, splat(shift[f + 2]), leaky_out, False); row += n
-    _finish(out, row, a3, splat(shift[f + 3]), leaky_out, False); row += n
-    _finish(out, row, a4, splat(shift[f + 4]), leaky_out, False); row += n
-    _finish(out, row, a5, splat(shift[f + 5]), leaky_out, False); row += n
-    _finish(out, row, a6, splat(shift[f + 6]), leaky_out, False); row += n
-    _finish(out, row, a7, splat(shift[f + 7]), leaky_out, False)
+    _finish(out, row, a0, splat(shift[f]), leaky_out, False, addend, adding); row += n
+    _finish(out, row, a1, splat(shift[f + 1]), leaky_out, False, addend, adding); row += n
+    _finish(out, row, a2, splat(shift[f + 2]), leaky_out, False, addend, adding); row += n
+    _finish(out, row, a3, splat(shift[f + 3]), leaky_out, False, addend, adding); row += n
+    _finish(out, row, a4, splat(shift[f + 4]), leaky_out, False, addend, adding); row += n
+    _finish(out, row, a5, splat(shift[f + 5]), leaky_out, False, addend, adding); row += n
+    _finish(out, row, a6, splat(shift[f + 6]), leaky_out, False, addend, adding); row += n
+    _finish(out, row, a7, splat(shift[f + 7]), leaky_out, False, addend, adding)
 
 
 @jit(inline="always")
-def _one_by_four(weights, shift, x, out, f, p0, p1, p2, p3, n, leaky_out):
+def _one_by_four(weights, shift, x, out, f, p0, p1, p2, p3, n, leaky_out, addend, adding):
     """Filter f at the vectors from pixels p0..p3 (which may overlap)."""
     zero = splat(0.0)
     a0 = zero; a1 = zero; a2 = zero; a3 = zero
@@ -164,12 +167,12 @@ def _one_by_four(weights, shift, x, out, f, p0, p1, p2, p3, n, leaky_out):
         at += n
     row = f * n
     bias = splat(shift[f])
-    _finish(out, row + p0, a0, bias, leaky_out, False); _finish(out, row + p1, a1, bias, leaky_out, False)
-    _finish(out, row + p2, a2, bias, leaky_out, False); _finish(out, row + p3, a3, bias, leaky_out, False)
+    _finish(out, row + p0, a0, bias, leaky_out, False, addend, adding); _finish(out, row + p1, a1, bias, leaky_out, False, addend, adding)
+    _finish(out, row + p2, a2, bias, leaky_out, False, addend, adding); _finish(out, row + p3, a3, bias, leaky_out, False, addend, adding)
 
 
 @jit
-def _tile(weights, shift, x, out, p, n, f_lo, f_hi, leaky_out, stream):
+def _tile(weights, shift, x, out, p, n, f_lo, f_hi, leaky_out, stream, addend, adding):
     """Filters f_lo..f_hi-1 over the pixels p..min(p + TILE, n) - 1 of one image."""
     width = min(TILE, n - p)
     vectors = (width + LANES - 1) // LANES
@@ -180,27 +183,27 @@ def _tile(weights, shift, x, out, p, n, f_lo, f_hi, leaky_out, stream):
     f = f_lo
     if width == TILE:
         while f + 4 <= f_hi:
-            _four_by_four(weights, shift, x, out, f, p, n, leaky_out, stream)
+            _four_by_four(weights, shift, x, out, f, p, n, leaky_out, stream, addend, adding)
             f += 4
     elif vectors == 1:
         p0 = min(p, last)
         while f + 8 <= f_hi:
-            _eight_by_one(weights, shift, x, out, f, p0, n, leaky_out)
+            _eight_by_one(weights, shift, x, out, f, p0, n, leaky_out, addend, adding)
             f += 8
     else:
         while f + 4 <= f_hi:
-            _four_by_two(weights, shift, x, out, f, p, p1, n, leaky_out)
+            _four_by_two(weights, shift, x, out, f, p, p1, n, leaky_out, addend, adding)
             if vectors > 2:
-                _four_by_two(weights, shift, x, out, f, p2, p3, n, leaky_out)
+                _four_by_two(weights, shift, x, out, f, p2, p3, n, leaky_out, addend, adding)
             f += 4
     p0 = min(p, last)
     while f < f_hi:
-        _one_by_four(weights, shift, x, out, f, p0, p1, p2, p3, n, leaky_out)
+        _one_by_four(weights, shift, x, out, f, p0, p1, p2, p3, n, leaky_out, addend, adding)
         f += 1
 
 
 @jit
-def pointwise_tasks(weights, shift, x, out, leaky_out, chunk, first, last, stream):
+def pointwise_tasks(weights, shift, x, out, leaky_out, chunk, first, last, stream, addend, adding):
     """Tasks first..last-1 of the layer, a task being (image, pixel tile, `chunk` filters) in that order:
     out[b] = act(weights @ x[b] + shift) over the task's pixels and filters (see the module docstring);
     `stream`: full tiles are stored past the caches (out 64-byte aligned, planes a multiple of LANES long)."""
@@ -212,7 +215,8 @@ def pointwise_tasks(weights, shift, x, out, leaky_out, chunk, first, last, strea
         b = task // (tiles * chunks)
         tile = task // chunks - b * tiles
         f_lo = (task % chunks) * chunk
-        _tile(weights, shift, x[b], out[b], tile * TILE, n, f_lo, min(f_lo + chunk, filters), leaky_out, stream)
+        _tile(weights, shift, x[b], out[b], tile * TILE, n, f_lo, min(f_lo + chunk, filters), leaky_out, stream,
+              addend[b], adding)
 
 
 def task_count(batch: int, n: int, filters: int, chunk: int) -> int:
@@ -220,34 +224,40 @@ def task_count(batch: int, n: int, filters: int, chunk: int) -> int:
 
 
 @jit
-def pointwise_share(flags, ticket, first_flag, flag_count, before, weights, shift, x, out, leaky_out, stream, chunk,
-                    first, last):
+def pointwise_share(flags, ticket, first_flag, flag_count, before, weights, shift, x, out, leaky_out, stream, addend,
+                    adding, chunk, first, last):
     """pointwise_tasks as a share of kernels/handoff.py: raises `ticket` in the flags before or after."""
     if before:
         publish(flags, first_flag, flag_count, ticket)
-    pointwise_tasks(weights, shift, x, out, leaky_out, chunk, first, last, stream)
+    pointwise_tasks(weights, shift, x, out, leaky_out, chunk, first, last, stream, addend, adding)
     if not before:
         publish(flags, first_flag, flag_count, ticket)
 
 
 def pointwise_forward(weights: np.ndarray, shift: np.ndarray, x: np.ndarray, out: np.ndarray,
-                      leaky_out: bool) -> None:
-    """out (B, F, N) = act(weights (F, C) @ x (B, C, N) + shift), act leaky or identity; N >= MIN_PIXELS.
-    Arrays C-contiguous float32, `out` apart from `x`."""
+                      leaky_out: bool, addend: np.ndarray | None = None) -> None:
+    """out (B, F, N) = act(weights (F, C) @ x (B, C, N) + shift) (+ addend (B, F, N), added after the
+    activation, as a separate float32 addition would), act leaky or identity; N >= MIN_PIXELS. Arrays
+    C-contiguous float32, `out` apart from `x` and `addend` (a plane's last vector may overlap the one before
+    and is computed again: with `out` as the addend it would be added twice)."""
     batch, channels, n = x.shape
     filters = weights.shape[0]
     if (n < MIN_PIXELS or weights.shape[1] != channels or out.shape != (batch, filters, n)
-            or not (x.flags.c_contiguous and out.flags.c_contiguous)):
+            or not (x.flags.c_contiguous and out.flags.c_contiguous)
+            or (addend is not None and (addend.shape != out.shape or not addend.flags.c_contiguous))):
         raise ValueError(f"pointwise_forward: weights {weights.shape}, x {x.shape}, out {out.shape}")
     x2, out2 = x.reshape(batch, -1), out.reshape(batch, -1)
+    adding = addend is not None
+    addend2 = addend.reshape(batch, -1) if adding else out2   # never read when not adding
     tiles = task_count(batch, n, 1, 1)
     threads = numba.get_num_threads()
     stream = STREAM_MIN_BYTES <= out.nbytes and out.ctypes.data % STREAM_ALIGNMENT == 0 and n % LANES == 0
     if not threads_pay(batch * filters * channels * n, tiles * -(-filters // 4), PARALLEL_MIN_MACS):
-        pointwise_tasks(weights, shift, x2, out2, leaky_out, filters, 0, tiles, stream)
+        pointwise_tasks(weights, shift, x2, out2, leaky_out, filters, 0, tiles, stream, addend2, adding)
         return
     # split the filters too when the pixel tiles alone are too few to share out evenly
     chunks = min(-(-filters // 4), -(-4 * threads // tiles))
     chunk = -(-(-(-filters // max(chunks, 1))) // 4) * 4
     tasks = task_count(batch, n, filters, chunk)
-    share_out(pointwise_share, (weights, shift, x2, out2, leaky_out, stream, chunk), tasks, threads)
+    share_out(pointwise_share, (weights, shift, x2, out2, leaky_out, stream, addend2, adding, chunk), tasks,
+              threads)

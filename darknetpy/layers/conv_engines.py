@@ -300,6 +300,7 @@ class _ChannelMajorProduct:
 
 class GemmEngine(_ChannelMajorProduct):
     name = "gemm"
+    adds_at_inference = False
 
     def __init__(self, g: ConvGeometry, batch: int, input_gradient: WinogradEngine | None = None):
         super().__init__(g, batch)
@@ -398,6 +399,7 @@ class GemmEngine(_ChannelMajorProduct):
 
 class DirectEngine(_ChannelMajorProduct):
     name = "direct"
+    adds_at_inference = False
 
     def __init__(self, g: ConvGeometry, batch: int):
         super().__init__(g, batch)
@@ -430,8 +432,10 @@ class DirectEngine(_ChannelMajorProduct):
 
 
 class PointwiseEngine:
-    """Inference of an ungrouped 1x1 stride-1 layer (see kernels/pointwise.py)."""
+    """Inference of an ungrouped 1x1 stride-1 layer (see kernels/pointwise.py); with a linear activation it can
+    add a following [shortcut]'s other input in the same pass (forward_adding)."""
     name = "pointwise"
+    adds_at_inference = True
 
     def __init__(self, g: ConvGeometry):
         self.g = g
@@ -453,6 +457,15 @@ class PointwiseEngine:
         pointwise.pointwise_forward(self._weights, self._shift, x3, out3, fuse_leaky)
         epilogue.activation.apply_unless_fused(out3)
 
+    def forward_adding(self, x: np.ndarray, out: np.ndarray, epilogue: Epilogue, addend: np.ndarray) -> None:
+        """out = the layer's (linear) output + addend, in one pass."""
+        g = self.g
+        batch = x.shape[0]
+        x3 = np.ascontiguousarray(x.reshape(batch, g.channels, -1))
+        addend3 = np.ascontiguousarray(addend.reshape(batch, g.filters, -1))
+        pointwise.pointwise_forward(self._weights, self._shift, x3, out.reshape(batch, g.filters, -1), False,
+                                    addend3)
+
 
 def _zero_bordered_scratch(shape: tuple[int, int, int], height: int, width: int, pad: int) -> np.ndarray:
     """This thread's zeroed scratch of `shape` for images of height x width placed at (pad, pad), shared by
@@ -466,6 +479,7 @@ def _zero_bordered_scratch(shape: tuple[int, int, int], height: int, width: int,
 class ChannelsLastDepthwiseEngine:
     """Inference of a depthwise layer on small planes, channels-last (see CHANNELS_LAST_MAX_OUTPUT_PIXELS)."""
     name = "channels-last"
+    adds_at_inference = False
 
     def __init__(self, g: ConvGeometry):
         self.g = g
@@ -501,6 +515,7 @@ class WinogradEngine:
     """A stride-1 3x3 ungrouped convolution from in_channels to out_channels with an out_h x out_w output,
     by Winograd tiles of `tile` x `tile` outputs."""
     name = "winograd"
+    adds_at_inference = False
 
     def __init__(self, in_channels: int, out_channels: int, out_h: int, out_w: int, padding: int, batch: int,
                  tile: int):
