@@ -41,7 +41,7 @@ def convolve(x, weights, bias, leaky_out, channel_major=False):
         out = inner.reshape(channels, batch, out_h, out_w).transpose(1, 0, 2, 3)
     else:
         out = inner.reshape(batch, channels, out_h, out_w)
-    took = depthwise._stride2_planes(x, weights, 2, 2, 1, 1, out) is not None
+    took = depthwise._straight_planes(depthwise_stride2.suits, x, weights, 2, 2, 1, 1, out) is not None
     grouped_conv_forward(x, weights, bias, 2, 2, 1, 1, out, leaky_out)
     assert (memory[:GUARD] == SENTINEL).all() and (memory[-GUARD:] == SENTINEL).all(), "wrote outside the output"
     return out, took
@@ -101,7 +101,7 @@ def test_other_shapes_keep_the_phase_grid(shape, why):
     out_h = (shape[2] + 2 - 3) // stride + 1
     out_w = (shape[3] + 2 - 3) // stride + 1
     out = np.empty((1, 2, out_h, out_w), np.float32)
-    assert depthwise._stride2_planes(x, weights, stride, stride, 1, 1, out) is None
+    assert depthwise._straight_planes(depthwise_stride2.suits, x, weights, stride, stride, 1, 1, out) is None
 
 
 @settings(max_examples=60, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))

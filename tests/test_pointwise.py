@@ -42,14 +42,13 @@ def run(kernel, weights, shift, x, leaky_out, chunk=None):
     filters = weights.shape[0]
     if kernel == "serial":
         pointwise_tasks(weights, shift, flat_x, flat_out, leaky_out, filters, 0, task_count(batch, pixels, 1, 1),
-                        False, flat_out, False)
+                        False, None)
     elif kernel == "shares":
         # the tasks in three uneven runs, the middle one first, as threads may take them
         tasks = task_count(batch, pixels, filters, chunk)
         cuts = [0, tasks // 3, tasks // 3 + (tasks + 1) // 2, tasks]
         for k in (1, 0, 2):
-            pointwise_tasks(weights, shift, flat_x, flat_out, leaky_out, chunk, cuts[k], cuts[k + 1], False, flat_out,
-                            False)
+            pointwise_tasks(weights, shift, flat_x, flat_out, leaky_out, chunk, cuts[k], cuts[k + 1], False, None)
     else:
         pointwise_forward(weights, shift, x, out, leaky_out)
     assert (memory[:GUARD] == SENTINEL).all() and (memory[-GUARD:] == SENTINEL).all(), "wrote outside the output"
@@ -107,7 +106,7 @@ def test_large_aligned_outputs_are_streamed_to_the_same_values(monkeypatch, offs
     monkeypatch.setattr(pointwise, "STREAM_MIN_BYTES", 0)
     seen = []
     real = pointwise.pointwise_tasks
-    monkeypatch.setattr(pointwise, "pointwise_tasks", lambda *args: seen.append(args[-3]) or real(*args))
+    monkeypatch.setattr(pointwise, "pointwise_tasks", lambda *args: seen.append(args[-2]) or real(*args))
     memory = aligned_zeros((want.size + offset,))
     out = memory[offset:].reshape(want.shape)
     pointwise_forward(weights, shift, x, out, True)

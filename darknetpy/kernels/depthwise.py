@@ -521,13 +521,13 @@ def suits_same_3x3(in_per_group: int, out_per_group: int, ksize: int, stride_y: 
             and height * width <= SAME_3X3_MAX_PIXELS)
 
 
-def _same_3x3_planes(x: np.ndarray, weights: np.ndarray, stride_y: int, stride_x: int, pad: int, dilation: int,
-                     out: np.ndarray) -> tuple[np.ndarray, bool] | None:
-    """out's flat planes (see _flat_planes) when grouped_conv_forward takes the straight-from-the-image path,
-    else None."""
+def _straight_planes(suits: Callable[..., bool], x: np.ndarray, weights: np.ndarray, stride_y: int,
+                     stride_x: int, pad: int, dilation: int, out: np.ndarray) -> tuple[np.ndarray, bool] | None:
+    """out's flat planes (see _flat_planes) when a kernel that reads straight from the image takes the
+    layer (`suits`: suits_same_3x3, or depthwise_stride2.suits), else None."""
     groups = x.shape[1] // weights.shape[1]
-    if not (suits_same_3x3(weights.shape[1], weights.shape[0] // groups, weights.shape[2], stride_y, stride_x,
-                           pad, dilation, x.shape[2], x.shape[3], out.shape[2], out.shape[3])
+    if not (suits(weights.shape[1], weights.shape[0] // groups, weights.shape[2], stride_y, stride_x, pad,
+                  dilation, x.shape[2], x.shape[3], out.shape[2], out.shape[3])
             and x.flags.c_contiguous):
         return None
     return _flat_planes(out)
@@ -536,7 +536,7 @@ def _same_3x3_planes(x: np.ndarray, weights: np.ndarray, stride_y: int, stride_x
 def writes_same_3x3_directly(x: np.ndarray, weights: np.ndarray, stride_y: int, stride_x: int, pad: int,
                              dilation: int, out: np.ndarray) -> bool:
     """Whether grouped_conv_forward takes the straight-from-the-image path."""
-    return _same_3x3_planes(x, weights, stride_y, stride_x, pad, dilation, out) is not None
+    return _straight_planes(suits_same_3x3, x, weights, stride_y, stride_x, pad, dilation, out) is not None
 
 
 def _same_3x3_forward(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, leaky: bool, planes: np.ndarray,
@@ -552,17 +552,6 @@ def _same_3x3_forward(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, leak
         _same_3x3_serial(flat_x, weights, bias, leaky, left_ok, right_ok, planes, channel_major, height, width)
 
 
-def _stride2_planes(x: np.ndarray, weights: np.ndarray, stride_y: int, stride_x: int, pad: int, dilation: int,
-                    out: np.ndarray) -> tuple[np.ndarray, bool] | None:
-    """out's flat planes when grouped_conv_forward hands the layer to kernels/depthwise_stride2.py, else None."""
-    groups = x.shape[1] // weights.shape[1]
-    if not (depthwise_stride2.suits(weights.shape[1], weights.shape[0] // groups, weights.shape[2], stride_y,
-                                    stride_x, pad, dilation, x.shape[2], x.shape[3], out.shape[2], out.shape[3])
-            and x.flags.c_contiguous):
-        return None
-    return _flat_planes(out)
-
-
 def _macs(weights: np.ndarray, out: np.ndarray) -> int:
     return out.size * weights.shape[1] * weights.shape[2] * weights.shape[3]
 
@@ -572,14 +561,12 @@ def grouped_conv_forward(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, s
     """out[b, f] = bias[f] + the convolution of input group f // (F / groups) with weights[f] (the number
     of groups is C / weights.shape[1]), then Darknet's leaky if `leaky`; other activations are left to the
     caller."""
-    same_3x3 = _same_3x3_planes(x, weights, stride_y, stride_x, pad, dilation, out)
-    if same_3x3 is not None:
-        _same_3x3_forward(x, weights, bias, leaky, *same_3x3)
-        return
-    stride2 = _stride2_planes(x, weights, stride_y, stride_x, pad, dilation, out)
-    if stride2 is not None:
-        depthwise_stride2.forward(x, weights, bias, leaky, *stride2)
-        return
+    for suits, straight_forward in ((suits_same_3x3, _same_3x3_forward),
+                                    (depthwise_stride2.suits, depthwise_stride2.forward)):
+        planes = _straight_planes(suits, x, weights, stride_y, stride_x, pad, dilation, out)
+        if planes is not None:
+            straight_forward(x, weights, bias, leaky, *planes)
+            return
     groups = x.shape[1] // weights.shape[1]
     taps = _taps(x, weights, stride_y, stride_x, pad, dilation)
     dims = phase_shape(weights.shape[1], weights.shape[2], stride_y, stride_x, dilation, out.shape[2],

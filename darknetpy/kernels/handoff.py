@@ -7,8 +7,8 @@ one thread at any thread count. A `Team` keeps helper threads that, after each s
 that follow each other closely hand over in a few microseconds.
 
 The hand-over never waits for the GIL. A kernel that can be shared has a *share* function (a Numba kernel
-of its own module, written as the last paragraph says): it publishes a ticket before doing its part (the calling thread's
-share: the helpers see it while the caller computes, without the GIL) or after (a helper's share: the
+of its own module, written as the last paragraph says): it publishes a ticket before doing its part (the
+calling thread's share: the helpers see it while the caller computes, without the GIL) or after (a helper's share: the
 caller sees it done without the helper taking the GIL back). A helper picks up its arguments in Python only
 once it sees its ticket, when the caller is inside its own share and holds no GIL.
 

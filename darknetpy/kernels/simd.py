@@ -53,6 +53,13 @@ class _LanesModel(models.PrimitiveModel):
         super().__init__(dmm, fe_type, _VECTOR)
 
 
+def _broadcast(builder, scalar, vector_type):
+    """`scalar` in every lane of a vector_type value."""
+    first = builder.insert_element(ir.Constant(vector_type, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(first, ir.Constant(vector_type, ir.Undefined),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+
+
 def _is_flat_float32(arr) -> bool:
     return isinstance(arr, types.Array) and arr.dtype == types.float32 and arr.ndim == 1 and arr.layout == "C"
 
@@ -95,10 +102,7 @@ def splat(typingctx, value):
         return None
 
     def codegen(context, builder, sig, args):
-        scalar = context.cast(builder, args[0], sig.args[0], types.float32)
-        first = builder.insert_element(ir.Constant(_VECTOR, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
-        return builder.shuffle_vector(first, ir.Constant(_VECTOR, ir.Undefined),
-                                      ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+        return _broadcast(builder, context.cast(builder, args[0], sig.args[0], types.float32), _VECTOR)
     return Lanes(value), codegen
 
 
@@ -144,11 +148,7 @@ def _lane_mask(builder, count, count_type, context):
     """<LANES x i1>: lanes below `count` set."""
     count32 = builder.trunc(context.cast(builder, count, count_type, types.int64), ir.IntType(32))
     lanes = ir.Constant(ir.VectorType(ir.IntType(32), LANES), list(range(LANES)))
-    first = builder.insert_element(ir.Constant(ir.VectorType(ir.IntType(32), LANES), ir.Undefined), count32,
-                                   ir.Constant(ir.IntType(32), 0))
-    limit = builder.shuffle_vector(first, ir.Constant(ir.VectorType(ir.IntType(32), LANES), ir.Undefined),
-                                   ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
-    return builder.icmp_signed("<", lanes, limit)
+    return builder.icmp_signed("<", lanes, _broadcast(builder, count32, ir.VectorType(ir.IntType(32), LANES)))
 
 
 @intrinsic

@@ -448,22 +448,20 @@ class PointwiseEngine:
         self._shift = np.ascontiguousarray(shift, FLOAT)
 
     def forward(self, x: np.ndarray, out: np.ndarray, epilogue: Epilogue) -> None:
+        self._convolve(x, out, epilogue.activation.fuses_leaky, None)
+        epilogue.activation.apply_unless_fused(out)
+
+    def forward_adding(self, x: np.ndarray, out: np.ndarray, epilogue: Epilogue, addend: np.ndarray) -> None:
+        """out = the layer's (linear) output + addend, in one pass."""
+        self._convolve(x, out, False, addend)
+
+    def _convolve(self, x: np.ndarray, out: np.ndarray, leaky: bool, addend: np.ndarray | None) -> None:
         g = self.g
         batch = x.shape[0]
         # a route's channel slice of a batch is strided between images: the kernel reads flat planes
         x3 = np.ascontiguousarray(x.reshape(batch, g.channels, -1))
-        out3 = out.reshape(batch, g.filters, -1)
-        fuse_leaky = epilogue.activation.fuses_leaky
-        pointwise.pointwise_forward(self._weights, self._shift, x3, out3, fuse_leaky)
-        epilogue.activation.apply_unless_fused(out3)
-
-    def forward_adding(self, x: np.ndarray, out: np.ndarray, epilogue: Epilogue, addend: np.ndarray) -> None:
-        """out = the layer's (linear) output + addend, in one pass."""
-        g = self.g
-        batch = x.shape[0]
-        x3 = np.ascontiguousarray(x.reshape(batch, g.channels, -1))
-        addend3 = np.ascontiguousarray(addend.reshape(batch, g.filters, -1))
-        pointwise.pointwise_forward(self._weights, self._shift, x3, out.reshape(batch, g.filters, -1), False,
+        addend3 = None if addend is None else np.ascontiguousarray(addend.reshape(batch, g.filters, -1))
+        pointwise.pointwise_forward(self._weights, self._shift, x3, out.reshape(batch, g.filters, -1), leaky,
                                     addend3)
 
 
