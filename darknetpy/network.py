@@ -32,8 +32,6 @@ class Network:
         # each layer's own output buffer, and the buffers `infer` lends the layers instead (see infer)
         self._own_outputs: list[np.ndarray] = []
         self._lent_outputs: list[np.ndarray] | None = None
-        self._summed_by: set[int] = set()       # see _plan_sums
-        self._addend_of: dict[int, int] = {}
         self._lending = False
         self.input_shape = Shape(net.channels, net.height, net.width) if net.height and net.width \
             else Shape.flat(net.inputs)
@@ -147,19 +145,7 @@ class Network:
                     self.outputs[i] = None
                     continue
                 xs = [x if j < 0 else self.outputs[j] for j in layer.input_indices()]
-                if lend and i in self._summed_by:
-                    # a producer already added input 1 into input 0 (see _plan_sums): input 0 is the sum
-                    self.outputs[i] = xs[0]
-                    continue
-                addend = self._addend_of.get(i) if lend else None
-                if addend is not None:
-                    layer.set_inference_addend(x if addend < 0 else self.outputs[addend])
-                    try:
-                        out = self.outputs[i] = layer.forward(xs, train)
-                    finally:
-                        layer.set_inference_addend(None)
-                else:
-                    out = self.outputs[i] = layer.forward(xs, train)
+                out = self.outputs[i] = layer.forward(xs, train)
                 if lend and out is not layer.output and not (layer.inference_returns_input and out is xs[0]):
                     # the lending plan follows only these two cases
                     raise RuntimeError(f"layer {i} [{layer.kind}] returned an array that is neither its output "
@@ -174,62 +160,24 @@ class Network:
         if lend == self._lending:
             return
         if lend and self._lent_outputs is None:
-            self._summed_by, self._addend_of = self._plan_sums()
             self._lent_outputs = self._plan_lent_outputs()
         buffers = self._lent_outputs if lend else self._own_outputs
         for layer, buffer in zip(self.layers, buffers):
             layer.output = buffer
         self._lending = lend
 
-    def _plan_sums(self) -> tuple[set[int], dict[int, int]]:
-        """Sums `infer` computes in the producing layer's own pass: a layer that sums its inputs
-        (inference_sums_inputs, a plain [shortcut]) whose input 0 comes -- directly or through layers that
-        return their input -- from a layer that adds_at_inference (a linear 1x1 [convolutional]) which
-        nothing else reads. Returns (the summing layers, which then pass input 0 on; {producer: the layer
-        whose output it adds, -1 for the network input}). The producer's output then holds the sum, so only
-        `infer` does this: `forward` keeps every layer's own output."""
-        count = self.output_index + 1
-        readers: list[list[int]] = [[] for _ in range(count)]
-        for i in range(count):
-            for j in self.layers[i].input_indices():
-                if 0 <= j < count:
-                    readers[j].append(i)
-        summed_by: set[int] = set()
-        addend_of: dict[int, int] = {}
-        for i in range(count):
-            layer = self.layers[i]
-            if not layer.inference_sums_inputs():
-                continue
-            first, second = layer.input_indices()
-            chain = []
-            producer = first
-            while producer >= 0 and self.layers[producer].inference_returns_input:
-                chain.append(producer)
-                producer = self.layers[producer].input_indices()[0]
-            if producer < 0 or producer in addend_of or not self.layers[producer].adds_at_inference():
-                continue
-            passing = chain + [producer]
-            if self.output_index in passing or second in passing:
-                continue
-            if any(reader not in chain and reader != i for j in passing for reader in readers[j]):
-                continue
-            summed_by.add(i)
-            addend_of[producer] = second
-        return summed_by, addend_of
-
     def _plan_lent_outputs(self) -> list[np.ndarray]:
         """The buffer each layer writes into during `infer`, taken from the layers' own buffers: a buffer is
         lent again, to a later layer of the same output shape, once every layer reading it has run. A
         layer that returns its input (inference_returns_input) writes nothing: its readers keep that
-        input's buffer busy; so does a layer whose sum its input's producer computed (_plan_sums). Outputs no
-        later layer reads, and the output layer's, are never lent again."""
+        input's buffer busy. Outputs no later layer reads, and the output layer's, are never lent again."""
         count = self.output_index + 1   # the layers after it do not run at inference
         holder = list(range(count))     # the layer whose buffer holds each layer's output (-1: the input)
         busy_until = [-1] * count       # by holder: the last step at which its buffer is read (count: never free)
         readers = [False] * count
         for i in range(count):
             layer = self.layers[i]
-            if layer.inference_returns_input or i in self._summed_by:
+            if layer.inference_returns_input:
                 source = layer.input_indices()[0]
                 holder[i] = holder[source] if source >= 0 else -1
             for j in layer.input_indices():

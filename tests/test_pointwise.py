@@ -42,13 +42,13 @@ def run(kernel, weights, shift, x, leaky_out, chunk=None):
     filters = weights.shape[0]
     if kernel == "serial":
         pointwise_tasks(weights, shift, flat_x, flat_out, leaky_out, filters, 0, task_count(batch, pixels, 1, 1),
-                        False, None)
+                        False)
     elif kernel == "shares":
         # the tasks in three uneven runs, the middle one first, as threads may take them
         tasks = task_count(batch, pixels, filters, chunk)
         cuts = [0, tasks // 3, tasks // 3 + (tasks + 1) // 2, tasks]
         for k in (1, 0, 2):
-            pointwise_tasks(weights, shift, flat_x, flat_out, leaky_out, chunk, cuts[k], cuts[k + 1], False, None)
+            pointwise_tasks(weights, shift, flat_x, flat_out, leaky_out, chunk, cuts[k], cuts[k + 1], False)
     else:
         pointwise_forward(weights, shift, x, out, leaky_out)
     assert (memory[:GUARD] == SENTINEL).all() and (memory[-GUARD:] == SENTINEL).all(), "wrote outside the output"
@@ -106,27 +106,12 @@ def test_large_aligned_outputs_are_streamed_to_the_same_values(monkeypatch, offs
     monkeypatch.setattr(pointwise, "STREAM_MIN_BYTES", 0)
     seen = []
     real = pointwise.pointwise_tasks
-    monkeypatch.setattr(pointwise, "pointwise_tasks", lambda *args: seen.append(args[-2]) or real(*args))
+    monkeypatch.setattr(pointwise, "pointwise_tasks", lambda *args: seen.append(args[-1]) or real(*args))
     memory = aligned_zeros((want.size + offset,))
     out = memory[offset:].reshape(want.shape)
     pointwise_forward(weights, shift, x, out, True)
     assert seen == [streams]
     np.testing.assert_array_equal(out, want)
-
-
-@pytest.mark.parametrize("shared", [False, True])
-@pytest.mark.parametrize("pixels", [LANES, TILE + LANES + 5, 3 * TILE])
-def test_an_addend_is_added_as_a_separate_float32_addition(monkeypatch, shared, pixels):
-    weights, shift, x = case(2, 7, 9, pixels)
-    addend = RNG.standard_normal((2, 9, pixels)).astype(np.float32)
-    plain = run("serial", weights, shift, x, False)
-    if shared:
-        monkeypatch.setattr(pointwise, "PARALLEL_MIN_MACS", 0)
-        monkeypatch.setattr(pointwise.numba, "get_num_threads", lambda: 2)
-    memory, out = guarded_output(plain.shape)
-    pointwise_forward(weights, shift, x, out, False, addend)
-    assert (memory[:GUARD] == SENTINEL).all() and (memory[-GUARD:] == SENTINEL).all()
-    np.testing.assert_array_equal(out, plain + addend)
 
 
 def test_non_finite_inputs_reach_only_their_pixels():

@@ -50,16 +50,12 @@ STREAM_MIN_BYTES = 8 << 20
 STREAM_ALIGNMENT = 64
 
 
-@jit(inline="always")
-def _finish(out, at, acc, bias, leaky_out, stream, addend):
-    """out[at : at + LANES] = act(acc + bias) (+ addend[at : at + LANES] unless addend is None), past the
-    caches if `stream` (64-byte aligned `at`). A None addend is a type of its own: Numba compiles that case
-    without the branch (a run-time flag here made the whole kernel 2-3x slower)."""
+@jit
+def _finish(out, at, acc, bias, leaky_out, stream):
+    """out[at : at + LANES] = act(acc + bias), past the caches if `stream` (64-byte aligned `at`)."""
     value = add(acc, bias)
     if leaky_out:
         value = leaky(value)
-    if addend is not None:
-        value = add(value, load(addend, at))
     if stream:
         store_stream(out, at, value)
     else:
@@ -67,17 +63,17 @@ def _finish(out, at, acc, bias, leaky_out, stream, addend):
 
 
 @jit(inline="always")
-def _finish_four(out, row, shift_value, a0, a1, a2, a3, leaky_out, stream, addend):
+def _finish_four(out, row, shift_value, a0, a1, a2, a3, leaky_out, stream):
     """One filter's four vectors of a tile from `row` on."""
     bias = splat(shift_value)
-    _finish(out, row, a0, bias, leaky_out, stream, addend)
-    _finish(out, row + LANES, a1, bias, leaky_out, stream, addend)
-    _finish(out, row + 2 * LANES, a2, bias, leaky_out, stream, addend)
-    _finish(out, row + 3 * LANES, a3, bias, leaky_out, stream, addend)
+    _finish(out, row, a0, bias, leaky_out, stream)
+    _finish(out, row + LANES, a1, bias, leaky_out, stream)
+    _finish(out, row + 2 * LANES, a2, bias, leaky_out, stream)
+    _finish(out, row + 3 * LANES, a3, bias, leaky_out, stream)
 
 
 @jit(inline="always")
-def _four_by_four(weights, shift, x, out, f, p, n, leaky_out, stream, addend):
+def _four_by_four(weights, shift, x, out, f, p, n, leaky_out, stream):
     """Filters f..f+3 at the four vectors from pixel p."""
     zero = splat(0.0)
     a00 = zero; a01 = zero; a02 = zero; a03 = zero
@@ -95,14 +91,14 @@ def _four_by_four(weights, shift, x, out, f, p, n, leaky_out, stream, addend):
         a30 = fma(w3, x0, a30); a31 = fma(w3, x1, a31); a32 = fma(w3, x2, a32); a33 = fma(w3, x3, a33)
         at += n
     row = f * n + p
-    _finish_four(out, row, shift[f], a00, a01, a02, a03, leaky_out, stream, addend)
-    _finish_four(out, row + n, shift[f + 1], a10, a11, a12, a13, leaky_out, stream, addend)
-    _finish_four(out, row + 2 * n, shift[f + 2], a20, a21, a22, a23, leaky_out, stream, addend)
-    _finish_four(out, row + 3 * n, shift[f + 3], a30, a31, a32, a33, leaky_out, stream, addend)
+    _finish_four(out, row, shift[f], a00, a01, a02, a03, leaky_out, stream)
+    _finish_four(out, row + n, shift[f + 1], a10, a11, a12, a13, leaky_out, stream)
+    _finish_four(out, row + 2 * n, shift[f + 2], a20, a21, a22, a23, leaky_out, stream)
+    _finish_four(out, row + 3 * n, shift[f + 3], a30, a31, a32, a33, leaky_out, stream)
 
 
 @jit(inline="always")
-def _four_by_two(weights, shift, x, out, f, p0, p1, n, leaky_out, addend):
+def _four_by_two(weights, shift, x, out, f, p0, p1, n, leaky_out):
     """Filters f..f+3 at the vectors from pixels p0 and p1 (which may overlap)."""
     zero = splat(0.0)
     a00 = zero; a01 = zero; a10 = zero; a11 = zero
@@ -119,24 +115,20 @@ def _four_by_two(weights, shift, x, out, f, p0, p1, n, leaky_out, addend):
         at += n
     row = f * n
     bias = splat(shift[f])
-    _finish(out, row + p0, a00, bias, leaky_out, False, addend)
-    _finish(out, row + p1, a01, bias, leaky_out, False, addend)
+    _finish(out, row + p0, a00, bias, leaky_out, False); _finish(out, row + p1, a01, bias, leaky_out, False)
     row += n
     bias = splat(shift[f + 1])
-    _finish(out, row + p0, a10, bias, leaky_out, False, addend)
-    _finish(out, row + p1, a11, bias, leaky_out, False, addend)
+    _finish(out, row + p0, a10, bias, leaky_out, False); _finish(out, row + p1, a11, bias, leaky_out, False)
     row += n
     bias = splat(shift[f + 2])
-    _finish(out, row + p0, a20, bias, leaky_out, False, addend)
-    _finish(out, row + p1, a21, bias, leaky_out, False, addend)
+    _finish(out, row + p0, a20, bias, leaky_out, False); _finish(out, row + p1, a21, bias, leaky_out, False)
     row += n
     bias = splat(shift[f + 3])
-    _finish(out, row + p0, a30, bias, leaky_out, False, addend)
-    _finish(out, row + p1, a31, bias, leaky_out, False, addend)
+    _finish(out, row + p0, a30, bias, leaky_out, False); _finish(out, row + p1, a31, bias, leaky_out, False)
 
 
 @jit(inline="always")
-def _eight_by_one(weights, shift, x, out, f, p, n, leaky_out, addend):
+def _eight_by_one(weights, shift, x, out, f, p, n, leaky_out):
     """Filters f..f+7 at the vector from pixel p."""
     zero = splat(0.0)
     a0 = zero; a1 = zero; a2 = zero; a3 = zero; a4 = zero; a5 = zero; a6 = zero; a7 = zero
@@ -149,18 +141,18 @@ def _eight_by_one(weights, shift, x, out, f, p, n, leaky_out, addend):
         a6 = fma(splat(weights[f + 6, c]), xc, a6); a7 = fma(splat(weights[f + 7, c]), xc, a7)
         at += n
     row = f * n + p
-    _finish(out, row, a0, splat(shift[f]), leaky_out, False, addend); row += n
-    _finish(out, row, a1, splat(shift[f + 1]), leaky_out, False, addend); row += n
-    _finish(out, row, a2, splat(shift[f + 2]), leaky_out, False, addend); row += n
-    _finish(out, row, a3, splat(shift[f + 3]), leaky_out, False, addend); row += n
-    _finish(out, row, a4, splat(shift[f + 4]), leaky_out, False, addend); row += n
-    _finish(out, row, a5, splat(shift[f + 5]), leaky_out, False, addend); row += n
-    _finish(out, row, a6, splat(shift[f + 6]), leaky_out, False, addend); row += n
-    _finish(out, row, a7, splat(shift[f + 7]), leaky_out, False, addend)
+    _finish(out, row, a0, splat(shift[f]), leaky_out, False); row += n
+    _finish(out, row, a1, splat(shift[f + 1]), leaky_out, False); row += n
+    _finish(out, row, a2, splat(shift[f + 2]), leaky_out, False); row += n
+    _finish(out, row, a3, splat(shift[f + 3]), leaky_out, False); row += n
+    _finish(out, row, a4, splat(shift[f + 4]), leaky_out, False); row += n
+    _finish(out, row, a5, splat(shift[f + 5]), leaky_out, False); row += n
+    _finish(out, row, a6, splat(shift[f + 6]), leaky_out, False); row += n
+    _finish(out, row, a7, splat(shift[f + 7]), leaky_out, False)
 
 
 @jit(inline="always")
-def _one_by_four(weights, shift, x, out, f, p0, p1, p2, p3, n, leaky_out, addend):
+def _one_by_four(weights, shift, x, out, f, p0, p1, p2, p3, n, leaky_out):
     """Filter f at the vectors from pixels p0..p3 (which may overlap)."""
     zero = splat(0.0)
     a0 = zero; a1 = zero; a2 = zero; a3 = zero
@@ -172,14 +164,12 @@ def _one_by_four(weights, shift, x, out, f, p0, p1, p2, p3, n, leaky_out, addend
         at += n
     row = f * n
     bias = splat(shift[f])
-    _finish(out, row + p0, a0, bias, leaky_out, False, addend)
-    _finish(out, row + p1, a1, bias, leaky_out, False, addend)
-    _finish(out, row + p2, a2, bias, leaky_out, False, addend)
-    _finish(out, row + p3, a3, bias, leaky_out, False, addend)
+    _finish(out, row + p0, a0, bias, leaky_out, False); _finish(out, row + p1, a1, bias, leaky_out, False)
+    _finish(out, row + p2, a2, bias, leaky_out, False); _finish(out, row + p3, a3, bias, leaky_out, False)
 
 
 @jit
-def _tile(weights, shift, x, out, p, n, f_lo, f_hi, leaky_out, stream, addend):
+def _tile(weights, shift, x, out, p, n, f_lo, f_hi, leaky_out, stream):
     """Filters f_lo..f_hi-1 over the pixels p..min(p + TILE, n) - 1 of one image."""
     width = min(TILE, n - p)
     vectors = (width + LANES - 1) // LANES
@@ -191,25 +181,25 @@ def _tile(weights, shift, x, out, p, n, f_lo, f_hi, leaky_out, stream, addend):
     f = f_lo
     if width == TILE:
         while f + 4 <= f_hi:
-            _four_by_four(weights, shift, x, out, f, p, n, leaky_out, stream, addend)
+            _four_by_four(weights, shift, x, out, f, p, n, leaky_out, stream)
             f += 4
     elif vectors == 1:
         while f + 8 <= f_hi:
-            _eight_by_one(weights, shift, x, out, f, p0, n, leaky_out, addend)
+            _eight_by_one(weights, shift, x, out, f, p0, n, leaky_out)
             f += 8
     else:
         while f + 4 <= f_hi:
-            _four_by_two(weights, shift, x, out, f, p, p1, n, leaky_out, addend)
+            _four_by_two(weights, shift, x, out, f, p, p1, n, leaky_out)
             if vectors > 2:
-                _four_by_two(weights, shift, x, out, f, p2, p3, n, leaky_out, addend)
+                _four_by_two(weights, shift, x, out, f, p2, p3, n, leaky_out)
             f += 4
     while f < f_hi:
-        _one_by_four(weights, shift, x, out, f, p0, p1, p2, p3, n, leaky_out, addend)
+        _one_by_four(weights, shift, x, out, f, p0, p1, p2, p3, n, leaky_out)
         f += 1
 
 
 @jit
-def pointwise_tasks(weights, shift, x, out, leaky_out, chunk, first, last, stream, addend):
+def pointwise_tasks(weights, shift, x, out, leaky_out, chunk, first, last, stream):
     """Tasks first..last-1 of the layer, a task being (image, pixel tile, `chunk` filters) in that order:
     out[b] = act(weights @ x[b] + shift) over the task's pixels and filters (see the module docstring);
     `stream`: full tiles are stored past the caches (out 64-byte aligned, planes a multiple of LANES long)."""
@@ -221,11 +211,7 @@ def pointwise_tasks(weights, shift, x, out, leaky_out, chunk, first, last, strea
         b = task // (tiles * chunks)
         tile = task // chunks - b * tiles
         f_lo = (task % chunks) * chunk
-        f_hi = min(f_lo + chunk, filters)
-        if addend is None:
-            _tile(weights, shift, x[b], out[b], tile * TILE, n, f_lo, f_hi, leaky_out, stream, None)
-        else:
-            _tile(weights, shift, x[b], out[b], tile * TILE, n, f_lo, f_hi, leaky_out, stream, addend[b])
+        _tile(weights, shift, x[b], out[b], tile * TILE, n, f_lo, min(f_lo + chunk, filters), leaky_out, stream)
 
 
 def task_count(batch: int, n: int, filters: int, chunk: int) -> int:
@@ -233,39 +219,34 @@ def task_count(batch: int, n: int, filters: int, chunk: int) -> int:
 
 
 @jit
-def pointwise_share(flags, ticket, first_flag, flag_count, before, weights, shift, x, out, leaky_out, stream, addend,
-                    chunk, first, last):
+def pointwise_share(flags, ticket, first_flag, flag_count, before, weights, shift, x, out, leaky_out, stream, chunk,
+                    first, last):
     """pointwise_tasks as a share of kernels/handoff.py: raises `ticket` in the flags before or after."""
     if before:
         publish(flags, first_flag, flag_count, ticket)
-    pointwise_tasks(weights, shift, x, out, leaky_out, chunk, first, last, stream, addend)
+    pointwise_tasks(weights, shift, x, out, leaky_out, chunk, first, last, stream)
     if not before:
         publish(flags, first_flag, flag_count, ticket)
 
 
 def pointwise_forward(weights: np.ndarray, shift: np.ndarray, x: np.ndarray, out: np.ndarray,
-                      leaky_out: bool, addend: np.ndarray | None = None) -> None:
-    """out (B, F, N) = act(weights (F, C) @ x (B, C, N) + shift) (+ addend (B, F, N), added after the
-    activation, as a separate float32 addition would), act leaky or identity; N >= MIN_PIXELS. Arrays
-    C-contiguous float32, `out` apart from `x` and `addend` (a plane's last vector may overlap the one before
-    and is computed again: with `out` as the addend it would be added twice)."""
+                      leaky_out: bool) -> None:
+    """out (B, F, N) = act(weights (F, C) @ x (B, C, N) + shift), act leaky or identity; N >= MIN_PIXELS.
+    Arrays C-contiguous float32, `out` apart from `x`."""
     batch, channels, n = x.shape
     filters = weights.shape[0]
     if (n < MIN_PIXELS or weights.shape[1] != channels or out.shape != (batch, filters, n)
-            or not (x.flags.c_contiguous and out.flags.c_contiguous)
-            or (addend is not None and (addend.shape != out.shape or not addend.flags.c_contiguous))):
+            or not (x.flags.c_contiguous and out.flags.c_contiguous)):
         raise ValueError(f"pointwise_forward: weights {weights.shape}, x {x.shape}, out {out.shape}")
     x2, out2 = x.reshape(batch, -1), out.reshape(batch, -1)
-    addend2 = None if addend is None else addend.reshape(batch, -1)
     tiles = task_count(batch, n, 1, 1)
     threads = numba.get_num_threads()
     stream = STREAM_MIN_BYTES <= out.nbytes and out.ctypes.data % STREAM_ALIGNMENT == 0 and n % LANES == 0
     if not threads_pay(batch * filters * channels * n, tiles * -(-filters // 4), PARALLEL_MIN_MACS):
-        pointwise_tasks(weights, shift, x2, out2, leaky_out, filters, 0, tiles, stream, addend2)
+        pointwise_tasks(weights, shift, x2, out2, leaky_out, filters, 0, tiles, stream)
         return
     # split the filters too when the pixel tiles alone are too few to share out evenly
     chunks = min(-(-filters // 4), -(-4 * threads // tiles))
     chunk = -(-(-(-filters // max(chunks, 1))) // 4) * 4
     tasks = task_count(batch, n, filters, chunk)
-    share_out(pointwise_share, (weights, shift, x2, out2, leaky_out, stream, addend2, chunk), tasks,
-              threads)
+    share_out(pointwise_share, (weights, shift, x2, out2, leaky_out, stream, chunk), tasks, threads)

@@ -190,22 +190,6 @@ class Layer:
     #: (the network's buffer sharing must then keep that input alive for this layer's readers)
     inference_returns_input: ClassVar[bool] = False
 
-    def inference_sums_inputs(self) -> bool:
-        """Whether this layer's inference output is exactly input 0 + input 1 (float32, same shapes): then
-        `infer` lets the layer that computes input 0 add input 1 in its own pass (see `adds_at_inference`)
-        and this layer returns input 0."""
-        return False
-
-    def adds_at_inference(self) -> bool:
-        """Whether this layer can add another map of its output's shape to its output in its own inference
-        pass, the sum rounded as a separate float32 addition would be (see `inference_sums_inputs`)."""
-        return False
-
-    def set_inference_addend(self, addend: np.ndarray | None) -> None:
-        """The map the next inference forward adds to its output (None: none); only for layers that
-        `adds_at_inference`."""
-        raise NotImplementedError(f"[{self.kind}] does not add maps at inference")
-
     def __init__(self, config: LayerConfig, index: int):
         self.config = config
         self.index = index

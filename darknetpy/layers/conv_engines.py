@@ -300,7 +300,6 @@ class _ChannelMajorProduct:
 
 class GemmEngine(_ChannelMajorProduct):
     name = "gemm"
-    adds_at_inference = False
 
     def __init__(self, g: ConvGeometry, batch: int, input_gradient: WinogradEngine | None = None):
         super().__init__(g, batch)
@@ -399,7 +398,6 @@ class GemmEngine(_ChannelMajorProduct):
 
 class DirectEngine(_ChannelMajorProduct):
     name = "direct"
-    adds_at_inference = False
 
     def __init__(self, g: ConvGeometry, batch: int):
         super().__init__(g, batch)
@@ -432,10 +430,8 @@ class DirectEngine(_ChannelMajorProduct):
 
 
 class PointwiseEngine:
-    """Inference of an ungrouped 1x1 stride-1 layer (see kernels/pointwise.py); with a linear activation it can
-    add a following [shortcut]'s other input in the same pass (forward_adding)."""
+    """Inference of an ungrouped 1x1 stride-1 layer (see kernels/pointwise.py)."""
     name = "pointwise"
-    adds_at_inference = True
 
     def __init__(self, g: ConvGeometry):
         self.g = g
@@ -448,21 +444,14 @@ class PointwiseEngine:
         self._shift = np.ascontiguousarray(shift, FLOAT)
 
     def forward(self, x: np.ndarray, out: np.ndarray, epilogue: Epilogue) -> None:
-        self._convolve(x, out, epilogue.activation.fuses_leaky, None)
-        epilogue.activation.apply_unless_fused(out)
-
-    def forward_adding(self, x: np.ndarray, out: np.ndarray, epilogue: Epilogue, addend: np.ndarray) -> None:
-        """out = the layer's (linear) output + addend, in one pass."""
-        self._convolve(x, out, False, addend)
-
-    def _convolve(self, x: np.ndarray, out: np.ndarray, leaky: bool, addend: np.ndarray | None) -> None:
         g = self.g
         batch = x.shape[0]
         # a route's channel slice of a batch is strided between images: the kernel reads flat planes
         x3 = np.ascontiguousarray(x.reshape(batch, g.channels, -1))
-        addend3 = None if addend is None else np.ascontiguousarray(addend.reshape(batch, g.filters, -1))
-        pointwise.pointwise_forward(self._weights, self._shift, x3, out.reshape(batch, g.filters, -1), leaky,
-                                    addend3)
+        out3 = out.reshape(batch, g.filters, -1)
+        fuse_leaky = epilogue.activation.fuses_leaky
+        pointwise.pointwise_forward(self._weights, self._shift, x3, out3, fuse_leaky)
+        epilogue.activation.apply_unless_fused(out3)
 
 
 def _zero_bordered_scratch(shape: tuple[int, int, int], height: int, width: int, pad: int) -> np.ndarray:
@@ -477,7 +466,6 @@ def _zero_bordered_scratch(shape: tuple[int, int, int], height: int, width: int,
 class ChannelsLastDepthwiseEngine:
     """Inference of a depthwise layer on small planes, channels-last (see CHANNELS_LAST_MAX_OUTPUT_PIXELS)."""
     name = "channels-last"
-    adds_at_inference = False
 
     def __init__(self, g: ConvGeometry):
         self.g = g
@@ -513,7 +501,6 @@ class WinogradEngine:
     """A stride-1 3x3 ungrouped convolution from in_channels to out_channels with an out_h x out_w output,
     by Winograd tiles of `tile` x `tile` outputs."""
     name = "winograd"
-    adds_at_inference = False
 
     def __init__(self, in_channels: int, out_channels: int, out_h: int, out_w: int, padding: int, batch: int,
                  tile: int):

@@ -67,7 +67,6 @@ class Convolutional(EpilogueOwner, Layer):
         self.engine = None    # inference, from allocate()
         self.trainer = None   # training
         self._engine_ready = False
-        self._addend: np.ndarray | None = None   # see set_inference_addend
 
     # ---- shapes and parameters ----------------------------------------------------------------------------
     def output_shape(self, in_shapes):
@@ -143,17 +142,8 @@ class Convolutional(EpilogueOwner, Layer):
         if not self._engine_ready:
             self.engine.prepare(*self.epilogue.fold_into(self.weights))
             self._engine_ready = True
-        if self._addend is not None:
-            self.engine.forward_adding(x, self.output, self.epilogue, self._addend)
-        else:
-            self.engine.forward(x, self.output, self.epilogue)
+        self.engine.forward(x, self.output, self.epilogue)
         return self.output
-
-    def adds_at_inference(self) -> bool:
-        return self.activation == act.LINEAR and self.engine.adds_at_inference
-
-    def set_inference_addend(self, addend: np.ndarray | None) -> None:
-        self._addend = addend
 
     def _ensure_gradients(self) -> None:
         if self.grad_weights is None:
