@@ -167,10 +167,13 @@ class Network:
         self._lending = lend
 
     def _plan_lent_outputs(self) -> list[np.ndarray]:
-        """The buffer each layer writes into during `infer`, taken from the layers' own buffers: a buffer is
-        lent again, to a later layer of the same output shape, once every layer reading it has run. A
-        layer that returns its input (inference_returns_input) writes nothing: its readers keep that
-        input's buffer busy. Outputs no later layer reads, and the output layer's, are never lent again."""
+        """The buffer each layer writes into during `infer`. A layer writes into the shared buffer freed
+        most recently (whatever shapes used it before: the layers' buffers are views of flat shared ones),
+        which is still in the caches: its last readers have just run. A shared buffer is free again once
+        every layer reading what it holds has run. A layer that returns its input (inference_returns_input)
+        writes nothing: its readers keep that input's buffer busy. Outputs no later layer reads, and the
+        output layer's, are never freed. The shared buffers' memory is the layers' own buffers, the largest
+        for the largest, so `infer` allocates nothing."""
         count = self.output_index + 1   # the layers after it do not run at inference
         holder = list(range(count))     # the layer whose buffer holds each layer's output (-1: the input)
         busy_until = [-1] * count       # by holder: the last step at which its buffer is read (count: never free)
@@ -188,18 +191,36 @@ class Network:
         for i in range(count):
             if (not readers[i] or i == self.output_index) and holder[i] >= 0:
                 busy_until[holder[i]] = count
-        lent = list(self._own_outputs)
-        free: dict[tuple, list[np.ndarray]] = {}
+        own_outputs = self._own_outputs
+        # a layer whose own buffer is not flat float32 memory keeps it
+        writers = {i for i in range(count) if holder[i] == i and own_outputs[i].dtype == np.float32
+                   and own_outputs[i].flags.c_contiguous}
+        shared_of: dict[int, int] = {}   # writer -> shared buffer number
+        capacity: list[int] = []         # by shared buffer: the most any of its writers needs
+        free: list[int] = []             # the free shared buffers, the most recently freed last
         freed_after: dict[int, list[int]] = {}
         for i in range(count):
             for done in freed_after.pop(i - 1, []):
-                free.setdefault(lent[done].shape, []).append(lent[done])
-            if holder[i] != i:
+                free.append(shared_of[done])
+            if i not in writers:
                 continue
-            spare = free.get(self._own_outputs[i].shape)
-            if spare:
-                lent[i] = spare.pop()
+            own = own_outputs[i]
+            if free:
+                shared_of[i] = free.pop()
+                capacity[shared_of[i]] = max(capacity[shared_of[i]], own.size)
+            else:
+                shared_of[i] = len(capacity)
+                capacity.append(own.size)
             freed_after.setdefault(max(busy_until[i], i), []).append(i)
+        # each shared buffer's capacity is one writer's own size, a different writer for each: matched largest
+        # to largest, the writers' own buffers hold them all
+        by_capacity = sorted(range(len(capacity)), key=lambda k: -capacity[k])
+        memories = sorted((own_outputs[i] for i in writers), key=lambda a: -a.size)
+        memory = dict(zip(by_capacity, (own.reshape(-1) for own in memories)))
+        lent = list(own_outputs)
+        for i in writers:
+            own = own_outputs[i]
+            lent[i] = memory[shared_of[i]][:own.size].reshape(own.shape)
         return lent
 
     def cost(self) -> float:
