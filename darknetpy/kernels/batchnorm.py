@@ -22,6 +22,7 @@ import numpy as np
 from numba import prange
 
 from . import jit
+from .activations import leaky_float32
 from .threads import threads_pay
 
 FORWARD_EPSILON = np.float32(1e-6)   # added to the standard deviation
@@ -101,12 +102,6 @@ def _take_total(lanes):
         total += lanes[i]
         lanes[i] = 0.0
     return total
-
-
-@jit(inline="always")
-def _leaky(y):
-    # Darknet's leaky: 0.1 is a double, so the product is formed in double and rounded
-    return y if y > np.float32(0.0) else np.float32(0.1 * np.float64(y))
 
 
 @jit(inline="always")
@@ -264,13 +259,13 @@ def _forward_cm_channel(product, c, scale, bias, rolling_mean, rolling_var, mean
         dst = out[n, c]
         if normalize and leaky:
             for s in range(spatial):
-                dst[s] = _leaky(_normalized(src[s], m, inv, sc, sh))
+                dst[s] = leaky_float32(_normalized(src[s], m, inv, sc, sh))
         elif normalize:
             for s in range(spatial):
                 dst[s] = _normalized(src[s], m, inv, sc, sh)
         elif leaky:
             for s in range(spatial):
-                dst[s] = _leaky(src[s] + sh)
+                dst[s] = leaky_float32(src[s] + sh)
         else:
             for s in range(spatial):
                 dst[s] = src[s] + sh

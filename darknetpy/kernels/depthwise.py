@@ -43,6 +43,7 @@ import numpy as np
 from numba import prange
 
 from . import depthwise_stride2, jit
+from .activations import leaky_float32
 from .handoff import publish, share_out
 from .scratch import thread_scratch
 from .threads import threads_pay
@@ -253,12 +254,6 @@ def _plane_any(phases, w, stride_y, stride_x, dilation, accumulate, bias_value, 
 
 
 @jit(inline="always")
-def _leaky(y):
-    # Darknet's leaky: 0.1 is a double, so the product is formed in double and rounded
-    return y if y > np.float32(0.0) else np.float32(0.1 * np.float64(y))
-
-
-@jit(inline="always")
 def _fill_group_phases(x, b, g, in_per_group, stride_y, stride_x, pad, phases, halves, taps):
     for ci in range(in_per_group):
         if taps == TAPS_3X3_STRIDE2_SPLIT:
@@ -304,7 +299,7 @@ def _convolve_units(x, weights, bias, leaky, b, g, out_per_group, stride_y, stri
                 dst = out[b, f + k, oy]
                 if leaky:
                     for ox in range(out_w):
-                        dst[ox] = _leaky(src[ox])
+                        dst[ox] = leaky_float32(src[ox])
                 else:
                     for ox in range(out_w):
                         dst[ox] = src[ox]
@@ -416,7 +411,7 @@ def _keep(ok, v):
 
 @jit(inline="always")
 def _finished(v, leaky):
-    return _leaky(v) if leaky else v
+    return leaky_float32(v) if leaky else v
 
 
 @jit(inline="always")

@@ -18,6 +18,7 @@ import numpy as np
 from numba import prange
 
 from . import jit
+from .activations import leaky_float32
 from .threads import threads_pay
 
 # Work (multiply-adds) below which starting the thread team costs more than it saves (see threads_pay).
@@ -31,12 +32,6 @@ def padded_shape(channels: int, height: int, width: int, ksize: int, stride_y: i
     extent = (ksize - 1) * dilation
     return (max(height + 2 * pad, (out_h - 1) * stride_y + extent + 1),
             max(width + 2 * pad, (out_w - 1) * stride_x + extent + 1), channels)
-
-
-@jit(inline="always")
-def _leaky(y):
-    # Darknet's leaky: 0.1 is a double, so the product is formed in double and rounded
-    return y if y > np.float32(0.0) else np.float32(0.1 * np.float64(y))
 
 
 @jit(inline="always")
@@ -64,7 +59,7 @@ def _row_3x3(flat, base, offsets, taps, bias, leaky, stride_x, out_w, channels, 
         o = row[ox * channels:(ox + 1) * channels]
         if leaky:
             for c in range(channels):
-                o[c] = _leaky(bias[c] + w0[c] * a0[c] + w1[c] * a1[c] + w2[c] * a2[c]
+                o[c] = leaky_float32(bias[c] + w0[c] * a0[c] + w1[c] * a1[c] + w2[c] * a2[c]
                               + w3[c] * a3[c] + w4[c] * a4[c] + w5[c] * a5[c]
                               + w6[c] * a6[c] + w7[c] * a7[c] + w8[c] * a8[c])
         else:
@@ -89,7 +84,7 @@ def _row_any(flat, base, offsets, taps, bias, leaky, stride_x, out_w, channels, 
                 o[c] += w[c] * a[c]
         if leaky:
             for c in range(channels):
-                o[c] = _leaky(o[c])
+                o[c] = leaky_float32(o[c])
 
 
 @jit(inline="always")

@@ -21,6 +21,7 @@ import numpy as np
 from numba import prange
 
 from . import jit
+from .activations import leaky_float32
 from .threads import threads_pay
 
 # Elements below which the thread team is not worth starting -- nor compiling the parallel kernels on a
@@ -305,10 +306,7 @@ def input_transform(x: np.ndarray, first_row: int, end_row: int, pad: int, tile:
 @jit(inline="always")
 def _finish(value, bias_value, leaky):
     y = value + bias_value
-    if leaky and not y > np.float32(0.0):
-        # Darknet's leaky: 0.1 is a double, so the product is formed in double and rounded
-        return np.float32(0.1 * np.float64(y))
-    return y
+    return leaky_float32(y) if leaky else y
 
 
 @jit
