@@ -775,3 +775,46 @@ def test_maxpool_kernel_with_different_row_and_column_strides(size, stride_y, st
     pooling.maxpool_forward(x, size, stride_y, stride_x, int(-padding / 2), out, argmax)
     np.testing.assert_array_equal(out, ref)
     np.testing.assert_array_equal(argmax, winner)
+
+
+def test_thread_floats_grow_to_the_largest_caller_and_are_per_thread():
+    import threading
+    from darknetpy.kernels.scratch import thread_floats
+    small = thread_floats(("test scratch", 1), 10)
+    large = thread_floats(("test scratch", 1), 1000)
+    again = thread_floats(("test scratch", 1), 10)
+    assert small.shape == (10,) and large.shape == (1000,) and again.shape == (10,)
+    assert np.shares_memory(again, large)              # the grown buffer serves the smaller caller too
+    other = []
+    thread = threading.Thread(target=lambda: other.append(thread_floats(("test scratch", 1), 10)))
+    thread.start()
+    thread.join()
+    assert not np.shares_memory(other[0], large)       # another thread has its own
+
+
+def test_layers_sharing_winograd_and_patch_scratch_match_the_float64_convolutions(monkeypatch):
+    """Inference's Winograd tiles (2x2 and 4x4) and im2col patch matrices are one buffer per thread shared by
+    the layers, larger layers after smaller ones and back: each layer's result against the float64
+    convolution of the previous layer's float32 output, at batch 1 and 2 (the batched GEMM product too)."""
+    monkeypatch.setattr(conv_engines, "gemm_beats_winograd", lambda *args, **kwargs: False)
+    text = ("[convolutional]\nfilters=40\nsize=3\npad=1\nactivation=leaky\n\n"             # Winograd 4x4 (48x48)
+            "[convolutional]\nfilters=36\nsize=3\nstride=2\npad=1\nactivation=linear\n\n"  # im2col + GEMM
+            "[convolutional]\nfilters=40\nsize=3\npad=1\nactivation=leaky\n\n"             # Winograd 2x2 (24x24)
+            "[convolutional]\nfilters=40\nsize=5\nstride=2\npad=2\nactivation=linear\n\n"  # a larger patch matrix
+            "[convolutional]\nfilters=5\nsize=3\npad=1\nactivation=leaky\n")               # Winograd 2x2 (12x12)
+    net = make_net(text, 48, 48, 8)
+    net.initialize(3)
+    for batch in (1, 2, 1):
+        x = RNG.standard_normal((batch, 8, 48, 48)).astype(np.float32)
+        net.forward(x)    # (every layer's output kept to check it; the scratch is the same as in infer)
+        names = [layer.engine.name for layer in net.layers]
+        assert names == ["winograd", "gemm", "winograd", "gemm", "winograd"], names
+        source = x
+        for layer, out in zip(net.layers, net.outputs):
+            cfg = layer.config
+            want = conv2d(source.astype(np.float64), layer.weights.astype(np.float64),
+                          layer.biases.astype(np.float64), cfg.stride, cfg.stride, cfg.size // 2)
+            if cfg.activation == "leaky":
+                want = leaky(want)
+            np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
+            source = out

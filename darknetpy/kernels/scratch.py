@@ -11,6 +11,8 @@ import threading
 from collections.abc import Callable, Hashable
 from typing import TypeVar
 
+import numpy as np
+
 Scratch = TypeVar("Scratch")
 
 _THREAD = threading.local()
@@ -25,3 +27,17 @@ def thread_scratch(key: Hashable, make: Callable[[], Scratch]) -> Scratch:
     if scratch is None:
         scratch = shared[key] = make()
     return scratch
+
+
+def thread_floats(key: Hashable, size: int) -> np.ndarray:
+    """`size` float32 values of this thread's flat scratch for `key`, shared by every caller of that key
+    whatever size it needs (the buffer grows to the largest): a network's layers then find the intermediate
+    arrays of their kernels (patch matrices, Winograd tiles) in the caches, where one array per layer came
+    from memory on every pass."""
+    shared = getattr(_THREAD, "floats", None)
+    if shared is None:
+        shared = _THREAD.floats = {}
+    buffer = shared.get(key)
+    if buffer is None or buffer.size < size:
+        buffer = shared[key] = np.empty(size, np.float32)
+    return buffer[:size]

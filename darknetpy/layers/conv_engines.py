@@ -35,7 +35,7 @@ from ..kernels import depthwise_channels_last, pointwise, winograd
 from ..kernels.depthwise import grouped_conv_backward, grouped_conv_forward, splits_columns, suits_same_3x3
 from ..kernels.im2col import (batch_to_channel_major, channel_major_to_batch, channel_major_to_batch_add,
                               col2im_batch_add, im2col_batch)
-from ..kernels.scratch import thread_scratch
+from ..kernels.scratch import thread_floats, thread_scratch
 from ..kernels.threads import run_side_by_side
 from .base import FLOAT
 from .epilogue import Epilogue
@@ -318,10 +318,15 @@ class GemmEngine(_ChannelMajorProduct):
             self.columns = np.empty((g.channels * g.size ** 2, self.batch * g.out_h * g.out_w), FLOAT)
         return self.columns
 
-    def _fill_columns(self, x: np.ndarray) -> np.ndarray:
-        """The (K, B*S) patch matrix of the batch."""
+    def _fill_columns(self, x: np.ndarray, shared: bool = False) -> np.ndarray:
+        """The (K, B*S) patch matrix of the batch: in the layer's own buffer (kept for the backward pass), or
+        `shared` with the thread's other layers (inference, where nothing reads it after the product)."""
         g = self.g
-        columns = self._columns_buffer()
+        if shared and not (g.is_pointwise and self.batch == 1):
+            rows, width = g.channels * g.size ** 2, self.batch * g.out_h * g.out_w
+            columns = thread_floats("gemm columns", rows * width).reshape(rows, width)
+        else:
+            columns = self._columns_buffer()
         if columns is None:
             return x[0].reshape(x.shape[1], -1)
         if g.is_pointwise:
@@ -349,10 +354,11 @@ class GemmEngine(_ChannelMajorProduct):
                 np.matmul(w_g, x[b].reshape(g.groups, g.in_per_group, -1), out=self._grouped(out3[b]))
             epilogue.shift_activate(out3, self._shift)
             return
-        cols = self._fill_columns(x)
+        cols = self._fill_columns(x, shared=True)
         self._columns_hold_input = False
         # a single image's product is already in the output layout: write it there directly
-        target = out3[0] if batch == 1 else self._product_buffer()
+        target = out3[0] if batch == 1 else \
+            thread_floats("gemm product", g.filters * batch * g.out_h * g.out_w).reshape(g.filters, -1)
         np.matmul(self._weights.reshape(g.groups, g.out_per_group, -1), self._grouped(cols),
                   out=self._grouped(target))
         if batch > 1:
@@ -491,10 +497,17 @@ class ChannelsLastDepthwiseEngine:
 @dataclass(frozen=True)
 class WinogradPlan:
     """How a WinogradEngine walks its blocks: `rows` tile rows per block; share k computes the blocks
-    starting at starts[k] with its own scratch[k] = (v, m); more than one share run side by side."""
+    starting at starts[k] with its own scratch (v, m) of v_size and m_size floats; more than one share run
+    side by side."""
     rows: int
     starts: list[range]
-    scratch: list[tuple[np.ndarray, np.ndarray]]
+    v_size: int
+    m_size: int
+
+    def scratch(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each share's (v, m), taken in the calling thread: every Winograd layer of the thread shares them."""
+        return [(thread_floats(("winograd v", k), self.v_size), thread_floats(("winograd m", k), self.m_size))
+                for k in range(len(self.starts))]
 
 
 class WinogradEngine:
@@ -525,8 +538,7 @@ class WinogradEngine:
             if self.in_channels <= WINOGRAD_SIDE_BY_SIDE_MAX_CHANNELS:
                 shares = max(1, min(numba.get_num_threads(), len(starts)))
             v_size, m_size = winograd.scratch_sizes(self.in_channels, self.out_channels, self.tile, tiles_w, rows)
-            self._plan = WinogradPlan(rows, [starts[k::shares] for k in range(shares)],
-                                      [(np.empty(v_size, FLOAT), np.empty(m_size, FLOAT)) for _ in range(shares)])
+            self._plan = WinogradPlan(rows, [starts[k::shares] for k in range(shares)], v_size, m_size)
         return self._plan
 
     def prepare(self, weights: np.ndarray, shift: np.ndarray) -> None:
@@ -537,14 +549,15 @@ class WinogradEngine:
 
     def _convolve(self, x: np.ndarray, out: np.ndarray, leaky: bool, accumulate: bool) -> None:
         plan = self._block_plan()
+        scratch = plan.scratch()
         if len(plan.starts) == 1:
-            v, m = plan.scratch[0]
+            v, m = scratch[0]
             winograd.winograd_conv(x, self._transformed, self._shift, self.padding, self.tile, leaky, plan.rows,
                                    v, m, out, accumulate=accumulate)
             return
 
         def share(k: int) -> None:
-            v, m = plan.scratch[k]
+            v, m = scratch[k]
             winograd.winograd_conv(x, self._transformed, self._shift, self.padding, self.tile, leaky, plan.rows,
                                    v, m, out, accumulate, starts=plan.starts[k], threaded=False)
         run_side_by_side(share, len(plan.starts))
