@@ -318,13 +318,12 @@ def test_winograd_matches_naive_for_every_block_size(tile, batch, c, k, h, w, pa
 def test_winograd_blocks_shared_out_side_by_side_match_naive(tile, monkeypatch):
     # Three shares of one-tile-row blocks over a batch of 2 (F(2x2): 8 blocks, shared 3 + 3 + 2), forward
     # with leaky and the training path's accumulate (dx += the transposed convolution)
-    import numba
     import darknetpy.layers.conv_engines as conv
     from darknetpy.kernels import activations as act
     from darknetpy.layers.epilogue import Epilogue
     monkeypatch.setattr(conv, "WINOGRAD_BLOCK_BYTES", 1)
     monkeypatch.setattr(conv, "WINOGRAD_MIN_BLOCK_TILES", 1)
-    monkeypatch.setattr(numba, "get_num_threads", lambda: 3)
+    monkeypatch.setattr(conv, "thread_count", lambda: 3)
     batch, c, k, h, w = 2, 5, 6, 2 * tile + 3, 11
     x = RNG.standard_normal((batch, c, h, w)).astype(np.float32)
     weights = RNG.standard_normal((k, c, 3, 3)).astype(np.float32)
@@ -502,7 +501,7 @@ def test_the_l2_cache_size_is_read_from_sysfs_or_assumed(tmp_path):
     ("filters=9\nsize=3\nstride=2\npad=1\nbatch_normalize=1\nactivation=leaky", 12),   # at one thread
 ])
 def test_direct_layer_inference_with_folded_batch_norm(text, c, monkeypatch):
-    monkeypatch.setattr(conv_engines.numba, "get_num_threads", lambda: 1)
+    monkeypatch.setattr(conv_engines, "thread_count", lambda: 1)
     # 61x47 so that the ungrouped 3-channel layer's patch matrix (2 images: 603 KiB) takes the direct kernel
     net = make_net("[convolutional]\n" + text, 61, 47, c)
     layer = net.layers[0]

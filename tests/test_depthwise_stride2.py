@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from darknetpy.kernels import depthwise, depthwise_stride2, simd
+from darknetpy.kernels import depthwise, depthwise_stride2, simd, threads
 from darknetpy.kernels.depthwise import grouped_conv_forward
 
 from naive_conv import conv2d, leaky
@@ -73,7 +73,8 @@ def test_shared_out_between_threads(monkeypatch):
     x, weights, bias = case(2, 5, 21, 4 * LANES + 6)
     serial, _ = convolve(x, weights, bias, True)
     monkeypatch.setattr(depthwise_stride2, "PARALLEL_MIN_MACS", 0)
-    monkeypatch.setattr(depthwise_stride2.numba, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(threads, "thread_count", lambda: 2)
+    monkeypatch.setattr(depthwise_stride2, "thread_count", lambda: 2)
     ranges = []
     real = depthwise_stride2.depthwise_3x3_stride2_share
     monkeypatch.setattr(depthwise_stride2, "depthwise_3x3_stride2_share",

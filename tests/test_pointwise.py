@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from darknetpy.kernels import jit, pointwise, simd
+from darknetpy.kernels import jit, pointwise, simd, threads
 from darknetpy.kernels.pointwise import pointwise_forward, pointwise_tasks, task_count
 
 RNG = np.random.default_rng(20261207)
@@ -89,7 +89,8 @@ def test_forward_shares_out_large_layers(monkeypatch):
     weights, shift, x = case(2, 24, 20, 2 * TILE + 5)
     serial = run("serial", weights, shift, x, True)
     monkeypatch.setattr(pointwise, "PARALLEL_MIN_MACS", 0)
-    monkeypatch.setattr(pointwise.numba, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(threads, "thread_count", lambda: 2)
+    monkeypatch.setattr(pointwise, "thread_count", lambda: 2)
     calls = []
     real = pointwise.pointwise_share
     monkeypatch.setattr(pointwise, "pointwise_share", lambda *args: calls.append(args[-3:]) or real(*args))

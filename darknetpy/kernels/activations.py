@@ -21,11 +21,11 @@ import functools
 import math
 from typing import Callable, NamedTuple
 
-import numba
 import numpy as np
 from numba import prange
 
 from . import jit
+from .threads import thread_count
 
 # Darknet's enum order for the first 14, then AlexeyAB's additions.
 LOGISTIC, RELU, RELIE, LINEAR, RAMP, TANH, PLSE, LEAKY, ELU, LOGGY, STAIR, HARDTAN, LHTAN, SELU = range(14)
@@ -369,7 +369,7 @@ PARALLEL_MIN_ELEMENTS_EXP = 1 << 16
 def bias_activate_auto(out: np.ndarray, bias: np.ndarray, code: int) -> None:
     """bias_activate, switching to the parallel kernel when the tensor is large enough to pay for it."""
     threshold = PARALLEL_MIN_ELEMENTS_CHEAP if code in CHEAP_CODES else PARALLEL_MIN_ELEMENTS_EXP
-    if out.size >= threshold and out.shape[0] * out.shape[1] > 1 and numba.get_num_threads() > 1:
+    if out.size >= threshold and out.shape[0] * out.shape[1] > 1 and thread_count() > 1:
         _forward_kernels(code).bias_activate_parallel(out, bias)
     else:
         _forward_kernels(code).bias_activate(out, bias)

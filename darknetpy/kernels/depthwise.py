@@ -38,7 +38,6 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
-import numba
 import numpy as np
 from numba import prange
 
@@ -46,7 +45,7 @@ from . import depthwise_stride2, jit
 from .activations import leaky_float32
 from .handoff import publish, share_out
 from .scratch import thread_scratch
-from .threads import threads_pay
+from .threads import thread_count, threads_pay
 
 # Work (multiply-adds) below which starting the thread team costs more than it saves: ~0.5 ms of serial
 # work at 0.15-0.4 ns per multiply-add (see threads.threads_pay).
@@ -542,7 +541,7 @@ def _same_3x3_forward(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, leak
     tasks = x.shape[0] * x.shape[1]
     if threads_pay(tasks * height * width * 9, tasks, SAME_3X3_PARALLEL_MIN_MACS):
         share_out(_same_3x3_share, (flat_x, weights, bias, leaky, left_ok, right_ok, planes, channel_major, height,
-                                    width), tasks, numba.get_num_threads())
+                                    width), tasks, thread_count())
     else:
         _same_3x3_serial(flat_x, weights, bias, leaky, left_ok, right_ok, planes, channel_major, height, width)
 
@@ -571,12 +570,12 @@ def grouped_conv_forward(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, s
     macs = _macs(weights, out)
     kernel, runs = serial, 1
     if threads_pay(macs, tasks, PARALLEL_MIN_MACS):
-        kernel, runs = parallel, min(numba.get_num_threads(), tasks)
+        kernel, runs = parallel, min(thread_count(), tasks)
     elif tasks == 1:
         # a single group-image (an ungrouped first layer at batch 1): share out its filters instead
         units = _filter_units(out.shape[1], taps)[0]
         if threads_pay(macs, units, PARALLEL_MIN_MACS):
-            kernel, runs = parallel_units, min(numba.get_num_threads(), units)
+            kernel, runs = parallel_units, min(thread_count(), units)
     placement = (taps, dims, x.shape[2], x.shape[3], stride_y, stride_x, pad, dilation)
     phases, halves, planes = _forward_scratch(runs, placement, min(FILTER_BLOCK, out.shape[1] // groups),
                                               out.shape[2] * dims[4])

@@ -8,12 +8,11 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
-import numba
 import numpy as np
 from numba import prange
 
 from . import jit
-from .threads import threads_pay
+from .threads import thread_count, threads_pay
 
 # Elements below which starting the thread team costs more than it saves (memory-bound loops, ~0.3 ns per
 # element: ~0.3 ms of serial work, see threads.threads_pay; measured break-even on 2 cores ~450k).
@@ -240,7 +239,7 @@ def im2col_batch(images: np.ndarray, ksize: int, stride_y: int, stride_x: int, p
         return
     rows, cols, starts = _padded_geometry(ksize, stride_y, stride_x, dilation, out_h, out_w)
     if parallel:
-        chunks = min(images.shape[0] * images.shape[1], CHUNKS_PER_THREAD * numba.get_num_threads())
+        chunks = min(images.shape[0] * images.shape[1], CHUNKS_PER_THREAD * thread_count())
         _im2col_parallel(images, ksize, pad, dilation, rows, cols, starts, columns, chunks)
     else:
         _im2col_serial(images, ksize, pad, dilation, rows, cols, starts, columns)
@@ -300,7 +299,7 @@ def col2im_batch_add(columns: np.ndarray, ksize: int, stride_y: int, stride_x: i
         return
     rows, cols, starts = _padded_geometry(ksize, stride_y, stride_x, dilation, out_h, out_w)
     if parallel:
-        chunks = min(images.shape[0] * images.shape[1], CHUNKS_PER_THREAD * numba.get_num_threads())
+        chunks = min(images.shape[0] * images.shape[1], CHUNKS_PER_THREAD * thread_count())
         _col2im_parallel(columns, ksize, pad, dilation, rows, cols, starts, images, chunks)
     else:
         _col2im_serial(columns, ksize, pad, dilation, rows, cols, starts, images)

@@ -22,13 +22,12 @@ overlap `x`.
 """
 from __future__ import annotations
 
-import numba
 import numpy as np
 
 from . import jit
 from .handoff import publish, share_out
 from .simd import LANES, add, fma, leaky, load, splat, store, store_stream
-from .threads import threads_pay
+from .threads import thread_count, threads_pay
 
 TILE = 4 * LANES       # pixels per full output block
 MIN_PIXELS = LANES     # the smallest plane the kernels handle
@@ -240,7 +239,7 @@ def pointwise_forward(weights: np.ndarray, shift: np.ndarray, x: np.ndarray, out
         raise ValueError(f"pointwise_forward: weights {weights.shape}, x {x.shape}, out {out.shape}")
     x2, out2 = x.reshape(batch, -1), out.reshape(batch, -1)
     tiles = task_count(batch, n, 1, 1)
-    threads = numba.get_num_threads()
+    threads = thread_count()
     stream = STREAM_MIN_BYTES <= out.nbytes and out.ctypes.data % STREAM_ALIGNMENT == 0 and n % LANES == 0
     if not threads_pay(batch * filters * channels * n, tiles * -(-filters // 4), PARALLEL_MIN_MACS):
         pointwise_tasks(weights, shift, x2, out2, leaky_out, filters, 0, tiles, stream)

@@ -25,12 +25,11 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
-import numba
 import numpy as np
 from numba import prange
 
 from . import jit
-from .threads import threads_pay
+from .threads import thread_count, threads_pay
 
 NEG_FLT_MAX = np.float32(-3.4028234663852886e38)
 # the argmax argument of the kernels that keep no winners (never read or written)
@@ -651,7 +650,7 @@ def maxpool_forward(x: np.ndarray, size: int, stride_y: int, stride_x: int, offs
         kernel = _clipped_forward_parallel if threads else _clipped_forward_serial
         kernel(x, size, stride_y, stride_x, offset, out, argmax if track else np.empty(out.shape, np.int32))
         return
-    chunks = min(x.shape[0] * x.shape[1], CHUNKS_PER_THREAD * numba.get_num_threads())
+    chunks = min(x.shape[0] * x.shape[1], CHUNKS_PER_THREAD * thread_count())
     if size == 3 and stride_y == stride_x == 2 and not track:
         if threads:
             _window_3x3_stride2_parallel(x, offset, out, chunks)

@@ -53,10 +53,39 @@ def _forward_parallel(prev, add, alpha, beta, out):
         _forward_plane(prev, add, alpha, beta, out, plane)
 
 
+# Same shapes (every residual block of ResNets, Darknet-53 and Yolo-Fastest): one flat loop per plane. The
+# general loop above copies the plane first and walks rows of W values; on Yolo-Fastest-XL's 96x10x10 blocks
+# that took 6.8 us per call against 1.5 for numpy's add.
+@jit
+def _same_shape_plane(prev, add, alpha, beta, out, plane):
+    p, a, o = prev[plane], add[plane], out[plane]
+    for i in range(o.shape[0]):
+        o[i] = alpha * p[i] + beta * a[i]
+
+
+@jit
+def _same_shape_serial(prev, add, alpha, beta, out):
+    for plane in range(out.shape[0]):
+        _same_shape_plane(prev, add, alpha, beta, out, plane)
+
+
+@jit(parallel=True)
+def _same_shape_parallel(prev, add, alpha, beta, out):
+    for plane in prange(out.shape[0]):
+        _same_shape_plane(prev, add, alpha, beta, out, plane)
+
+
 def shortcut_forward(prev: np.ndarray, add: np.ndarray, alpha: np.float32, beta: np.float32,
                      out: np.ndarray) -> None:
     """out = prev, then out[visited] = alpha * prev + beta * add[matching] (float32, as Darknet)."""
-    kernel = _forward_parallel if use_threads(out.size, out.shape[0] * out.shape[1]) else _forward_serial
+    threaded = use_threads(out.size, out.shape[0] * out.shape[1])
+    if prev.shape == add.shape == out.shape and prev.flags.c_contiguous and add.flags.c_contiguous \
+            and out.flags.c_contiguous:
+        planes = out.shape[0] * out.shape[1]
+        kernel = _same_shape_parallel if threaded else _same_shape_serial
+        kernel(prev.reshape(planes, -1), add.reshape(planes, -1), alpha, beta, out.reshape(planes, -1))
+        return
+    kernel = _forward_parallel if threaded else _forward_serial
     kernel(prev, add, alpha, beta, out)
 
 

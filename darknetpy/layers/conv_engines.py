@@ -28,7 +28,6 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-import numba
 import numpy as np
 
 from ..kernels import depthwise_channels_last, pointwise, winograd
@@ -36,7 +35,7 @@ from ..kernels.depthwise import grouped_conv_backward, grouped_conv_forward, spl
 from ..kernels.im2col import (batch_to_channel_major, channel_major_to_batch, channel_major_to_batch_add,
                               col2im_batch_add, im2col_batch)
 from ..kernels.scratch import thread_floats, thread_scratch
-from ..kernels.threads import run_side_by_side
+from ..kernels.threads import run_side_by_side, thread_count
 from .base import FLOAT
 from .epilogue import Epilogue
 
@@ -222,12 +221,12 @@ def choose_engines(g: ConvGeometry, batch: int) -> tuple[
     # backward 10.6 -> 7.7 ms, 1 thread).
     gemm = GemmEngine(g, batch, winograd_dx)
     if g.is_pointwise and g.groups == 1 and g.out_h * g.out_w >= pointwise.MIN_PIXELS \
-            and not gemm_beats_pointwise(g, batch, numba.get_num_threads()):
+            and not gemm_beats_pointwise(g, batch, thread_count()):
         return PointwiseEngine(g), gemm
-    if (g.suits_direct or direct_beats_strided_gemm(g, numba.get_num_threads())) \
+    if (g.suits_direct or direct_beats_strided_gemm(g, thread_count())) \
             and g.patch_bytes(batch) >= DIRECT_MIN_PATCH_BYTES:
         return DirectEngine(g, batch), gemm
-    if g.winograd_tile and not gemm_beats_winograd(g, batch, numba.get_num_threads()):
+    if g.winograd_tile and not gemm_beats_winograd(g, batch, thread_count()):
         return WinogradEngine(g.channels, g.filters, g.out_h, g.out_w, g.padding, batch, g.winograd_tile), gemm
     return gemm, gemm
 
@@ -536,7 +535,7 @@ class WinogradEngine:
             starts = winograd.block_starts(self.batch, self.out_h, self.out_w, self.tile, rows)
             shares = 1
             if self.in_channels <= WINOGRAD_SIDE_BY_SIDE_MAX_CHANNELS:
-                shares = max(1, min(numba.get_num_threads(), len(starts)))
+                shares = max(1, min(thread_count(), len(starts)))
             v_size, m_size = winograd.scratch_sizes(self.in_channels, self.out_channels, self.tile, tiles_w, rows)
             self._plan = WinogradPlan(rows, [starts[k::shares] for k in range(shares)], v_size, m_size)
         return self._plan
