@@ -181,6 +181,31 @@ def _intrinsics_probe(a, b, c, out):
     simd.store(out, 2 * LANES, simd.leaky(simd.load(c, 0)))
 
 
+@jit
+def _leaky_all(values, out):
+    for i in range(0, values.size, LANES):
+        simd.store(out, i, simd.leaky(simd.load(values, i)))
+
+
+def test_vector_leaky_is_the_double_formula_on_floats_of_every_exponent():
+    """The vector leaky forms 0.1 * a in float32 arithmetic (simd.TENTH_HIGH): bit for bit Darknet's double
+    product rounded to float32 on negative floats of every exponent, except for |a| below 4.71e-37, where results
+    may be one unit in the last place apart (an exhaustive check over all negative floats found no other
+    difference)."""
+    bits = np.random.default_rng(11).integers(0x80000000, 0xFF800000, LANES * 40000, dtype=np.uint32)
+    values = bits.view(np.float32).copy()
+    values[:4] = [-np.inf, np.nan, -0.0, 5.0]
+    out = np.empty_like(values)
+    _leaky_all(values, out)
+    with np.errstate(invalid="ignore"):
+        want = np.where(values > 0, values, (0.1 * values.astype(np.float64)).astype(np.float32))
+    normal = ~(np.abs(values) < 4.71e-37)
+    np.testing.assert_array_equal(out[normal], want[normal])
+    tiny = ~normal & np.isfinite(values)
+    assert (np.abs(out[tiny] - want[tiny]) <= np.spacing(np.abs(want[tiny]))).all()
+    assert out[0] == -np.inf and np.isnan(out[1]) and out[3] == 5.0
+
+
 def test_intrinsics_lane_by_lane():
     a, b, c = (RNG.standard_normal(LANES + 1).astype(np.float32) for _ in range(3))
     out = np.zeros(3 * LANES, np.float32)
