@@ -41,9 +41,8 @@ from typing import Callable
 import numpy as np
 from numba import prange
 
-from . import depthwise_stride2, jit
+from . import depthwise_same3x3, depthwise_stride2, jit
 from .activations import leaky_float32
-from .handoff import publish, share_out
 from .scratch import thread_scratch
 from .threads import thread_count, threads_pay
 
@@ -378,122 +377,7 @@ def _forward_kernels(taps: int) -> tuple[Callable, Callable, Callable]:
     return serial, parallel, parallel_units
 
 
-# ---- depthwise 3x3 at stride 1 and padding 1, straight from the image ----------------------------------------
-# On the phase grid a plane pays a padded copy of itself and a row-by-row copy of the grid into the output; on
-# planes of 10 to 80 pixels a side those short rows cost more than the nine taps. Same-size depthwise 3x3
-# layers (Yolo-Fastest's twenty stride-1 layers, MobileNets') instead run one long loop over the plane's inner
-# rows straight from the image into the output. There the taps left of column 0 and right of the last column
-# wrap into the neighbouring rows, so those taps are selected away where the column masks say so (a select,
-# not a multiplication by zero: a wrapped inf or NaN never enters the sum). The top and bottom rows take a
-# loop of their own; the four corners and the two pixels the long loop skips (it starts and stops one pixel
-# inside so that no slice begins before the plane) a bounded scalar sum. Every output is the phase grid's sum
-# in the same order (the taps outside the image add a zero there), so the results are identical. Forward, 1
-# thread, against the phase grid: 272x20x20 0.40, 192x40x40 0.65-0.82, 64x80x80 0.74-0.84, 16x160x160
-# 0.87-0.94, 16x208x208 0.79-0.86, 32x256x256 0.75-0.78, 8x416x416 0.77-0.80, 4x640x640 0.77-0.80 (a loop per
-# row instead of the masks: 0.9-1.1 of them on the large planes, 1.1-1.9 on the small ones). The masks take
-# two bytes per pixel, kept per plane size: planes above SAME_3X3_MAX_PIXELS keep the grid rather than hold
-# masks of more than 8 MB.
-SAME_3X3_MAX_PIXELS = 2048 * 2048
-# This path does a multiply-add in about a third of the grid's time; its planes are shared out to the helper
-# threads of kernels/handoff.py, which are still awake from the layers before, from 1M multiply-adds on. With
-# an OpenMP team (woken per call) the threshold had to be 8M: in yolo-fastest-xl's 2-thread pass the 3-4M
-# layers lost what a second thread saved them alone (185 / 155 us alone at 3.7M). Whole passes at 2 threads,
-# taking turns in one process, helpers from 1M against the OpenMP team from 8M: yolo-fastest-1.1-xl 0.93
-# (batch 1) and 0.94 (batch 8), from 2M 0.95; yolo-fastest-1.1 1.00; 1 thread unchanged.
-SAME_3X3_PARALLEL_MIN_MACS = 1 << 20
-
-
-@jit(inline="always")
-def _keep(ok, v):
-    return v if ok else np.float32(0.0)
-
-
-@jit(inline="always")
-def _finished(v, leaky):
-    return leaky_float32(v) if leaky else v
-
-
-@jit(inline="always")
-def _bounded_pixel(xf, w, bias, height, width, y, x):
-    """Output (y, x) from the taps inside the image, in the phase grid's order (the others add a zero there)."""
-    v = bias
-    for ky in range(3):
-        yy = y + ky - 1
-        if 0 <= yy < height:
-            for kx in range(3):
-                xx = x + kx - 1
-                if 0 <= xx < width:
-                    v += w[ky, kx] * xf[yy * width + xx]
-    return v
-
-
-@jit(inline="always")
-def _same_3x3_plane(xf, w, bias, leaky, height, width, left_ok, right_ok, of):
-    """One plane: xf and of are the flat (contiguous) input and output planes; left_ok / right_ok say which
-    flat positions have a column to their left / right."""
-    w00, w01, w02 = w[0, 0], w[0, 1], w[0, 2]
-    w10, w11, w12 = w[1, 0], w[1, 1], w[1, 2]
-    w20, w21, w22 = w[2, 0], w[2, 1], w[2, 2]
-    start, stop = width + 1, (height - 1) * width - 1
-    a, b, c = xf[start - width - 1:], xf[start - 1:], xf[start + width - 1:]
-    lo, ro, o = left_ok[start:], right_ok[start:], of[start:stop]
-    for i in range(stop - start):
-        left, right = lo[i], ro[i]
-        v = (bias + _keep(left, w00 * a[i]) + w01 * a[i + 1] + _keep(right, w02 * a[i + 2])
-             + _keep(left, w10 * b[i]) + w11 * b[i + 1] + _keep(right, w12 * b[i + 2])
-             + _keep(left, w20 * c[i]) + w21 * c[i + 1] + _keep(right, w22 * c[i + 2]))
-        o[i] = _finished(v, leaky)
-    # the top row (no row above) and the bottom row (none below), columns 1 .. width-2
-    r, s, o = xf, xf[width:], of[1:width - 1]
-    for i in range(width - 2):
-        v = bias + w10 * r[i] + w11 * r[i + 1] + w12 * r[i + 2] + w20 * s[i] + w21 * s[i + 1] + w22 * s[i + 2]
-        o[i] = _finished(v, leaky)
-    r, s = xf[(height - 1) * width:], xf[(height - 2) * width:]
-    o = of[(height - 1) * width + 1:height * width - 1]
-    for i in range(width - 2):
-        v = bias + w00 * s[i] + w01 * s[i + 1] + w02 * s[i + 2] + w10 * r[i] + w11 * r[i + 1] + w12 * r[i + 2]
-        o[i] = _finished(v, leaky)
-    for y, x in ((0, 0), (0, width - 1), (height - 1, 0), (height - 1, width - 1), (1, 0),
-                 (height - 2, width - 1)):
-        of[y * width + x] = _finished(_bounded_pixel(xf, w, bias, height, width, y, x), leaky)
-
-
-@jit(inline="always")
-def _same_3x3_image_plane(x, weights, bias, leaky, left_ok, right_ok, out, channel_major, height, width, p):
-    channels = x.shape[1]
-    b, c = p // channels, p % channels
-    _same_3x3_plane(x[b, c], weights[c, 0], bias[c], leaky, height, width, left_ok, right_ok,
-                    out[c, b] if channel_major else out[b, c])
-
-
-@jit
-def _same_3x3_serial(x, weights, bias, leaky, left_ok, right_ok, out, channel_major, height, width):
-    """x (B, C, H*W); out (B, C, H*W), or (C, B, H*W) when `channel_major` (the training product)."""
-    for p in range(x.shape[0] * x.shape[1]):
-        _same_3x3_image_plane(x, weights, bias, leaky, left_ok, right_ok, out, channel_major, height, width, p)
-
-
-@jit
-def _same_3x3_share(flags, ticket, first_flag, flag_count, before, x, weights, bias, leaky, left_ok, right_ok, out,
-                    channel_major, height, width, first, last):
-    """Planes first..last-1 as a share of kernels/handoff.py: raises `ticket` in the flags before or after."""
-    if before:
-        publish(flags, first_flag, flag_count, ticket)
-    for p in range(first, last):
-        _same_3x3_image_plane(x, weights, bias, leaky, left_ok, right_ok, out, channel_major, height, width, p)
-    if not before:
-        publish(flags, first_flag, flag_count, ticket)
-
-
-@functools.lru_cache(maxsize=16)
-def _column_masks(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """(left_ok, right_ok) over a flat height x width plane: False in the first / last column."""
-    column = np.arange(height * width) % width
-    left_ok, right_ok = column != 0, column != width - 1
-    left_ok.flags.writeable = right_ok.flags.writeable = False
-    return left_ok, right_ok
-
-
+# ---- layers that run straight from the image (kernels/depthwise_same3x3.py, kernels/depthwise_stride2.py) ------
 def _flat_planes(out: np.ndarray) -> tuple[np.ndarray, bool] | None:
     """out (B, F, H, W) as C-contiguous (B, F, H*W) planes, or as (F, B, H*W) (True) when it is a view of the
     training's channel-major product; None if its planes are laid out otherwise."""
@@ -506,19 +390,10 @@ def _flat_planes(out: np.ndarray) -> tuple[np.ndarray, bool] | None:
     return None
 
 
-def suits_same_3x3(in_per_group: int, out_per_group: int, ksize: int, stride_y: int, stride_x: int, pad: int,
-                   dilation: int, height: int, width: int, out_h: int, out_w: int) -> bool:
-    """Whether a convolution of this shape runs straight from the image (see SAME_3X3_MAX_PIXELS), given
-    flat planes."""
-    return (in_per_group == 1 and out_per_group == 1 and ksize == 3 and stride_y == stride_x == 1 and pad == 1
-            and dilation == 1 and (out_h, out_w) == (height, width) and height >= 3 and width >= 3
-            and height * width <= SAME_3X3_MAX_PIXELS)
-
-
 def _straight_planes(suits: Callable[..., bool], x: np.ndarray, weights: np.ndarray, stride_y: int,
                      stride_x: int, pad: int, dilation: int, out: np.ndarray) -> tuple[np.ndarray, bool] | None:
     """out's flat planes (see _flat_planes) when a kernel that reads straight from the image takes the
-    layer (`suits`: suits_same_3x3, or depthwise_stride2.suits), else None."""
+    layer (`suits`: depthwise_same3x3.suits or depthwise_stride2.suits), else None."""
     groups = x.shape[1] // weights.shape[1]
     if not (suits(weights.shape[1], weights.shape[0] // groups, weights.shape[2], stride_y, stride_x, pad,
                   dilation, x.shape[2], x.shape[3], out.shape[2], out.shape[3])
@@ -529,21 +404,8 @@ def _straight_planes(suits: Callable[..., bool], x: np.ndarray, weights: np.ndar
 
 def writes_same_3x3_directly(x: np.ndarray, weights: np.ndarray, stride_y: int, stride_x: int, pad: int,
                              dilation: int, out: np.ndarray) -> bool:
-    """Whether grouped_conv_forward takes the straight-from-the-image path."""
-    return _straight_planes(suits_same_3x3, x, weights, stride_y, stride_x, pad, dilation, out) is not None
-
-
-def _same_3x3_forward(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, leaky: bool, planes: np.ndarray,
-                      channel_major: bool) -> None:
-    height, width = x.shape[2], x.shape[3]
-    left_ok, right_ok = _column_masks(height, width)
-    flat_x = x.reshape(x.shape[0], x.shape[1], height * width)
-    tasks = x.shape[0] * x.shape[1]
-    if threads_pay(tasks * height * width * 9, tasks, SAME_3X3_PARALLEL_MIN_MACS):
-        share_out(_same_3x3_share, (flat_x, weights, bias, leaky, left_ok, right_ok, planes, channel_major, height,
-                                    width), tasks, thread_count())
-    else:
-        _same_3x3_serial(flat_x, weights, bias, leaky, left_ok, right_ok, planes, channel_major, height, width)
+    """Whether grouped_conv_forward takes the same-size 3x3 kernel that reads straight from the image."""
+    return _straight_planes(depthwise_same3x3.suits, x, weights, stride_y, stride_x, pad, dilation, out) is not None
 
 
 def _macs(weights: np.ndarray, out: np.ndarray) -> int:
@@ -555,7 +417,7 @@ def grouped_conv_forward(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, s
     """out[b, f] = bias[f] + the convolution of input group f // (F / groups) with weights[f] (the number
     of groups is C / weights.shape[1]), then Darknet's leaky if `leaky`; other activations are left to the
     caller."""
-    for suits, straight_forward in ((suits_same_3x3, _same_3x3_forward),
+    for suits, straight_forward in ((depthwise_same3x3.suits, depthwise_same3x3.forward),
                                     (depthwise_stride2.suits, depthwise_stride2.forward)):
         planes = _straight_planes(suits, x, weights, stride_y, stride_x, pad, dilation, out)
         if planes is not None:

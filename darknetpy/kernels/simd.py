@@ -165,6 +165,18 @@ def leaky(typingctx, a):
     return Lanes(Lanes), codegen
 
 
+@intrinsic
+def keep_where(typingctx, mask, value):
+    """value in the lanes where mask > 0, else 0 (a select: an inf or NaN in a dropped lane is gone)."""
+    if not (mask == Lanes and value == Lanes):
+        return None
+
+    def codegen(context, builder, sig, args):
+        zero = ir.Constant(_VECTOR, [0.0] * LANES)
+        return builder.select(builder.fcmp_ordered(">", args[0], zero), args[1], zero)
+    return Lanes(Lanes, Lanes), codegen
+
+
 def _lane_mask(builder, count, count_type, context):
     """<LANES x i1>: lanes below `count` set."""
     count32 = builder.trunc(context.cast(builder, count, count_type, types.int64), ir.IntType(32))

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..kernels import depthwise_channels_last, pointwise, winograd
-from ..kernels.depthwise import grouped_conv_backward, grouped_conv_forward, splits_columns, suits_same_3x3
+from ..kernels import depthwise_channels_last, depthwise_same3x3, pointwise, winograd
+from ..kernels.depthwise import grouped_conv_backward, grouped_conv_forward, splits_columns
 from ..kernels.im2col import (batch_to_channel_major, channel_major_to_batch, channel_major_to_batch_add,
                               col2im_batch_add, im2col_batch)
 from ..kernels.scratch import thread_floats, thread_scratch
@@ -135,7 +135,7 @@ POINTWISE_GEMM_MIN_WEIGHTS = 128 * 128
 # most 20x20 -- except 3x3 stride-2 layers whose phases the direct kernel fills from a column split (even
 # widths, padding 1): Yolo-Fastest-XL's 272x20x20 -> 10x10 took 0.077-0.079 ms there against 0.114-0.118
 # ms channels-last, in the pass -- and same-size 3x3 layers, which the direct kernel runs straight from the
-# image (kernels/depthwise.py, SAME_3X3_MAX_PIXELS): straight / channels-last, forward alone, 1 thread,
+# image (kernels/depthwise_same3x3.py): straight / channels-last, forward alone, 1 thread,
 # 448x10x10 0.72, 1024x7x7 0.64, 512x14x14 0.48, 256x16x16 0.36, 96x10x10 0.80.
 CHANNELS_LAST_MAX_OUTPUT_PIXELS = 16 * 16
 CHANNELS_LAST_MAX_INPUT_PIXELS = 20 * 20
@@ -186,8 +186,9 @@ class ConvGeometry:
         """Whether inference convolves this layer channels-last (see CHANNELS_LAST_MAX_OUTPUT_PIXELS)."""
         column_split = splits_columns(self.size, self.stride_y, self.stride_x, self.padding, self.dilation,
                                       self.width)
-        same_3x3 = suits_same_3x3(self.in_per_group, self.out_per_group, self.size, self.stride_y, self.stride_x,
-                                  self.padding, self.dilation, self.height, self.width, self.out_h, self.out_w)
+        same_3x3 = depthwise_same3x3.suits(self.in_per_group, self.out_per_group, self.size, self.stride_y,
+                                           self.stride_x, self.padding, self.dilation, self.height, self.width,
+                                           self.out_h, self.out_w)
         return (self.is_depthwise and not column_split and not same_3x3
                 and self.out_h * self.out_w <= CHANNELS_LAST_MAX_OUTPUT_PIXELS
                 and self.height * self.width <= CHANNELS_LAST_MAX_INPUT_PIXELS)
