@@ -4,8 +4,8 @@
 
 Each layer's forward is timed twice, with the thread counts of the environment (NUMBA_NUM_THREADS,
 OPENBLAS_NUM_THREADS: set both to 1 for the one-thread figures): "in pass", its median over --repeat whole
-forward passes (what a real pass sees: its weights and output buffer come from wherever the other layers
-left the caches), and "alone", the median of --repeat calls in a row on the same input (everything it touches
+passes as Network.infer runs them, in the buffers it lends (what a real pass sees: its weights and output
+buffer come from wherever the other layers left the caches), and "alone", the median of --repeat calls in a row on the same input (everything it touches
 hot in the caches). Layers are grouped by type (depthwise k x k / stride s, grouped, pointwise 1x1, dense
 k x k, and the other layer kinds). For each group:
 
@@ -72,7 +72,9 @@ def median_seconds(call, repeat: int) -> float:
 
 
 def timed_pass(net, x: np.ndarray) -> list[float]:
-    """One inference forward pass, layer by layer as Network.forward runs it, with each layer's seconds."""
+    """One inference pass, layer by layer as Network.infer runs it (the layers writing into the buffers it
+    lends them), with each layer's seconds."""
+    net.infer(x)   # buffers for this batch, and lent
     seconds = []
     for index in range(net.output_index + 1):
         layer = net.layers[index]
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     net = model.network
     s = net.input_shape
     x = np.random.default_rng(0).random((1, s.c, s.h, s.w), np.float32)
-    whole = median_seconds(lambda: net.forward(x), args.repeat)
+    whole = median_seconds(lambda: net.infer(x), args.repeat)
     in_pass = np.median([timed_pass(net, x) for _ in range(args.repeat)], axis=0)
     ort_seconds = onnxruntime_layer_seconds(model, x, args.repeat) if args.onnxruntime else {}
     groups: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         group["bytes"] += moved
         group["copy"] += copy
         group["ort"] += ort_seconds.get(index, 0.0)
-    print(f"{Path(args.cfg).name} {s.w}x{s.h}, batch 1: whole forward {whole * 1e3:.2f} ms (median of "
+    print(f"{Path(args.cfg).name} {s.w}x{s.h}, batch 1: whole pass (infer) {whole * 1e3:.2f} ms (median of "
           f"{args.repeat})")
     ort_header = f" {'ort ms':>8} {'x ort':>6}" if args.onnxruntime else ""
     print(f"{'layer type':22} {'layers':>6} {'in pass ms':>10} {'share':>6} {'alone ms':>8} {'MB':>8} "
