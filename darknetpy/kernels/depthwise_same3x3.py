@@ -33,7 +33,8 @@ from .threads import thread_count, threads_pay
 # Shared out among the awake helper threads of kernels/handoff.py from 1M multiply-adds: with an OpenMP team
 # (woken per call) the threshold had to be 8M, as in yolo-fastest-xl's 2-thread pass its 3-4M layers lost
 # what a second thread saved them alone. Helpers from 1M against OpenMP from 8M, whole passes at 2 threads in
-# one process: yolo-fastest-1.1-xl 0.93 (batch 1) and 0.94 (batch 8), from 2M 0.95; yolo-fastest-1.1 1.00.
+# one process, measured with the scalar loop this kernel replaced (the threshold was kept): yolo-fastest-1.1-xl
+# 0.93 (batch 1) and 0.94 (batch 8), from 2M 0.95; yolo-fastest-1.1 1.00.
 PARALLEL_MIN_MACS = 1 << 20
 
 
