@@ -3,48 +3,25 @@ float64 convolution of tests/naive_conv.py: plane widths and heights around the 
 single vectors per range, rows shorter than a vector, the smallest 3x3 plane), leaky or not, the training's
 channel-major planes, shared out between threads, non-finite values in the edge columns (whose wrapped taps
 must be dropped, not multiplied by zero), and guard values around the output to catch a write past a plane."""
+import functools
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from darknetpy.kernels import depthwise, depthwise_same3x3, simd, threads
-from darknetpy.kernels.depthwise import grouped_conv_forward
+from darknetpy.kernels import depthwise_same3x3, simd
 
-from naive_conv import conv2d, leaky
+import straight_depthwise
 
 RNG = np.random.default_rng(20261208)
 LANES = simd.LANES
-SENTINEL = np.float32(-7.25)
-GUARD = 2 * LANES + 1
 
 
-def expected(x, weights, bias, leaky_out):
-    raw = conv2d(x.astype(np.float64), weights.astype(np.float64), bias.astype(np.float64), 1, 1, 1, x.shape[1])
-    return leaky(raw) if leaky_out else raw
-
-
-def case(batch, channels, height, width):
-    x = RNG.standard_normal((batch, channels, height, width)).astype(np.float32)
-    weights = RNG.standard_normal((channels, 1, 3, 3)).astype(np.float32)
-    bias = RNG.standard_normal(channels).astype(np.float32)
-    return x, weights, bias
-
-
-def convolve(x, weights, bias, leaky_out, channel_major=False):
-    """(out (B, C, H, W), whether the same-size kernel ran), through grouped_conv_forward, with guards."""
-    batch, channels, height, width = x.shape
-    size = x.size
-    memory = np.full(size + 2 * GUARD, SENTINEL, np.float32)
-    inner = memory[GUARD:GUARD + size]
-    if channel_major:
-        out = inner.reshape(channels, batch, height, width).transpose(1, 0, 2, 3)
-    else:
-        out = inner.reshape(batch, channels, height, width)
-    took = depthwise.writes_same_3x3_directly(x, weights, 1, 1, 1, 1, out)
-    grouped_conv_forward(x, weights, bias, 1, 1, 1, 1, out, leaky_out)
-    assert (memory[:GUARD] == SENTINEL).all() and (memory[-GUARD:] == SENTINEL).all(), "wrote outside the output"
-    return out, took
+# (x, weights, bias) of a random layer; the float64 oracle; a guarded run -> (output, whether the kernel ran)
+case = functools.partial(straight_depthwise.random_layer, RNG)
+expected = functools.partial(straight_depthwise.expected, stride=1)
+convolve = functools.partial(straight_depthwise.convolve, stride=1, suits=depthwise_same3x3.suits)
 
 
 SIZES = [3, 4, LANES - 1, LANES, LANES + 1, LANES + 2, 2 * LANES + 3, 40]
@@ -70,17 +47,8 @@ def test_training_channel_major_planes(width):
 
 def test_shared_out_between_threads(monkeypatch):
     x, weights, bias = case(2, 5, 11, 2 * LANES + 3)
-    serial, _ = convolve(x, weights, bias, True)
-    monkeypatch.setattr(depthwise_same3x3, "PARALLEL_MIN_MACS", 0)
-    monkeypatch.setattr(threads, "thread_count", lambda: 2)
-    monkeypatch.setattr(depthwise_same3x3, "thread_count", lambda: 2)
-    ranges = []
-    real = depthwise_same3x3.depthwise_3x3_same_share
-    monkeypatch.setattr(depthwise_same3x3, "depthwise_3x3_same_share",
-                        lambda *args: ranges.append(args[-2:]) or real(*args))
-    shared, _ = convolve(x, weights, bias, True)
-    np.testing.assert_array_equal(shared, serial)
-    assert sorted(ranges) == [(0, 5), (5, 10)]
+    straight_depthwise.assert_shared_out_equals_serial(monkeypatch, depthwise_same3x3, "depthwise_3x3_same_share",
+                                                       lambda: convolve(x, weights, bias, True)[0], 10)
 
 
 @pytest.mark.parametrize("width", [3, LANES - 3, LANES + 1, 2 * LANES + 3])
@@ -105,7 +73,7 @@ def test_non_finite_edge_columns_reach_only_their_outputs(width):
        width=st.integers(3, 3 * LANES + 3), leaky_out=st.booleans(), channel_major=st.booleans())
 def test_random_shapes(batch, channels, height, width, leaky_out, channel_major):
     x, weights, bias = case(batch, channels, height, width)
-    got, took = convolve(x, weights, bias, leaky_out, channel_major)
+    got, took = convolve(x, weights, bias, leaky_out, channel_major=channel_major)
     assert took
     np.testing.assert_allclose(got, expected(x, weights, bias, leaky_out), rtol=1e-5, atol=1e-5)
 

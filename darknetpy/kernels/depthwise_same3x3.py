@@ -26,9 +26,8 @@ import numpy as np
 
 from . import jit
 from .activations import leaky_float32
-from .handoff import publish, share_out
+from .handoff import publish, run_or_share_out
 from .simd import LANES, add, fma, keep_where, leaky, load, load_first, splat, store, store_first
-from .threads import thread_count, threads_pay
 
 # Shared out among the awake helper threads of kernels/handoff.py from 1M multiply-adds: with an OpenMP team
 # (woken per call) the threshold had to be 8M, as in yolo-fastest-xl's 2-thread pass its 3-4M layers lost
@@ -164,9 +163,6 @@ def forward(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, leaky_out: boo
     xf, of = x.reshape(-1), planes.reshape(-1)
     left_mask, right_mask = column_masks(width)
     tasks = batch * channels
-    if threads_pay(tasks * height * width * 9, tasks, PARALLEL_MIN_MACS):
-        share_out(depthwise_3x3_same_share, (xf, weights, bias, leaky_out, height, width, left_mask, right_mask, of,
-                                             channel_major), tasks, thread_count())
-    else:
-        depthwise_3x3_same_planes(xf, weights, bias, leaky_out, height, width, left_mask, right_mask, of,
-                                  channel_major, 0, tasks)
+    run_or_share_out(depthwise_3x3_same_planes, depthwise_3x3_same_share,
+                     (xf, weights, bias, leaky_out, height, width, left_mask, right_mask, of, channel_major), tasks,
+                     tasks * height * width * 9, PARALLEL_MIN_MACS)

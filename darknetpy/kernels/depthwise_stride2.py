@@ -19,9 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import jit
-from .handoff import publish, share_out
+from .handoff import publish, run_or_share_out
 from .simd import LANES, add, evens, fma, leaky, load, load_first, odds, shifted_in, splat, store, store_first
-from .threads import thread_count, threads_pay
 
 # Shared out among the awake helper threads (kernels/handoff.py) from 2M multiply-adds (~60 us at one thread):
 # whole passes at 2 threads, taking turns in one process, against 8M: yolo-fastest-1.1-xl 0.97 (1M: 0.98),
@@ -107,8 +106,5 @@ def forward(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, leaky_out: boo
     xf, of = x.reshape(-1), planes.reshape(-1)
     tasks = batch * channels
     macs = tasks * ((height + 1) // 2) * (width // 2) * 9
-    if threads_pay(macs, tasks, PARALLEL_MIN_MACS):
-        share_out(depthwise_3x3_stride2_share, (xf, weights, bias, leaky_out, height, width, of, channel_major),
-                  tasks, thread_count())
-    else:
-        depthwise_3x3_stride2_planes(xf, weights, bias, leaky_out, height, width, of, channel_major, 0, tasks)
+    run_or_share_out(depthwise_3x3_stride2_planes, depthwise_3x3_stride2_share,
+                     (xf, weights, bias, leaky_out, height, width, of, channel_major), tasks, macs, PARALLEL_MIN_MACS)

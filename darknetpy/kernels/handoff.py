@@ -33,6 +33,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import jit
+from .threads import thread_count, threads_pay
 
 # A helper checks its ticket CHECKS_PER_ROUND times between two sched_yield calls (a round: ~1 us when no
 # other thread wants the core) and goes to sleep after SPIN_ROUNDS rounds without work.
@@ -174,6 +175,16 @@ class Team:
 
 _TEAMS: dict[tuple[int, int], Team] = {}
 _NO_FLAGS = np.zeros(1, np.int64)
+
+
+def run_or_share_out(serial: Callable, share: Callable, args: tuple, tasks: int, work: int, minimum_work: int) -> None:
+    """serial(*args, 0, tasks) on the calling thread, or `share` (its share function) shared out among the
+    threads when they pay for `work` (threads.threads_pay): the serial kernel alone is compiled on a first
+    run at one thread."""
+    if threads_pay(work, tasks, minimum_work):
+        share_out(share, args, tasks, thread_count())
+    else:
+        serial(*args, 0, tasks)
 
 
 def share_out(share: Callable, args: tuple, tasks: int, shares: int) -> None:
