@@ -1,5 +1,5 @@
 """Shared by the tests of the depthwise kernels that read straight from the image (kernels/depthwise_same3x3.py,
-kernels/depthwise_stride2.py): random layers, the float64 oracle, and a run through grouped_conv_forward into
+depthwise_same5x5.py, depthwise_stride2.py): random layers, the float64 oracle, and a run through grouped_conv_forward into
 an output with guard values around it (a write past a plane fails the run)."""
 import numpy as np
 
@@ -12,18 +12,18 @@ SENTINEL = np.float32(-7.25)
 GUARD = 2 * simd.LANES + 1
 
 
-def random_layer(rng, batch, channels, height, width):
-    """(x, weights, bias) of a depthwise 3x3 layer on a (batch, channels, height, width) input."""
+def random_layer(rng, batch, channels, height, width, ksize=3):
+    """(x, weights, bias) of a depthwise ksize x ksize layer on a (batch, channels, height, width) input."""
     x = rng.standard_normal((batch, channels, height, width)).astype(np.float32)
-    weights = rng.standard_normal((channels, 1, 3, 3)).astype(np.float32)
+    weights = rng.standard_normal((channels, 1, ksize, ksize)).astype(np.float32)
     bias = rng.standard_normal(channels).astype(np.float32)
     return x, weights, bias
 
 
 def expected(x, weights, bias, leaky_out, stride):
-    """The float64 convolution (padding 1), leaky or not."""
-    raw = conv2d(x.astype(np.float64), weights.astype(np.float64), bias.astype(np.float64), stride, stride, 1,
-                 x.shape[1])
+    """The float64 convolution (padding: half the kernel), leaky or not."""
+    raw = conv2d(x.astype(np.float64), weights.astype(np.float64), bias.astype(np.float64), stride, stride,
+                 weights.shape[2] // 2, x.shape[1])
     return leaky(raw) if leaky_out else raw
 
 
@@ -39,8 +39,9 @@ def convolve(x, weights, bias, leaky_out, stride, suits, channel_major=False):
         out = inner.reshape(channels, batch, out_h, out_w).transpose(1, 0, 2, 3)
     else:
         out = inner.reshape(batch, channels, out_h, out_w)
-    took = depthwise._straight_planes(suits, x, weights, stride, stride, 1, 1, out) is not None
-    grouped_conv_forward(x, weights, bias, stride, stride, 1, 1, out, leaky_out)
+    pad = weights.shape[2] // 2
+    took = depthwise._straight_planes(suits, x, weights, stride, stride, pad, 1, out) is not None
+    grouped_conv_forward(x, weights, bias, stride, stride, pad, 1, out, leaky_out)
     assert (memory[:GUARD] == SENTINEL).all() and (memory[-GUARD:] == SENTINEL).all(), "wrote outside the output"
     return out, took
 

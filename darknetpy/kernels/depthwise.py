@@ -41,7 +41,7 @@ from typing import Callable
 import numpy as np
 from numba import prange
 
-from . import depthwise_same3x3, depthwise_stride2, jit
+from . import depthwise_same3x3, depthwise_same5x5, depthwise_stride2, jit
 from .activations import leaky_float32
 from .scratch import thread_scratch
 from .threads import thread_count, threads_pay
@@ -377,7 +377,7 @@ def _forward_kernels(taps: int) -> tuple[Callable, Callable, Callable]:
     return serial, parallel, parallel_units
 
 
-# ---- layers that run straight from the image (kernels/depthwise_same3x3.py, kernels/depthwise_stride2.py) ------
+# ---- layers that run straight from the image (kernels/depthwise_same3x3.py, _same5x5.py, _stride2.py) --------
 def _flat_planes(out: np.ndarray) -> tuple[np.ndarray, bool] | None:
     """out (B, F, H, W) as C-contiguous (B, F, H*W) planes, or as (F, B, H*W) (True) when it is a view of the
     training's channel-major product; None if its planes are laid out otherwise."""
@@ -393,7 +393,7 @@ def _flat_planes(out: np.ndarray) -> tuple[np.ndarray, bool] | None:
 def _straight_planes(suits: Callable[..., bool], x: np.ndarray, weights: np.ndarray, stride_y: int,
                      stride_x: int, pad: int, dilation: int, out: np.ndarray) -> tuple[np.ndarray, bool] | None:
     """out's flat planes (see _flat_planes) when a kernel that reads straight from the image takes the
-    layer (`suits`: depthwise_same3x3.suits or depthwise_stride2.suits), else None."""
+    layer (`suits`: the `suits` of depthwise_same3x3, depthwise_same5x5 or depthwise_stride2), else None."""
     groups = x.shape[1] // weights.shape[1]
     if not (suits(weights.shape[1], weights.shape[0] // groups, weights.shape[2], stride_y, stride_x, pad,
                   dilation, x.shape[2], x.shape[3], out.shape[2], out.shape[3])
@@ -418,6 +418,7 @@ def grouped_conv_forward(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, s
     of groups is C / weights.shape[1]), then Darknet's leaky if `leaky`; other activations are left to the
     caller."""
     for suits, straight_forward in ((depthwise_same3x3.suits, depthwise_same3x3.forward),
+                                    (depthwise_same5x5.suits, depthwise_same5x5.forward),
                                     (depthwise_stride2.suits, depthwise_stride2.forward)):
         planes = _straight_planes(suits, x, weights, stride_y, stride_x, pad, dilation, out)
         if planes is not None:

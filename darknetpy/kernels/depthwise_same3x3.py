@@ -63,7 +63,8 @@ def _taps(xf, at, count, weight):
 
 
 @jit(inline="always")
-def _add_taps(xf, at, count, weight, acc):
+def add_taps(xf, at, count, weight, acc):
+    """acc + weight * the image values from xf[at], for `count` lanes."""
     if count == LANES:
         return fma(weight, load(xf, at), acc)
     return fma(weight, load_first(xf, at, count), acc)
@@ -82,16 +83,16 @@ def _flat_range(xf, image, width, w, bias, leaky_out, above, below, start, stop,
         count = min(LANES, stop - i)
         at = image + i
         left = _taps(xf, at - 1, count, w10)
-        centre = _add_taps(xf, at, count, w11, bias_lanes)
+        centre = add_taps(xf, at, count, w11, bias_lanes)
         right = _taps(xf, at + 1, count, w12)
         if above:
-            left = _add_taps(xf, at - width - 1, count, w00, left)
-            centre = _add_taps(xf, at - width, count, w01, centre)
-            right = _add_taps(xf, at - width + 1, count, w02, right)
+            left = add_taps(xf, at - width - 1, count, w00, left)
+            centre = add_taps(xf, at - width, count, w01, centre)
+            right = add_taps(xf, at - width + 1, count, w02, right)
         if below:
-            left = _add_taps(xf, at + width - 1, count, w20, left)
-            centre = _add_taps(xf, at + width, count, w21, centre)
-            right = _add_taps(xf, at + width + 1, count, w22, right)
+            left = add_taps(xf, at + width - 1, count, w20, left)
+            centre = add_taps(xf, at + width, count, w21, centre)
+            right = add_taps(xf, at + width + 1, count, w22, right)
         value = add(add(centre, keep_where(load(left_mask, column), left)), keep_where(load(right_mask, column), right))
         if leaky_out:
             value = leaky(value)
