@@ -37,11 +37,18 @@ from .simd import LANES, add, fma, keep_where, leaky, load, load_first, splat, s
 PARALLEL_MIN_MACS = 1 << 20
 
 
-def suits(in_per_group: int, out_per_group: int, ksize: int, stride_y: int, stride_x: int, pad: int,
-          dilation: int, height: int, width: int, out_h: int, out_w: int) -> bool:
-    """Whether a convolution of this shape runs here (given C-contiguous images and flat output planes)."""
-    return (in_per_group == 1 and out_per_group == 1 and ksize == 3 and stride_y == stride_x == 1 and pad == 1
-            and dilation == 1 and (out_h, out_w) == (height, width) and height >= 3 and width >= 3)
+def is_same_size_depthwise(size: int, in_per_group: int, out_per_group: int, ksize: int, stride_y: int,
+                           stride_x: int, pad: int, dilation: int, height: int, width: int, out_h: int,
+                           out_w: int) -> bool:
+    """Whether a convolution of this shape is depthwise by a `size` x `size` kernel at stride 1 with padding
+    size // 2, its output the size of its input, on planes of at least `size` x `size`."""
+    return (in_per_group == 1 and out_per_group == 1 and ksize == size and stride_y == stride_x == 1
+            and pad == size // 2 and dilation == 1 and (out_h, out_w) == (height, width) and height >= size
+            and width >= size)
+
+
+# Whether a convolution of this shape runs here (given C-contiguous images and flat output planes).
+suits = functools.partial(is_same_size_depthwise, 3)
 
 
 @functools.lru_cache(maxsize=32)
@@ -94,26 +101,50 @@ def _flat_range(xf, image, width, w, bias, leaky_out, above, below, start, stop,
             centre = add_taps(xf, at + width, count, w21, centre)
             right = add_taps(xf, at + width + 1, count, w22, right)
         value = add(add(centre, keep_where(load(left_mask, column), left)), keep_where(load(right_mask, column), right))
-        if leaky_out:
-            value = leaky(value)
-        if count == LANES:
-            store(of, target + i, value)
-        else:
-            store_first(of, target + i, value, count)
-        column += LANES
-        while column >= width:
-            column -= width
+        store_outputs(of, target + i, count, value, leaky_out)
+        column = next_column(column, width)
 
 
 @jit(inline="always")
-def _bounded_pixel(xf, image, w, bias, height, width, y, x):
-    """Output (y, x) from the taps inside the image only."""
+def plane_place(plane, channels, batch, in_pixels, out_pixels, channel_major):
+    """(channel, flat start of the image plane, flat start of its output plane) of plane p = image p // C,
+    channel p % C; the output planes laid out (B, C) or, for the training's product, (C, B)."""
+    b, c = plane // channels, plane % channels
+    return c, plane * in_pixels, (c * batch + b if channel_major else plane) * out_pixels
+
+
+@jit(inline="always")
+def store_outputs(of, at, count, value, leaky_out):
+    """of[at : at + count] = value (Darknet's leaky of it where leaky_out), nothing past them written."""
+    if leaky_out:
+        value = leaky(value)
+    if count == LANES:
+        store(of, at, value)
+    else:
+        store_first(of, at, value, count)
+
+
+@jit(inline="always")
+def next_column(column, width):
+    """The column of the flat position LANES after one in `column`."""
+    column += LANES
+    while column >= width:
+        column -= width
+    return column
+
+
+@jit(inline="always")
+def bounded_pixel(xf, image, w, bias, height, width, y, x):
+    """Output (y, x) of a same-size convolution by the k x k kernel w (padding k // 2) from the taps inside
+    the image only."""
+    ksize = w.shape[0]
+    half = ksize // 2
     v = bias
-    for ky in range(3):
-        yy = y + ky - 1
+    for ky in range(ksize):
+        yy = y + ky - half
         if 0 <= yy < height:
-            for kx in range(3):
-                xx = x + kx - 1
+            for kx in range(ksize):
+                xx = x + kx - half
                 if 0 <= xx < width:
                     v += w[ky, kx] * xf[image + yy * width + xx]
     return v
@@ -128,9 +159,7 @@ def depthwise_3x3_same_planes(xf, weights, bias, leaky_out, height, width, left_
     batch = xf.size // (channels * height * width)
     pixels = height * width
     for plane in range(first, last):
-        b, c = plane // channels, plane % channels
-        image = plane * pixels
-        target = (c * batch + b if channel_major else plane) * pixels
+        c, image, target = plane_place(plane, channels, batch, pixels, pixels, channel_major)
         w = weights[c, 0]
         _flat_range(xf, image, width, w, bias[c], leaky_out, True, True, width + 1, pixels - width - 1, left_mask,
                     right_mask, of, target)
@@ -140,7 +169,7 @@ def depthwise_3x3_same_planes(xf, weights, bias, leaky_out, height, width, left_
                     right_mask, of, target)
         for y, x in ((0, 0), (0, width - 1), (height - 1, 0), (height - 1, width - 1), (1, 0),
                      (height - 2, width - 1)):
-            v = _bounded_pixel(xf, image, w, bias[c], height, width, y, x)
+            v = bounded_pixel(xf, image, w, bias[c], height, width, y, x)
             of[target + y * width + x] = leaky_float32(v) if leaky_out else v
 
 

@@ -23,20 +23,18 @@ import numpy as np
 
 from . import jit
 from .activations import leaky_float32
-from .depthwise_same3x3 import add_taps
+from .depthwise_same3x3 import (add_taps, bounded_pixel, is_same_size_depthwise, next_column, plane_place,
+                                store_outputs)
 from .handoff import publish, run_or_share_out
-from .simd import LANES, add, keep_where, leaky, load, splat, store, store_first
+from .simd import LANES, add, keep_where, load, splat
 
 # As the 3x3 kernel's (kernels/depthwise_same3x3.py): shared out among the awake helper threads from 1M
 # multiply-adds.
 PARALLEL_MIN_MACS = 1 << 20
 
 
-def suits(in_per_group: int, out_per_group: int, ksize: int, stride_y: int, stride_x: int, pad: int,
-          dilation: int, height: int, width: int, out_h: int, out_w: int) -> bool:
-    """Whether a convolution of this shape runs here (given C-contiguous images and flat output planes)."""
-    return (in_per_group == 1 and out_per_group == 1 and ksize == 5 and stride_y == stride_x == 1 and pad == 2
-            and dilation == 1 and (out_h, out_w) == (height, width) and height >= 5 and width >= 5)
+# Whether a convolution of this shape runs here (given C-contiguous images and flat output planes).
+suits = functools.partial(is_same_size_depthwise, 5)
 
 
 @functools.lru_cache(maxsize=32)
@@ -70,30 +68,8 @@ def _flat_range(xf, image, width, w, bias, leaky_out, dy_lo, dy_hi, start, stop,
             right2 = add_taps(xf, at + 2, count, splat(row[4]), right2)
         near = add(keep_where(load(masks[1], column), left1), keep_where(load(masks[2], column), right1))
         far = add(keep_where(load(masks[0], column), left2), keep_where(load(masks[3], column), right2))
-        value = add(add(centre, near), far)
-        if leaky_out:
-            value = leaky(value)
-        if count == LANES:
-            store(of, target + i, value)
-        else:
-            store_first(of, target + i, value, count)
-        column += LANES
-        while column >= width:
-            column -= width
-
-
-@jit(inline="always")
-def _bounded_pixel(xf, image, w, bias, height, width, y, x):
-    """Output (y, x) from the taps inside the image only."""
-    v = bias
-    for ky in range(5):
-        yy = y + ky - 2
-        if 0 <= yy < height:
-            for kx in range(5):
-                xx = x + kx - 2
-                if 0 <= xx < width:
-                    v += w[ky, kx] * xf[image + yy * width + xx]
-    return v
+        store_outputs(of, target + i, count, add(add(centre, near), far), leaky_out)
+        column = next_column(column, width)
 
 
 @jit
@@ -104,9 +80,7 @@ def depthwise_5x5_same_planes(xf, weights, bias, leaky_out, height, width, masks
     batch = xf.size // (channels * height * width)
     pixels = height * width
     for plane in range(first, last):
-        b, c = plane // channels, plane % channels
-        image = plane * pixels
-        target = (c * batch + b if channel_major else plane) * pixels
+        c, image, target = plane_place(plane, channels, batch, pixels, pixels, channel_major)
         w = weights[c, 0]
         _flat_range(xf, image, width, w, bias[c], leaky_out, -2, 2, 2 * width + 2, pixels - 2 * width - 2, masks,
                     of, target)
@@ -115,10 +89,10 @@ def depthwise_5x5_same_planes(xf, weights, bias, leaky_out, height, width, masks
                         masks, of, target)
         for y in (0, 1, height - 2, height - 1):
             for x in (0, 1, width - 2, width - 1):
-                v = _bounded_pixel(xf, image, w, bias[c], height, width, y, x)
+                v = bounded_pixel(xf, image, w, bias[c], height, width, y, x)
                 of[target + y * width + x] = leaky_float32(v) if leaky_out else v
         for y, x in ((2, 0), (2, 1), (height - 3, width - 2), (height - 3, width - 1)):
-            v = _bounded_pixel(xf, image, w, bias[c], height, width, y, x)
+            v = bounded_pixel(xf, image, w, bias[c], height, width, y, x)
             of[target + y * width + x] = leaky_float32(v) if leaky_out else v
 
 
