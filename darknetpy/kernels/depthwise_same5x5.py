@@ -89,10 +89,10 @@ def depthwise_5x5_same_planes(xf, weights, bias, leaky_out, height, width, masks
                         masks, of, target)
         for y in (0, 1, height - 2, height - 1):
             for x in (0, 1, width - 2, width - 1):
-                v = bounded_pixel(xf, image, w, bias[c], height, width, y, x)
+                v = bounded_pixel(xf, image, w, bias[c], height, width, y, x, 2)
                 of[target + y * width + x] = leaky_float32(v) if leaky_out else v
         for y, x in ((2, 0), (2, 1), (height - 3, width - 2), (height - 3, width - 1)):
-            v = bounded_pixel(xf, image, w, bias[c], height, width, y, x)
+            v = bounded_pixel(xf, image, w, bias[c], height, width, y, x, 2)
             of[target + y * width + x] = leaky_float32(v) if leaky_out else v
 
 
