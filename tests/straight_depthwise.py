@@ -1,6 +1,6 @@
 """Shared by the tests of the depthwise kernels that read straight from the image (kernels/depthwise_same3x3.py,
-depthwise_same5x5.py, depthwise_stride2.py): random layers, the float64 oracle, and a run through grouped_conv_forward into
-an output with guard values around it (a write past a plane fails the run)."""
+depthwise_same5x5.py, depthwise_stride2.py): random layers, the float64 oracle, and a run through
+grouped_conv_forward into an output with guard values around it (a write past a plane fails the run)."""
 import numpy as np
 
 from darknetpy.kernels import depthwise, simd
@@ -48,7 +48,8 @@ def convolve(x, weights, bias, leaky_out, stride, suits, channel_major=False):
 
 def assert_shared_out_equals_serial(monkeypatch, kernel_module, share_name, run, tasks):
     """`run()` (a convolution through the kernel of `kernel_module`) gives the same output shared out between
-    two threads as serially, the share function `share_name` taking half of the `tasks` planes each."""
+    two threads as serially, its kernel `share_name` (a share function of kernels/handoff.py) taking half of the
+    `tasks` planes each."""
     from darknetpy.kernels import handoff, threads
     serial = run()
     monkeypatch.setattr(kernel_module, "PARALLEL_MIN_MACS", 0)

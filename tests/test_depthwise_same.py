@@ -17,7 +17,7 @@ import straight_depthwise
 
 RNG = np.random.default_rng(20261208)
 LANES = simd.LANES
-KERNELS = {3: (depthwise_same3x3, "depthwise_3x3_same_share"), 5: (depthwise_same5x5, "depthwise_5x5_same_share")}
+KERNELS = {3: (depthwise_same3x3, "depthwise_3x3_same_planes"), 5: (depthwise_same5x5, "depthwise_5x5_same_planes")}
 
 # the float64 oracle
 expected = functools.partial(straight_depthwise.expected, stride=1)

@@ -47,7 +47,7 @@ def test_training_channel_major_planes(width):
 
 def test_shared_out_between_threads(monkeypatch):
     x, weights, bias = case(2, 5, 21, 4 * LANES + 6)
-    straight_depthwise.assert_shared_out_equals_serial(monkeypatch, depthwise_stride2, "depthwise_3x3_stride2_share",
+    straight_depthwise.assert_shared_out_equals_serial(monkeypatch, depthwise_stride2, "depthwise_3x3_stride2_planes",
                                                        lambda: convolve(x, weights, bias, True)[0], 10)
 
 

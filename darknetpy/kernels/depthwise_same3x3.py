@@ -26,8 +26,8 @@ import numpy as np
 
 from . import jit
 from .activations import leaky_float32
-from .handoff import publish, run_or_share_out
-from .simd import LANES, add, fma, keep_where, leaky, load, load_first, splat, store, store_first
+from .handoff import publish, share_out_when_it_pays
+from .simd import LANES, add, fma, keep_where, load, load_first, splat, store_outputs
 
 # Shared out among the awake helper threads of kernels/handoff.py from 1M multiply-adds: with an OpenMP team
 # (woken per call) the threshold had to be 8M, as in yolo-fastest-xl's 2-thread pass its 3-4M layers lost
@@ -114,17 +114,6 @@ def plane_place(plane, channels, batch, in_pixels, out_pixels, channel_major):
 
 
 @jit(inline="always")
-def store_outputs(of, at, count, value, leaky_out):
-    """of[at : at + count] = value (Darknet's leaky of it where leaky_out), nothing past them written."""
-    if leaky_out:
-        value = leaky(value)
-    if count == LANES:
-        store(of, at, value)
-    else:
-        store_first(of, at, value, count)
-
-
-@jit(inline="always")
 def next_column(column, width):
     """The column of the flat position LANES after one in `column`."""
     column += LANES
@@ -134,10 +123,10 @@ def next_column(column, width):
 
 
 @jit(inline="always")
-def bounded_pixel(xf, image, w, bias, height, width, y, x, half):
-    """Output (y, x) of a same-size convolution by the (2 half + 1)-square kernel w from the taps inside the
-    image only. `half` is a constant at the call (1 or 2): the loops then unroll (read from w's shape, they
-    did not, and the pixel cost the small planes 15-60%)."""
+def bounded_pixel(xf, image, w, bias, height, width, y, x, half, of, target, leaky_out):
+    """of[target + y * width + x] = output (y, x) of a same-size convolution by the (2 half + 1)-square kernel w,
+    from the taps inside the image only (leaky where leaky_out). `half` is a constant at the call (1 or 2): the
+    loops then unroll (read from w's shape, they did not, and the pixel cost the small planes 15-60%)."""
     v = bias
     for ky in range(2 * half + 1):
         yy = y + ky - half
@@ -146,14 +135,16 @@ def bounded_pixel(xf, image, w, bias, height, width, y, x, half):
                 xx = x + kx - half
                 if 0 <= xx < width:
                     v += w[ky, kx] * xf[image + yy * width + xx]
-    return v
+    of[target + y * width + x] = leaky_float32(v) if leaky_out else v
 
 
 @jit
-def depthwise_3x3_same_planes(xf, weights, bias, leaky_out, height, width, left_mask, right_mask, of, channel_major,
-                              first, last):
+def depthwise_3x3_same_planes(flags, ticket, first_flag, flag_count, before, xf, weights, bias, leaky_out, height,
+                              width, left_mask, right_mask, of, channel_major, first, last):
     """Planes first..last-1 (plane p = image p // C, channel p % C) of the convolution; xf and of are the flat
-    images and output planes."""
+    images and output planes. A share function of kernels/handoff.py: raises `ticket` before or after."""
+    if before:
+        publish(flags, first_flag, flag_count, ticket)
     channels = weights.shape[0]
     batch = xf.size // (channels * height * width)
     pixels = height * width
@@ -168,30 +159,18 @@ def depthwise_3x3_same_planes(xf, weights, bias, leaky_out, height, width, left_
                     right_mask, of, target)
         for y, x in ((0, 0), (0, width - 1), (height - 1, 0), (height - 1, width - 1), (1, 0),
                      (height - 2, width - 1)):
-            v = bounded_pixel(xf, image, w, bias[c], height, width, y, x, 1)
-            of[target + y * width + x] = leaky_float32(v) if leaky_out else v
-
-
-@jit
-def depthwise_3x3_same_share(flags, ticket, first_flag, flag_count, before, xf, weights, bias, leaky_out, height,
-                             width, left_mask, right_mask, of, channel_major, first, last):
-    """depthwise_3x3_same_planes as a share of kernels/handoff.py: raises `ticket` before or after."""
-    if before:
-        publish(flags, first_flag, flag_count, ticket)
-    depthwise_3x3_same_planes(xf, weights, bias, leaky_out, height, width, left_mask, right_mask, of, channel_major,
-                              first, last)
+            bounded_pixel(xf, image, w, bias[c], height, width, y, x, 1, of, target, leaky_out)
     if not before:
         publish(flags, first_flag, flag_count, ticket)
 
 
 def forward(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, leaky_out: bool, planes: np.ndarray,
             channel_major: bool) -> None:
-    """The convolution of x into `planes` (see the module docstring), shared out among the threads when it
-    pays (kernels/handoff.py: the serial kernel over runs of planes, no second kernel to compile)."""
+    """The same-size 3x3 convolution of x into `planes`, on the threads when they pay."""
     batch, channels, height, width = x.shape
     xf, of = x.reshape(-1), planes.reshape(-1)
     left_mask, right_mask = column_masks(width)
     tasks = batch * channels
-    run_or_share_out(depthwise_3x3_same_planes, depthwise_3x3_same_share,
-                     (xf, weights, bias, leaky_out, height, width, left_mask, right_mask, of, channel_major), tasks,
-                     tasks * height * width * 9, PARALLEL_MIN_MACS)
+    share_out_when_it_pays(depthwise_3x3_same_planes,
+                           (xf, weights, bias, leaky_out, height, width, left_mask, right_mask, of, channel_major),
+                           tasks, tasks * height * width * 9, PARALLEL_MIN_MACS)

@@ -22,11 +22,9 @@ import functools
 import numpy as np
 
 from . import jit
-from .activations import leaky_float32
-from .depthwise_same3x3 import (add_taps, bounded_pixel, is_same_size_depthwise, next_column, plane_place,
-                                store_outputs)
-from .handoff import publish, run_or_share_out
-from .simd import LANES, add, keep_where, load, splat
+from .depthwise_same3x3 import add_taps, bounded_pixel, is_same_size_depthwise, next_column, plane_place
+from .handoff import publish, share_out_when_it_pays
+from .simd import LANES, add, keep_where, load, splat, store_outputs
 
 # As the 3x3 kernel's (kernels/depthwise_same3x3.py): shared out among the awake helper threads from 1M
 # multiply-adds.
@@ -73,9 +71,12 @@ def _flat_range(xf, image, width, w, bias, leaky_out, dy_lo, dy_hi, start, stop,
 
 
 @jit
-def depthwise_5x5_same_planes(xf, weights, bias, leaky_out, height, width, masks, of, channel_major, first, last):
+def depthwise_5x5_same_planes(flags, ticket, first_flag, flag_count, before, xf, weights, bias, leaky_out, height,
+                              width, masks, of, channel_major, first, last):
     """Planes first..last-1 (plane p = image p // C, channel p % C) of the convolution; xf and of are the flat
-    images and output planes."""
+    images and output planes. A share function of kernels/handoff.py: raises `ticket` before or after."""
+    if before:
+        publish(flags, first_flag, flag_count, ticket)
     channels = weights.shape[0]
     batch = xf.size // (channels * height * width)
     pixels = height * width
@@ -89,30 +90,18 @@ def depthwise_5x5_same_planes(xf, weights, bias, leaky_out, height, width, masks
                         masks, of, target)
         for y in (0, 1, height - 2, height - 1):
             for x in (0, 1, width - 2, width - 1):
-                v = bounded_pixel(xf, image, w, bias[c], height, width, y, x, 2)
-                of[target + y * width + x] = leaky_float32(v) if leaky_out else v
+                bounded_pixel(xf, image, w, bias[c], height, width, y, x, 2, of, target, leaky_out)
         for y, x in ((2, 0), (2, 1), (height - 3, width - 2), (height - 3, width - 1)):
-            v = bounded_pixel(xf, image, w, bias[c], height, width, y, x, 2)
-            of[target + y * width + x] = leaky_float32(v) if leaky_out else v
-
-
-@jit
-def depthwise_5x5_same_share(flags, ticket, first_flag, flag_count, before, xf, weights, bias, leaky_out, height,
-                             width, masks, of, channel_major, first, last):
-    """depthwise_5x5_same_planes as a share of kernels/handoff.py: raises `ticket` before or after."""
-    if before:
-        publish(flags, first_flag, flag_count, ticket)
-    depthwise_5x5_same_planes(xf, weights, bias, leaky_out, height, width, masks, of, channel_major, first, last)
+            bounded_pixel(xf, image, w, bias[c], height, width, y, x, 2, of, target, leaky_out)
     if not before:
         publish(flags, first_flag, flag_count, ticket)
 
 
 def forward(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, leaky_out: bool, planes: np.ndarray,
             channel_major: bool) -> None:
-    """The convolution of x into `planes` (see the module docstring), shared out among the threads when it
-    pays."""
+    """The same-size 5x5 convolution of x into `planes`, on the threads when they pay."""
     batch, channels, height, width = x.shape
     tasks = batch * channels
-    run_or_share_out(depthwise_5x5_same_planes, depthwise_5x5_same_share,
-                     (x.reshape(-1), weights, bias, leaky_out, height, width, column_masks(width), planes.reshape(-1),
-                      channel_major), tasks, tasks * height * width * 25, PARALLEL_MIN_MACS)
+    share_out_when_it_pays(depthwise_5x5_same_planes,
+                           (x.reshape(-1), weights, bias, leaky_out, height, width, column_masks(width),
+                            planes.reshape(-1), channel_major), tasks, tasks * height * width * 25, PARALLEL_MIN_MACS)

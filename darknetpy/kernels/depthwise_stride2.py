@@ -19,8 +19,9 @@ from __future__ import annotations
 import numpy as np
 
 from . import jit
-from .handoff import publish, run_or_share_out
-from .simd import LANES, add, evens, fma, leaky, load, load_first, odds, shifted_in, splat, store, store_first
+from .depthwise_same3x3 import plane_place
+from .handoff import publish, share_out_when_it_pays
+from .simd import LANES, add, evens, fma, load, load_first, odds, shifted_in, splat, store_outputs
 
 # Shared out among the awake helper threads (kernels/handoff.py) from 2M multiply-adds (~60 us at one thread):
 # whole passes at 2 threads, taking turns in one process, against 8M: yolo-fastest-1.1-xl 0.97 (1M: 0.98),
@@ -54,16 +55,17 @@ def _image_row(xf, start, ox0, count, w_left, w_centre, w_right, acc):
 
 
 @jit
-def depthwise_3x3_stride2_planes(xf, weights, bias, leaky_out, height, width, of, channel_major, first, last):
+def depthwise_3x3_stride2_planes(flags, ticket, first_flag, flag_count, before, xf, weights, bias, leaky_out, height,
+                                 width, of, channel_major, first, last):
     """Planes first..last-1 (plane p = image p // C, channel p % C) of the convolution; xf and of are the flat
-    images and output planes."""
+    images and output planes. A share function of kernels/handoff.py: raises `ticket` before or after."""
+    if before:
+        publish(flags, first_flag, flag_count, ticket)
     channels = weights.shape[0]
     batch = xf.size // (channels * height * width)
     out_h, out_w = (height + 1) // 2, width // 2
     for plane in range(first, last):
-        b, c = plane // channels, plane % channels
-        image = plane * height * width
-        target = (c * batch + b if channel_major else plane) * out_h * out_w
+        c, image, target = plane_place(plane, channels, batch, height * width, out_h * out_w, channel_major)
         w = weights[c, 0]
         bias_lanes = splat(bias[c])
         for oy in range(out_h):
@@ -77,34 +79,18 @@ def depthwise_3x3_stride2_planes(xf, weights, bias, leaky_out, height, width, of
                 acc = _image_row(xf, row + width, ox0, count, w[1, 0], w[1, 1], w[1, 2], acc)
                 if top + 2 < height:
                     acc = _image_row(xf, row + 2 * width, ox0, count, w[2, 0], w[2, 1], w[2, 2], acc)
-                value = add(acc, bias_lanes)
-                if leaky_out:
-                    value = leaky(value)
-                at = target + oy * out_w + ox0
-                if count == LANES:
-                    store(of, at, value)
-                else:
-                    store_first(of, at, value, count)
-
-
-@jit
-def depthwise_3x3_stride2_share(flags, ticket, first_flag, flag_count, before, xf, weights, bias, leaky_out, height,
-                                width, of, channel_major, first, last):
-    """depthwise_3x3_stride2_planes as a share of kernels/handoff.py: raises `ticket` before or after."""
-    if before:
-        publish(flags, first_flag, flag_count, ticket)
-    depthwise_3x3_stride2_planes(xf, weights, bias, leaky_out, height, width, of, channel_major, first, last)
+                store_outputs(of, target + oy * out_w + ox0, count, add(acc, bias_lanes), leaky_out)
     if not before:
         publish(flags, first_flag, flag_count, ticket)
 
 
 def forward(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, leaky_out: bool, planes: np.ndarray,
             channel_major: bool) -> None:
-    """The convolution of x into `planes` (see the module docstring), shared out among the threads when it
-    pays (kernels/handoff.py: the serial kernel over runs of planes, no second kernel to compile)."""
+    """The stride-2 3x3 convolution of x into `planes`, on the threads when they pay."""
     batch, channels, height, width = x.shape
     xf, of = x.reshape(-1), planes.reshape(-1)
     tasks = batch * channels
     macs = tasks * ((height + 1) // 2) * (width // 2) * 9
-    run_or_share_out(depthwise_3x3_stride2_planes, depthwise_3x3_stride2_share,
-                     (xf, weights, bias, leaky_out, height, width, of, channel_major), tasks, macs, PARALLEL_MIN_MACS)
+    share_out_when_it_pays(depthwise_3x3_stride2_planes,
+                           (xf, weights, bias, leaky_out, height, width, of, channel_major), tasks, macs,
+                           PARALLEL_MIN_MACS)

@@ -166,7 +166,6 @@ class Team:
         if errors:
             raise errors[0]
 
-
     def _wait_done(self, ticket: int, helpers: int) -> None:
         while not wait_for(self.done, 0, helpers, ticket, SPIN_ROUNDS):
             with self._wake:   # a helper that fell asleep as its ticket was raised
@@ -177,14 +176,10 @@ _TEAMS: dict[tuple[int, int], Team] = {}
 _NO_FLAGS = np.zeros(1, np.int64)
 
 
-def run_or_share_out(serial: Callable, share: Callable, args: tuple, tasks: int, work: int, minimum_work: int) -> None:
-    """serial(*args, 0, tasks) on the calling thread, or `share` (its share function) shared out among the
-    threads when they pay for `work` (threads.threads_pay): the serial kernel alone is compiled on a first
-    run at one thread."""
-    if threads_pay(work, tasks, minimum_work):
-        share_out(share, args, tasks, thread_count())
-    else:
-        serial(*args, 0, tasks)
+def share_out_when_it_pays(share: Callable, args: tuple, tasks: int, work: int, minimum_work: int) -> None:
+    """share_out over the threads when they pay for `work` (threads.threads_pay), else all of it on the
+    calling thread (the share function with no flags to raise)."""
+    share_out(share, args, tasks, thread_count() if threads_pay(work, tasks, minimum_work) else 1)
 
 
 def share_out(share: Callable, args: tuple, tasks: int, shares: int) -> None:

@@ -23,6 +23,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
+from . import jit
+
 
 def _host_lanes() -> int:
     try:
@@ -254,3 +256,15 @@ def store_stream(typingctx, arr, index, value):
         instruction.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
         return context.get_dummy_value()
     return types.none(arr, index, Lanes), codegen
+
+
+@jit(inline="always")
+def store_outputs(arr, index, count, value, leaky_out):
+    """arr[index : index + count] = value, Darknet's leaky of it where `leaky_out` (0 < count <= LANES; nothing
+    past them is written)."""
+    if leaky_out:
+        value = leaky(value)
+    if count == LANES:
+        store(arr, index, value)
+    else:
+        store_first(arr, index, value, count)
