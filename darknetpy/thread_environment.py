@@ -2,7 +2,7 @@
 them before numpy (OpenBLAS) and numba (OpenMP) are imported. A value the user set always wins.
 
 Two pools of threads share the cores: OpenBLAS's (matrix products) and darknetpy's (Numba's parallel
-kernels, and the Winograd blocks run side by side). They take turns many times per forward pass, and by
+kernels, and the helper threads of kernels/handoff.py). They take turns many times per forward pass, and by
 default the idle workers of each pool keep spinning for a while, holding a core the other pool needs:
 
   OMP_WAIT_POLICY=PASSIVE    idle OpenMP workers sleep at once (why, with figures: kernels/threads.py).

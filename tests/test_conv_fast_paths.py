@@ -304,43 +304,73 @@ def test_winograd_matches_naive_for_every_block_size(tile, batch, c, k, h, w, pa
     out = np.empty(ref.shape, np.float32)
     u = winograd.transform_weights(weights, tile)
     tiles_h, tiles_w = winograd.tile_counts(ref.shape[2], ref.shape[3], tile)
+    first = {}
     for rows in sorted({1, 2, batch * tiles_h}):
         v_size, m_size = winograd.scratch_sizes(c, k, tile, tiles_w, rows)
-        v, m = np.empty(v_size, np.float32), np.empty(m_size, np.float32)
-        for fuse_leaky in (False, True):
-            out.fill(np.nan)
-            winograd.winograd_conv(x, u, bias, pad, tile, fuse_leaky, rows, v, m, out)
-            expected = leaky(ref) if fuse_leaky else ref
-            np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4 if tile == 4 else 1e-5)
+        # blocks dealt to 1-3 threads, each with its own scratch (NaN: nothing is read before it is written)
+        for parts in range(1, min(3, -(-batch * tiles_h // rows)) + 1):
+            v, m = np.full((parts, v_size), np.nan, np.float32), np.full((parts, m_size), np.nan, np.float32)
+            for fuse_leaky in (False, True):
+                out.fill(np.nan)
+                winograd.winograd_conv(x, u, bias, pad, tile, fuse_leaky, rows, v, m, out)
+                expected = leaky(ref) if fuse_leaky else ref
+                np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4 if tile == 4 else 1e-5)
+                # a tile's sums do not depend on its block nor on the thread that computed it
+                np.testing.assert_array_equal(out, first.setdefault(fuse_leaky, out.copy()))
 
 
 @pytest.mark.parametrize("tile", [2, 4])
-def test_winograd_blocks_shared_out_side_by_side_match_naive(tile, monkeypatch):
-    # Three shares of one-tile-row blocks over a batch of 2 (F(2x2): 8 blocks, shared 3 + 3 + 2), forward
-    # with leaky and the training path's accumulate (dx += the transposed convolution)
+def test_winograd_blocks_shared_out_among_threads_match_naive(tile, monkeypatch):
+    # Three threads over a batch of 2 (a short block a thread, plans from the engine), forward with leaky
+    # and the training path's accumulate (dx += the transposed convolution); the same bits as one thread
     import darknetpy.layers.conv_engines as conv
     from darknetpy.kernels import activations as act
     from darknetpy.layers.epilogue import Epilogue
-    monkeypatch.setattr(conv, "WINOGRAD_BLOCK_BYTES", 1)
-    monkeypatch.setattr(conv, "WINOGRAD_MIN_BLOCK_TILES", 1)
-    monkeypatch.setattr(conv, "thread_count", lambda: 3)
-    batch, c, k, h, w = 2, 5, 6, 2 * tile + 3, 11
+    monkeypatch.setattr(conv, "WINOGRAD_PARALLEL_MIN_MACS", 1)
+    batch, c, k, h, w = 2, 5, 6, 2 * tile + 3, 8 * tile + 1
     x = RNG.standard_normal((batch, c, h, w)).astype(np.float32)
     weights = RNG.standard_normal((k, c, 3, 3)).astype(np.float32)
     bias = RNG.standard_normal(k).astype(np.float32)
-    engine = conv.WinogradEngine(c, k, h, w, 1, batch, tile)
-    engine.prepare(weights, bias)
-    assert [len(starts) for starts in engine._block_plan().starts] == ([3, 3, 2] if tile == 2 else [2, 2, 2])
-    out = np.full((batch, k, h, w), np.nan, np.float32)
-    engine.forward(x, out, Epilogue(k, act.LEAKY, batch_normalize=False))
     ref = conv2d(x.astype(np.float64), weights, bias, 1, 1, 1)
-    np.testing.assert_allclose(out, leaky(ref), rtol=1e-4, atol=1e-4 if tile == 4 else 1e-5)
-    transposed = conv.WinogradEngine(k, c, h, w, 1, batch, tile)
     dx = RNG.standard_normal((batch, c, h, w)).astype(np.float32)
-    expected = dx + conv2d(ref.astype(np.float32).astype(np.float64),
-                           winograd.transposed_weights(weights), np.zeros(c), 1, 1, 1)
-    transposed.accumulate_input_gradient(ref.astype(np.float32), weights, dx)
-    np.testing.assert_allclose(dx, expected, rtol=1e-4, atol=1e-3)
+    expected_dx = dx + conv2d(ref.astype(np.float32).astype(np.float64),
+                              winograd.transposed_weights(weights), np.zeros(c), 1, 1, 1)
+    results = []
+    for threads in (3, 1):
+        monkeypatch.setattr(conv, "thread_count", lambda: threads)
+        engine = conv.WinogradEngine(c, k, h, w, 1, batch, tile)
+        engine.prepare(weights, bias)
+        plan = engine._block_plan()
+        rows = 2 * 4 if tile == 2 else 2 * 3   # tile rows of 9 tiles each
+        assert (plan.parts, plan.rows) == ((3, -(-rows // 3)) if threads == 3 else (1, rows))
+        out = np.full((batch, k, h, w), np.nan, np.float32)
+        engine.forward(x, out, Epilogue(k, act.LEAKY, batch_normalize=False))
+        np.testing.assert_allclose(out, leaky(ref), rtol=1e-4, atol=1e-4 if tile == 4 else 1e-5)
+        transposed = conv.WinogradEngine(k, c, h, w, 1, batch, tile)
+        gradient = dx.copy()
+        transposed.accumulate_input_gradient(ref.astype(np.float32), weights, gradient)
+        np.testing.assert_allclose(gradient, expected_dx, rtol=1e-4, atol=1e-3)
+        results.append((out, gradient))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize("total,tiles_w,threads,macs_ok,expected", [
+    (13, 13, 2, True, (7, 2)),      # one 169-tile block -> one per thread (7 + 6 rows)
+    (13, 13, 1, True, (13, 1)),     # one thread: one block
+    (13, 13, 2, False, (13, 1)),    # too little work to share
+    (5, 5, 2, True, (5, 1)),        # 10x10 map, F(2x2): 3 + 2 rows would leave blocks of 15 and 10 tiles
+    (8, 2, 2, True, (8, 1)),        # blocks narrower than a vector: not split
+    (100, 52, 2, True, (50, 2)),    # 5200 tiles: blocks of the budget, balanced
+])
+def test_winograd_plan_splits_and_balances_blocks(total, tiles_w, threads, macs_ok, expected, monkeypatch):
+    import darknetpy.layers.conv_engines as conv
+    monkeypatch.setattr(conv, "WINOGRAD_PARALLEL_MIN_MACS", 1 if macs_ok else 1 << 62)
+    monkeypatch.setattr(conv, "WINOGRAD_BLOCK_BYTES", 36 * (64 + 64) * 52 * 4 * 51)   # 51 rows of 52 tiles
+    plan = conv.winograd_plan(64, 64, 2 * total, 2 * tiles_w, 1, 2, threads)
+    assert (plan.rows, plan.parts) == expected
+    v_size, m_size = winograd.scratch_sizes(64, 64, 2, tiles_w, plan.rows)
+    assert (plan.v_size, plan.m_size) == (v_size, m_size)
 
 
 def test_winograd_f4_rounding_stays_small_on_many_channels():
@@ -356,7 +386,7 @@ def test_winograd_f4_rounding_stays_small_on_many_channels():
     tiles_h, tiles_w = winograd.tile_counts(12, 12, 4)
     v_size, m_size = winograd.scratch_sizes(256, 8, 4, tiles_w, tiles_h)
     winograd.winograd_conv(x, winograd.transform_weights(weights, 4), np.zeros(8, np.float32), 1, 4, False,
-                           tiles_h, np.empty(v_size, np.float32), np.empty(m_size, np.float32), out)
+                           tiles_h, np.empty((1, v_size), np.float32), np.empty((1, m_size), np.float32), out)
     assert np.abs(out - ref).max() / np.abs(ref).max() < 3e-5
 
 
@@ -458,23 +488,21 @@ def test_gemm_takes_few_channel_layers_whose_patches_fit_the_caches():
     def geometry(channels, side):
         return ConvGeometry(channels, side, side, 32, side, side, 3, 1, 1, 1, 1, 1)
     large_l2, small_l2 = 2 << 20, 1 << 20
-    assert gemm_beats_winograd(geometry(16, 80), 1, 1, large_l2)           # 3.5 MiB of patches
-    assert not gemm_beats_winograd(geometry(16, 80), 1, 1, small_l2)       # ...more than a 1 MiB L2
-    assert gemm_beats_winograd(geometry(16, 40), 1, 1, small_l2)           # 0.9 MiB
-    assert not gemm_beats_winograd(geometry(16, 128), 1, 1, large_l2)      # 9 MiB
-    assert not gemm_beats_winograd(geometry(16, 80), 8, 1, large_l2)       # the batch's patches: 28 MiB
-    assert not gemm_beats_winograd(geometry(64, 20), 1, 1, large_l2)       # 64 channels at 1 thread
-    assert gemm_beats_winograd(geometry(64, 20), 1, 2)
-    assert gemm_beats_winograd(geometry(128, 10), 8, 2)          # 128 channels, 3.5 MiB, at 2 threads
-    assert not gemm_beats_winograd(geometry(128, 16), 8, 2)      # 9 MiB
-    assert not gemm_beats_winograd(geometry(256, 10), 1, 2)
-    assert gemm_beats_winograd(geometry(32, 40), 1, 2, small_l2)           # threads: the same on both
+    assert gemm_beats_winograd(geometry(16, 80), 1, large_l2)           # 3.5 MiB of patches
+    assert not gemm_beats_winograd(geometry(16, 80), 1, small_l2)       # ...more than a 1 MiB L2
+    assert gemm_beats_winograd(geometry(16, 40), 1, small_l2)           # 0.9 MiB
+    assert not gemm_beats_winograd(geometry(32, 40), 1, small_l2)       # 1.8 MiB
+    assert gemm_beats_winograd(geometry(32, 40), 1, large_l2)
+    assert not gemm_beats_winograd(geometry(33, 40), 1, large_l2)       # 33 channels
+    assert not gemm_beats_winograd(geometry(16, 128), 1, large_l2)      # 9 MiB
+    assert not gemm_beats_winograd(geometry(16, 80), 8, large_l2)       # the batch's patches: 28 MiB
+    assert not gemm_beats_winograd(geometry(64, 20), 1, large_l2)       # 64 channels
+    assert not gemm_beats_winograd(geometry(128, 10), 8, large_l2)
     # products narrower than 20 tiles (a 7x7 map at batch 1: 16 2x2 tiles) go GEMM at any channel count
-    for threads in (1, 2):
-        assert gemm_beats_winograd(geometry(512, 7), 1, threads, small_l2)
-        assert gemm_beats_winograd(geometry(512, 7), 1, threads, large_l2)
-        assert not gemm_beats_winograd(geometry(512, 7), 2, threads, large_l2)   # 32 tiles
-    assert not gemm_beats_winograd(geometry(512, 10), 1, 1, large_l2)           # 25 tiles
+    assert gemm_beats_winograd(geometry(512, 7), 1, small_l2)
+    assert gemm_beats_winograd(geometry(512, 7), 1, large_l2)
+    assert not gemm_beats_winograd(geometry(512, 7), 2, large_l2)   # 32 tiles
+    assert not gemm_beats_winograd(geometry(512, 10), 1, large_l2)  # 25 tiles
 
 
 def test_the_l2_cache_size_is_read_from_sysfs_or_assumed(tmp_path):

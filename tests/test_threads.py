@@ -1,7 +1,6 @@
 """Threads: the parallel variants of the fast kernels against the same references as their serial ones
-(tests/test_conv_fast_paths.py, run here with the thresholds lowered), blocks shared out side by side, and
-the thread environment (how idle OpenMP and OpenBLAS workers wait, and the warnings when that is set too
-late). A file of its own so that its parallel compiles and subprocesses run beside the fast-paths file."""
+(tests/test_conv_fast_paths.py, run here with the thresholds lowered) and the thread environment (how idle
+OpenMP and OpenBLAS workers wait, and the warnings when that is set too late). A file of its own so that its parallel compiles and subprocesses run beside the fast-paths file."""
 import os
 import subprocess
 import sys
@@ -14,22 +13,6 @@ from darknetpy.kernels import batchnorm as bn_kernels
 from darknetpy.kernels import pooling, winograd
 
 
-def test_side_by_side_shares_all_run_and_the_first_error_is_raised():
-    from darknetpy.kernels.threads import run_side_by_side
-    seen = []
-    run_side_by_side(seen.append, 3)
-    assert sorted(seen) == [0, 1, 2]
-
-    def failing(share):
-        seen.append(share)
-        if share == 2:
-            raise ValueError("share 2")
-    seen.clear()
-    with pytest.raises(ValueError, match="share 2"):
-        run_side_by_side(failing, 3)
-    assert sorted(seen) == [0, 1, 2]   # every share ran to its end before the error was raised
-
-
 # ---- parallel variants (the cases above are too small to cross the thresholds) --------------------------
 def test_parallel_kernels_agree_with_the_references(monkeypatch):
     import numba
@@ -37,7 +20,6 @@ def test_parallel_kernels_agree_with_the_references(monkeypatch):
     if numba.get_num_threads() < 2:
         pytest.skip("one Numba thread: the parallel kernels never run")
     for module, name in [(depthwise, "PARALLEL_MIN_MACS"), (depthwise_channels_last, "PARALLEL_MIN_MACS"),
-                         (winograd, "PARALLEL_MIN_ELEMENTS"),
                          (im2col, "PARALLEL_MIN_ELEMENTS"), (bn_kernels, "PARALLEL_MIN_ELEMENTS"),
                          (pooling, "PARALLEL_MIN_ELEMENTS")]:
         monkeypatch.setattr(module, name, 1)

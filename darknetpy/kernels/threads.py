@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import numba
 
@@ -37,9 +35,6 @@ except ImportError:  # pragma: no cover - numba moved its internals
 
 from ..errors import DarknetWarning
 from ..thread_environment import apply_environment_defaults, set_by_darknetpy
-
-_SIDE_BY_SIDE_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
-
 
 def _numba_threads_started() -> bool:
     return bool(getattr(_numba_parallel, "_is_initialized", False))
@@ -86,28 +81,6 @@ def apply_defaults() -> None:
                       "spinning wait policy: with more than one thread this can make darknetpy many times "
                       "slower. Import darknetpy first, or set OMP_WAIT_POLICY=PASSIVE in the environment.",
                       DarknetWarning, stacklevel=2)
-
-
-def run_side_by_side(work: Callable[[int], None], shares: int) -> None:
-    """work(0), ..., work(shares - 1) at once: the calling thread takes share 0, a pool kept for this
-    process the others. For callers whose shares run GIL-free serial kernels and BLAS calls of their own
-    (no Numba parallel kernel: the workqueue layer aborts when two threads launch one at the same time).
-    Waits for every share, then raises the first exception."""
-    if shares <= 1:
-        work(0)
-        return
-    key = (os.getpid(), shares)   # a forked child must not wait on its parent's threads (gone in the child)
-    pool = _SIDE_BY_SIDE_POOLS.get(key)
-    if pool is None:
-        pool = _SIDE_BY_SIDE_POOLS[key] = ThreadPoolExecutor(shares - 1, thread_name_prefix="darknetpy")
-    futures = [pool.submit(work, share) for share in range(1, shares)]
-    try:
-        work(0)
-    finally:
-        errors = [future.exception() for future in futures]
-    for error in errors:
-        if error is not None:
-            raise error
 
 
 def threads_pay(work: int, tasks: int, minimum_work: int) -> bool:

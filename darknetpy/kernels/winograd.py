@@ -15,18 +15,15 @@ written out explicitly so that LLVM vectorises them along the tile row:
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
 
 import numpy as np
-from numba import prange
 
 from . import jit
 from .activations import leaky_float32
-from .threads import threads_pay
-
-# Elements below which the thread team is not worth starting -- nor compiling the parallel kernels on a
-# first run: small networks (MNIST's 14x14 and 7x7 layers) then never need them.
-PARALLEL_MIN_ELEMENTS = 1 << 19
+from .handoff import publish, share_out
+from .pointwise import MIN_PIXELS, TILE
+from .simd import add, fma, load_first, splat, store_first
+from .pointwise import _tile as product_tile
 
 _G = {
     2: np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64),
@@ -217,23 +214,6 @@ def _input_channel(x, c, g0, g1, pad, tiles_h, tiles_w, ranges, plane, work, v):
         g += ty1 - ty0
 
 
-@jit
-def _input_serial(x, g0, g1, pad, tile, tiles_h, tiles_w, ranges, v):
-    plane = np.empty((min(g1 - g0, tiles_h) * tile + 2, tile, tiles_w + 1), np.float32)
-    work = np.empty((tile + 2, tile, tiles_w + 1), np.float32)
-    for c in range(x.shape[1]):
-        _input_channel(x, c, g0, g1, pad, tiles_h, tiles_w, ranges, plane, work, v)
-
-
-@jit(parallel=True)
-def _input_parallel(x, g0, g1, pad, tile, tiles_h, tiles_w, ranges, v):
-    for channel in prange(x.shape[1]):
-        c = np.int64(channel)  # prange's index is unsigned: one specialisation of the callee, not two
-        plane = np.empty((min(g1 - g0, tiles_h) * tile + 2, tile, tiles_w + 1), np.float32)
-        work = np.empty((tile + 2, tile, tiles_w + 1), np.float32)
-        _input_channel(x, c, g0, g1, pad, tiles_h, tiles_w, ranges, plane, work, v)
-
-
 # Small maps (13x13, 26x26: 7 or 13 tiles per row) leave the vectorised row loops above too short to pay for
 # themselves; there each F(2x2) input tile is transformed on its own, in scalars, from a zero-padded copy of
 # the plane (yolov3-tiny's 13x13 and 26x26 layers: 3-4x faster). The output transform keeps its row loops:
@@ -270,36 +250,6 @@ def _input_small_f2_channel(x, c, g0, g1, pad, tiles_h, tiles_w, padded, v):
             for i in range(4):
                 v[4 * i, c, p], v[4 * i + 1, c, p], v[4 * i + 2, c, p], v[4 * i + 3, c, p] = \
                     _bt4(col0[i], col1[i], col2[i], col3[i])
-
-
-@jit
-def _input_small_f2_serial(x, g0, g1, pad, tiles_h, tiles_w, v):
-    padded = np.empty((2 * tiles_h + 2, 2 * tiles_w + 2), np.float32)
-    for c in range(x.shape[1]):
-        _input_small_f2_channel(x, c, g0, g1, pad, tiles_h, tiles_w, padded, v)
-
-
-@jit(parallel=True)
-def _input_small_f2_parallel(x, g0, g1, pad, tiles_h, tiles_w, v):
-    for channel in prange(x.shape[1]):
-        c = np.int64(channel)
-        padded = np.empty((2 * tiles_h + 2, 2 * tiles_w + 2), np.float32)
-        _input_small_f2_channel(x, c, g0, g1, pad, tiles_h, tiles_w, padded, v)
-
-
-def input_transform(x: np.ndarray, first_row: int, end_row: int, pad: int, tile: int, tiles_h: int,
-                    tiles_w: int, v: np.ndarray, threaded: bool = True) -> None:
-    """v[:, :, :(end_row - first_row)*tiles_w] = B^T d B of the input tiles d of tile rows
-    [first_row, end_row) of the batch (tile row g is row g % tiles_h of image g // tiles_h). `threaded`
-    False keeps to the calling thread (a caller that runs blocks side by side in threads of its own)."""
-    count = (end_row - first_row) * tiles_w
-    parallel = threaded and threads_pay(v.shape[0] * v.shape[1] * count, x.shape[1], PARALLEL_MIN_ELEMENTS)
-    if tile == 2 and tiles_w <= SMALL_TILES_W:
-        small = _input_small_f2_parallel if parallel else _input_small_f2_serial
-        small(x, first_row, end_row, pad, tiles_h, tiles_w, v)
-        return
-    kernel = _input_parallel if parallel else _input_serial
-    kernel(x, first_row, end_row, pad, tile, tiles_h, tiles_w, _column_ranges(x.shape[3], pad, tile), v)
 
 
 # ----------------------------------------------------------------------------------------- output transform
@@ -406,57 +356,18 @@ def _output_rows_f4(m, k, g0, g1, bias_value, leaky, accumulate, tiles_h, tiles_
                     orow[ox] = line[ox]
 
 
-# One entry point per (tile size, threading): a kernel that chose its tile function at run time would
-# compile both row functions, and the parallel one would compile them again for prange's unsigned index,
-# which a first run pays in seconds (the MNIST classifier's cold start: 4 of these specialisations). prange
-# indices are therefore cast back to int64 before any call.
-@jit
-def _output_serial_f2(m, g0, g1, bias, leaky, accumulate, tiles_h, tiles_w, out):
-    z = np.empty((4, 4, tiles_w), np.float32)
-    line = np.empty(tiles_w * 2, np.float32)
-    for k in range(out.shape[1]):
-        _output_rows_f2(m, k, g0, g1, bias[k], leaky, accumulate, tiles_h, tiles_w, z, line, out)
-
-
-@jit
-def _output_serial_f4(m, g0, g1, bias, leaky, accumulate, tiles_h, tiles_w, out):
-    z = np.empty((6, 6, tiles_w), np.float32)
-    line = np.empty(tiles_w * 4, np.float32)
-    for k in range(out.shape[1]):
-        _output_rows_f4(m, k, g0, g1, bias[k], leaky, accumulate, tiles_h, tiles_w, z, line, out)
-
-
-@jit(parallel=True)
-def _output_parallel_f2(m, g0, g1, bias, leaky, accumulate, tiles_h, tiles_w, out):
-    for filter_index in prange(out.shape[1]):
-        k = np.int64(filter_index)
-        z = np.empty((4, 4, tiles_w), np.float32)
-        line = np.empty(tiles_w * 2, np.float32)
-        _output_rows_f2(m, k, g0, g1, bias[k], leaky, accumulate, tiles_h, tiles_w, z, line, out)
-
-
-@jit(parallel=True)
-def _output_parallel_f4(m, g0, g1, bias, leaky, accumulate, tiles_h, tiles_w, out):
-    for filter_index in prange(out.shape[1]):
-        k = np.int64(filter_index)
-        z = np.empty((6, 6, tiles_w), np.float32)
-        line = np.empty(tiles_w * 4, np.float32)
-        _output_rows_f4(m, k, g0, g1, bias[k], leaky, accumulate, tiles_h, tiles_w, z, line, out)
-
-
-_OUTPUT_KERNELS = {(2, False): _output_serial_f2, (4, False): _output_serial_f4,
-                   (2, True): _output_parallel_f2, (4, True): _output_parallel_f4}
-
-
-def output_transform(m: np.ndarray, first_row: int, end_row: int, bias: np.ndarray, leaky: bool, tile: int,
-                     tiles_h: int, tiles_w: int, out: np.ndarray, accumulate: bool = False,
-                     threaded: bool = True) -> None:
-    """Output pixels of tile rows [first_row, end_row) = A^T M A of their tiles (m as input_transform's v)
-    + bias[k], then Darknet's leaky if `leaky`; with `accumulate` the result is added to `out` instead."""
-    count = (end_row - first_row) * tiles_w
-    parallel = threaded and threads_pay(m.shape[0] * m.shape[1] * count, out.shape[1], PARALLEL_MIN_ELEMENTS)
-    _OUTPUT_KERNELS[tile, parallel](m, first_row, end_row, bias, leaky, accumulate, tiles_h, tiles_w, out)
-
+# ------------------------------------------------------------------------------------------------ the layer
+# A layer is convolved in blocks of tile rows, each taken through input transform -> products -> output
+# transform while it is in the caches. The products M[t] = U[t] @ V[t] run on the register-blocked kernel of
+# kernels/pointwise.py (the tiles are its pixels): the whole layer is then one Numba call, which helper
+# threads (kernels/handoff.py) can share by blocks. Through numpy's matmul (OpenBLAS) a layer took three
+# calls per block, transforms threaded by Numba and products by OpenBLAS, each waking its own threads per
+# step: at 2 threads the layers reading 64-128 channels of 26x26-52x52 maps (one block each) ran no faster
+# than at 1. Measured alone on the AMD EPYC, this kernel / those steps, blocks split so that every thread
+# has one (2 threads, medians of three runs): 64->64 at 52x52 0.45, 128->128 at 26x26 0.67, 64->64 at
+# 104x104 0.63, 128->128 at 52x52 0.71, 256->256 at 26x26 0.87, 512->512 at 13x13 0.90, 256->512 at 13x13
+# 0.93, 32->64 at 112x112 0.73, 128->256 at 28x28 0.98, 256->512 at 14x14 0.94; 1 thread 0.90-1.03.
+# (Splitting the filters instead, every thread transforming the whole input, measured 0.73-1.23.)
 
 def block_rows(channels: int, filters: int, tile: int, tiles_w: int, total_rows: int,
                budget_bytes: int) -> int:
@@ -465,45 +376,100 @@ def block_rows(channels: int, filters: int, tile: int, tiles_w: int, total_rows:
     return max(1, min(total_rows, budget_bytes // per_row))
 
 
-def block_starts(batch: int, out_h: int, out_w: int, tile: int, rows_per_block: int) -> range:
-    """First tile row of every block of `rows_per_block` tile rows over the batch."""
-    return range(0, batch * tile_counts(out_h, out_w, tile)[0], rows_per_block)
+def scratch_sizes(channels: int, filters: int, tile: int, tiles_w: int, rows_per_block: int) -> tuple[int, int]:
+    """Float counts of the v and m buffers a block of `rows_per_block` tile rows needs: a*a tile positions of
+    (channels + 1) and (filters + 1) rows of the block's tiles. The spare row keeps the positions' starts off
+    multiples of 4 KiB: a tile's a*a values are written (and read back) one per position, and with 32
+    channels of 256 tiles (a 32x32 map) those addresses were 32 KiB apart, all in one set of the 8-way L1
+    cache. Forward, 1 thread, Winograd before / after (AMD EPYC): 32->64 at 32x32 650 -> 301 us, 16->16 at
+    32x32 252 -> 81, 64->128 at 24x24 991 -> 597, 64->128 at 16x16 430 -> 257; whole passes, alternating
+    processes: digits-seg 0.81-0.83, VGG-16 0.94, darknet19 0.97, the others unchanged."""
+    tiles = rows_per_block * tiles_w
+    return tile_positions(tile) * (channels + 1) * tiles, tile_positions(tile) * (filters + 1) * tiles
+
+
+def _layer_share(tile: int):
+    """The share function (kernels/handoff.py) of a whole layer with `tile` x `tile` output tiles: one per
+    tile size, so that a network compiles only the transforms it uses."""
+    positions = tile_positions(tile)
+    output_rows = _output_rows_f2 if tile == 2 else _output_rows_f4
+
+    @jit
+    def share(flags, ticket, first_flag, flag_count, before, x, u, bias, pad, leaky, accumulate, rows_per_block,
+              ranges, v_parts, m_parts, out, first, last):
+        """Parts first..last-1 of the layer: part k computes blocks k, k + parts, ... in its own scratch
+        v_parts[k], m_parts[k]."""
+        if before:
+            publish(flags, first_flag, flag_count, ticket)
+        channels, filters = x.shape[1], out.shape[1]
+        tiles_h, tiles_w = (out.shape[2] + tile - 1) // tile, (out.shape[3] + tile - 1) // tile
+        total = x.shape[0] * tiles_h
+        blocks = (total + rows_per_block - 1) // rows_per_block
+        parts = v_parts.shape[0]
+        small = tile == 2 and tiles_w <= SMALL_TILES_W
+        # the input transform's scratch: a padded plane for small maps, phase-split rows for the others
+        padded = np.empty((2 * tiles_h + 2 if small else 0, 2 * tiles_w + 2), np.float32)
+        plane = np.empty((0 if small else min(rows_per_block, tiles_h) * tile + 2, tile, tiles_w + 1), np.float32)
+        work = np.empty((tile + 2, tile, tiles_w + 1), np.float32)
+        z = np.empty((tile + 2, tile + 2, tiles_w), np.float32)
+        line = np.empty(tiles_w * tile, np.float32)
+        no_shift = np.zeros(filters, np.float32)
+        for part in range(first, last):
+            v, m = v_parts[part], m_parts[part]
+            for block in range(part, blocks, parts):
+                g0 = block * rows_per_block
+                g1 = min(total, g0 + rows_per_block)
+                count = (g1 - g0) * tiles_w
+                # one spare channel row per tile position (see scratch_sizes)
+                v_stride, m_stride = (channels + 1) * count, (filters + 1) * count
+                vb = v[:positions * v_stride].reshape((positions, channels + 1, count))
+                mb = m[:positions * m_stride].reshape((positions, filters + 1, count))
+                for c in range(channels):
+                    if small:
+                        _input_small_f2_channel(x, c, g0, g1, pad, tiles_h, tiles_w, padded, vb)
+                    else:
+                        _input_channel(x, c, g0, g1, pad, tiles_h, tiles_w, ranges, plane, work, vb)
+                for t in range(positions):
+                    _product(u[t], v[t * v_stride:t * v_stride + channels * count],
+                             m[t * m_stride:t * m_stride + filters * count], count, no_shift)
+                for k in range(filters):
+                    output_rows(mb, k, g0, g1, bias[k], leaky, accumulate, tiles_h, tiles_w, z, line, out)
+        if not before:
+            publish(flags, first_flag, flag_count, ticket)
+    return share
+
+
+@jit
+def _product(weights, x, out, n, no_shift):
+    """out (F x n, flat) = weights (F, C) @ x (C x n, flat): by tiles of the pointwise kernel, or, for fewer
+    than MIN_PIXELS columns (a block of a few tiles), one partial vector per filter -- the same fused
+    multiply-adds in the same order, so a tile's sums do not depend on the block it fell in."""
+    filters = weights.shape[0]
+    if n >= MIN_PIXELS:
+        for p in range(0, n, TILE):
+            product_tile(weights, no_shift, x, out, p, n, 0, filters, False, False)
+        return
+    for f in range(filters):
+        acc = splat(0.0)
+        for c in range(weights.shape[1]):
+            acc = fma(splat(weights[f, c]), load_first(x, c * n, n), acc)
+        store_first(out, f * n, add(acc, splat(0.0)), n)
+
+
+_LAYER_SHARES = {2: _layer_share(2), 4: _layer_share(4)}
 
 
 def winograd_conv(x: np.ndarray, u: np.ndarray, bias: np.ndarray, pad: int, tile: int, leaky: bool,
                   rows_per_block: int, v: np.ndarray, m: np.ndarray, out: np.ndarray,
-                  accumulate: bool = False, starts: Sequence[int] | None = None, threaded: bool = True) -> None:
+                  accumulate: bool = False) -> None:
     """The convolution: x (B, C, H, W), u = transform_weights(...), out (B, K, OH, OW) (x and out may be
-    strided views with contiguous rows). Tile rows are processed `rows_per_block` at a time through the
-    flat scratch buffers v (>= a*a*(C+1)*rows_per_block*tiles_w floats) and m
-    (>= a*a*(K+1)*rows_per_block*tiles_w, see scratch_sizes), so that a block stays in cache between its three
-    steps. With `accumulate`, out += the convolution
-    (bias and leaky must then be zero / off). `starts` (default: every block, `block_starts`) picks the
-    blocks to compute: blocks write disjoint output rows, so callers may run disjoint sets of them side by
-    side, each with its own v and m and `threaded` False."""
-    tiles_h, tiles_w = tile_counts(out.shape[2], out.shape[3], tile)
-    positions = u.shape[0]
-    total = x.shape[0] * tiles_h
-    if starts is None:
-        starts = block_starts(x.shape[0], out.shape[2], out.shape[3], tile, rows_per_block)
-    for first in starts:
-        end = min(total, first + rows_per_block)
-        count = (end - first) * tiles_w
-        # one spare channel row per tile position (see scratch_sizes); the transforms loop over the real ones
-        vb = v[:positions * (x.shape[1] + 1) * count].reshape(positions, x.shape[1] + 1, count)
-        mb = m[:positions * (out.shape[1] + 1) * count].reshape(positions, out.shape[1] + 1, count)
-        input_transform(x, first, end, pad, tile, tiles_h, tiles_w, vb, threaded)
-        np.matmul(u, vb[:, :-1], out=mb[:, :-1])
-        output_transform(mb, first, end, bias, leaky, tile, tiles_h, tiles_w, out, accumulate, threaded)
-
-
-def scratch_sizes(channels: int, filters: int, tile: int, tiles_w: int, rows_per_block: int) -> tuple[int, int]:
-    """Float counts of the v and m buffers winograd_conv needs: a*a tile positions of (channels + 1) and
-    (filters + 1) rows of the block's tiles. The spare row keeps the positions' starts off multiples of 4 KiB:
-    a tile's a*a values are written (and read back) one per position, and with 32 channels of 256 tiles
-    (a 32x32 map) those addresses were 32 KiB apart, all in one set of the 8-way L1 cache. Forward, 1 thread,
-    Winograd before / after (AMD EPYC): 32->64 at 32x32 650 -> 301 us, 16->16 at 32x32 252 -> 81, 64->128
-    at 24x24 991 -> 597, 64->128 at 16x16 430 -> 257; whole passes, alternating processes: digits-seg
-    0.81-0.83, VGG-16 0.94, darknet19 0.97, the others unchanged."""
-    tiles = rows_per_block * tiles_w
-    return tile_positions(tile) * (channels + 1) * tiles, tile_positions(tile) * (filters + 1) * tiles
+    strided views with contiguous rows), + bias, then Darknet's leaky if `leaky`; with `accumulate`,
+    out += the convolution (bias and leaky must then be zero / off). Tile rows (tile row g: row g % tiles_h
+    of image g // tiles_h) are taken `rows_per_block` at a time; v (P, >= v_size) and m (P, >= m_size) of
+    scratch_sizes(..., rows_per_block) give P parts their own scratch, and the blocks are dealt round-robin
+    to P threads (helper threads: kernels/handoff.py)."""
+    parts = v.shape[0]
+    if m.shape[0] != parts:
+        raise ValueError(f"winograd_conv: scratch for {parts} and {m.shape[0]} parts")
+    share_out(_LAYER_SHARES[tile], (x, u, bias, pad, leaky, accumulate, rows_per_block,
+                                    _column_ranges(x.shape[3], pad, tile), v, m, out), parts, parts)

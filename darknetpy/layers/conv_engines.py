@@ -35,7 +35,7 @@ from ..kernels.depthwise import grouped_conv_backward, grouped_conv_forward, spl
 from ..kernels.im2col import (batch_to_channel_major, channel_major_to_batch, channel_major_to_batch_add,
                               col2im_batch_add, im2col_batch)
 from ..kernels.scratch import thread_floats, thread_scratch
-from ..kernels.threads import run_side_by_side, thread_count
+from ..kernels.threads import thread_count
 from .base import FLOAT
 from .epilogue import Epilogue
 
@@ -80,30 +80,21 @@ WINOGRAD_TRAIN_MIN_PIXELS = 128 * 128
 # small products split poorly, 1.4-2.1 on every 16- and 32-channel layer up to 7 MiB and 1.26-1.79 on
 # 64-channel ones up to 6 MiB, 0.91 on 64->128 at 20x20. Larger patch matrices (yolov3-tiny's 208x208 and
 # 104x104 layers, batches of 8) keep Winograd.
-# With more than one thread, the transforms of one block are too small to wake a thread team for (under the
-# parallel kernels' threshold of about 0.5 ms of work), and the products of layers reading few channels too
-# small for BLAS to split: such a layer ran no faster at 2 threads than at 1. Its blocks are then shared
-# out, whole, among threads that each run serial transforms and their own products (forward, 2 threads,
-# side by side / one block at a time: yolov3-tiny 16->32 at 208x208 0.56-0.63, 32->64 at 104x104 0.74,
-# at batch 8 0.55 and 0.60; darknet19 32->64 at 128x128 0.54; digits-yolo 32->64 at 40x40, batch 8,
-# 0.54). From 64 channels on the products are large enough for BLAS's own threads, and sharing out the
-# blocks measured 0.9-1.8.
-WINOGRAD_SIDE_BY_SIDE_MAX_CHANNELS = 32
-# Once idle BLAS workers stopped spinning (darknetpy/thread_environment.py), GEMM also won, in whole passes at
-# 2 threads, on 128-channel layers of small maps (digits-yolo's 10x10 and digits-seg's 16x16 and 8x8 maps:
-# Winograd / GEMM 1.3-1.8 in the pass; whole passes with them on GEMM, alternating: digits-yolo 0.95 at
-# batch 1 and 0.96 at batch 8, digits-seg 0.89 and 0.99, yolov4-tiny 0.97; yolov3-tiny's 26x26 layer 1.03,
-# within the noise).
-# GEMM when the layer fits one of these (most input channels, largest patch matrix in bytes): with one
-# thread, with more
-GEMM_OVER_WINOGRAD_ONE_THREAD = ((32, 4 << 20),)
-GEMM_OVER_WINOGRAD_THREADS = ((64, 8 << 20), (128, 4 << 20))
-# On cores with less L2 the one-thread crossover comes sooner. AMD EPYC (Zen 4, 1 MiB of L2 per core),
+# With more than one thread, a layer's blocks are dealt out to the threads (kernels/winograd.py): a layer of
+# at least WINOGRAD_PARALLEL_MIN_MACS multiply-adds is cut into at least one block per thread, unless a block
+# would then hold fewer tiles than the product kernel's vector (digits-yolo's 10x10 maps at batch 1).
+WINOGRAD_PARALLEL_MIN_MACS = 1 << 22
+# GEMM when the layer reads at most this many channels and its patch matrix takes at most this many bytes.
+# The rule holds at any thread count now that the Winograd layer kernel deals its blocks to helper threads:
+# through OpenBLAS's threads GEMM had won at 2 threads up to 64 channels and 8 MiB and up to 128 channels and
+# 4 MiB. Whole passes at 2 threads, batch 1, this rule / that one, alternating processes (AMD EPYC): darknet19
+# 0.79-0.82, yolov3-tiny 0.90-0.97, digits-seg 0.61-0.96, digits-yolo 0.71-1.03.
+GEMM_OVER_WINOGRAD = (32, 4 << 20)
+# On cores with less L2 the crossover comes sooner. AMD EPYC (Zen 4, 1 MiB of L2 per core),
 # forward, batch 1, Winograd / GEMM: 16->32 at 80x80 (3.5 MiB of patches) 0.67, 32->64 at 40x40 (1.8 MiB)
 # 0.77-0.84, 16->32 at 40x40 (0.9 MiB) 0.95, 16->16 at 32x32 (0.6 MiB) 2.5; whole passes alternating in
 # one process with patches up to the L2 size instead of 4 MiB: digits-yolo 0.92, digits-seg 0.97 (batch
-# 1), unchanged elsewhere (0.99-1.00). The same limit at 2 threads was slower (digits-yolo 1.13, digits-seg
-# 1.25), so the rule for threads is the same on both machines.
+# 1), unchanged elsewhere (0.99-1.00).
 GEMM_OVER_WINOGRAD_LARGE_L2 = 2 << 20
 # Whatever the channels, a Winograd product narrower than this many tiles (a 7x7 map at batch 1 has 16 2x2 tiles)
 # runs far below BLAS's rate, and im2col + GEMM (49 columns) is faster. AMD EPYC, whole passes at batch 1,
@@ -227,7 +218,7 @@ def choose_engines(g: ConvGeometry, batch: int) -> tuple[
     if (g.suits_direct or direct_beats_strided_gemm(g, thread_count())) \
             and g.patch_bytes(batch) >= DIRECT_MIN_PATCH_BYTES:
         return DirectEngine(g, batch), gemm
-    if g.winograd_tile and not gemm_beats_winograd(g, batch, thread_count()):
+    if g.winograd_tile and not gemm_beats_winograd(g, batch):
         return WinogradEngine(g.channels, g.filters, g.out_h, g.out_w, g.padding, batch, g.winograd_tile), gemm
     return gemm, gemm
 
@@ -239,20 +230,18 @@ def direct_beats_strided_gemm(g: ConvGeometry, threads: int) -> bool:
             and g.in_per_group <= DIRECT_MAX_IN_STRIDED)
 
 
-def gemm_beats_winograd(g: ConvGeometry, batch: int, threads: int, l2_bytes: int | None = None) -> bool:
-    """Whether im2col + GEMM is the faster inference path for a Winograd-shaped layer (see the constants);
-    decided when the layer's buffers are allocated, for the Numba thread count in force then and the L2
-    cache of a core (this machine's unless given)."""
+def gemm_beats_winograd(g: ConvGeometry, batch: int, l2_bytes: int | None = None) -> bool:
+    """Whether im2col + GEMM is the faster inference path for a Winograd-shaped layer (see the constants),
+    on a core with an L2 cache of `l2_bytes` (this machine's unless given)."""
     tiles_h, tiles_w = winograd.tile_counts(g.out_h, g.out_w, g.winograd_tile)
     if batch * tiles_h * tiles_w < WINOGRAD_MIN_PRODUCT_TILES:
         return True
     patches = g.patch_bytes(batch)
-    if threads <= 1:
-        l2_bytes = l2_cache_bytes() if l2_bytes is None else l2_bytes
-        if l2_bytes < GEMM_OVER_WINOGRAD_LARGE_L2 and patches > l2_bytes:
-            return False
-    limits = GEMM_OVER_WINOGRAD_ONE_THREAD if threads <= 1 else GEMM_OVER_WINOGRAD_THREADS
-    return any(g.channels <= max_channels and patches <= max_bytes for max_channels, max_bytes in limits)
+    l2_bytes = l2_cache_bytes() if l2_bytes is None else l2_bytes
+    if l2_bytes < GEMM_OVER_WINOGRAD_LARGE_L2 and patches > l2_bytes:
+        return False
+    max_channels, max_bytes = GEMM_OVER_WINOGRAD
+    return g.channels <= max_channels and patches <= max_bytes
 
 
 def gemm_beats_pointwise(g: ConvGeometry, batch: int, threads: int) -> bool:
@@ -496,18 +485,39 @@ class ChannelsLastDepthwiseEngine:
 
 @dataclass(frozen=True)
 class WinogradPlan:
-    """How a WinogradEngine walks its blocks: `rows` tile rows per block; share k computes the blocks
-    starting at starts[k] with its own scratch (v, m) of v_size and m_size floats; more than one share run
-    side by side."""
+    """How a WinogradEngine walks its tile rows: `rows` per block, the blocks dealt round-robin to `parts`
+    threads, each with its own scratch (v, m) of v_size and m_size floats."""
     rows: int
-    starts: list[range]
+    parts: int
     v_size: int
     m_size: int
 
-    def scratch(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Each share's (v, m), taken in the calling thread: every Winograd layer of the thread shares them."""
-        return [(thread_floats(("winograd v", k), self.v_size), thread_floats(("winograd m", k), self.m_size))
-                for k in range(len(self.starts))]
+    def scratch(self) -> tuple[np.ndarray, np.ndarray]:
+        """(v, m), one row per part, taken in the calling thread: every Winograd layer of the thread shares
+        them."""
+        return (thread_floats("winograd v", self.parts * self.v_size).reshape(self.parts, self.v_size),
+                thread_floats("winograd m", self.parts * self.m_size).reshape(self.parts, self.m_size))
+
+
+def winograd_plan(channels: int, filters: int, out_h: int, out_w: int, batch: int, tile: int,
+                  threads: int) -> WinogradPlan:
+    """Blocks of about WINOGRAD_BLOCK_BYTES and at least WINOGRAD_MIN_BLOCK_TILES tiles, all of nearly the
+    same size (a short last block would leave the product kernel short rows), and with more than one thread
+    at least one block per thread (see WINOGRAD_PARALLEL_MIN_MACS)."""
+    tiles_h, tiles_w = winograd.tile_counts(out_h, out_w, tile)
+    total = batch * tiles_h
+    rows = winograd.block_rows(channels, filters, tile, tiles_w, total, WINOGRAD_BLOCK_BYTES)
+    rows = max(rows, min(total, -(-WINOGRAD_MIN_BLOCK_TILES // tiles_w)))
+    parts = 1
+    macs = winograd.tile_positions(tile) * channels * filters * total * tiles_w
+    if threads > 1 and macs >= WINOGRAD_PARALLEL_MIN_MACS:
+        split = min(rows, -(-total // threads))
+        if (total // -(-total // split)) * tiles_w >= pointwise.MIN_PIXELS:   # the smallest block's tiles
+            rows, parts = split, threads
+    blocks = -(-total // rows)
+    rows = -(-total // blocks)
+    v_size, m_size = winograd.scratch_sizes(channels, filters, tile, tiles_w, rows)
+    return WinogradPlan(rows, min(parts, blocks), v_size, m_size)
 
 
 class WinogradEngine:
@@ -528,17 +538,8 @@ class WinogradEngine:
 
     def _block_plan(self) -> WinogradPlan:
         if self._plan is None:
-            tiles_h, tiles_w = winograd.tile_counts(self.out_h, self.out_w, self.tile)
-            total_rows = self.batch * tiles_h
-            rows = winograd.block_rows(self.in_channels, self.out_channels, self.tile, tiles_w, total_rows,
-                                       WINOGRAD_BLOCK_BYTES)
-            rows = max(rows, min(total_rows, -(-WINOGRAD_MIN_BLOCK_TILES // tiles_w)))
-            starts = winograd.block_starts(self.batch, self.out_h, self.out_w, self.tile, rows)
-            shares = 1
-            if self.in_channels <= WINOGRAD_SIDE_BY_SIDE_MAX_CHANNELS:
-                shares = max(1, min(thread_count(), len(starts)))
-            v_size, m_size = winograd.scratch_sizes(self.in_channels, self.out_channels, self.tile, tiles_w, rows)
-            self._plan = WinogradPlan(rows, [starts[k::shares] for k in range(shares)], v_size, m_size)
+            self._plan = winograd_plan(self.in_channels, self.out_channels, self.out_h, self.out_w, self.batch,
+                                       self.tile, thread_count())
         return self._plan
 
     def prepare(self, weights: np.ndarray, shift: np.ndarray) -> None:
@@ -549,18 +550,9 @@ class WinogradEngine:
 
     def _convolve(self, x: np.ndarray, out: np.ndarray, leaky: bool, accumulate: bool) -> None:
         plan = self._block_plan()
-        scratch = plan.scratch()
-        if len(plan.starts) == 1:
-            v, m = scratch[0]
-            winograd.winograd_conv(x, self._transformed, self._shift, self.padding, self.tile, leaky, plan.rows,
-                                   v, m, out, accumulate=accumulate)
-            return
-
-        def share(k: int) -> None:
-            v, m = scratch[k]
-            winograd.winograd_conv(x, self._transformed, self._shift, self.padding, self.tile, leaky, plan.rows,
-                                   v, m, out, accumulate, starts=plan.starts[k], threaded=False)
-        run_side_by_side(share, len(plan.starts))
+        v, m = plan.scratch()
+        winograd.winograd_conv(x, self._transformed, self._shift, self.padding, self.tile, leaky, plan.rows, v, m,
+                               out, accumulate=accumulate)
 
     def forward(self, x: np.ndarray, out: np.ndarray, epilogue: Epilogue) -> None:
         fuse_leaky = epilogue.activation.fuses_leaky
