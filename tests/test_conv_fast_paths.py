@@ -353,6 +353,15 @@ def test_winograd_blocks_shared_out_among_threads_match_naive(tile, monkeypatch)
         results.append((out, gradient))
     np.testing.assert_array_equal(results[0][0], results[1][0])
     np.testing.assert_array_equal(results[0][1], results[1][1])
+    # with the helpers busy (another Python thread's kernel) the caller runs all three parts itself
+    from darknetpy.kernels import handoff
+    monkeypatch.setattr(conv, "thread_count", lambda: 3)
+    engine = conv.WinogradEngine(c, k, h, w, 1, batch, tile)
+    engine.prepare(weights, bias)
+    out = np.full((batch, k, h, w), np.nan, np.float32)
+    with handoff._TEAMS[(handoff.os.getpid(), 2)].busy:
+        engine.forward(x, out, Epilogue(k, act.LEAKY, batch_normalize=False))
+    np.testing.assert_array_equal(out, results[0][0])
 
 
 @pytest.mark.parametrize("total,tiles_w,threads,macs_ok,expected", [
