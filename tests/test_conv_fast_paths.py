@@ -456,13 +456,19 @@ def test_layer_paths_are_chosen_from_the_shapes():
     assert engines(depthwise + "\nstride=2", 8, 20) == ("direct", "direct")
     assert engines(depthwise.replace("pad=1", "padding=0") + "\nstride=2", 8, 20) == ("channels-last", "direct")
     assert engines("filters=16\nsize=3\npad=1\ngroups=8\nactivation=leaky", 8, 10) == ("direct", "direct")
-    # a first layer on 3 channels: direct once its patch matrix passes 192 KiB (3*9*43*43*4 = 195 KiB)
-    assert engines("filters=16\nsize=3\npad=1\nactivation=leaky", 3, 43) == ("direct", "gemm")
-    assert engines("filters=16\nsize=3\npad=1\nactivation=leaky", 3, 42) == ("gemm", "gemm")
-    assert engines("filters=16\nsize=3\nstride=2\npad=1\nactivation=leaky", 1, 160) == ("direct", "gemm")
-    assert engines("filters=16\nsize=3\npad=1\nactivation=leaky", 256) == ("winograd", "gemm")
-    # few channels and a patch matrix that stays in the caches: im2col + GEMM (see conv_engines)
-    assert engines("filters=16\nsize=3\npad=1\nactivation=leaky", 16) == ("gemm", "gemm")
+    # ungrouped k x k layers that Winograd does not take: the dense direct kernel from rows of a vector on
+    dense = "filters=16\nsize=3\npad=1\nactivation=leaky"
+    assert engines(dense, 3, 43) == ("dense direct", "gemm")                    # first layers, any size
+    assert engines(dense, 3, 16) == ("dense direct", "gemm")
+    assert engines(dense, 64, 64) == ("winograd", "gemm")                        # (Winograd pays there)
+    assert engines(dense, 16) == ("dense direct", "gemm")                        # few channels, small patches
+    assert engines(dense + "\nstride=2", 64, 64) == ("dense direct", "gemm")
+    assert engines(dense.replace("size=3\npad=1", "size=5\npad=1"), 64, 20) == ("dense direct", "gemm")
+    # ...narrower rows: GEMM (the direct kernel on first layers whose patch matrix passes 192 KiB: above)
+    assert engines(dense, 3, 15) == ("gemm", "gemm")
+    assert engines(dense + "\nstride=2", 32, 30) == ("gemm", "gemm")
+    assert engines(dense, 512, 7) == ("gemm", "gemm")
+    assert engines(dense, 256) == ("winograd", "gemm")
     # ungrouped 1x1 layers: the register-blocked kernel from 16 pixels on, BLAS below and when grouped
     from darknetpy.kernels.pointwise import MIN_PIXELS
     smallest = int(np.ceil(np.sqrt(MIN_PIXELS)))   # the smallest square map the kernel takes (one vector)
@@ -537,15 +543,18 @@ def test_the_l2_cache_size_is_read_from_sysfs_or_assumed(tmp_path):
     ("filters=4\nsize=3\npad=1\nbatch_normalize=1\nactivation=leaky", 3),
     ("filters=9\nsize=3\nstride=2\npad=1\nbatch_normalize=1\nactivation=leaky", 12),   # at one thread
 ])
-def test_direct_layer_inference_with_folded_batch_norm(text, c, monkeypatch):
+@pytest.mark.parametrize("dense", [True, False])
+def test_direct_layer_inference_with_folded_batch_norm(text, c, dense, monkeypatch):
     monkeypatch.setattr(conv_engines, "thread_count", lambda: 1)
+    if not dense:   # the direct kernel keeps ungrouped layers whose output rows are narrower than a vector
+        monkeypatch.setattr(conv_engines, "DENSE_DIRECT_MIN_WIDTH", 1 << 30)
     # 61x47 so that the ungrouped 3-channel layer's patch matrix (2 images: 603 KiB) takes the direct kernel
     net = make_net("[convolutional]\n" + text, 61, 47, c)
     layer = net.layers[0]
     randomise(layer, RNG)
     x = RNG.standard_normal((2, c, 47, 61)).astype(np.float32)
     got = net.forward(x)
-    assert layer.engine.name == "direct"
+    assert layer.engine.name == ("dense direct" if dense and layer.config.groups == 1 else "direct")
     cfg = layer.config
     raw = conv2d(x.astype(np.float64), layer.weights, np.zeros(cfg.filters), cfg.stride, cfg.stride, 1,
                  cfg.groups)
@@ -833,6 +842,7 @@ def test_layers_sharing_winograd_and_patch_scratch_match_the_float64_convolution
     the layers, larger layers after smaller ones and back: each layer's result against the float64
     convolution of the previous layer's float32 output, at batch 1 and 2 (the batched GEMM product too)."""
     monkeypatch.setattr(conv_engines, "gemm_beats_winograd", lambda *args, **kwargs: False)
+    monkeypatch.setattr(conv_engines, "DENSE_DIRECT_MIN_WIDTH", 1 << 30)   # the strided layers on GEMM
     text = ("[convolutional]\nfilters=40\nsize=3\npad=1\nactivation=leaky\n\n"             # Winograd 4x4 (48x48)
             "[convolutional]\nfilters=36\nsize=3\nstride=2\npad=1\nactivation=linear\n\n"  # im2col + GEMM
             "[convolutional]\nfilters=40\nsize=3\npad=1\nactivation=leaky\n\n"             # Winograd 2x2 (24x24)

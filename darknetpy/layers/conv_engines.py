@@ -30,11 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..kernels import depthwise_channels_last, depthwise_same3x3, pointwise, winograd
+from ..kernels import dense_direct, depthwise_channels_last, depthwise_same3x3, pointwise, winograd
 from ..kernels.depthwise import grouped_conv_backward, grouped_conv_forward, splits_columns
 from ..kernels.im2col import (batch_to_channel_major, channel_major_to_batch, channel_major_to_batch_add,
                               col2im_batch_add, im2col_batch)
 from ..kernels.scratch import thread_floats, thread_scratch
+from ..kernels.simd import LANES
 from ..kernels.threads import thread_count
 from .base import FLOAT
 from .epilogue import Epilogue
@@ -103,6 +104,16 @@ GEMM_OVER_WINOGRAD_LARGE_L2 = 2 << 20
 # GEMM was slower (1.04 at 1 thread), and at 32 (7x7 at batch 2: darknet19 1.01-1.03), 128 (batch 8: 1.05-1.09)
 # too; 13x13 and 14x14 maps (49 tiles) lost 6-12% with GEMM.
 WINOGRAD_MIN_PRODUCT_TILES = 20
+# Ungrouped k x k layers (k > 1) that Winograd does not take -- strides, other kernel sizes, few channels
+# (where the rules above chose im2col + GEMM) and first layers on 1-4 channels -- run the dense direct kernel
+# (kernels/dense_direct.py) when their output rows are at least this wide: narrower rows leave most of its
+# vector lanes idle (512->1024 at 7x7: 10.8 ms against 6.5 by GEMM). Forward alone, 1 thread, AMD EPYC, dense
+# direct / the path before: yolov4-tiny's 32->64 3x3/2 at 208x208 0.82-0.87 of the direct kernel in the pass
+# (0.52 of GEMM at 2 threads), 3->16 3x3/2 at 320x320 0.65 (yolo-fastest-xl's first layer), 3->32 at 224x224
+# 0.73 of the direct kernel; against GEMM on the layers the Winograd rules leave it, 16->16 at 16x16 0.82,
+# 16->32 at 32x32 0.69, 32->64 at 32x32 0.77, 16->16 at 32x32 0.64, 32->32 at 64x64 0.51, 32->64 at 40x40
+# 0.87, at batch 8 16->16 at 32x32 0.36, 32->64 0.56.
+DENSE_DIRECT_MIN_WIDTH = LANES
 # Ungrouped 1x1 layers take the register-blocked kernel (kernels/pointwise.py), except with more than one thread
 # on small maps with many weights, where BLAS's threads split the products well. Measured alone, 2 threads,
 # AMD EPYC, BLAS (+ epilogue) / best of the kernel serial or shared out through a thread pool that had to be
@@ -197,7 +208,8 @@ class ConvGeometry:
 
 
 def choose_engines(g: ConvGeometry, batch: int) -> tuple[
-        GemmEngine | DirectEngine | WinogradEngine | ChannelsLastDepthwiseEngine, GemmEngine | DirectEngine]:
+        GemmEngine | DirectEngine | WinogradEngine | ChannelsLastDepthwiseEngine | DenseDirectEngine,
+        GemmEngine | DirectEngine]:
     """(inference engine, training engine) for a batch of `batch` images: the one selection rule."""
     if g.suits_direct and g.groups > 1:
         # grouped layers keep the direct kernel in training too
@@ -215,10 +227,14 @@ def choose_engines(g: ConvGeometry, batch: int) -> tuple[
     if g.is_pointwise and g.groups == 1 and g.out_h * g.out_w >= pointwise.MIN_PIXELS \
             and not gemm_beats_pointwise(g, batch, thread_count()):
         return PointwiseEngine(g), gemm
+    winograd_pays = g.winograd_tile and not gemm_beats_winograd(g, batch)
+    if g.groups == 1 and g.size > 1 and g.out_w >= DENSE_DIRECT_MIN_WIDTH \
+            and (g.channels <= DIRECT_MAX_IN_ANY_OUT or not winograd_pays):
+        return DenseDirectEngine(g), gemm
     if (g.suits_direct or direct_beats_strided_gemm(g, thread_count())) \
             and g.patch_bytes(batch) >= DIRECT_MIN_PATCH_BYTES:
         return DirectEngine(g, batch), gemm
-    if g.winograd_tile and not gemm_beats_winograd(g, batch):
+    if winograd_pays:
         return WinogradEngine(g.channels, g.filters, g.out_h, g.out_w, g.padding, batch, g.winograd_tile), gemm
     return gemm, gemm
 
@@ -447,6 +463,34 @@ class PointwiseEngine:
         fuse_leaky = epilogue.activation.fuses_leaky
         pointwise.pointwise_forward(self._weights, self._shift, x3, out3, fuse_leaky)
         epilogue.activation.apply_unless_fused(out3)
+
+
+class DenseDirectEngine:
+    """Inference of an ungrouped k x k layer straight from a column-phase copy of the image (see
+    kernels/dense_direct.py)."""
+    name = "dense direct"
+
+    def __init__(self, g: ConvGeometry):
+        self.g = g
+        shape = dense_direct.phase_shape(g.channels, g.size, g.stride_x, g.dilation, g.out_h, g.out_w, g.stride_y)
+        self._copy_floats = int(np.prod(shape)) + LANES
+        self._offsets = dense_direct.tap_offsets(g.channels, g.size, g.dilation, g.stride_x, shape[2], shape[3])
+        self._starts = dense_direct.vector_starts(g.out_h, g.out_w, g.stride_y, shape[3])
+        self._weights: np.ndarray | None = None
+        self._shift: np.ndarray | None = None
+
+    def prepare(self, weights: np.ndarray, shift: np.ndarray) -> None:
+        self._weights = np.ascontiguousarray(weights.reshape(self.g.filters, -1), FLOAT)
+        self._shift = np.ascontiguousarray(shift, FLOAT)
+
+    def forward(self, x: np.ndarray, out: np.ndarray, epilogue: Epilogue) -> None:
+        g = self.g
+        batch = x.shape[0]
+        dense_direct.dense_forward(self._weights, self._shift, x, out.reshape(batch, -1), g.out_h, g.out_w, g.size,
+                                   g.stride_y, g.stride_x, g.padding, g.dilation, epilogue.activation.fuses_leaky,
+                                   self._offsets, self._starts, thread_floats("dense phases", self._copy_floats),
+                                   thread_count())
+        epilogue.activation.apply_unless_fused(out.reshape(batch, g.filters, -1))
 
 
 def _zero_bordered_scratch(shape: tuple[int, int, int], height: int, width: int, pad: int) -> np.ndarray:
