@@ -458,10 +458,11 @@ def test_layer_paths_are_chosen_from_the_shapes():
     assert engines("filters=16\nsize=3\npad=1\ngroups=8\nactivation=leaky", 8, 10) == ("direct", "direct")
     # ungrouped k x k layers that Winograd does not take: the dense direct kernel from rows of a vector on
     dense = "filters=16\nsize=3\npad=1\nactivation=leaky"
-    assert engines(dense, 3, 43) == ("dense direct", "gemm")                    # first layers, any size
-    assert engines(dense, 3, 16) == ("dense direct", "gemm")
-    assert engines(dense, 64, 64) == ("winograd", "gemm")                        # (Winograd pays there)
-    assert engines(dense, 16) == ("dense direct", "gemm")                        # few channels, small patches
+    assert engines(dense, 3, 43) == ("dense direct", "gemm")     # first layers (3*9*43*43*4 = 195 KiB of patches)
+    assert engines(dense, 3, 42) == ("gemm", "gemm")             # ...but not below 192 KiB of patches
+    assert engines(dense, 64, 64) == ("winograd", "gemm")         # (Winograd pays there)
+    assert engines(dense, 16, 32) == ("dense direct", "gemm")     # few channels, patches in the caches
+    assert engines(dense, 16) == ("gemm", "gemm")                 # 144 KiB
     assert engines(dense + "\nstride=2", 64, 64) == ("dense direct", "gemm")
     assert engines(dense.replace("size=3\npad=1", "size=5\npad=1"), 64, 20) == ("dense direct", "gemm")
     # ...narrower rows: GEMM (the direct kernel on first layers whose patch matrix passes 192 KiB: above)

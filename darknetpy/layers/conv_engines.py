@@ -113,6 +113,9 @@ WINOGRAD_MIN_PRODUCT_TILES = 20
 # 0.73 of the direct kernel; against GEMM on the layers the Winograd rules leave it, 16->16 at 16x16 0.82,
 # 16->32 at 32x32 0.69, 32->64 at 32x32 0.77, 16->16 at 32x32 0.64, 32->32 at 64x64 0.51, 32->64 at 40x40
 # 0.87, at batch 8 16->16 at 32x32 0.36, 32->64 0.56.
+# Like the direct kernel, only from patch matrices of DIRECT_MIN_PATCH_BYTES: below that it gains a few
+# microseconds (1->16 at 28x28: 11 against 12 us) and would cost a network that needs it nowhere else its
+# first-run compilation (the README's MNIST command: 6.4 s cold against about 3).
 DENSE_DIRECT_MIN_WIDTH = LANES
 # Ungrouped 1x1 layers take the register-blocked kernel (kernels/pointwise.py), except with more than one thread
 # on small maps with many weights, where BLAS's threads split the products well. Measured alone, 2 threads,
@@ -229,6 +232,7 @@ def choose_engines(g: ConvGeometry, batch: int) -> tuple[
         return PointwiseEngine(g), gemm
     winograd_pays = g.winograd_tile and not gemm_beats_winograd(g, batch)
     if g.groups == 1 and g.size > 1 and g.out_w >= DENSE_DIRECT_MIN_WIDTH \
+            and g.patch_bytes(batch) >= DIRECT_MIN_PATCH_BYTES \
             and (g.channels <= DIRECT_MAX_IN_ANY_OUT or not winograd_pays):
         return DenseDirectEngine(g), gemm
     if (g.suits_direct or direct_beats_strided_gemm(g, thread_count())) \
