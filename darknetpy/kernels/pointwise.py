@@ -168,8 +168,9 @@ def _one_by_four(weights, shift, x, out, f, p0, p1, p2, p3, n, leaky_out):
 
 
 @jit
-def _tile(weights, shift, x, out, p, n, f_lo, f_hi, leaky_out, stream):
-    """Filters f_lo..f_hi-1 over the pixels p..min(p + TILE, n) - 1 of one image."""
+def product_tile(weights, shift, x, out, p, n, f_lo, f_hi, leaky_out, stream):
+    """Filters f_lo..f_hi-1 over the pixels p..min(p + TILE, n) - 1 of one image (also the Winograd
+    products' kernel: kernels/winograd.py)."""
     width = min(TILE, n - p)
     vectors = (width + LANES - 1) // LANES
     last = n - LANES   # where a plane's last vector starts
@@ -210,7 +211,8 @@ def pointwise_tasks(weights, shift, x, out, leaky_out, chunk, first, last, strea
         b = task // (tiles * chunks)
         tile = task // chunks - b * tiles
         f_lo = (task % chunks) * chunk
-        _tile(weights, shift, x[b], out[b], tile * TILE, n, f_lo, min(f_lo + chunk, filters), leaky_out, stream)
+        product_tile(weights, shift, x[b], out[b], tile * TILE, n, f_lo, min(f_lo + chunk, filters), leaky_out,
+                     stream)
 
 
 def task_count(batch: int, n: int, filters: int, chunk: int) -> int:

@@ -15,15 +15,13 @@ written out explicitly so that LLVM vectorises them along the tile row:
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 from . import jit
 from .activations import leaky_float32
 from .handoff import publish, share_out
-from .pointwise import MIN_PIXELS, TILE
+from .pointwise import MIN_PIXELS, TILE, product_tile
 from .simd import add, fma, load_first, splat, store_first
-from .pointwise import _tile as product_tile
 
 _G = {
     2: np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64),

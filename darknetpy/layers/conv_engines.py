@@ -1,9 +1,13 @@
 """The ways [convolutional] convolves, one object each, chosen once per allocation by `choose_engines`:
 
   * GemmEngine: whole-batch im2col + one BLAS matrix product per group (all groups in one batched matmul);
-  * DirectEngine: groups with few channels each (depthwise above all) and first layers reading 1-4 channels
-    of large images are convolved by a direct Numba kernel (kernels/depthwise.py): tiny per-group matrix products, or an
-    im2col matrix 9x the size of the image, cost far more than the arithmetic;
+  * DirectEngine: groups with few channels each (depthwise above all), and first layers reading 1-4 channels
+    of large images with output rows too narrow for the dense direct kernel, are convolved by a direct Numba
+    kernel (kernels/depthwise.py): tiny per-group matrix products, or an im2col matrix 9x the size of the
+    image, cost far more than the arithmetic;
+  * DenseDirectEngine: ungrouped k x k layers (k > 1) that Winograd does not take (strides, other kernel
+    sizes, few channels, first layers) at inference run a register-blocked Numba kernel over a column-phase
+    copy of the image, shift and leaky fused (kernels/dense_direct.py): no patch matrix to write and read;
   * PointwiseEngine: ungrouped 1x1 stride-1 layers at inference run a register-blocked Numba kernel with the
     shift and leaky fused (kernels/pointwise.py): BLAS packs the whole input of these products only a few
     channels deep, and the epilogue is one more pass over the output;
@@ -11,7 +15,8 @@
     convolved channels-last (kernels/depthwise_channels_last.py), every tap a run over the channels: the
     direct kernel's fixed costs per plane dominate there;
   * WinogradEngine: 3x3 stride-1 ungrouped convolutions at inference use F(2x2,3x3), or F(4x4,3x3) on large
-    maps (kernels/winograd.py), with the weights transformed once; in training it computes dL/dx of large
+    maps (kernels/winograd.py), with the weights transformed once, a layer one kernel whose blocks the
+    helper threads share; in training it computes dL/dx of large
     maps for a GemmEngine (the convolution of dy with the rotated, transposed weights, no col2im).
 
 An engine owns its scratch (created on first use: inference never needs the training buffers; the
