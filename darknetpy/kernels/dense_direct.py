@@ -18,7 +18,8 @@ vector (masked store; its lanes past the row read the copy's next values and are
 are taken 4 at a time in row order, a short last group repeating its last vector; filters left over from
 the 4-blocks take blocks of one.
 
-Shapes: weights (F, C*k*k) C-contiguous, shift (F,); x (B, C, H, W); out (B, F, OH*OW) C-contiguous.
+Shapes: weights (F, C*k*k) C-contiguous, shift (F,); x (B, C, H, W) with contiguous rows; out (B, F*OH*OW)
+C-contiguous.
 """
 from __future__ import annotations
 
@@ -100,21 +101,18 @@ def tap_offsets(channels: int, ksize: int, dilation: int, stride_x: int, rows: i
     return np.ascontiguousarray(offsets.reshape(-1), np.int64)
 
 
-@jit
-def vector_starts(out_h, out_w, stride_y, columns):
-    """Per output vector: (its first output in the plane, its first value in a phase plane, its outputs)."""
-    per_row = (out_w + LANES - 1) // LANES
-    starts = np.empty((out_h * per_row, 3), np.int64)
+def vector_starts(out_h: int, out_w: int, stride_y: int, columns: int) -> np.ndarray:
+    """Per output vector, in row order: (its first output in the plane, its first value in a phase plane,
+    its outputs)."""
     count = min(LANES, out_w)
-    k = 0
-    for oy in range(out_h):
-        for v in range(per_row):
-            ox = min(v * LANES, out_w - count)
-            starts[k, 0] = oy * out_w + ox
-            starts[k, 1] = oy * stride_y * columns + ox
-            starts[k, 2] = count
-            k += 1
-    return starts
+    per_row = -(-out_w // LANES)
+    ox = np.minimum(np.arange(per_row) * LANES, out_w - count)
+    oy = np.arange(out_h)[:, None]
+    starts = np.empty((out_h, per_row, 3), np.int64)
+    starts[..., 0] = oy * out_w + ox
+    starts[..., 1] = oy * stride_y * columns + ox
+    starts[..., 2] = count
+    return starts.reshape(-1, 3)
 
 
 @jit(inline="always")
