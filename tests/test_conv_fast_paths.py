@@ -484,20 +484,6 @@ def test_layer_paths_are_chosen_from_the_shapes():
     assert layer("filters=16\nsize=3\nstride=2\npad=1\nactivation=leaky", 16).winograd_tile == 0
 
 
-def test_direct_takes_strided_layers_reading_few_channels_at_one_thread():
-    from darknetpy.layers.conv_engines import ConvGeometry, direct_beats_strided_gemm
-
-    def geometry(channels, stride=2, size=3, groups=1):
-        out = (208 + 2 - size) // stride + 1
-        return ConvGeometry(channels, 208, 208, 64, out, out, size, stride, stride, 1, 1, groups)
-    assert direct_beats_strided_gemm(geometry(32), 1)
-    assert direct_beats_strided_gemm(geometry(5), 1)
-    assert not direct_beats_strided_gemm(geometry(33), 1)
-    assert not direct_beats_strided_gemm(geometry(32), 2)
-    assert not direct_beats_strided_gemm(geometry(32, stride=1), 1)
-    assert not direct_beats_strided_gemm(geometry(32, size=5), 1)
-
-
 def test_gemm_takes_few_channel_layers_whose_patches_fit_the_caches():
     from darknetpy.layers.conv_engines import ConvGeometry, gemm_beats_winograd
 
@@ -542,12 +528,12 @@ def test_the_l2_cache_size_is_read_from_sysfs_or_assumed(tmp_path):
     ("filters=6\nsize=3\nstride=2\npad=1\ngroups=6\nbatch_normalize=1\nactivation=leaky", 6),
     ("filters=8\nsize=3\npad=1\ngroups=4\nbatch_normalize=1\nactivation=linear", 4),
     ("filters=4\nsize=3\npad=1\nbatch_normalize=1\nactivation=leaky", 3),
-    ("filters=9\nsize=3\nstride=2\npad=1\nbatch_normalize=1\nactivation=leaky", 12),   # at one thread
+    ("filters=9\nsize=3\nstride=2\npad=1\nbatch_normalize=1\nactivation=leaky", 12),
 ])
 @pytest.mark.parametrize("dense", [True, False])
 def test_direct_layer_inference_with_folded_batch_norm(text, c, dense, monkeypatch):
     monkeypatch.setattr(conv_engines, "thread_count", lambda: 1)
-    if not dense:   # the direct kernel keeps ungrouped layers whose output rows are narrower than a vector
+    if not dense:   # output rows narrower than a vector: the direct kernel (grouped, 1-4 channels), else GEMM
         monkeypatch.setattr(conv_engines, "DENSE_DIRECT_MIN_WIDTH", 1 << 30)
     # 61x47 so that the ungrouped 3-channel layer's patch matrix (2 images: 603 KiB) takes the direct kernel
     net = make_net("[convolutional]\n" + text, 61, 47, c)
@@ -555,7 +541,8 @@ def test_direct_layer_inference_with_folded_batch_norm(text, c, dense, monkeypat
     randomise(layer, RNG)
     x = RNG.standard_normal((2, c, 47, 61)).astype(np.float32)
     got = net.forward(x)
-    assert layer.engine.name == ("dense direct" if dense and layer.config.groups == 1 else "direct")
+    grouped = layer.config.groups > 1
+    assert layer.engine.name == ("direct" if grouped else "dense direct" if dense else "direct" if c <= 4 else "gemm")
     cfg = layer.config
     raw = conv2d(x.astype(np.float64), layer.weights, np.zeros(cfg.filters), cfg.stride, cfg.stride, 1,
                  cfg.groups)

@@ -56,12 +56,6 @@ DIRECT_MAX_IN_ANY_OUT = 4
 # batch 8, 220 KiB, 1.08; grey 96x96, 324 KiB, 1.37), and a network that never needs the direct kernel
 # never compiles it (the README's MNIST command: 9 of its 20 s of first-run compilation).
 DIRECT_MIN_PATCH_BYTES = 192 << 10
-# ...and, with one thread, for 3x3 stride-2 layers reading up to 32 channels: their im2col matrix is 2.25x the
-# input and the products only 9*C deep. Forward alone, 1 thread, direct / im2col + GEMM: 16->32 at 160x160
-# 0.54, 32->64 at 208x208 0.61, at 128x128 0.64; but 64->128 at 104x104 0.96, at 56x56 1.20, and 128->256 at
-# 52x52 1.41. With 2 threads the direct kernel shares out only an image's filter blocks and GEMM wins
-# (32->64 at 208x208 1.18).
-DIRECT_MAX_IN_STRIDED = 32
 # Winograd: output maps with at least this many pixels use 4x4 tiles (4x fewer multiplications, the
 # transforms stay cheap relative to the products); smaller maps use 2x2 tiles (16 products, less tile
 # padding waste on e.g. 13x13 maps, and 10x more accurate).
@@ -240,19 +234,11 @@ def choose_engines(g: ConvGeometry, batch: int) -> tuple[
             and g.patch_bytes(batch) >= DIRECT_MIN_PATCH_BYTES \
             and (g.channels <= DIRECT_MAX_IN_ANY_OUT or not winograd_pays):
         return DenseDirectEngine(g), gemm
-    if (g.suits_direct or direct_beats_strided_gemm(g, thread_count())) \
-            and g.patch_bytes(batch) >= DIRECT_MIN_PATCH_BYTES:
+    if g.suits_direct and g.patch_bytes(batch) >= DIRECT_MIN_PATCH_BYTES:
         return DirectEngine(g, batch), gemm
     if winograd_pays:
         return WinogradEngine(g.channels, g.filters, g.out_h, g.out_w, g.padding, batch, g.winograd_tile), gemm
     return gemm, gemm
-
-
-def direct_beats_strided_gemm(g: ConvGeometry, threads: int) -> bool:
-    """Whether an ungrouped 3x3 stride-2 layer's inference is faster on the direct kernel (see
-    DIRECT_MAX_IN_STRIDED)."""
-    return (threads <= 1 and g.groups == 1 and g.size == 3 and g.stride_y == g.stride_x == 2 and g.dilation == 1
-            and g.in_per_group <= DIRECT_MAX_IN_STRIDED)
 
 
 def gemm_beats_winograd(g: ConvGeometry, batch: int, l2_bytes: int | None = None) -> bool:
