@@ -27,6 +27,7 @@ import numpy as np
 
 from . import jit
 from .handoff import publish, share_out_when_it_pays
+from .pointwise import outer_fma
 from .simd import LANES, add, fma, load, splat, store_outputs
 
 # Blocks are shared out among the awake helper threads (kernels/handoff.py) from this many multiply-adds per
@@ -129,20 +130,13 @@ def _finish_row(out, row, shift_value, a0, a1, a2, a3, o0, o1, o2, o3, count, le
 def _four_by_four(weights, shift, offsets, phases, out, f, plane, s0, s1, s2, s3, o0, o1, o2, o3, count,
                   leaky_out):
     zero = splat(0.0)
-    a00 = zero; a01 = zero; a02 = zero; a03 = zero
-    a10 = zero; a11 = zero; a12 = zero; a13 = zero
-    a20 = zero; a21 = zero; a22 = zero; a23 = zero
-    a30 = zero; a31 = zero; a32 = zero; a33 = zero
+    a = (zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero)
     for t in range(offsets.shape[0]):
         at = offsets[t]
-        x0 = load(phases, at + s0); x1 = load(phases, at + s1)
-        x2 = load(phases, at + s2); x3 = load(phases, at + s3)
-        w0 = splat(weights[f, t]); w1 = splat(weights[f + 1, t])
-        w2 = splat(weights[f + 2, t]); w3 = splat(weights[f + 3, t])
-        a00 = fma(w0, x0, a00); a01 = fma(w0, x1, a01); a02 = fma(w0, x2, a02); a03 = fma(w0, x3, a03)
-        a10 = fma(w1, x0, a10); a11 = fma(w1, x1, a11); a12 = fma(w1, x2, a12); a13 = fma(w1, x3, a13)
-        a20 = fma(w2, x0, a20); a21 = fma(w2, x1, a21); a22 = fma(w2, x2, a22); a23 = fma(w2, x3, a23)
-        a30 = fma(w3, x0, a30); a31 = fma(w3, x1, a31); a32 = fma(w3, x2, a32); a33 = fma(w3, x3, a33)
+        a = outer_fma(splat(weights[f, t]), splat(weights[f + 1, t]), splat(weights[f + 2, t]),
+                      splat(weights[f + 3, t]), load(phases, at + s0), load(phases, at + s1),
+                      load(phases, at + s2), load(phases, at + s3), a)
+    a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33 = a
     _finish_row(out, f * plane, shift[f], a00, a01, a02, a03, o0, o1, o2, o3, count, leaky_out)
     _finish_row(out, (f + 1) * plane, shift[f + 1], a10, a11, a12, a13, o0, o1, o2, o3, count, leaky_out)
     _finish_row(out, (f + 2) * plane, shift[f + 2], a20, a21, a22, a23, o0, o1, o2, o3, count, leaky_out)

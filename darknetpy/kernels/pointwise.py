@@ -72,23 +72,27 @@ def _finish_four(out, row, shift_value, a0, a1, a2, a3, leaky_out, stream):
 
 
 @jit(inline="always")
+def outer_fma(w0, w1, w2, w3, x0, x1, x2, x3, a):
+    """The 16 accumulators of a 4 x 4 block (a[4*i + j]: weight i, input vector j) plus w_i * x_j, one fused
+    multiply-add each (shared with kernels/dense_direct.py, which loads its inputs differently)."""
+    return (fma(w0, x0, a[0]), fma(w0, x1, a[1]), fma(w0, x2, a[2]), fma(w0, x3, a[3]),
+            fma(w1, x0, a[4]), fma(w1, x1, a[5]), fma(w1, x2, a[6]), fma(w1, x3, a[7]),
+            fma(w2, x0, a[8]), fma(w2, x1, a[9]), fma(w2, x2, a[10]), fma(w2, x3, a[11]),
+            fma(w3, x0, a[12]), fma(w3, x1, a[13]), fma(w3, x2, a[14]), fma(w3, x3, a[15]))
+
+
+@jit(inline="always")
 def _four_by_four(weights, shift, x, out, f, p, n, leaky_out, stream):
     """Filters f..f+3 at the four vectors from pixel p."""
     zero = splat(0.0)
-    a00 = zero; a01 = zero; a02 = zero; a03 = zero
-    a10 = zero; a11 = zero; a12 = zero; a13 = zero
-    a20 = zero; a21 = zero; a22 = zero; a23 = zero
-    a30 = zero; a31 = zero; a32 = zero; a33 = zero
+    a = (zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero)
     at = p
     for c in range(weights.shape[1]):
-        x0 = load(x, at); x1 = load(x, at + LANES); x2 = load(x, at + 2 * LANES); x3 = load(x, at + 3 * LANES)
-        w0 = splat(weights[f, c]); w1 = splat(weights[f + 1, c])
-        w2 = splat(weights[f + 2, c]); w3 = splat(weights[f + 3, c])
-        a00 = fma(w0, x0, a00); a01 = fma(w0, x1, a01); a02 = fma(w0, x2, a02); a03 = fma(w0, x3, a03)
-        a10 = fma(w1, x0, a10); a11 = fma(w1, x1, a11); a12 = fma(w1, x2, a12); a13 = fma(w1, x3, a13)
-        a20 = fma(w2, x0, a20); a21 = fma(w2, x1, a21); a22 = fma(w2, x2, a22); a23 = fma(w2, x3, a23)
-        a30 = fma(w3, x0, a30); a31 = fma(w3, x1, a31); a32 = fma(w3, x2, a32); a33 = fma(w3, x3, a33)
+        a = outer_fma(splat(weights[f, c]), splat(weights[f + 1, c]), splat(weights[f + 2, c]),
+                      splat(weights[f + 3, c]), load(x, at), load(x, at + LANES), load(x, at + 2 * LANES),
+                      load(x, at + 3 * LANES), a)
         at += n
+    a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33 = a
     row = f * n + p
     _finish_four(out, row, shift[f], a00, a01, a02, a03, leaky_out, stream)
     _finish_four(out, row + n, shift[f + 1], a10, a11, a12, a13, leaky_out, stream)
