@@ -217,6 +217,24 @@ def test_intrinsics_lane_by_lane():
     np.testing.assert_array_equal(out[2 * LANES:], np.where(c[:LANES] > 0, c[:LANES], darknet))
 
 
+@jit
+def _prefetch_far(weights, offsets):
+    total = 0.0
+    for k in range(offsets.size):
+        simd.prefetch(weights, offsets[k])
+        total += weights[0, 0]
+    return total
+
+
+def test_prefetch_is_only_a_hint_also_far_past_the_array():
+    # the narrow tiles ask for the next filter block's weights, past the last block at the end of the array
+    weights = RNG.standard_normal((3, 5)).astype(np.float32)
+    before = weights.copy()
+    offsets = np.array([0, 14, 15, 64, 1 << 20, 1 << 40, -1, -(1 << 30)], np.int64)
+    assert _prefetch_far(weights, offsets) == pytest.approx(offsets.size * float(weights[0, 0]))
+    np.testing.assert_array_equal(weights, before)
+
+
 def test_layer_outputs_start_on_a_cache_line():
     from darknetpy.layers.base import aligned_zeros
     from builders import image_net

@@ -258,6 +258,29 @@ def store_stream(typingctx, arr, index, value):
     return types.none(arr, index, Lanes), codegen
 
 
+@intrinsic
+def prefetch(typingctx, arr, index):
+    """Ask the caches for the line holding arr.flat[index] (C-contiguous float32 of any rank): a hint that
+    never faults, also past the array's end."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.float32 and arr.layout == "C"
+            and isinstance(index, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        offset = context.cast(builder, args[1], sig.args[1], types.intp)
+        # computed as an integer: an address past the array is no pointer LLVM may reason about
+        address = builder.add(builder.ptrtoint(data, ir.IntType(64)), builder.mul(offset, ir.Constant(ir.IntType(64), 4)))
+        pointer = builder.inttoptr(address, ir.IntType(8).as_pointer())
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer(), ir.IntType(32),
+                                                            ir.IntType(32), ir.IntType(32)]), "llvm.prefetch.p0i8")
+        i32 = ir.IntType(32)
+        builder.call(function, [pointer, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+    return types.none(arr, index), codegen
+
+
 @jit(inline="always")
 def store_outputs(arr, index, count, value, leaky_out):
     """arr[index : index + count] = value, Darknet's leaky of it where `leaky_out` (0 < count <= LANES; nothing
