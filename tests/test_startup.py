@@ -287,3 +287,29 @@ def test_first_run_of_predict_with_the_helper_prints_its_answers_and_leaves_no_p
     from darknetpy.compile_notice import NOTICE
     assert done.stderr.count(NOTICE) == 1
     assert not _processes_mentioning(str(cfg))
+
+
+def test_importing_the_package_makes_no_numba_dispatcher_until_a_kernel_runs(tmp_path: Path) -> None:
+    # each cached dispatcher costs ~0.2 ms to make: importing every module must make none of them
+    done = run_python("""
+        import importlib, pkgutil
+        import numpy as np
+        import darknetpy, darknetpy.api, darknetpy.kernels as kernels
+        from darknetpy.kernels import Kernel
+        for info in pkgutil.iter_modules(kernels.__path__):
+            importlib.import_module("darknetpy.kernels." + info.name)
+        found = [obj for name in list(__import__("sys").modules) if name.startswith("darknetpy")
+                 for obj in vars(__import__("sys").modules[name]).values() if isinstance(obj, Kernel)]
+        made = [k for k in found if k._dispatcher is not None]
+        print(len(found), len(made))
+        from darknetpy.kernels import softmax
+        y = np.zeros((1, 3), np.float32)
+        softmax.softmax_groups(np.array([[1, 2, 3]], np.float32), 1, 1.0, y)
+        assert abs(float(y.sum()) - 1) < 1e-6
+        print(softmax.softmax_groups._dispatcher is not None, softmax.softmax_groups.py_func.__name__)
+    """, tmp_path)
+    assert done.returncode == 0, done.stderr
+    counts, after = done.stdout.splitlines()
+    found, made = map(int, counts.split())
+    assert found > 200 and made == 0
+    assert after == "True softmax_groups"
