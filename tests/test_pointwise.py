@@ -35,20 +35,20 @@ def guarded_output(shape):
     return memory, memory[GUARD:GUARD + size].reshape(shape)
 
 
-def run(kernel, weights, shift, x, leaky_out, chunk=None):
+def run(kernel, weights, shift, x, leaky_out, chunk=None, fetch_first=True):
     batch, _, pixels = x.shape
     memory, out = guarded_output((batch, weights.shape[0], pixels))
     flat_x, flat_out = x.reshape(batch, -1), out.reshape(batch, -1)
     filters = weights.shape[0]
     if kernel == "serial":
         pointwise_tasks(weights, shift, flat_x, flat_out, leaky_out, filters, 0, task_count(batch, pixels, 1, 1),
-                        False)
+                        False, fetch_first)
     elif kernel == "shares":
         # the tasks in three uneven runs, the middle one first, as threads may take them
         tasks = task_count(batch, pixels, filters, chunk)
         cuts = [0, tasks // 3, tasks // 3 + (tasks + 1) // 2, tasks]
         for k in (1, 0, 2):
-            pointwise_tasks(weights, shift, flat_x, flat_out, leaky_out, chunk, cuts[k], cuts[k + 1], False)
+            pointwise_tasks(weights, shift, flat_x, flat_out, leaky_out, chunk, cuts[k], cuts[k + 1], False, False)
     else:
         pointwise_forward(weights, shift, x, out, leaky_out)
     assert (memory[:GUARD] == SENTINEL).all() and (memory[-GUARD:] == SENTINEL).all(), "wrote outside the output"
@@ -67,6 +67,8 @@ def test_every_block_and_tail_against_the_float64_product(pixels, filters):
     for leaky_out in (True, False):
         got = run("serial", weights, shift, x, leaky_out)
         np.testing.assert_allclose(got, expected(weights, shift, x, leaky_out), rtol=2e-6, atol=2e-6)
+        # the first tile's weight prefetch changes no value
+        np.testing.assert_array_equal(run("serial", weights, shift, x, leaky_out, fetch_first=False), got)
 
 
 @pytest.mark.parametrize("chunk", [4, 8, 12, 1000])
@@ -107,7 +109,7 @@ def test_large_aligned_outputs_are_streamed_to_the_same_values(monkeypatch, offs
     monkeypatch.setattr(pointwise, "STREAM_MIN_BYTES", 0)
     seen = []
     real = pointwise.pointwise_tasks
-    monkeypatch.setattr(pointwise, "pointwise_tasks", lambda *args: seen.append(args[-1]) or real(*args))
+    monkeypatch.setattr(pointwise, "pointwise_tasks", lambda *args: seen.append(args[-2]) or real(*args))
     memory = aligned_zeros((want.size + offset,))
     out = memory[offset:].reshape(want.shape)
     pointwise_forward(weights, shift, x, out, True)

@@ -24,9 +24,11 @@ of C weights, 8 cache lines each at C = 128 -- streams too short for the hardwar
 therefore also asks for the line of the next block's weights it will need (simd.prefetch). digits-yolo's
 128 -> 256 3x3 layers at 10x10 (Winograd, 25 tiles) took 0.47-0.72 ms in the pass against 0.43 alone; with
 the prefetch 0.43 in the pass; whole passes (old and new code in alternating processes, 1 thread) digits-yolo
-0.83-0.85, yolov3-tiny 0.93-0.97, darknet19 0.89-0.93. The 4x4 block, which reuses each weight on four
-vectors and every tile after the first, gains nothing from it: prefetching there (every tile, or the first
-only) gave yolo-fastest-1.1-xl 0.94-0.96 at 1 thread but 1.02-1.05 at 2 threads.
+0.83-0.85, yolov3-tiny 0.93-0.97, darknet19 0.89-0.93. The 4x4 block reuses each weight on four vectors
+and on every tile after the first, so only a layer's first tile prefetches, and only when the layer runs on
+one thread: in one process, taking turns pass by pass, yolo-fastest-1.1-xl 0.969 at 1 thread (0.988 at batch
+8), 0.981 at 2 threads, yolov3-tiny 0.990, digits-yolo 1.00; prefetching in the shared-out layers too gave
+1.006-1.020 at 2 threads, and on every tile 1.02-1.05 (alternating processes).
 
 Shapes: weights (F, C), shift (F,), x (B, C*N) and out (B, F*N), all C-contiguous float32; `out` must not
 overlap `x`.
@@ -57,6 +59,9 @@ PARALLEL_MIN_MACS = 1 << 22
 # 1.01 from 2 MiB (its one 4.9 MB output, which the next layer then reads from memory: 0.62 ms instead of
 # 0.29), 1.01-1.02 from 1 MiB.
 STREAM_MIN_BYTES = 8 << 20
+# A layer run on one thread asks for the next filter block's weights during its first tile (see the module
+# docstring); shared out, it does not.
+FETCH_ON_ONE_THREAD = True
 STREAM_ALIGNMENT = 64
 
 
@@ -93,12 +98,15 @@ def outer_fma(w0, w1, w2, w3, x0, x1, x2, x3, a):
 
 
 @jit(inline="always")
-def _four_by_four(weights, shift, x, out, f, p, n, leaky_out, stream):
-    """Filters f..f+3 at the four vectors from pixel p."""
+def _four_by_four(weights, shift, x, out, f, p, n, leaky_out, stream, fetch_next):
+    """Filters f..f+3 at the four vectors from pixel p; asking for the next block's weights if `fetch_next`."""
     zero = splat(0.0)
     a = (zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero)
     at = p
+    ahead = (f + 4) * weights.shape[1]
     for c in range(weights.shape[1]):
+        if fetch_next:
+            prefetch(weights, ahead + 4 * c)
         a = outer_fma(splat(weights[f, c]), splat(weights[f + 1, c]), splat(weights[f + 2, c]),
                       splat(weights[f + 3, c]), load(x, at), load(x, at + LANES), load(x, at + 2 * LANES),
                       load(x, at + 3 * LANES), a)
@@ -187,7 +195,7 @@ def _one_by_four(weights, shift, x, out, f, p0, p1, p2, p3, n, leaky_out):
 
 
 @jit
-def product_tile(weights, shift, x, out, p, n, f_lo, f_hi, leaky_out, stream):
+def product_tile(weights, shift, x, out, p, n, f_lo, f_hi, leaky_out, stream, fetch_next):
     """Filters f_lo..f_hi-1 over the pixels p..min(p + TILE, n) - 1 of one image (also the Winograd
     products' kernel: kernels/winograd.py)."""
     width = min(TILE, n - p)
@@ -200,7 +208,7 @@ def product_tile(weights, shift, x, out, p, n, f_lo, f_hi, leaky_out, stream):
     f = f_lo
     if width == TILE:
         while f + 4 <= f_hi:
-            _four_by_four(weights, shift, x, out, f, p, n, leaky_out, stream)
+            _four_by_four(weights, shift, x, out, f, p, n, leaky_out, stream, fetch_next)
             f += 4
     elif vectors == 1:
         while f + 8 <= f_hi:
@@ -218,7 +226,7 @@ def product_tile(weights, shift, x, out, p, n, f_lo, f_hi, leaky_out, stream):
 
 
 @jit
-def pointwise_tasks(weights, shift, x, out, leaky_out, chunk, first, last, stream):
+def pointwise_tasks(weights, shift, x, out, leaky_out, chunk, first, last, stream, fetch_first):
     """Tasks first..last-1 of the layer, a task being (image, pixel tile, `chunk` filters) in that order:
     out[b] = act(weights @ x[b] + shift) over the task's pixels and filters (see the module docstring);
     `stream`: full tiles are stored past the caches (out 64-byte aligned, planes a multiple of LANES long)."""
@@ -231,7 +239,7 @@ def pointwise_tasks(weights, shift, x, out, leaky_out, chunk, first, last, strea
         tile = task // chunks - b * tiles
         f_lo = (task % chunks) * chunk
         product_tile(weights, shift, x[b], out[b], tile * TILE, n, f_lo, min(f_lo + chunk, filters), leaky_out,
-                     stream)
+                     stream, fetch_first and tile == 0)
 
 
 def task_count(batch: int, n: int, filters: int, chunk: int) -> int:
@@ -244,7 +252,7 @@ def pointwise_share(flags, ticket, first_flag, flag_count, before, weights, shif
     """pointwise_tasks as a share of kernels/handoff.py: raises `ticket` in the flags before or after."""
     if before:
         publish(flags, first_flag, flag_count, ticket)
-    pointwise_tasks(weights, shift, x, out, leaky_out, chunk, first, last, stream)
+    pointwise_tasks(weights, shift, x, out, leaky_out, chunk, first, last, stream, False)
     if not before:
         publish(flags, first_flag, flag_count, ticket)
 
@@ -263,7 +271,7 @@ def pointwise_forward(weights: np.ndarray, shift: np.ndarray, x: np.ndarray, out
     threads = thread_count()
     stream = STREAM_MIN_BYTES <= out.nbytes and out.ctypes.data % STREAM_ALIGNMENT == 0 and n % LANES == 0
     if not threads_pay(batch * filters * channels * n, tiles * -(-filters // 4), PARALLEL_MIN_MACS):
-        pointwise_tasks(weights, shift, x2, out2, leaky_out, filters, 0, tiles, stream)
+        pointwise_tasks(weights, shift, x2, out2, leaky_out, filters, 0, tiles, stream, FETCH_ON_ONE_THREAD)
         return
     # split the filters too when the pixel tiles alone are too few to share out evenly
     chunks = min(-(-filters // 4), -(-4 * threads // tiles))

@@ -445,7 +445,7 @@ def _product(weights, x, out, n, no_shift):
     filters = weights.shape[0]
     if n >= MIN_PIXELS:
         for p in range(0, n, TILE):
-            product_tile(weights, no_shift, x, out, p, n, 0, filters, False, False)
+            product_tile(weights, no_shift, x, out, p, n, 0, filters, False, False, False)
         return
     for f in range(filters):
         acc = splat(0.0)
