@@ -308,11 +308,13 @@ def test_winograd_matches_naive_for_every_block_size(tile, batch, c, k, h, w, pa
     for rows in sorted({1, 2, batch * tiles_h}):
         v_size, m_size = winograd.scratch_sizes(c, k, tile, tiles_w, rows)
         # blocks dealt to 1-3 threads, each with its own scratch (NaN: nothing is read before it is written)
-        for parts in range(1, min(3, -(-batch * tiles_h // rows)) + 1):
+        # or each block to 2-3 threads (or 2 x 2) sharing its filters, empty shares included (3 filters in 2)
+        splits = [(parts, 1) for parts in range(1, min(3, -(-batch * tiles_h // rows)) + 1)]
+        for parts, groups in splits + [(2, 2), (3, 3), (4, 2)]:
             v, m = np.full((parts, v_size), np.nan, np.float32), np.full((parts, m_size), np.nan, np.float32)
             for fuse_leaky in (False, True):
                 out.fill(np.nan)
-                winograd.winograd_conv(x, u, bias, pad, tile, fuse_leaky, rows, v, m, out)
+                winograd.winograd_conv(x, u, bias, pad, tile, fuse_leaky, rows, v, m, out, filter_groups=groups)
                 expected = leaky(ref) if fuse_leaky else ref
                 np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4 if tile == 4 else 1e-5)
                 # a tile's sums do not depend on its block nor on the thread that computed it
@@ -364,21 +366,48 @@ def test_winograd_blocks_shared_out_among_threads_match_naive(tile, monkeypatch)
     np.testing.assert_array_equal(out, results[0][0])
 
 
-@pytest.mark.parametrize("total,tiles_w,threads,macs_ok,expected", [
-    (13, 13, 2, True, (7, 2)),      # one 169-tile block -> one per thread (7 + 6 rows)
-    (13, 13, 1, True, (13, 1)),     # one thread: one block
-    (13, 13, 2, False, (13, 1)),    # too little work to share
-    (5, 5, 2, True, (5, 1)),        # 10x10 map, F(2x2): 3 + 2 rows would leave blocks of 15 and 10 tiles
-    (8, 2, 2, True, (8, 1)),        # blocks narrower than a vector: not split
-    (100, 52, 2, True, (50, 2)),    # 5200 tiles: blocks of the budget, balanced
+@pytest.mark.parametrize("tile", [2, 4])
+def test_winograd_filters_shared_out_when_the_tiles_are_too_few(tile, monkeypatch):
+    # 9 tiles: no block split; two threads take every block for half the filters each (40 = 20 + 20)
+    import darknetpy.layers.conv_engines as conv
+    from darknetpy.kernels import activations as act
+    from darknetpy.layers.epilogue import Epilogue
+    monkeypatch.setattr(conv, "WINOGRAD_PARALLEL_MIN_MACS", 1)
+    c, k, h, w = 6, 40, 3 * tile, 3 * tile - 1
+    x = RNG.standard_normal((1, c, h, w)).astype(np.float32)
+    weights = RNG.standard_normal((k, c, 3, 3)).astype(np.float32)
+    bias = RNG.standard_normal(k).astype(np.float32)
+    ref = leaky(conv2d(x.astype(np.float64), weights, bias, 1, 1, 1))
+    outs = []
+    for threads in (2, 1):
+        monkeypatch.setattr(conv, "thread_count", lambda: threads)
+        engine = conv.WinogradEngine(c, k, h, w, 1, 1, tile)
+        engine.prepare(weights, bias)
+        assert engine._block_plan().filter_groups == threads
+        out = np.full((1, k, h, w), np.nan, np.float32)
+        engine.forward(x, out, Epilogue(k, act.LEAKY, batch_normalize=False))
+        np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 if tile == 4 else 1e-5)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("total,tiles_w,threads,macs_ok,filters,expected", [
+    (13, 13, 2, True, 64, (7, 2, 1)),     # one 169-tile block -> one per thread (7 + 6 rows)
+    (13, 13, 1, True, 64, (13, 1, 1)),    # one thread: one block
+    (13, 13, 2, False, 64, (13, 1, 1)),   # too little work to share
+    (5, 5, 2, True, 64, (5, 2, 2)),       # 10x10 map, F(2x2): 3 + 2 rows would leave blocks of 15 and 10
+                                          # tiles, so both threads take the block, for 32 filters each
+    (5, 5, 3, True, 40, (5, 1, 1)),       # ... but not for 13-14 filters each
+    (8, 2, 2, True, 64, (8, 2, 2)),       # blocks narrower than a vector: filters split instead
+    (100, 52, 2, True, 64, (50, 2, 1)),   # 5200 tiles: blocks of the budget, balanced
 ])
-def test_winograd_plan_splits_and_balances_blocks(total, tiles_w, threads, macs_ok, expected, monkeypatch):
+def test_winograd_plan_splits_and_balances_blocks(total, tiles_w, threads, macs_ok, filters, expected, monkeypatch):
     import darknetpy.layers.conv_engines as conv
     monkeypatch.setattr(conv, "WINOGRAD_PARALLEL_MIN_MACS", 1 if macs_ok else 1 << 62)
-    monkeypatch.setattr(conv, "WINOGRAD_BLOCK_BYTES", 36 * (64 + 64) * 52 * 4 * 51)   # 51 rows of 52 tiles
-    plan = conv.winograd_plan(64, 64, 2 * total, 2 * tiles_w, 1, 2, threads)
-    assert (plan.rows, plan.parts) == expected
-    v_size, m_size = winograd.scratch_sizes(64, 64, 2, tiles_w, plan.rows)
+    monkeypatch.setattr(conv, "WINOGRAD_BLOCK_BYTES", 36 * (64 + filters) * 52 * 4 * 51)   # 51 rows of 52 tiles
+    plan = conv.winograd_plan(64, filters, 2 * total, 2 * tiles_w, 1, 2, threads)
+    assert (plan.rows, plan.parts, plan.filter_groups) == expected
+    v_size, m_size = winograd.scratch_sizes(64, filters, 2, tiles_w, plan.rows)
     assert (plan.v_size, plan.m_size) == (v_size, m_size)
 
 
@@ -670,7 +699,7 @@ def test_training_input_gradient_by_winograd_on_large_maps(padding, monkeypatch)
     monkeypatch.setattr(winograd, "winograd_conv", lambda *a, **k: calls.append(k) or real(*a, **k))
     text = f"filters=5\nsize=3\npadding={padding}\nbatch_normalize=1"
     test_training_forward_and_backward_match_torch_and_spec(text, 6, "leaky", 11, 10)
-    assert calls == [{"accumulate": True}]
+    assert [call["accumulate"] for call in calls] == [True]
 
 
 @pytest.mark.parametrize("text", ["filters=5\nsize=3\npad=1\nbatch_normalize=1", "filters=5\nsize=3\npad=1"])

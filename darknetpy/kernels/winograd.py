@@ -394,16 +394,19 @@ def _layer_share(tile: int):
 
     @jit
     def share(flags, ticket, first_flag, flag_count, before, x, u, bias, pad, leaky, accumulate, rows_per_block,
-              ranges, v_parts, m_parts, out, first, last):
-        """Parts first..last-1 of the layer: part k computes blocks k, k + parts, ... in its own scratch
-        v_parts[k], m_parts[k]."""
+              filter_groups, ranges, v_parts, m_parts, out, first, last):
+        """Parts first..last-1 of the layer, in their own scratch v_parts[k], m_parts[k]: the parts form
+        P / filter_groups block groups of filter_groups parts each; part k computes blocks j, j + P / G, ...
+        (j = k // G) for its group's share of the filters, group k % G (filters in multiples of 4), each
+        transforming the blocks' input itself."""
         if before:
             publish(flags, first_flag, flag_count, ticket)
         channels, filters = x.shape[1], out.shape[1]
         tiles_h, tiles_w = (out.shape[2] + tile - 1) // tile, (out.shape[3] + tile - 1) // tile
         total = x.shape[0] * tiles_h
         blocks = (total + rows_per_block - 1) // rows_per_block
-        parts = v_parts.shape[0]
+        block_parts = v_parts.shape[0] // filter_groups
+        group_filters = (filters + 4 * filter_groups - 1) // (4 * filter_groups) * 4
         small = tile == 2 and tiles_w <= SMALL_TILES_W
         # the input transform's scratch: a padded plane for small maps, phase-split rows for the others
         padded = np.empty((2 * tiles_h + 2 if small else 0, 2 * tiles_w + 2), np.float32)
@@ -414,7 +417,9 @@ def _layer_share(tile: int):
         no_shift = np.zeros(filters, np.float32)
         for part in range(first, last):
             v, m = v_parts[part], m_parts[part]
-            for block in range(part, blocks, parts):
+            f_lo = min(filters, (part % filter_groups) * group_filters)
+            f_hi = min(filters, f_lo + group_filters)
+            for block in range(part // filter_groups, blocks, block_parts):
                 g0 = block * rows_per_block
                 g1 = min(total, g0 + rows_per_block)
                 count = (g1 - g0) * tiles_w
@@ -428,9 +433,9 @@ def _layer_share(tile: int):
                     else:
                         _input_channel(x, c, g0, g1, pad, tiles_h, tiles_w, ranges, plane, work, vb)
                 for t in range(positions):
-                    _product(u[t], v[t * v_stride:t * v_stride + channels * count],
-                             m[t * m_stride:t * m_stride + filters * count], count, no_shift)
-                for k in range(filters):
+                    _product(u[t][f_lo:f_hi], v[t * v_stride:t * v_stride + channels * count],
+                             m[t * m_stride + f_lo * count:t * m_stride + f_hi * count], count, no_shift)
+                for k in range(f_lo, f_hi):
                     output_rows(mb, k, g0, g1, bias[k], leaky, accumulate, tiles_h, tiles_w, z, line, out)
         if not before:
             publish(flags, first_flag, flag_count, ticket)
@@ -459,15 +464,18 @@ _LAYER_SHARES = {2: _layer_share(2), 4: _layer_share(4)}
 
 def winograd_conv(x: np.ndarray, u: np.ndarray, bias: np.ndarray, pad: int, tile: int, leaky: bool,
                   rows_per_block: int, v: np.ndarray, m: np.ndarray, out: np.ndarray,
-                  accumulate: bool = False) -> None:
+                  accumulate: bool = False, filter_groups: int = 1) -> None:
     """The convolution: x (B, C, H, W), u = transform_weights(...), out (B, K, OH, OW) (x and out may be
     strided views with contiguous rows), + bias, then Darknet's leaky if `leaky`; with `accumulate`,
     out += the convolution (bias and leaky must then be zero / off). Tile rows (tile row g: row g % tiles_h
     of image g // tiles_h) are taken `rows_per_block` at a time; v (P, >= v_size) and m (P, >= m_size) of
     scratch_sizes(..., rows_per_block) give P parts their own scratch, and the blocks are dealt round-robin
-    to P threads (helper threads: kernels/handoff.py)."""
+    to P / filter_groups groups of threads (helper threads: kernels/handoff.py), each thread of a group
+    computing 1 / filter_groups of the filters (for layers whose tiles are too few to split into blocks: the
+    input transform is then done by each of them)."""
     parts = v.shape[0]
-    if m.shape[0] != parts:
-        raise ValueError(f"winograd_conv: scratch for {parts} and {m.shape[0]} parts")
-    share_out(_LAYER_SHARES[tile], (x, u, bias, pad, leaky, accumulate, rows_per_block,
+    if m.shape[0] != parts or filter_groups < 1 or parts % filter_groups:
+        raise ValueError(f"winograd_conv: scratch for {parts} and {m.shape[0]} parts, {filter_groups} filter "
+                         f"groups")
+    share_out(_LAYER_SHARES[tile], (x, u, bias, pad, leaky, accumulate, rows_per_block, filter_groups,
                                     _column_ranges(x.shape[3], pad, tile), v, m, out), parts, parts)

@@ -15,8 +15,8 @@
     convolved channels-last (kernels/depthwise_channels_last.py), every tap a run over the channels: the
     direct kernel's fixed costs per plane dominate there;
   * WinogradEngine: 3x3 stride-1 ungrouped convolutions at inference use F(2x2,3x3), or F(4x4,3x3) on large
-    maps (kernels/winograd.py), with the weights transformed once, a layer one kernel whose blocks the
-    helper threads share; in training it computes dL/dx of large
+    maps (kernels/winograd.py), with the weights transformed once, a layer one kernel whose blocks (or, on
+    maps too small to cut into blocks, filters) the helper threads share; in training it computes dL/dx of large
     maps for a GemmEngine (the convolution of dy with the rotated, transposed weights, no col2im).
 
 An engine owns its scratch (created on first use: inference never needs the training buffers; the
@@ -82,8 +82,11 @@ WINOGRAD_TRAIN_MIN_PIXELS = 128 * 128
 # 104x104 layers, batches of 8) keep Winograd.
 # With more than one thread, a layer's blocks are dealt out to the threads (kernels/winograd.py): a layer of
 # at least WINOGRAD_PARALLEL_MIN_MACS multiply-adds is cut into at least one block per thread, unless a block
-# would then hold fewer tiles than the product kernel's vector (digits-yolo's 10x10 maps at batch 1).
+# would then hold fewer tiles than the product kernel's vector (digits-yolo's 10x10 maps at batch 1). Such a
+# layer's filters are split among the threads instead, when each gets at least WINOGRAD_MIN_GROUP_FILTERS
+# (each thread transforms the whole input, which is small there).
 WINOGRAD_PARALLEL_MIN_MACS = 1 << 22
+WINOGRAD_MIN_GROUP_FILTERS = 16
 # GEMM when the layer reads at most this many channels and its patch matrix takes at most this many bytes.
 # The rule holds at any thread count now that the Winograd layer kernel deals its blocks to helper threads:
 # through OpenBLAS's threads GEMM had won at 2 threads up to 64 channels and 8 MiB and up to 128 channels and
@@ -525,11 +528,13 @@ class ChannelsLastDepthwiseEngine:
 @dataclass(frozen=True)
 class WinogradPlan:
     """How a WinogradEngine walks its tile rows: `rows` per block, the blocks dealt round-robin to `parts`
-    threads, each with its own scratch (v, m) of v_size and m_size floats."""
+    threads, each with its own scratch (v, m) of v_size and m_size floats; with filter_groups > 1 (= parts)
+    every thread takes every block, for its share of the filters."""
     rows: int
     parts: int
     v_size: int
     m_size: int
+    filter_groups: int = 1
 
     def scratch(self) -> tuple[np.ndarray, np.ndarray]:
         """(v, m), one row per part, taken in the calling thread: every Winograd layer of the thread shares
@@ -549,13 +554,18 @@ def winograd_plan(channels: int, filters: int, out_h: int, out_w: int, batch: in
     rows = max(rows, min(total, -(-WINOGRAD_MIN_BLOCK_TILES // tiles_w)))
     parts = 1
     macs = winograd.tile_positions(tile) * channels * filters * total * tiles_w
+    filter_groups = 1
     if threads > 1 and macs >= WINOGRAD_PARALLEL_MIN_MACS:
         split = min(rows, -(-total // threads))
         if (total // -(-total // split)) * tiles_w >= pointwise.MIN_PIXELS:   # the smallest block's tiles
             rows, parts = split, threads
+        elif filters >= WINOGRAD_MIN_GROUP_FILTERS * threads:
+            parts = filter_groups = threads
     blocks = -(-total // rows)
     rows = -(-total // blocks)
     v_size, m_size = winograd.scratch_sizes(channels, filters, tile, tiles_w, rows)
+    if filter_groups > 1:
+        return WinogradPlan(rows, parts, v_size, m_size, filter_groups)
     return WinogradPlan(rows, min(parts, blocks), v_size, m_size)
 
 
@@ -591,7 +601,7 @@ class WinogradEngine:
         plan = self._block_plan()
         v, m = plan.scratch()
         winograd.winograd_conv(x, self._transformed, self._shift, self.padding, self.tile, leaky, plan.rows, v, m,
-                               out, accumulate=accumulate)
+                               out, accumulate=accumulate, filter_groups=plan.filter_groups)
 
     def forward(self, x: np.ndarray, out: np.ndarray, epilogue: Epilogue) -> None:
         fuse_leaky = epilogue.activation.fuses_leaky
