@@ -394,7 +394,7 @@ def _layer_share(tile: int):
 
     @jit
     def share(flags, ticket, first_flag, flag_count, before, x, u, bias, pad, leaky, accumulate, rows_per_block,
-              filter_groups, ranges, v_parts, m_parts, out, first, last):
+              filter_groups, fetch, ranges, v_parts, m_parts, out, first, last):
         """Parts first..last-1 of the layer, in their own scratch v_parts[k], m_parts[k]: the parts form
         P / filter_groups block groups of filter_groups parts each; part k computes blocks j, j + P / G, ...
         (j = k // G) for its group's share of the filters, group k % G (filters in multiples of 4), each
@@ -434,7 +434,7 @@ def _layer_share(tile: int):
                         _input_channel(x, c, g0, g1, pad, tiles_h, tiles_w, ranges, plane, work, vb)
                 for t in range(positions):
                     _product(u[t][f_lo:f_hi], v[t * v_stride:t * v_stride + channels * count],
-                             m[t * m_stride + f_lo * count:t * m_stride + f_hi * count], count, no_shift)
+                             m[t * m_stride + f_lo * count:t * m_stride + f_hi * count], count, no_shift, fetch)
                 for k in range(f_lo, f_hi):
                     output_rows(mb, k, g0, g1, bias[k], leaky, accumulate, tiles_h, tiles_w, z, line, out)
         if not before:
@@ -443,14 +443,14 @@ def _layer_share(tile: int):
 
 
 @jit
-def _product(weights, x, out, n, no_shift):
+def _product(weights, x, out, n, no_shift, fetch):
     """out (F x n, flat) = weights (F, C) @ x (C x n, flat): by tiles of the pointwise kernel, or, for fewer
     than MIN_PIXELS columns (a block of a few tiles), one partial vector per filter -- the same fused
     multiply-adds in the same order, so a tile's sums do not depend on the block it fell in."""
     filters = weights.shape[0]
     if n >= MIN_PIXELS:
         for p in range(0, n, TILE):
-            product_tile(weights, no_shift, x, out, p, n, 0, filters, False, False, False)
+            product_tile(weights, no_shift, x, out, p, n, 0, filters, False, False, fetch and p == 0)
         return
     for f in range(filters):
         acc = splat(0.0)
@@ -460,6 +460,12 @@ def _product(weights, x, out, n, no_shift):
 
 
 _LAYER_SHARES = {2: _layer_share(2), 4: _layer_share(4)}
+# A layer run as one part asks for each tile position's next filter block of weights during its first tile
+# (kernels/pointwise.py; the weights of a position are read once per tile, and cold in a pass: 512 -> 512
+# at 28x28 streams 16.8 MB of them). One process, pass by pass, with / without, 1 thread: VGG-16 0.94,
+# darknet19 0.96, yolov4-tiny 0.96, digits-yolo 0.975, yolov3-tiny 0.98-0.99. In layers shared out among
+# threads it was mixed (0.96-1.03 at 2 threads), as in the pointwise kernel, so those do not.
+FETCH = True
 
 
 def winograd_conv(x: np.ndarray, u: np.ndarray, bias: np.ndarray, pad: int, tile: int, leaky: bool,
@@ -478,4 +484,5 @@ def winograd_conv(x: np.ndarray, u: np.ndarray, bias: np.ndarray, pad: int, tile
         raise ValueError(f"winograd_conv: scratch for {parts} and {m.shape[0]} parts, {filter_groups} filter "
                          f"groups")
     share_out(_LAYER_SHARES[tile], (x, u, bias, pad, leaky, accumulate, rows_per_block, filter_groups,
+                                    FETCH and parts == 1,
                                     _column_ranges(x.shape[3], pad, tile), v, m, out), parts, parts)
