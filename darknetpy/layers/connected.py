@@ -1,6 +1,7 @@
 """[connected] (alias [conn]): a fully connected layer, y = W x + b over the flattened CHW input (spec §2.3, §4.3).
 
-The whole batch is one BLAS product X (B, inputs) @ W.T. The output is a 1x1xoutput image, as in Darknet,
+The whole batch is one BLAS product X (B, inputs) @ W.T, or at inference on up to eight images the
+memory-bound product of kernels/gemv.py. The output is a 1x1xoutput image, as in Darknet,
 so a following convolution sees a 1x1 image. With batch_normalize the BN statistics are per output unit
 (spatial size 1).
 """
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..kernels import activations as act
+from ..kernels import gemv
 from .activation import ACTIVATION_NAMES
 from .base import FLOAT, Layer, LayerConfig, Param, Shape, option
 from .epilogue import Epilogue, EpilogueOwner
@@ -73,7 +75,10 @@ class Connected(EpilogueOwner, Layer):
         x2 = xs[0].reshape(xs[0].shape[0], -1)
         batch = x2.shape[0]
         out2 = self.output.reshape(batch, -1)
-        np.matmul(x2, self.weights.T, out=out2)
+        if not train and gemv.suits(batch):
+            gemv.gemv(self.weights, np.ascontiguousarray(x2), out2)   # memory-bound: see kernels/gemv.py
+        else:
+            np.matmul(x2, self.weights.T, out=out2)
         self.epilogue.forward(out2.reshape(batch, -1, 1), train)
         return self.output
 
