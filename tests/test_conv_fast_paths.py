@@ -296,7 +296,7 @@ def test_direct_backward_matches_torch(case):
     (2, 2, 3, 5, 35, 2),
     (1, 2, 2, 6, 34, 0),
 ])
-def test_winograd_matches_naive_for_every_block_size(tile, batch, c, k, h, w, pad, monkeypatch):
+def test_winograd_matches_naive_for_every_block_size(tile, batch, c, k, h, w, pad):
     x = RNG.standard_normal((batch, c, h, w)).astype(np.float32)
     weights = RNG.standard_normal((k, c, 3, 3)).astype(np.float32)
     bias = RNG.standard_normal(k).astype(np.float32)
@@ -320,10 +320,12 @@ def test_winograd_matches_naive_for_every_block_size(tile, batch, c, k, h, w, pa
                 # a tile's sums do not depend on its block nor on the thread that computed it
                 np.testing.assert_array_equal(out, first.setdefault(fuse_leaky, out.copy()))
         # nor on the weights' prefetch
-        monkeypatch.setattr(winograd, "FETCH", False)
-        winograd.winograd_conv(x, u, bias, pad, tile, True, rows, v[:1], m[:1], out)
+        winograd.FETCH = False
+        try:
+            winograd.winograd_conv(x, u, bias, pad, tile, True, rows, v[:1], m[:1], out)
+        finally:
+            winograd.FETCH = True
         np.testing.assert_array_equal(out, first[True])
-        monkeypatch.undo()
 
 
 @pytest.mark.parametrize("tile", [2, 4])
