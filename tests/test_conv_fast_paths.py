@@ -437,13 +437,15 @@ def test_winograd_f4_rounding_stays_small_on_many_channels():
 
 @pytest.mark.parametrize("size,activation", [(9, "leaky"), (52, "linear"), (50, "mish")])
 def test_winograd_layer_with_folded_batch_norm(size, activation):
-    # 52x52 uses 4x4 tiles, 9x9 2x2 tiles; mish is applied after the fused part
+    # 52x52 uses 4x4 tiles, 9x9 2x2 tiles; mish is applied after the fused part. Own seed: the data must not
+    # depend on which tests ran before (F(4x4)'s rounding grows with the outputs' range, see the tolerance)
+    rng = np.random.default_rng(size)
     net = make_net(f"[convolutional]\nfilters=5\nsize=3\npad=1\nbatch_normalize=1\nactivation={activation}",
                    size, size - 1, 6)
     layer = net.layers[0]
-    randomise(layer, RNG)
+    randomise(layer, rng)
     assert layer.winograd_tile == (4 if size >= 48 else 2)
-    x = RNG.standard_normal((2, 6, size - 1, size)).astype(np.float32)
+    x = rng.standard_normal((2, 6, size - 1, size)).astype(np.float32)
     got = net.forward(x)
     raw = shifted_conv(x.astype(np.float64), layer.weights, 1, 1)
     ref = batchnorm_inference(raw, layer.bn.scales, layer.biases, layer.bn.rolling_mean, layer.bn.rolling_var)
@@ -451,7 +453,8 @@ def test_winograd_layer_with_folded_batch_norm(size, activation):
         ref = leaky(ref)
     elif activation == "mish":
         ref = ref * np.tanh(np.log1p(np.exp(ref)))
-    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    # F(4x4)'s transforms round at about 1e-5 of the output range (test_winograd_f4_rounding_stays_small...)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=max(1e-4, 2e-5 * np.abs(ref).max()))
 
 
 def test_resize_across_the_winograd_tile_threshold():
