@@ -408,7 +408,8 @@ def test_winograd_filters_shared_out_when_the_tiles_are_too_few(tile, monkeypatc
     (8, 2, 2, True, 64, (8, 2, 2)),       # blocks narrower than a vector: filters split instead
     (100, 52, 2, True, 64, (50, 2, 1)),   # 5200 tiles: blocks of the budget, balanced
 ])
-def test_winograd_plan_splits_and_balances_blocks(total, tiles_w, threads, macs_ok, filters, expected, monkeypatch):
+def test_winograd_plan_splits_and_balances_blocks(total, tiles_w, threads, macs_ok, filters, expected,
+                                                  monkeypatch):
     import darknetpy.layers.conv_engines as conv
     monkeypatch.setattr(conv, "WINOGRAD_PARALLEL_MIN_MACS", 1 if macs_ok else 1 << 62)
     monkeypatch.setattr(conv, "WINOGRAD_BLOCK_BYTES", 36 * (64 + filters) * 52 * 4 * 51)   # 51 rows of 52 tiles

@@ -7,7 +7,7 @@ the cached files (`__pycache__/*.nbi`, `*.nbc` of the calling modules) after cha
 
 A kernel's Numba dispatcher is made the first time the kernel is called or compiled into another kernel
 (`Kernel`), not at import: making one with `cache=True` costs ~0.2 ms (it locates and checks the cache
-files), and importing darknetpy's ~300 kernels that way took ~60 ms of every command's start, for kernels
+files), and importing darknetpy's ~300 kernels that way took ~50 ms of every command's start, for kernels
 most networks never call.
 """
 from __future__ import annotations
@@ -44,6 +44,9 @@ class Kernel:
         return (self._dispatcher or self.dispatcher)(*args)
 
     def __getattr__(self, name: str):
+        if name.startswith("__") or name in ("py_func", "_options", "_dispatcher"):
+            # not set yet (a copy or unpickling in progress): never the dispatcher's
+            raise AttributeError(name)
         return getattr(self.dispatcher, name)
 
     def __repr__(self) -> str:

@@ -5,8 +5,8 @@ first connected layer streams 411 MB of weights. numpy's matmul (OpenBLAS) reach
 thread on this project's AMD EPYC (25.6 ms) and 26 GB/s at 2; here four weight rows are read side by side
 with vector loads, each against the same vector of the image, into four vector accumulators: 23 and 31 GB/s
 (17.9 and 13.4 ms). On 2-8 images its matmul of the transposed weights ran at 4-5 GB/s (85-94 ms at 1
-thread, against 21-51 ms here). Each row's sum: its 16 (LANES) lane sums, added lane by lane, then the columns past the
-last whole vector; float32 rounding differs from BLAS's order only.
+thread, against 21-51 ms here). Each row's sum: its LANES lane sums, added lane by lane, then the columns
+past the last whole vector; float32 rounding differs from BLAS's order only.
 
 Shapes: weights (N, K), x (B, K), out (B, N), C-contiguous float32; B up to MAX_BATCH (a step's rows stay
 in the caches while every image of the batch reads them; at 16 images numpy is as fast).

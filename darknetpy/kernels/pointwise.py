@@ -59,10 +59,10 @@ PARALLEL_MIN_MACS = 1 << 22
 # 1.01 from 2 MiB (its one 4.9 MB output, which the next layer then reads from memory: 0.62 ms instead of
 # 0.29), 1.01-1.02 from 1 MiB.
 STREAM_MIN_BYTES = 8 << 20
+STREAM_ALIGNMENT = 64
 # A layer run on one thread asks for the next filter block's weights during its first tile (see the module
 # docstring); shared out, it does not.
 FETCH_ON_ONE_THREAD = True
-STREAM_ALIGNMENT = 64
 
 
 @jit

@@ -270,7 +270,8 @@ def prefetch(typingctx, arr, index):
         data = context.make_array(sig.args[0])(context, builder, args[0]).data
         offset = context.cast(builder, args[1], sig.args[1], types.intp)
         # computed as an integer: an address past the array is no pointer LLVM may reason about
-        address = builder.add(builder.ptrtoint(data, ir.IntType(64)), builder.mul(offset, ir.Constant(ir.IntType(64), 4)))
+        i64 = ir.IntType(64)
+        address = builder.add(builder.ptrtoint(data, i64), builder.mul(offset, ir.Constant(i64, 4)))
         pointer = builder.inttoptr(address, ir.IntType(8).as_pointer())
         function = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer(), ir.IntType(32),

@@ -398,7 +398,7 @@ def _layer_share(tile: int):
         """Parts first..last-1 of the layer, in their own scratch v_parts[k], m_parts[k]: the parts form
         P / filter_groups block groups of filter_groups parts each; part k computes blocks j, j + P / G, ...
         (j = k // G) for its group's share of the filters, group k % G (filters in multiples of 4), each
-        transforming the blocks' input itself."""
+        transforming the blocks' input itself; `fetch`: the products prefetch weights (see FETCH)."""
         if before:
             publish(flags, first_flag, flag_count, ticket)
         channels, filters = x.shape[1], out.shape[1]
