@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from darknetpy.kernels import batchnorm as bn_kernels
-from darknetpy.kernels import pooling, winograd
+from darknetpy.kernels import pointwise, pooling, winograd
 from darknetpy.layers import conv_engines
 from darknetpy.kernels.depthwise import grouped_conv_backward, grouped_conv_forward
 from darknetpy.kernels.im2col import col2im_batch_add, im2col_batch
@@ -320,11 +320,11 @@ def test_winograd_matches_naive_for_every_block_size(tile, batch, c, k, h, w, pa
                 # a tile's sums do not depend on its block nor on the thread that computed it
                 np.testing.assert_array_equal(out, first.setdefault(fuse_leaky, out.copy()))
         # nor on the weights' prefetch
-        winograd.FETCH = False
+        pointwise.FETCH_ON_ONE_THREAD = False
         try:
             winograd.winograd_conv(x, u, bias, pad, tile, True, rows, v[:1], m[:1], out)
         finally:
-            winograd.FETCH = True
+            pointwise.FETCH_ON_ONE_THREAD = True
         np.testing.assert_array_equal(out, first[True])
 
 

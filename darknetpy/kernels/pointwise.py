@@ -28,7 +28,10 @@ the prefetch 0.43 in the pass; whole passes (old and new code in alternating pro
 and on every tile after the first, so only a layer's first tile prefetches, and only when the layer runs on
 one thread: in one process, taking turns pass by pass, yolo-fastest-1.1-xl 0.969 at 1 thread (0.988 at batch
 8), 0.981 at 2 threads, yolov3-tiny 0.990, digits-yolo 1.00; prefetching in the shared-out layers too gave
-1.006-1.020 at 2 threads, and on every tile 1.02-1.05 (alternating processes).
+1.006-1.020 at 2 threads, and on every tile 1.02-1.05 (alternating processes). The Winograd products follow
+the same rule (FETCH_ON_ONE_THREAD, a layer run as one part; a tile position's weights are read once per
+tile, and 512 -> 512 at 28x28 streams 16.8 MB of them): 1 thread VGG-16 0.94, darknet19 0.96, yolov4-tiny
+0.96, digits-yolo 0.975, yolov3-tiny 0.98-0.99; shared out, 0.96-1.03 at 2 threads.
 
 Shapes: weights (F, C), shift (F,), x (B, C*N) and out (B, F*N), all C-contiguous float32; `out` must not
 overlap `x`.
@@ -60,8 +63,8 @@ PARALLEL_MIN_MACS = 1 << 22
 # 0.29), 1.01-1.02 from 1 MiB.
 STREAM_MIN_BYTES = 8 << 20
 STREAM_ALIGNMENT = 64
-# A layer run on one thread asks for the next filter block's weights during its first tile (see the module
-# docstring); shared out, it does not.
+# A layer run on one thread (pointwise or Winograd) asks for the next filter block's weights during its first
+# tile (see the module docstring); shared out, it does not.
 FETCH_ON_ONE_THREAD = True
 
 

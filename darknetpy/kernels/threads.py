@@ -36,6 +36,7 @@ except ImportError:  # pragma: no cover - numba moved its internals
 from ..errors import DarknetWarning
 from ..thread_environment import apply_environment_defaults, set_by_darknetpy
 
+
 def _numba_threads_started() -> bool:
     return bool(getattr(_numba_parallel, "_is_initialized", False))
 

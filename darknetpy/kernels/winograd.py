@@ -20,6 +20,7 @@ import numpy as np
 from . import jit
 from .activations import leaky_float32
 from .handoff import publish, share_out
+from . import pointwise
 from .pointwise import MIN_PIXELS, TILE, product_tile
 from .simd import add, fma, load_first, splat, store_first
 
@@ -365,7 +366,8 @@ def _output_rows_f4(m, k, g0, g1, bias_value, leaky, accumulate, tiles_h, tiles_
 # has one (2 threads, medians of three runs): 64->64 at 52x52 0.45, 128->128 at 26x26 0.67, 64->64 at
 # 104x104 0.63, 128->128 at 52x52 0.71, 256->256 at 26x26 0.87, 512->512 at 13x13 0.90, 256->512 at 13x13
 # 0.93, 32->64 at 112x112 0.73, 128->256 at 28x28 0.98, 256->512 at 14x14 0.94; 1 thread 0.90-1.03.
-# (Splitting the filters instead, every thread transforming the whole input, measured 0.73-1.23.)
+# Splitting the filters instead, every thread transforming the whole input, measured 0.73-1.23 on these, so
+# it is used only where the tiles are too few to cut into blocks (conv_engines.winograd_plan).
 
 def block_rows(channels: int, filters: int, tile: int, tiles_w: int, total_rows: int,
                budget_bytes: int) -> int:
@@ -398,7 +400,8 @@ def _layer_share(tile: int):
         """Parts first..last-1 of the layer, in their own scratch v_parts[k], m_parts[k]: the parts form
         P / filter_groups block groups of filter_groups parts each; part k computes blocks j, j + P / G, ...
         (j = k // G) for its group's share of the filters, group k % G (filters in multiples of 4), each
-        transforming the blocks' input itself; `fetch`: the products prefetch weights (see FETCH)."""
+        transforming the blocks' input itself; `fetch`: each position's first tile prefetches weights (see
+        kernels/pointwise.py)."""
         if before:
             publish(flags, first_flag, flag_count, ticket)
         channels, filters = x.shape[1], out.shape[1]
@@ -460,12 +463,6 @@ def _product(weights, x, out, n, no_shift, fetch):
 
 
 _LAYER_SHARES = {2: _layer_share(2), 4: _layer_share(4)}
-# A layer run as one part asks for each tile position's next filter block of weights during its first tile
-# (kernels/pointwise.py; the weights of a position are read once per tile, and cold in a pass: 512 -> 512
-# at 28x28 streams 16.8 MB of them). One process, pass by pass, with / without, 1 thread: VGG-16 0.94,
-# darknet19 0.96, yolov4-tiny 0.96, digits-yolo 0.975, yolov3-tiny 0.98-0.99. In layers shared out among
-# threads it was mixed (0.96-1.03 at 2 threads), as in the pointwise kernel, so those do not.
-FETCH = True
 
 
 def winograd_conv(x: np.ndarray, u: np.ndarray, bias: np.ndarray, pad: int, tile: int, leaky: bool,
@@ -484,5 +481,5 @@ def winograd_conv(x: np.ndarray, u: np.ndarray, bias: np.ndarray, pad: int, tile
         raise ValueError(f"winograd_conv: scratch for {parts} and {m.shape[0]} parts, {filter_groups} filter "
                          f"groups")
     share_out(_LAYER_SHARES[tile], (x, u, bias, pad, leaky, accumulate, rows_per_block, filter_groups,
-                                    FETCH and parts == 1,
+                                    pointwise.FETCH_ON_ONE_THREAD and parts == 1,
                                     _column_ranges(x.shape[3], pad, tile), v, m, out), parts, parts)

@@ -16,8 +16,8 @@
     direct kernel's fixed costs per plane dominate there;
   * WinogradEngine: 3x3 stride-1 ungrouped convolutions at inference use F(2x2,3x3), or F(4x4,3x3) on large
     maps (kernels/winograd.py), with the weights transformed once, a layer one kernel whose blocks (or, on
-    maps too small to cut into blocks, filters) the helper threads share; in training it computes dL/dx of large
-    maps for a GemmEngine (the convolution of dy with the rotated, transposed weights, no col2im).
+    maps too small to cut into blocks, filters) the helper threads share; in training it computes dL/dx of
+    large maps for a GemmEngine (the convolution of dy with the rotated, transposed weights, no col2im).
 
 An engine owns its scratch (created on first use: inference never needs the training buffers; the
 channels-last engine shares its zero-bordered copy of the image, per thread, with the layers that place
@@ -564,9 +564,8 @@ def winograd_plan(channels: int, filters: int, out_h: int, out_w: int, batch: in
     blocks = -(-total // rows)
     rows = -(-total // blocks)
     v_size, m_size = winograd.scratch_sizes(channels, filters, tile, tiles_w, rows)
-    if filter_groups > 1:
-        return WinogradPlan(rows, parts, v_size, m_size, filter_groups)
-    return WinogradPlan(rows, min(parts, blocks), v_size, m_size)
+    # a block split has no more parts than blocks; a filter split gives every part all of them
+    return WinogradPlan(rows, parts if filter_groups > 1 else min(parts, blocks), v_size, m_size, filter_groups)
 
 
 class WinogradEngine:
