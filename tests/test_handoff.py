@@ -13,13 +13,11 @@ from darknetpy.kernels import handoff
 
 @numba.njit(nogil=True)
 def _count_share(flags, ticket, first_flag, flag_count, before, counts, worker, who, first, last):
-    if before:
-        handoff.publish(flags, first_flag, flag_count, ticket)
+    handoff.start_share(flags, ticket, first_flag, flag_count, before)
     for task in range(first, last):
         counts[task] += 1
         worker[task] = who
-    if not before:
-        handoff.publish(flags, first_flag, flag_count, ticket)
+    handoff.finish_share(flags, ticket, first_flag, flag_count, before)
 
 
 def counting_share(flags, ticket, first_flag, flag_count, before, counts, worker, first, last):
@@ -103,6 +101,26 @@ def test_publish_writes_exactly_its_flags():
     np.testing.assert_array_equal(flags, [0, 7, 7, 7, 0])
     _publish(flags, 4, 0, 9)
     np.testing.assert_array_equal(flags, [0, 7, 7, 7, 0])
+
+
+def test_a_callers_share_raises_the_tickets_then_waits_for_the_done_marks():
+    flags = np.array([0, 0, 4, 3], np.int64)   # two helpers: tickets, then done marks
+    handoff.start_share(flags, 4, 0, 2, True)
+    np.testing.assert_array_equal(flags, [4, 4, 4, 3])
+    started = time.perf_counter()
+    handoff.finish_share(flags, 4, 0, 2, True)   # helper 1 is not done: gives up after its rounds
+    assert time.perf_counter() - started < 1
+    flags[3] = 4
+    handoff.finish_share(flags, 4, 0, 2, True)
+    np.testing.assert_array_equal(flags, [4, 4, 4, 4])
+
+
+def test_a_helpers_share_marks_itself_done_and_waits_for_its_next_ticket():
+    flags = np.array([4, 5, 3, 3], np.int64)
+    handoff.start_share(flags, 4, 0, 1, False)   # a helper raises nothing as it starts
+    handoff.finish_share(flags, 4, 0, 1, False)
+    handoff.finish_share(flags, 4, 1, 1, False)
+    np.testing.assert_array_equal(flags, [4, 5, 4, 4])
 
 
 def test_wait_for_gives_up_after_its_rounds():

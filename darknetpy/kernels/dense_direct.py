@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import jit
-from .handoff import publish, share_out_when_it_pays
+from .handoff import finish_share, share_out_when_it_pays, start_share
 from .pointwise import outer_fma
 from .simd import LANES, add, fma, load, splat, store_outputs
 
@@ -161,8 +161,7 @@ def dense_share(flags, ticket, first_flag, flag_count, before, weights, shift, o
                 leaky_out, chunk, first, last):
     """Tasks first..last-1 of one image, a task being (4 output vectors, `chunk` filters) in that order; a
     share of kernels/handoff.py (raises `ticket` in the flags before or after)."""
-    if before:
-        publish(flags, first_flag, flag_count, ticket)
+    start_share(flags, ticket, first_flag, flag_count, before)
     filters = weights.shape[0]
     plane = out.shape[0] // filters
     vectors = starts.shape[0]
@@ -185,8 +184,7 @@ def dense_share(flags, ticket, first_flag, flag_count, before, weights, shift, o
             _one_by_four(weights, shift, offsets, phases, out, f, plane, s0, s1, s2, s3, o0, o1, o2, o3, count,
                          leaky_out)
             f += 1
-    if not before:
-        publish(flags, first_flag, flag_count, ticket)
+    finish_share(flags, ticket, first_flag, flag_count, before)
 
 
 def task_split(filters: int, vectors: int, threads: int) -> tuple[int, int]:

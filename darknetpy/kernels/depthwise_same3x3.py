@@ -26,7 +26,7 @@ import numpy as np
 
 from . import jit
 from .activations import leaky_float32
-from .handoff import publish, share_out_when_it_pays
+from .handoff import finish_share, share_out_when_it_pays, start_share
 from .simd import LANES, add, fma, keep_where, load, load_first, splat, store_outputs
 
 # Shared out among the awake helper threads of kernels/handoff.py from 1M multiply-adds: with an OpenMP team
@@ -143,8 +143,7 @@ def depthwise_3x3_same_planes(flags, ticket, first_flag, flag_count, before, xf,
                               width, left_mask, right_mask, of, channel_major, first, last):
     """Planes first..last-1 (plane p = image p // C, channel p % C) of the convolution; xf and of are the flat
     images and output planes. A share function of kernels/handoff.py: raises `ticket` before or after."""
-    if before:
-        publish(flags, first_flag, flag_count, ticket)
+    start_share(flags, ticket, first_flag, flag_count, before)
     channels = weights.shape[0]
     batch = xf.size // (channels * height * width)
     pixels = height * width
@@ -160,8 +159,7 @@ def depthwise_3x3_same_planes(flags, ticket, first_flag, flag_count, before, xf,
         for y, x in ((0, 0), (0, width - 1), (height - 1, 0), (height - 1, width - 1), (1, 0),
                      (height - 2, width - 1)):
             bounded_pixel(xf, image, w, bias[c], height, width, y, x, 1, of, target, leaky_out)
-    if not before:
-        publish(flags, first_flag, flag_count, ticket)
+    finish_share(flags, ticket, first_flag, flag_count, before)
 
 
 def forward(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, leaky_out: bool, planes: np.ndarray,

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import jit
 from .depthwise_same3x3 import add_taps, bounded_pixel, is_same_size_depthwise, next_column, plane_place
-from .handoff import publish, share_out_when_it_pays
+from .handoff import finish_share, share_out_when_it_pays, start_share
 from .simd import LANES, add, keep_where, load, splat, store_outputs
 
 # As the 3x3 kernel's (kernels/depthwise_same3x3.py): shared out among the awake helper threads from 1M
@@ -75,8 +75,7 @@ def depthwise_5x5_same_planes(flags, ticket, first_flag, flag_count, before, xf,
                               width, masks, of, channel_major, first, last):
     """Planes first..last-1 (plane p = image p // C, channel p % C) of the convolution; xf and of are the flat
     images and output planes. A share function of kernels/handoff.py: raises `ticket` before or after."""
-    if before:
-        publish(flags, first_flag, flag_count, ticket)
+    start_share(flags, ticket, first_flag, flag_count, before)
     channels = weights.shape[0]
     batch = xf.size // (channels * height * width)
     pixels = height * width
@@ -93,8 +92,7 @@ def depthwise_5x5_same_planes(flags, ticket, first_flag, flag_count, before, xf,
                 bounded_pixel(xf, image, w, bias[c], height, width, y, x, 2, of, target, leaky_out)
         for y, x in ((2, 0), (2, 1), (height - 3, width - 2), (height - 3, width - 1)):
             bounded_pixel(xf, image, w, bias[c], height, width, y, x, 2, of, target, leaky_out)
-    if not before:
-        publish(flags, first_flag, flag_count, ticket)
+    finish_share(flags, ticket, first_flag, flag_count, before)
 
 
 def forward(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, leaky_out: bool, planes: np.ndarray,

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import jit
 from .depthwise_same3x3 import plane_place
-from .handoff import publish, share_out_when_it_pays
+from .handoff import finish_share, share_out_when_it_pays, start_share
 from .simd import LANES, add, evens, fma, load, load_first, odds, shifted_in, splat, store_outputs
 
 # Shared out among the awake helper threads (kernels/handoff.py) from 2M multiply-adds (~60 us at one thread):
@@ -59,8 +59,7 @@ def depthwise_3x3_stride2_planes(flags, ticket, first_flag, flag_count, before, 
                                  width, of, channel_major, first, last):
     """Planes first..last-1 (plane p = image p // C, channel p % C) of the convolution; xf and of are the flat
     images and output planes. A share function of kernels/handoff.py: raises `ticket` before or after."""
-    if before:
-        publish(flags, first_flag, flag_count, ticket)
+    start_share(flags, ticket, first_flag, flag_count, before)
     channels = weights.shape[0]
     batch = xf.size // (channels * height * width)
     out_h, out_w = (height + 1) // 2, width // 2
@@ -80,8 +79,7 @@ def depthwise_3x3_stride2_planes(flags, ticket, first_flag, flag_count, before, 
                 if top + 2 < height:
                     acc = _image_row(xf, row + 2 * width, ox0, count, w[2, 0], w[2, 1], w[2, 2], acc)
                 store_outputs(of, target + oy * out_w + ox0, count, add(acc, bias_lanes), leaky_out)
-    if not before:
-        publish(flags, first_flag, flag_count, ticket)
+    finish_share(flags, ticket, first_flag, flag_count, before)
 
 
 def forward(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, leaky_out: bool, planes: np.ndarray,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import jit
-from .handoff import publish, share_out_when_it_pays
+from .handoff import finish_share, share_out_when_it_pays, start_share
 from .simd import LANES, fma, load, splat, store
 
 MAX_BATCH = 8
@@ -40,8 +40,7 @@ def _finish_row(lanes, weights, x, out, row, b, whole):
 def gemv_share(flags, ticket, first_flag, flag_count, before, weights, x, out, first, last):
     """Row blocks first..last-1 (block j: rows ROWS*j .. ROWS*j + ROWS - 1, fewer at the end) of every image;
     a share function of kernels/handoff.py."""
-    if before:
-        publish(flags, first_flag, flag_count, ticket)
+    start_share(flags, ticket, first_flag, flag_count, before)
     rows, columns = weights.shape
     whole = columns - columns % LANES
     lanes = np.empty(ROWS * LANES, np.float32)
@@ -76,8 +75,7 @@ def gemv_share(flags, ticket, first_flag, flag_count, before, weights, x, out, f
                         a = fma(load(w, j), load(image, j), a)
                     store(lanes, 0, a)
                     _finish_row(lanes[:LANES], weights, x, out, r + i, b, whole)
-    if not before:
-        publish(flags, first_flag, flag_count, ticket)
+    finish_share(flags, ticket, first_flag, flag_count, before)
 
 
 def suits(batch: int) -> bool:

@@ -41,7 +41,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import jit
-from .handoff import publish, share_out
+from .handoff import finish_share, share_out, start_share
 from .simd import LANES, add, fma, leaky, load, prefetch, splat, store, store_stream
 from .threads import thread_count, threads_pay
 
@@ -253,11 +253,9 @@ def task_count(batch: int, n: int, filters: int, chunk: int) -> int:
 def pointwise_share(flags, ticket, first_flag, flag_count, before, weights, shift, x, out, leaky_out, stream, chunk,
                     first, last):
     """pointwise_tasks as a share of kernels/handoff.py: raises `ticket` in the flags before or after."""
-    if before:
-        publish(flags, first_flag, flag_count, ticket)
+    start_share(flags, ticket, first_flag, flag_count, before)
     pointwise_tasks(weights, shift, x, out, leaky_out, chunk, first, last, stream, False)
-    if not before:
-        publish(flags, first_flag, flag_count, ticket)
+    finish_share(flags, ticket, first_flag, flag_count, before)
 
 
 def pointwise_forward(weights: np.ndarray, shift: np.ndarray, x: np.ndarray, out: np.ndarray,

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import jit
 from .activations import leaky_float32
-from .handoff import publish, share_out
+from .handoff import finish_share, share_out, start_share
 from . import pointwise
 from .pointwise import MIN_PIXELS, TILE, product_tile
 from .simd import add, fma, load_first, splat, store_first
@@ -402,8 +402,7 @@ def _layer_share(tile: int):
         (j = k // G) for its group's share of the filters, group k % G (filters in multiples of 4), each
         transforming the blocks' input itself; `fetch`: each position's first tile prefetches weights (see
         kernels/pointwise.py)."""
-        if before:
-            publish(flags, first_flag, flag_count, ticket)
+        start_share(flags, ticket, first_flag, flag_count, before)
         channels, filters = x.shape[1], out.shape[1]
         tiles_h, tiles_w = (out.shape[2] + tile - 1) // tile, (out.shape[3] + tile - 1) // tile
         total = x.shape[0] * tiles_h
@@ -440,8 +439,7 @@ def _layer_share(tile: int):
                              m[t * m_stride + f_lo * count:t * m_stride + f_hi * count], count, no_shift, fetch)
                 for k in range(f_lo, f_hi):
                     output_rows(mb, k, g0, g1, bias[k], leaky, accumulate, tiles_h, tiles_w, z, line, out)
-        if not before:
-            publish(flags, first_flag, flag_count, ticket)
+        finish_share(flags, ticket, first_flag, flag_count, before)
     return share
 
 
