@@ -47,13 +47,12 @@ from .threads import thread_count, threads_pay
 
 TILE = 4 * LANES       # pixels per full output block
 MIN_PIXELS = LANES     # the smallest plane the kernels handle
-# Layers from ~4M multiply-adds (~80 us at one thread) are shared out among the threads (kernels/handoff.py).
+# Layers from ~2M multiply-adds (~40 us at one thread) are shared out among the threads (kernels/handoff.py).
 # Smaller ones gain alone (2 threads: 448->96 at 10x10, 4.3M, 99 -> 60 us) but can lose in a pass, where the
 # helper's share has to fetch its input from the other core's cache. Whole passes at 2 threads, taking turns
-# in one process, against the woken thread pool used before (from 4M): helpers from 1M yolo-fastest-1.1 1.07,
-# yolo-fastest-1.1-xl 0.93; from 2M yolo-fastest-1.1-xl 0.92; from 4M yolo-fastest-1.1-xl 0.93,
-# yolo-fastest-1.1 0.99, digits-seg 0.98.
-PARALLEL_MIN_MACS = 1 << 22
+# in one process: from 2M against 4M, yolo-fastest-1.1-xl 0.95, yolo-fastest-1.1 0.93; from 1M against 2M,
+# 1.04 and 1.01 (4M had been the best threshold while a hand-over took ~30 us, before handoff.finish_share).
+PARALLEL_MIN_MACS = 1 << 21
 # Outputs of at least this many bytes are written past the caches (non-temporal stores, full tiles only, when
 # the output is STREAM_ALIGNMENT-aligned: layers/base.py aligned_zeros): a normal store first reads each line
 # it writes, and outputs this large leave the caches before the next layer reads them. Smaller ones may still
