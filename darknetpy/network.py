@@ -6,7 +6,9 @@ network input. Buffers are allocated once per batch size, so repeated forward ca
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 
@@ -14,6 +16,7 @@ from .config import NetConfig, SectionReader, parse_cfg, parse_cfg_text
 from .config.document import Document
 from .config.options import summarised_ignored_keys
 from .errors import CfgError
+from .fusion import find_residual_fusions
 from .layers import layer_class
 from .layers.base import Layer, LossLayer, Shape
 
@@ -33,6 +36,8 @@ class Network:
         self._own_outputs: list[np.ndarray] = []
         self._lent_outputs: list[np.ndarray] | None = None
         self._lending = False
+        # what `infer` runs for each layer: (input indices, run(xs)), or None for a layer fused into a later one
+        self._inference_steps: list[tuple[list[int], Callable[[list[np.ndarray]], np.ndarray]] | None] = []
         self.input_shape = Shape(net.channels, net.height, net.width) if net.height and net.width \
             else Shape.flat(net.inputs)
         self.shapes = self._build_shapes()
@@ -81,6 +86,7 @@ class Network:
             self._deltas = None
             self._own_outputs = [layer.output for layer in self.layers]
             self._lent_outputs = None
+            self._inference_steps = []
             self._lending = False
 
     def _out_of_memory(self, index: int, batch: int, exc: MemoryError) -> CfgError:
@@ -138,6 +144,7 @@ class Network:
         for layer in self.loss_layers:  # None too: no truth left over from an interrupted pass
             layer.set_truth(truth)
             layer.seen = self.seen
+        steps = self._inference_steps if lend else None
         i = 0
         try:
             for i, layer in enumerate(self.layers):
@@ -145,9 +152,18 @@ class Network:
                     # only cost layers follow the output layer and nothing reads them at inference
                     self.outputs[i] = None
                     continue
-                xs = [x if j < 0 else self.outputs[j] for j in layer.input_indices()]
-                out = self.outputs[i] = layer.forward(xs, train)
-                if lend and out is not layer.output and not (layer.inference_returns_input and out is xs[0]):
+                if steps is None:
+                    xs = [x if j < 0 else self.outputs[j] for j in layer.input_indices()]
+                    self.outputs[i] = layer.forward(xs, train)
+                    continue
+                step = steps[i]
+                if step is None:   # computed by a later layer's step (darknetpy/fusion.py)
+                    self.outputs[i] = None
+                    continue
+                inputs, run = step
+                xs = [x if j < 0 else self.outputs[j] for j in inputs]
+                out = self.outputs[i] = run(xs)
+                if out is not layer.output and not (layer.inference_returns_input and out is xs[0]):
                     # the lending plan follows only these two cases
                     raise RuntimeError(f"layer {i} [{layer.kind}] returned an array that is neither its output "
                                        f"buffer nor its input; declare inference_returns_input or return "
@@ -161,19 +177,33 @@ class Network:
         if lend == self._lending:
             return
         if lend and self._lent_outputs is None:
+            self._inference_steps = self._plan_inference_steps()
             self._lent_outputs = self._plan_lent_outputs()
         buffers = self._lent_outputs if lend else self._own_outputs
         for layer, buffer in zip(self.layers, buffers):
             layer.output = buffer
         self._lending = lend
 
+    def _plan_inference_steps(self) -> list[tuple[list[int], Callable[[list[np.ndarray]], np.ndarray]] | None]:
+        """Each layer's step in `infer` up to the output layer: its own inference forward, or the fused step
+        that replaces a shortcut and the layers it fuses (darknetpy/fusion.py)."""
+        layers = self.layers
+        steps: list = [(layer.input_indices(), partial(layer.forward, train=False))
+                       for layer in layers[:self.output_index + 1]]
+        for fusion in find_residual_fusions(layers, self.output_index):
+            for skipped in fusion.skipped():
+                steps[skipped] = None
+            steps[fusion.shortcut] = (fusion.input_indices(layers), partial(fusion.run, layers))
+        return steps
+
     def _plan_lent_outputs(self) -> list[np.ndarray]:
         """The buffer each layer writes into during `infer`. A layer writes into the shared buffer freed
         most recently (whatever shapes used it before: the layers' buffers are views of flat shared ones),
         which is still in the caches: its last readers have just run. A shared buffer is free again once
         every layer reading what it holds has run. A layer that returns its input (inference_returns_input)
-        writes nothing: its readers keep that input's buffer busy. Outputs no later layer reads, and the
-        output layer's, are never freed. The shared buffers' memory is the layers' own buffers, the largest
+        writes nothing: its readers keep that input's buffer busy; neither does a layer fused into a later
+        one (`_plan_inference_steps`), whose step reads that layer's inputs. Outputs no later layer reads,
+        and the output layer's, are never freed. The shared buffers' memory is the layers' own buffers, the largest
         for the largest, so `infer` allocates nothing. Lent by shape before (a buffer went only to layers of
         the output shape it was made for), a layer of a new shape wrote a buffer no layer had touched in
         that pass, from memory: in yolo-fastest-1.1-xl's pass at 1 thread its 8->48 1x1 layer at 160x160 took
@@ -184,11 +214,15 @@ class Network:
         busy_until = [-1] * count       # by holder: the last step at which its buffer is read (count: never free)
         readers = [False] * count
         for i in range(count):
-            layer = self.layers[i]
-            if layer.inference_returns_input:
-                source = layer.input_indices()[0]
+            step = self._inference_steps[i]
+            if step is None:   # never written: fused into a later layer's step
+                holder[i] = -1
+                continue
+            inputs = step[0]
+            if self.layers[i].inference_returns_input:
+                source = inputs[0]
                 holder[i] = holder[source] if source >= 0 else -1
-            for j in layer.input_indices():
+            for j in inputs:
                 if j >= 0:
                     readers[j] = True
                     if holder[j] >= 0:

@@ -5,6 +5,9 @@ training pass afterwards must see each layer's own buffer again."""
 import numpy as np
 import pytest
 
+from darknetpy.fusion import ResidualFusion, find_residual_fusions
+from darknetpy.kernels import pointwise
+from darknetpy.layers import conv_engines
 from darknetpy.network import load_cfg
 
 from builders import quiet_net
@@ -79,6 +82,15 @@ def sinks(network):
     return [i for i in range(network.output_index + 1) if i not in read]
 
 
+def inference_reads(network):
+    """By layer: what its step in `infer` reads, None for a layer that does not run (fused into a later one:
+    darknetpy/fusion.py, whose step reads the fused layers' inputs)."""
+    fused = {f.shortcut: f for f in find_residual_fusions(network.layers, network.output_index)}
+    skipped = {i for f in fused.values() for i in f.skipped()}
+    return [None if i in skipped else fused[i].input_indices(network.layers) if i in fused
+            else network.layers[i].input_indices() for i in range(network.output_index + 1)]
+
+
 def last_steps(network):
     """By layer: the last step at which its output is read at inference, a pass-through layer's readers
     counting as its input's; outputs no later layer reads (and the output layer's) live to the end."""
@@ -86,11 +98,11 @@ def last_steps(network):
     last = [i for i in range(count)]
     for i in sinks(network) + [network.output_index]:
         last[i] = count
+    reads = inference_reads(network)
     for i in range(count - 1, -1, -1):
-        layer = network.layers[i]
-        for j in layer.input_indices():
+        for j in reads[i] or []:
             if j >= 0:
-                last[j] = max(last[j], last[i] if layer.inference_returns_input else i)
+                last[j] = max(last[j], last[i] if network.layers[i].inference_returns_input else i)
     return last
 
 
@@ -105,8 +117,10 @@ def check_infer_matches_forward(network, x):
         np.testing.assert_array_equal(network.outputs[i], value)
     lent = sum(not np.shares_memory(layer.output, mine) for layer, mine in zip(network.layers, own))
     last = last_steps(network)
+    reads = inference_reads(network)
     for i, layer in enumerate(network.layers[:network.output_index + 1]):
-        if layer.inference_returns_input:
+        if layer.inference_returns_input or reads[i] is None:
+            assert reads[i] is not None or network.outputs[i] is None
             continue
         for j in range(i):   # no layer writes into memory holding an output still to be read
             if last[j] >= i and not network.layers[j].inference_returns_input:
@@ -121,11 +135,11 @@ def test_infer_shares_buffers_and_gives_forwards_results():
     network = quiet_net(TEXT)
     x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
     assert check_infer_matches_forward(network, x) >= 2     # buffers are really shared
-    # whatever the shapes: the stride-2 layer's smaller output goes into memory a full-size layer wrote
+    # whatever the shapes: a smaller output after the stride-2 layer goes into memory a full-size layer wrote
     network.infer(x)
-    small = network.layers[4].output
-    assert small.shape[2:] == (8, 8)
-    assert any(np.shares_memory(small, layer.output) for layer in network.layers[:4])
+    smaller = [layer.output for layer in network.layers[4:6]]
+    assert all(out.shape[2:] == (8, 8) for out in smaller)
+    assert any(np.shares_memory(small, layer.output) for small in smaller for layer in network.layers[:4])
     # the two heads and the layers after each: the dropout's input stayed alive for the shortcut
     assert sinks(network) == [8, 13]
 
@@ -191,12 +205,12 @@ def test_training_after_infer_uses_each_layers_own_buffer():
 
 def test_a_layer_returning_a_foreign_array_is_refused_when_buffers_are_shared():
     network = quiet_net(TEXT)
-    layer = network.layers[2]
+    layer = network.layers[4]
     original = layer.forward
     layer.forward = lambda xs, train: original(xs, train).copy()
     x = np.zeros((1, 3, 16, 16), np.float32)
     network.forward(x)    # each layer's own buffer: nothing to follow
-    with pytest.raises(RuntimeError, match=r"layer 2 \[convolutional\]"):
+    with pytest.raises(RuntimeError, match=r"layer 4 \[convolutional\]"):
         network.infer(x)
 
 
@@ -211,3 +225,127 @@ def test_infer_matches_forward_on_real_networks(shared_dir, name, size):
     x = np.random.default_rng(2).random((1, s.c, s.h, s.w), np.float32)
     lent = check_infer_matches_forward(network, x)
     assert lent >= 3
+
+
+# Two residual blocks as the depthwise-separable networks end them: a linear 1x1 layer, a [dropout], then
+# the [shortcut] (layers 2-4; the shortcut's output must not go into the buffer of layer 1, which the fused
+# step reads), and a leaky 1x1 layer straight into one (5-6); then a 1x1 layer whose output a route also
+# reads (7-9), a 3x3 layer (10-11), a scaled sum (12-13), a leaky sum (14-15), a 1x1 layer with an
+# activation its kernel does not apply (16-17): none of those five can be fused.
+RESIDUAL = """[net]
+width=20
+height=10
+channels=3
+
+[convolutional]
+filters=16
+size=3
+pad=1
+activation=leaky
+
+[convolutional]
+filters=16
+size=3
+pad=1
+activation=leaky
+
+[convolutional]
+filters=16
+size=1
+activation=linear
+
+[dropout]
+probability=.5
+
+[shortcut]
+from=-4
+activation=linear
+
+[convolutional]
+filters=16
+size=1
+batch_normalize=1
+activation=leaky
+
+[shortcut]
+from=-2
+activation=linear
+
+[convolutional]
+filters=16
+size=1
+activation=linear
+
+[shortcut]
+from=-2
+activation=linear
+
+[route]
+layers=-2
+
+[convolutional]
+filters=16
+size=3
+pad=1
+activation=linear
+
+[shortcut]
+from=-2
+activation=linear
+
+[convolutional]
+filters=16
+size=1
+activation=linear
+
+[shortcut]
+from=-2
+alpha=0.5
+activation=linear
+
+[convolutional]
+filters=16
+size=1
+activation=linear
+
+[shortcut]
+from=-2
+activation=leaky
+
+[convolutional]
+filters=16
+size=1
+activation=mish
+
+[shortcut]
+from=-2
+activation=linear
+"""
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_shortcut_is_computed_by_the_1x1_layer_before_it(monkeypatch, threads, batch):
+    monkeypatch.setattr(conv_engines, "thread_count", lambda: threads)
+    monkeypatch.setattr(pointwise, "thread_count", lambda: threads)
+    monkeypatch.setattr(pointwise, "PARALLEL_MIN_MACS", 0)   # shared out at 2 threads, as large layers are
+    network = quiet_net(RESIDUAL)
+    x = np.random.default_rng(4).standard_normal((batch, 3, 10, 20)).astype(np.float32)
+    network.allocate(batch)
+    assert find_residual_fusions(network.layers, network.output_index) == [
+        ResidualFusion(convolution=2, shortcut=4, residual=0, passed=(3,)),
+        ResidualFusion(convolution=5, shortcut=6, residual=4, passed=())]
+    check_infer_matches_forward(network, x)
+    network.infer(x)
+    assert [i for i, out in enumerate(network.outputs) if out is None] == [2, 3, 5]
+    # the fused convolution's input is read by the shortcut's step: its buffer is free for the layers after it
+    assert any(np.shares_memory(network.layers[1].output, layer.output) for layer in network.layers[5:])
+
+
+def test_no_fusion_unless_the_1x1_kernel_runs_the_layer(monkeypatch):
+    """A batch whose 1x1 layers go to GEMM runs every layer (the same values)."""
+    monkeypatch.setattr(conv_engines, "gemm_beats_pointwise", lambda *args: True)
+    network = quiet_net(RESIDUAL)
+    network.allocate(2)
+    assert find_residual_fusions(network.layers, network.output_index) == []
+    check_infer_matches_forward(network, np.random.default_rng(5).standard_normal((2, 3, 10, 20)).astype(np.float32))

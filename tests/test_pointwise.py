@@ -35,22 +35,24 @@ def guarded_output(shape):
     return memory, memory[GUARD:GUARD + size].reshape(shape)
 
 
-def run(kernel, weights, shift, x, leaky_out, chunk=None, fetch_first=True):
+def run(kernel, weights, shift, x, leaky_out, chunk=None, fetch_first=True, residual=None):
     batch, _, pixels = x.shape
     memory, out = guarded_output((batch, weights.shape[0], pixels))
     flat_x, flat_out = x.reshape(batch, -1), out.reshape(batch, -1)
+    flat_residual = None if residual is None else residual.reshape(batch, -1)
     filters = weights.shape[0]
     if kernel == "serial":
-        pointwise_tasks(weights, shift, flat_x, flat_out, leaky_out, filters, 0, task_count(batch, pixels, 1, 1),
-                        False, fetch_first)
+        pointwise_tasks(weights, shift, flat_x, flat_out, flat_residual, leaky_out, filters, 0,
+                        task_count(batch, pixels, 1, 1), False, fetch_first)
     elif kernel == "shares":
         # the tasks in three uneven runs, the middle one first, as threads may take them
         tasks = task_count(batch, pixels, filters, chunk)
         cuts = [0, tasks // 3, tasks // 3 + (tasks + 1) // 2, tasks]
         for k in (1, 0, 2):
-            pointwise_tasks(weights, shift, flat_x, flat_out, leaky_out, chunk, cuts[k], cuts[k + 1], False, False)
+            pointwise_tasks(weights, shift, flat_x, flat_out, flat_residual, leaky_out, chunk, cuts[k], cuts[k + 1],
+                            False, False)
     else:
-        pointwise_forward(weights, shift, x, out, leaky_out)
+        pointwise_forward(weights, shift, x, out, leaky_out, residual)
     assert (memory[:GUARD] == SENTINEL).all() and (memory[-GUARD:] == SENTINEL).all(), "wrote outside the output"
     return out
 
@@ -69,6 +71,27 @@ def test_every_block_and_tail_against_the_float64_product(pixels, filters):
         np.testing.assert_allclose(got, expected(weights, shift, x, leaky_out), rtol=2e-6, atol=2e-6)
         # the first tile's weight prefetch changes no value
         np.testing.assert_array_equal(run("serial", weights, shift, x, leaky_out, fetch_first=False), got)
+
+
+@pytest.mark.parametrize("pixels", PIXELS)
+@pytest.mark.parametrize("filters", [3, 4, 9, 13])
+def test_a_residual_is_added_to_every_output_as_a_separate_sum_would(pixels, filters):
+    """The shortcut fused into the kernel (darknetpy/fusion.py): act(product + shift) + residual with the
+    float32 roundings of the two layers it replaces, in every block shape, serial and shared out."""
+    weights, shift, x = case(2, 6, filters, pixels)
+    residual = RNG.standard_normal((2, filters, pixels)).astype(np.float32)
+    for leaky_out in (True, False):
+        want = run("serial", weights, shift, x, leaky_out) + residual
+        np.testing.assert_array_equal(run("serial", weights, shift, x, leaky_out, residual=residual), want)
+        got = run("shares", weights, shift, x, leaky_out, chunk=4, residual=residual)
+        np.testing.assert_array_equal(got, want)
+
+
+def test_forward_refuses_a_residual_of_another_shape():
+    weights, shift, x = case(1, 4, 8, TILE)
+    with pytest.raises(ValueError, match="residual"):
+        pointwise_forward(weights, shift, x, np.empty((1, 8, TILE), np.float32), False,
+                          np.zeros((1, 8, TILE - 1), np.float32))
 
 
 @pytest.mark.parametrize("chunk", [4, 8, 12, 1000])

@@ -4,10 +4,12 @@
 
 Each layer's forward is timed twice, with the thread counts of the environment (NUMBA_NUM_THREADS,
 OPENBLAS_NUM_THREADS: set both to 1 for the one-thread figures): "in pass", its median over --repeat whole
-passes as Network.infer runs them, in the buffers it lends (what a real pass sees: its weights and output
-buffer come from wherever the other layers left the caches), and "alone", the median of --repeat calls in a row on the same input (everything it touches
-hot in the caches). Layers are grouped by type (depthwise k x k / stride s, grouped, pointwise 1x1, dense
-k x k, and the other layer kinds). For each group:
+passes as Network.infer runs them, in the buffers it lends (what a real pass sees: its weights and output buffer
+come from wherever the other layers left the caches), and "alone", the median of --repeat calls in a row on the
+same input (everything it touches hot in the caches). A [shortcut] that its 1x1 layer computes
+(darknetpy/fusion.py) is one step, typed "pointwise 1x1 + sum"; the layers it replaces do not run. Layers are
+grouped by type (depthwise k x k / stride s, grouped, pointwise 1x1, dense k x k, and the other layer kinds).
+For each group:
 
   bytes   what its layers must move at least: every input and weight read once and the output written once
           (float32);
@@ -43,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import darknetpy  # noqa: E402  (sets the thread settings before numpy and Numba start threads)
 import numpy as np  # noqa: E402
+from darknetpy.fusion import find_residual_fusions  # noqa: E402
 from darknetpy.layers.convolutional import Convolutional  # noqa: E402
 
 FLOAT_BYTES = 4
@@ -72,15 +75,19 @@ def median_seconds(call, repeat: int) -> float:
 
 
 def timed_pass(net, x: np.ndarray) -> list[float]:
-    """One inference pass, layer by layer as Network.infer runs it (the layers writing into the buffers it
-    lends them), with each layer's seconds."""
-    net.infer(x)   # buffers for this batch, and lent
+    """One inference pass, step by step as Network.infer runs it (the layers writing into the buffers it
+    lends them, a [shortcut] computed by its 1x1 layer: darknetpy/fusion.py), with each step's seconds (0
+    for a layer fused into a later step)."""
+    net.infer(x)   # buffers for this batch, lent, and the steps planned
     seconds = []
-    for index in range(net.output_index + 1):
-        layer = net.layers[index]
-        inputs = [x if j < 0 else net.outputs[j] for j in layer.input_indices()]
+    for index, step in enumerate(net._inference_steps):
+        if step is None:
+            seconds.append(0.0)
+            continue
+        inputs, run = step
+        xs = [x if j < 0 else net.outputs[j] for j in inputs]
         start = time.perf_counter()
-        net.outputs[index] = layer.forward(inputs, False)
+        net.outputs[index] = run(xs)
         seconds.append(time.perf_counter() - start)
     return seconds
 
@@ -136,27 +143,33 @@ def main(argv: list[str] | None = None) -> int:
     in_pass = np.median([timed_pass(net, x) for _ in range(args.repeat)], axis=0)
     ort_seconds = onnxruntime_layer_seconds(model, x, args.repeat) if args.onnxruntime else {}
     groups: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    for index in range(net.output_index + 1):
+    fused = {f.shortcut: f for f in find_residual_fusions(net.layers, net.output_index)}
+    for index, step in enumerate(net._inference_steps):
+        if step is None:
+            continue
         layer = net.layers[index]
-        inputs = [x if j < 0 else net.outputs[j] for j in layer.input_indices()]
-        seconds = median_seconds(lambda: layer.forward(inputs, False), args.repeat)
-        weights = sum(array.size for array in layer.weight_arrays())
+        inputs = [x if j < 0 else net.outputs[j] for j in step[0]]
+        seconds = median_seconds(lambda: step[1](inputs), args.repeat)
+        # a fused shortcut: its convolution's weights, type and onnxruntime node (which fuses the pair too)
+        computing = net.layers[fused[index].convolution] if index in fused else layer
+        weights = sum(array.size for array in computing.weight_arrays())
         moved = FLOAT_BYTES * (sum(a.size for a in inputs) + net.outputs[index].size + weights)
         half = max(moved // (2 * FLOAT_BYTES), 1)
         src, dst = np.ones(half, np.float32), np.empty(half, np.float32)
         copy = median_seconds(lambda: np.copyto(dst, src), args.repeat)
-        group = groups[layer_type(layer)]
+        group = groups[layer_type(computing) + (" + sum" if index in fused else "")]
         if args.layers:
             shape = net.outputs[index].shape[1:]
-            ort_cell = f" {ort_seconds.get(index, 0.0) * 1e3:8.3f}" if args.onnxruntime else ""
-            print(f"{index:4d} {layer_type(layer):20} {str(tuple(inputs[0].shape[1:])):>16} -> "
+            ort_cell = f" {ort_seconds.get(computing.index, 0.0) * 1e3:8.3f}" if args.onnxruntime else ""
+            print(f"{index:4d} {layer_type(computing) + (' + sum' if index in fused else ''):20} "
+                  f"{str(tuple(inputs[0].shape[1:])):>16} -> "
                   f"{str(tuple(shape)):>16} {in_pass[index] * 1e3:8.3f} {seconds * 1e3:8.3f}{ort_cell}")
         group["layers"] += 1
         group["pass"] += in_pass[index]
         group["seconds"] += seconds
         group["bytes"] += moved
         group["copy"] += copy
-        group["ort"] += ort_seconds.get(index, 0.0)
+        group["ort"] += ort_seconds.get(computing.index, 0.0)
     print(f"{Path(args.cfg).name} {s.w}x{s.h}, batch 1: whole pass (infer) {whole * 1e3:.2f} ms (median of "
           f"{args.repeat})")
     ort_header = f" {'ort ms':>8} {'x ort':>6}" if args.onnxruntime else ""

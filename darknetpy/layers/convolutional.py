@@ -18,7 +18,7 @@ import numpy as np
 
 from ..kernels import activations as act
 from .base import FLOAT, Layer, LayerConfig, Param, Shape, c_div, option
-from .conv_engines import ConvGeometry, choose_engines
+from .conv_engines import ConvGeometry, PointwiseEngine, choose_engines
 from .epilogue import Epilogue, EpilogueOwner
 from .registry import register
 
@@ -144,6 +144,20 @@ class Convolutional(EpilogueOwner, Layer):
             self._engine_ready = True
         self.engine.forward(x, self.output, self.epilogue)
         return self.output
+
+    def adds_residual(self) -> bool:
+        """Whether `forward_adding` can run at this batch size: the 1x1 kernel (kernels/pointwise.py) with an
+        activation it applies itself (leaky or linear)."""
+        activation = self.epilogue.activation
+        return isinstance(self.engine, PointwiseEngine) and (activation.fuses_leaky or activation.code == act.LINEAR)
+
+    def forward_adding(self, x: np.ndarray, residual: np.ndarray, out: np.ndarray) -> None:
+        """Inference: out = act(conv(x)) + residual in one pass, out being another layer's buffer (a
+        [shortcut] fused in: darknetpy/fusion.py); needs adds_residual()."""
+        if not self._engine_ready:
+            self.engine.prepare(*self.epilogue.fold_into(self.weights))
+            self._engine_ready = True
+        self.engine.forward(x, out, self.epilogue, residual)
 
     def _ensure_gradients(self) -> None:
         if self.grad_weights is None:
