@@ -5,8 +5,9 @@ Numba compiles one kernel at a time in a process, and looks a kernel up in the o
 call that needs it there; so whatever the helper has saved by then is loaded in milliseconds instead of
 compiled. The two meet in the middle, and the first run of yolo-fastest-1.1's `detect` took 14-15 s
 instead of 22-24 s on this project's 2-core machine. The helper starts with what this process compiles
-last (detection's NMS), then runs every layer's inference forward on zeros from the last layer to the
-first: kernels depend on the shapes, flags and thread count, which it copies, never on the weights' values.
+last (detection's NMS), then runs every step of the network's inference pass on zeros from the last layer to
+the first: kernels depend on the shapes, flags and thread count, which it copies, never on the weights'
+values.
 
 It is armed by the commands that run a network on images (predict, detect, segment, valid, map) and
 started at the first compilation of a darknetpy kernel (compile_notice): a run whose kernels are all cached
@@ -135,12 +136,15 @@ def compile_backwards(cfg: str, width: int, height: int, batch: int, parent: int
     network.initialize(0)
     network.allocate(batch)
     _compile_post_processing(network)
+    steps = network.inference_steps()   # what infer runs: a shortcut fused into its 1x1 layer is one step
     for index in range(network.output_index, -1, -1):
         if parent is not None and os.getppid() != parent:
             return
-        layer = network.layers[index]
-        shapes = [network.input_shape if j < 0 else network.shapes[j] for j in layer.input_indices()]
-        layer.forward([np.zeros((batch, s.c, s.h, s.w), np.float32) for s in shapes], False)
+        if steps[index] is None:
+            continue
+        inputs, run = steps[index]
+        shapes = [network.input_shape if j < 0 else network.shapes[j] for j in inputs]
+        run([np.zeros((batch, s.c, s.h, s.w), np.float32) for s in shapes])
 
 
 def main(argv: list[str]) -> int:

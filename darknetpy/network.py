@@ -184,6 +184,13 @@ class Network:
             layer.output = buffer
         self._lending = lend
 
+    def inference_steps(self) -> list[tuple[list[int], Callable[[list[np.ndarray]], np.ndarray]] | None]:
+        """What `infer` runs for each layer up to the output layer, at the allocated batch size: (input
+        indices, run(inputs) -> output), or None for a layer that a later layer's step computes
+        (darknetpy/fusion.py). The layers write into the buffers `infer` lends them."""
+        self._lend_outputs(True)
+        return self._inference_steps
+
     def _plan_inference_steps(self) -> list[tuple[list[int], Callable[[list[np.ndarray]], np.ndarray]] | None]:
         """Each layer's step in `infer` up to the output layer: its own inference forward, or the fused step
         that replaces a shortcut and the layers it fuses (darknetpy/fusion.py)."""

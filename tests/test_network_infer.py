@@ -85,10 +85,7 @@ def sinks(network):
 def inference_reads(network):
     """By layer: what its step in `infer` reads, None for a layer that does not run (fused into a later one:
     darknetpy/fusion.py, whose step reads the fused layers' inputs)."""
-    fused = {f.shortcut: f for f in find_residual_fusions(network.layers, network.output_index)}
-    skipped = {i for f in fused.values() for i in f.skipped()}
-    return [None if i in skipped else fused[i].input_indices(network.layers) if i in fused
-            else network.layers[i].input_indices() for i in range(network.output_index + 1)]
+    return [None if step is None else step[0] for step in network.inference_steps()]
 
 
 def last_steps(network):

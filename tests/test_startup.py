@@ -127,6 +127,16 @@ stride=1
 pad=1
 activation=leaky
 
+[convolutional]
+filters=8
+size=1
+stride=1
+activation=linear
+
+[shortcut]
+from=-2
+activation=linear
+
 [maxpool]
 size=2
 stride=2
@@ -170,7 +180,7 @@ COUNT_COMPILATIONS = """\
     from darknetpy.kernels.resize import resize_image
     net = load_cfg("tiny.cfg")
     net.initialize(1)
-    net.forward(np.random.default_rng(0).random((1, 3, 32, 32), np.float32))
+    net.infer(np.random.default_rng(0).random((1, 3, 32, 32), np.float32))
     print(sum(m.startswith("darknetpy.") for m in compiled))
     resize_image(np.zeros((3, 5, 7), np.float32), np.zeros((3, 4, 4), np.float32))   # not the helper's
     print(sum(m.startswith("darknetpy.") for m in compiled))
@@ -189,9 +199,9 @@ def _processes_mentioning(text: str) -> list[str]:
 
 
 def test_compile_ahead_helper_fills_the_cache_with_the_networks_kernels(tmp_path: Path, monkeypatch) -> None:
-    """The helper compiles every kernel of the armed network's inference into the on-disk cache: a later
-    process running that network compiles no darknetpy kernel (and does compile one the helper had no reason
-    to, which shows the count works)."""
+    """The helper compiles every kernel of the armed network's inference into the on-disk cache (a shortcut
+    fused into its 1x1 layer included): a later process running that network compiles no darknetpy kernel
+    (and does compile one the helper had no reason to, which shows the count works)."""
     from darknetpy import compile_ahead
     from darknetpy.network import network_from_text
     cfg = tmp_path / "tiny.cfg"
@@ -256,10 +266,11 @@ def test_compile_ahead_is_not_armed_when_the_network_would_crowd_the_memory(tmp_
     cfg = tmp_path / "big.cfg"
     cfg.write_text(TINY_DETECTOR)
     net = network_from_text(TINY_DETECTOR, str(cfg))
-    # weights: 8*3*9 + 4*8 (biases, BN scales, means, variances), 8*8 + 8, 21*16 + 21;
-    # outputs: conv 8x32x32, maxpool 8x16x16, conv 8x16x16, upsample 8x32x32, route 16x32x32, conv and yolo 21x32x32
-    weights = 8 * 3 * 9 + 4 * 8 + 8 * 8 + 8 + 21 * 16 + 21
-    outputs = 8 * 1024 + 8 * 256 + 8 * 256 + 8 * 1024 + 16 * 1024 + 2 * 21 * 1024
+    # weights: 8*3*9 + 4*8 (biases, BN scales, means, variances), 8*8 + 8 twice, 21*16 + 21; outputs: conv,
+    # conv and shortcut 8x32x32, maxpool 8x16x16, conv 8x16x16, upsample 8x32x32, route 16x32x32, conv and
+    # yolo 21x32x32
+    weights = 8 * 3 * 9 + 4 * 8 + 2 * (8 * 8 + 8) + 21 * 16 + 21
+    outputs = 3 * 8 * 1024 + 8 * 256 + 8 * 256 + 8 * 1024 + 16 * 1024 + 2 * 21 * 1024
     assert compile_ahead.helper_bytes(net, 1) == 4 * (weights + outputs)
     assert compile_ahead.helper_bytes(net, 3) == 4 * (weights + 3 * outputs)
     monkeypatch.setenv(compile_ahead.ENVIRONMENT_SWITCH, "1")

@@ -80,7 +80,7 @@ def timed_pass(net, x: np.ndarray) -> list[float]:
     for a layer fused into a later step)."""
     net.infer(x)   # buffers for this batch, lent, and the steps planned
     seconds = []
-    for index, step in enumerate(net._inference_steps):
+    for index, step in enumerate(net.inference_steps()):
         if step is None:
             seconds.append(0.0)
             continue
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     ort_seconds = onnxruntime_layer_seconds(model, x, args.repeat) if args.onnxruntime else {}
     groups: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     fused = {f.shortcut: f for f in find_residual_fusions(net.layers, net.output_index)}
-    for index, step in enumerate(net._inference_steps):
+    for index, step in enumerate(net.inference_steps()):
         if step is None:
             continue
         layer = net.layers[index]
