@@ -458,12 +458,19 @@ def test_winograd_layer_with_folded_batch_norm(size, activation):
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=max(1e-4, 2e-5 * np.abs(ref).max()))
 
 
+@pytest.mark.parametrize("height,width,tile", [(48, 48, 4), (47, 49, 2), (50, 49, 4), (28, 28, 4), (28, 32, 4),
+                                               (26, 26, 2), (30, 30, 2), (28, 30, 2), (24, 24, 2), (8, 96, 2)])
+def test_winograd_tiles_are_4x4_on_large_maps_and_on_whole_tiles_from_28x28(height, width, tile):
+    net = make_net("[convolutional]\nfilters=5\nsize=3\npad=1\nactivation=leaky", width, height, 6)
+    assert net.layers[0].winograd_tile == tile
+
+
 def test_resize_across_the_winograd_tile_threshold():
-    # 52x52 outputs use 4x4 tiles and 40x40 2x2 tiles: the cached transformed weights must follow the tile
+    # 52x52 outputs use 4x4 tiles and 42x42 2x2 tiles: the cached transformed weights must follow the tile
     net = make_net("[convolutional]\nfilters=5\nsize=3\npad=1\nbatch_normalize=1\nactivation=leaky", 52, 52, 6)
     layer = net.layers[0]
     randomise(layer, RNG)
-    for size in (52, 40, 52):
+    for size in (52, 42, 52):
         net.resize(size, size)
         assert layer.winograd_tile == (4 if size == 52 else 2)
         x = RNG.standard_normal((1, 6, size, size)).astype(np.float32)
