@@ -160,7 +160,7 @@ def _one_by_four(weights, shift, offsets, phases, out, f, plane, s0, s1, s2, s3,
 def dense_share(flags, ticket, first_flag, flag_count, before, weights, shift, offsets, phases, starts, out,
                 leaky_out, chunk, first, last):
     """Tasks first..last-1 of one image, a task being (4 output vectors, `chunk` filters) in that order; a
-    share of kernels/handoff.py (raises `ticket` in the flags before or after)."""
+    share function of kernels/handoff.py."""
     start_share(flags, ticket, first_flag, flag_count, before)
     filters = weights.shape[0]
     plane = out.shape[0] // filters

@@ -142,7 +142,7 @@ def bounded_pixel(xf, image, w, bias, height, width, y, x, half, of, target, lea
 def depthwise_3x3_same_planes(flags, ticket, first_flag, flag_count, before, xf, weights, bias, leaky_out, height,
                               width, left_mask, right_mask, of, channel_major, first, last):
     """Planes first..last-1 (plane p = image p // C, channel p % C) of the convolution; xf and of are the flat
-    images and output planes. A share function of kernels/handoff.py: raises `ticket` before or after."""
+    images and output planes; a share function of kernels/handoff.py."""
     start_share(flags, ticket, first_flag, flag_count, before)
     channels = weights.shape[0]
     batch = xf.size // (channels * height * width)

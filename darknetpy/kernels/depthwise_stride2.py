@@ -58,7 +58,7 @@ def _image_row(xf, start, ox0, count, w_left, w_centre, w_right, acc):
 def depthwise_3x3_stride2_planes(flags, ticket, first_flag, flag_count, before, xf, weights, bias, leaky_out, height,
                                  width, of, channel_major, first, last):
     """Planes first..last-1 (plane p = image p // C, channel p % C) of the convolution; xf and of are the flat
-    images and output planes. A share function of kernels/handoff.py: raises `ticket` before or after."""
+    images and output planes; a share function of kernels/handoff.py."""
     start_share(flags, ticket, first_flag, flag_count, before)
     channels = weights.shape[0]
     batch = xf.size // (channels * height * width)

@@ -44,7 +44,8 @@ from . import jit
 from .threads import thread_count, threads_pay
 
 # A helper checks its ticket CHECKS_PER_ROUND times between two sched_yield calls (a round: ~1 us when no
-# other thread wants the core) and goes to sleep after SPIN_ROUNDS rounds without work.
+# other thread wants the core); without work it waits SPIN_ROUNDS rounds at the end of its share
+# (finish_share), as many again in Python, then sleeps.
 CHECKS_PER_ROUND = 64
 SPIN_ROUNDS = 60
 

@@ -270,7 +270,7 @@ def task_count(batch: int, n: int, filters: int, chunk: int) -> int:
 @jit
 def pointwise_share(flags, ticket, first_flag, flag_count, before, weights, shift, x, out, residual, leaky_out, stream,
                     chunk, first, last):
-    """pointwise_tasks as a share of kernels/handoff.py: raises `ticket` in the flags before or after."""
+    """pointwise_tasks as a share function of kernels/handoff.py."""
     start_share(flags, ticket, first_flag, flag_count, before)
     pointwise_tasks(weights, shift, x, out, residual, leaky_out, chunk, first, last, stream, False)
     finish_share(flags, ticket, first_flag, flag_count, before)
