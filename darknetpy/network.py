@@ -204,17 +204,17 @@ class Network:
         return steps
 
     def _plan_lent_outputs(self) -> list[np.ndarray]:
-        """The buffer each layer writes into during `infer`. A layer writes into the shared buffer freed
-        most recently (whatever shapes used it before: the layers' buffers are views of flat shared ones),
-        which is still in the caches: its last readers have just run. A shared buffer is free again once
-        every layer reading what it holds has run. A layer that returns its input (inference_returns_input)
-        writes nothing: its readers keep that input's buffer busy; neither does a layer fused into a later
-        one (`_plan_inference_steps`), whose step reads that layer's inputs. Outputs no later layer reads,
-        and the output layer's, are never freed. The shared buffers' memory is the layers' own buffers, the largest
-        for the largest, so `infer` allocates nothing. Lent by shape before (a buffer went only to layers of
-        the output shape it was made for), a layer of a new shape wrote a buffer no layer had touched in
-        that pass, from memory: in yolo-fastest-1.1-xl's pass at 1 thread its 8->48 1x1 layer at 160x160 took
-        0.68 ms against 0.25 alone, the 1x1 layers 8.5 ms against 6.3 alone; now 7.2 ms (whole passes 0.96-0.97,
+        """The buffer each layer writes into during `infer`. A layer writes into the shared buffer freed most
+        recently (whatever shapes used it before: the layers' buffers are views of flat shared ones), which is
+        still in the caches: its last readers have just run. A shared buffer is free again once every layer
+        reading what it holds has run. A layer that returns its input (inference_returns_input) writes nothing:
+        its readers keep that input's buffer busy; neither does a layer fused into a later one
+        (`_plan_inference_steps`), whose step reads that layer's inputs. Outputs no later layer reads, and the
+        output layer's, are never freed. The shared buffers' memory is the layers' own buffers, the largest for
+        the largest, so `infer` allocates nothing. Lent by shape before (a buffer went only to layers of the
+        output shape it was made for), a layer of a new shape wrote a buffer no layer had touched in that pass,
+        from memory: in yolo-fastest-1.1-xl's pass at 1 thread its 8->48 1x1 layer at 160x160 took 0.68 ms
+        against 0.25 alone, the 1x1 layers 8.5 ms against 6.3 alone; now 7.2 ms (whole passes 0.96-0.97,
         alternating processes)."""
         count = self.output_index + 1   # the layers after it do not run at inference
         holder = list(range(count))     # the layer whose buffer holds each layer's output (-1: the input)
