@@ -5,9 +5,9 @@ Numba compiles one kernel at a time in a process, and looks a kernel up in the o
 call that needs it there; so whatever the helper has saved by then is loaded in milliseconds instead of
 compiled. The two meet in the middle, and the first run of yolo-fastest-1.1's `detect` took 14-15 s
 instead of 22-24 s on this project's 2-core machine. The helper starts with what this process compiles
-last (detection's NMS), then runs every step of the network's inference pass on zeros from the last layer to
-the first: kernels depend on the shapes, flags and thread count, which it copies, never on the weights'
-values.
+last (detection's NMS), then runs every step of the network's inference pass on zeros, the fused ones first
+(darknetpy/fusion.py), the others from the last layer to the first: kernels depend on the shapes, flags and
+thread count, which it copies, never on the weights' values.
 
 It is armed by the commands that run a network on images (predict, detect, segment, valid, map) and
 started at the first compilation of a darknetpy kernel (compile_notice): a run whose kernels are all cached
@@ -131,13 +131,17 @@ def compile_backwards(cfg: str, width: int, height: int, batch: int, parent: int
     `parent`: stop as soon as that process is gone)."""
     import numpy as np
 
+    from .fusion import find_residual_fusions
     from .network import load_cfg
     network = load_cfg(cfg, width, height)
     network.initialize(0)
     network.allocate(batch)
     _compile_post_processing(network)
     steps = network.inference_steps()   # what infer runs: a shortcut fused into its 1x1 layer is one step
-    for index in range(network.output_index, -1, -1):
+    # the fused steps first: their kernel is a compilation of its own (kernels/pointwise.py), and the first
+    # of them comes early in this process's pass (yolo-fastest-1.1's 9th layer)
+    fused = [f.shortcut for f in find_residual_fusions(network.layers, network.output_index)]
+    for index in fused + [i for i in range(network.output_index, -1, -1) if i not in fused]:
         if parent is not None and os.getppid() != parent:
             return
         if steps[index] is None:

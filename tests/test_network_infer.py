@@ -231,7 +231,7 @@ def test_infer_matches_forward_on_real_networks(shared_dir, name, size):
 # activation its kernel does not apply (16-17): none of those five can be fused.
 RESIDUAL = """[net]
 width=20
-height=10
+height=16
 channels=3
 
 [convolutional]
@@ -327,7 +327,7 @@ def test_a_shortcut_is_computed_by_the_1x1_layer_before_it(monkeypatch, threads,
     monkeypatch.setattr(pointwise, "thread_count", lambda: threads)
     monkeypatch.setattr(pointwise, "PARALLEL_MIN_MACS", 0)   # shared out at 2 threads, as large layers are
     network = quiet_net(RESIDUAL)
-    x = np.random.default_rng(4).standard_normal((batch, 3, 10, 20)).astype(np.float32)
+    x = np.random.default_rng(4).standard_normal((batch, 3, 16, 20)).astype(np.float32)
     network.allocate(batch)
     assert find_residual_fusions(network.layers, network.output_index) == [
         ResidualFusion(convolution=2, shortcut=4, residual=0, passed=(3,)),
@@ -339,10 +339,14 @@ def test_a_shortcut_is_computed_by_the_1x1_layer_before_it(monkeypatch, threads,
     assert any(np.shares_memory(network.layers[1].output, layer.output) for layer in network.layers[5:])
 
 
-def test_no_fusion_unless_the_1x1_kernel_runs_the_layer(monkeypatch):
-    """A batch whose 1x1 layers go to GEMM runs every layer (the same values)."""
-    monkeypatch.setattr(conv_engines, "gemm_beats_pointwise", lambda *args: True)
-    network = quiet_net(RESIDUAL)
+@pytest.mark.parametrize("gemm,height", [(True, 16), (False, 10)])
+def test_no_fusion_unless_the_1x1_kernel_can_add_the_residual(monkeypatch, gemm, height):
+    """A batch whose 1x1 layers go to GEMM, or maps whose last tile of pixels is narrower than a vector
+    (20x10: 200 = 3 x 64 + 8, see pointwise.adds_residual), run every layer (the same values)."""
+    if gemm:
+        monkeypatch.setattr(conv_engines, "gemm_beats_pointwise", lambda *args: True)
+    network = quiet_net(RESIDUAL.replace("height=16", f"height={height}"))
     network.allocate(2)
     assert find_residual_fusions(network.layers, network.output_index) == []
-    check_infer_matches_forward(network, np.random.default_rng(5).standard_normal((2, 3, 10, 20)).astype(np.float32))
+    x = np.random.default_rng(5).standard_normal((2, 3, height, 20)).astype(np.float32)
+    check_infer_matches_forward(network, x)

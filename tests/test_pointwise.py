@@ -80,6 +80,12 @@ def test_a_residual_is_added_to_every_output_as_a_separate_sum_would(pixels, fil
     float32 roundings of the two layers it replaces, in every block shape, serial and shared out."""
     weights, shift, x = case(2, 6, filters, pixels)
     residual = RNG.standard_normal((2, filters, pixels)).astype(np.float32)
+    if not pointwise.adds_residual(pixels):
+        # a last tile narrower than a vector writes into the tile before: refused, not summed twice
+        assert pixels > TILE and pixels % TILE < LANES
+        with pytest.raises(ValueError, match="residual"):
+            pointwise_forward(weights, shift, x, np.empty((2, filters, pixels), np.float32), False, residual)
+        return
     for leaky_out in (True, False):
         want = run("serial", weights, shift, x, leaky_out) + residual
         np.testing.assert_array_equal(run("serial", weights, shift, x, leaky_out, residual=residual), want)

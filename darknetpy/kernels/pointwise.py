@@ -3,9 +3,9 @@
     out[b, f, p] = act(sum_c weights[f, c] * x[b, c, p] + shift[f])      (act: leaky or identity)
 
 plus, when given, residual[b, f, p] (a [shortcut] fused into its 1x1 layer: darknetpy/fusion.py), added to
-each output vector as it is stored. `residual` None is a compilation of its own with no trace of the sum:
-an empty array tested at every store instead made the 4x4 blocks 2-4x slower (LLVM no longer kept them in
-registers).
+each task's outputs right after the task has stored them (still in L1 or L2). Added inside the blocks, as
+each vector is stored, the sum was a second compilation of the whole kernel (2.1 s more on a first run,
+yolo-fastest-1.1's `detect` 1.5 s slower cold) for the same speed in whole passes.
 
 An image's (C, N) planes already are the right-hand matrix of a product with the (F, C) weights, and BLAS
 does run it -- but the depthwise-separable networks' 1x1 layers read few channels of large maps (16 -> 16
@@ -73,14 +73,11 @@ FETCH_ON_ONE_THREAD = True
 
 
 @jit
-def _finish(out, residual, at, acc, bias, leaky_out, stream):
-    """out[at : at + LANES] = act(acc + bias) (+ residual[at : at + LANES] unless `residual` is None), past
-    the caches if `stream` (64-byte aligned `at`)."""
+def _finish(out, at, acc, bias, leaky_out, stream):
+    """out[at : at + LANES] = act(acc + bias), past the caches if `stream` (64-byte aligned `at`)."""
     value = add(acc, bias)
     if leaky_out:
         value = leaky(value)
-    if residual is not None:
-        value = add(value, load(residual, at))
     if stream:
         store_stream(out, at, value)
     else:
@@ -88,13 +85,13 @@ def _finish(out, residual, at, acc, bias, leaky_out, stream):
 
 
 @jit(inline="always")
-def _finish_four(out, residual, row, shift_value, a0, a1, a2, a3, leaky_out, stream):
+def _finish_four(out, row, shift_value, a0, a1, a2, a3, leaky_out, stream):
     """One filter's four vectors of a tile from `row` on."""
     bias = splat(shift_value)
-    _finish(out, residual, row, a0, bias, leaky_out, stream)
-    _finish(out, residual, row + LANES, a1, bias, leaky_out, stream)
-    _finish(out, residual, row + 2 * LANES, a2, bias, leaky_out, stream)
-    _finish(out, residual, row + 3 * LANES, a3, bias, leaky_out, stream)
+    _finish(out, row, a0, bias, leaky_out, stream)
+    _finish(out, row + LANES, a1, bias, leaky_out, stream)
+    _finish(out, row + 2 * LANES, a2, bias, leaky_out, stream)
+    _finish(out, row + 3 * LANES, a3, bias, leaky_out, stream)
 
 
 @jit(inline="always")
@@ -108,7 +105,7 @@ def outer_fma(w0, w1, w2, w3, x0, x1, x2, x3, a):
 
 
 @jit(inline="always")
-def _four_by_four(weights, shift, x, out, residual, f, p, n, leaky_out, stream, fetch_next):
+def _four_by_four(weights, shift, x, out, f, p, n, leaky_out, stream, fetch_next):
     """Filters f..f+3 at the four vectors from pixel p; asking for the next block's weights if `fetch_next`."""
     zero = splat(0.0)
     a = (zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero)
@@ -123,14 +120,14 @@ def _four_by_four(weights, shift, x, out, residual, f, p, n, leaky_out, stream, 
         at += n
     a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33 = a
     row = f * n + p
-    _finish_four(out, residual, row, shift[f], a00, a01, a02, a03, leaky_out, stream)
-    _finish_four(out, residual, row + n, shift[f + 1], a10, a11, a12, a13, leaky_out, stream)
-    _finish_four(out, residual, row + 2 * n, shift[f + 2], a20, a21, a22, a23, leaky_out, stream)
-    _finish_four(out, residual, row + 3 * n, shift[f + 3], a30, a31, a32, a33, leaky_out, stream)
+    _finish_four(out, row, shift[f], a00, a01, a02, a03, leaky_out, stream)
+    _finish_four(out, row + n, shift[f + 1], a10, a11, a12, a13, leaky_out, stream)
+    _finish_four(out, row + 2 * n, shift[f + 2], a20, a21, a22, a23, leaky_out, stream)
+    _finish_four(out, row + 3 * n, shift[f + 3], a30, a31, a32, a33, leaky_out, stream)
 
 
 @jit(inline="always")
-def _four_by_two(weights, shift, x, out, residual, f, p0, p1, n, leaky_out):
+def _four_by_two(weights, shift, x, out, f, p0, p1, n, leaky_out):
     """Filters f..f+3 at the vectors from pixels p0 and p1 (which may overlap)."""
     zero = splat(0.0)
     a00 = zero; a01 = zero; a10 = zero; a11 = zero
@@ -149,24 +146,20 @@ def _four_by_two(weights, shift, x, out, residual, f, p0, p1, n, leaky_out):
         at += n
     row = f * n
     bias = splat(shift[f])
-    _finish(out, residual, row + p0, a00, bias, leaky_out, False)
-    _finish(out, residual, row + p1, a01, bias, leaky_out, False)
+    _finish(out, row + p0, a00, bias, leaky_out, False); _finish(out, row + p1, a01, bias, leaky_out, False)
     row += n
     bias = splat(shift[f + 1])
-    _finish(out, residual, row + p0, a10, bias, leaky_out, False)
-    _finish(out, residual, row + p1, a11, bias, leaky_out, False)
+    _finish(out, row + p0, a10, bias, leaky_out, False); _finish(out, row + p1, a11, bias, leaky_out, False)
     row += n
     bias = splat(shift[f + 2])
-    _finish(out, residual, row + p0, a20, bias, leaky_out, False)
-    _finish(out, residual, row + p1, a21, bias, leaky_out, False)
+    _finish(out, row + p0, a20, bias, leaky_out, False); _finish(out, row + p1, a21, bias, leaky_out, False)
     row += n
     bias = splat(shift[f + 3])
-    _finish(out, residual, row + p0, a30, bias, leaky_out, False)
-    _finish(out, residual, row + p1, a31, bias, leaky_out, False)
+    _finish(out, row + p0, a30, bias, leaky_out, False); _finish(out, row + p1, a31, bias, leaky_out, False)
 
 
 @jit(inline="always")
-def _eight_by_one(weights, shift, x, out, residual, f, p, n, leaky_out):
+def _eight_by_one(weights, shift, x, out, f, p, n, leaky_out):
     """Filters f..f+7 at the vector from pixel p."""
     zero = splat(0.0)
     a0 = zero; a1 = zero; a2 = zero; a3 = zero; a4 = zero; a5 = zero; a6 = zero; a7 = zero
@@ -181,18 +174,18 @@ def _eight_by_one(weights, shift, x, out, residual, f, p, n, leaky_out):
         a6 = fma(splat(weights[f + 6, c]), xc, a6); a7 = fma(splat(weights[f + 7, c]), xc, a7)
         at += n
     row = f * n + p
-    _finish(out, residual, row, a0, splat(shift[f]), leaky_out, False); row += n
-    _finish(out, residual, row, a1, splat(shift[f + 1]), leaky_out, False); row += n
-    _finish(out, residual, row, a2, splat(shift[f + 2]), leaky_out, False); row += n
-    _finish(out, residual, row, a3, splat(shift[f + 3]), leaky_out, False); row += n
-    _finish(out, residual, row, a4, splat(shift[f + 4]), leaky_out, False); row += n
-    _finish(out, residual, row, a5, splat(shift[f + 5]), leaky_out, False); row += n
-    _finish(out, residual, row, a6, splat(shift[f + 6]), leaky_out, False); row += n
-    _finish(out, residual, row, a7, splat(shift[f + 7]), leaky_out, False)
+    _finish(out, row, a0, splat(shift[f]), leaky_out, False); row += n
+    _finish(out, row, a1, splat(shift[f + 1]), leaky_out, False); row += n
+    _finish(out, row, a2, splat(shift[f + 2]), leaky_out, False); row += n
+    _finish(out, row, a3, splat(shift[f + 3]), leaky_out, False); row += n
+    _finish(out, row, a4, splat(shift[f + 4]), leaky_out, False); row += n
+    _finish(out, row, a5, splat(shift[f + 5]), leaky_out, False); row += n
+    _finish(out, row, a6, splat(shift[f + 6]), leaky_out, False); row += n
+    _finish(out, row, a7, splat(shift[f + 7]), leaky_out, False)
 
 
 @jit(inline="always")
-def _one_by_four(weights, shift, x, out, residual, f, p0, p1, p2, p3, n, leaky_out):
+def _one_by_four(weights, shift, x, out, f, p0, p1, p2, p3, n, leaky_out):
     """Filter f at the vectors from pixels p0..p3 (which may overlap)."""
     zero = splat(0.0)
     a0 = zero; a1 = zero; a2 = zero; a3 = zero
@@ -204,16 +197,14 @@ def _one_by_four(weights, shift, x, out, residual, f, p0, p1, p2, p3, n, leaky_o
         at += n
     row = f * n
     bias = splat(shift[f])
-    _finish(out, residual, row + p0, a0, bias, leaky_out, False)
-    _finish(out, residual, row + p1, a1, bias, leaky_out, False)
-    _finish(out, residual, row + p2, a2, bias, leaky_out, False)
-    _finish(out, residual, row + p3, a3, bias, leaky_out, False)
+    _finish(out, row + p0, a0, bias, leaky_out, False); _finish(out, row + p1, a1, bias, leaky_out, False)
+    _finish(out, row + p2, a2, bias, leaky_out, False); _finish(out, row + p3, a3, bias, leaky_out, False)
 
 
 @jit
-def product_tile(weights, shift, x, out, residual, p, n, f_lo, f_hi, leaky_out, stream, fetch_next):
-    """Filters f_lo..f_hi-1 over the pixels p..min(p + TILE, n) - 1 of one image, plus `residual` (of out's
-    shape, or empty: nothing added); also the Winograd products' kernel (kernels/winograd.py)."""
+def product_tile(weights, shift, x, out, p, n, f_lo, f_hi, leaky_out, stream, fetch_next):
+    """Filters f_lo..f_hi-1 over the pixels p..min(p + TILE, n) - 1 of one image (also the Winograd
+    products' kernel: kernels/winograd.py)."""
     width = min(TILE, n - p)
     vectors = (width + LANES - 1) // LANES
     last = n - LANES   # where a plane's last vector starts
@@ -224,28 +215,38 @@ def product_tile(weights, shift, x, out, residual, p, n, f_lo, f_hi, leaky_out, 
     f = f_lo
     if width == TILE:
         while f + 4 <= f_hi:
-            _four_by_four(weights, shift, x, out, residual, f, p, n, leaky_out, stream, fetch_next)
+            _four_by_four(weights, shift, x, out, f, p, n, leaky_out, stream, fetch_next)
             f += 4
     elif vectors == 1:
         while f + 8 <= f_hi:
-            _eight_by_one(weights, shift, x, out, residual, f, p0, n, leaky_out)
+            _eight_by_one(weights, shift, x, out, f, p0, n, leaky_out)
             f += 8
     else:
         while f + 4 <= f_hi:
-            _four_by_two(weights, shift, x, out, residual, f, p, p1, n, leaky_out)
+            _four_by_two(weights, shift, x, out, f, p, p1, n, leaky_out)
             if vectors > 2:
-                _four_by_two(weights, shift, x, out, residual, f, p2, p3, n, leaky_out)
+                _four_by_two(weights, shift, x, out, f, p2, p3, n, leaky_out)
             f += 4
     while f < f_hi:
-        _one_by_four(weights, shift, x, out, residual, f, p0, p1, p2, p3, n, leaky_out)
+        _one_by_four(weights, shift, x, out, f, p0, p1, p2, p3, n, leaky_out)
         f += 1
+
+
+@jit
+def _add_residual(out, residual, p, width, n, f_lo, f_hi):
+    """out[f * n + p : f * n + p + width] += the same of residual, for the filters f_lo..f_hi-1."""
+    for f in range(f_lo, f_hi):
+        start = f * n + p
+        target, source = out[start:start + width], residual[start:start + width]
+        for i in range(width):
+            target[i] += source[i]
 
 
 @jit
 def pointwise_tasks(weights, shift, x, out, residual, leaky_out, chunk, first, last, stream, fetch_first):
     """Tasks first..last-1 of the layer, a task being (image, pixel tile, `chunk` filters) in that order:
-    out[b] = act(weights @ x[b] + shift) + residual[b] over the task's pixels and filters (see the module
-    docstring; residual (B, 0): nothing added);
+    out[b] = act(weights @ x[b] + shift) (+ residual[b] unless it is None) over the task's pixels and filters
+    (see the module docstring);
     `stream`: full tiles are stored past the caches (out 64-byte aligned, planes a multiple of LANES long)."""
     n = x.shape[1] // weights.shape[1]
     filters = weights.shape[0]
@@ -255,12 +256,18 @@ def pointwise_tasks(weights, shift, x, out, residual, leaky_out, chunk, first, l
         b = task // (tiles * chunks)
         tile = task // chunks - b * tiles
         f_lo = (task % chunks) * chunk
-        if residual is None:   # a separate compilation: the branch is pruned
-            product_tile(weights, shift, x[b], out[b], None, tile * TILE, n, f_lo, min(f_lo + chunk, filters),
-                         leaky_out, stream, fetch_first and tile == 0)
-        else:
-            product_tile(weights, shift, x[b], out[b], residual[b], tile * TILE, n, f_lo,
-                         min(f_lo + chunk, filters), leaky_out, stream, fetch_first and tile == 0)
+        f_hi = min(f_lo + chunk, filters)
+        product_tile(weights, shift, x[b], out[b], tile * TILE, n, f_lo, f_hi, leaky_out, stream,
+                     fetch_first and tile == 0)
+        if residual is not None:
+            _add_residual(out[b], residual[b], tile * TILE, min(TILE, n - tile * TILE), n, f_lo, f_hi)
+
+
+def adds_residual(n: int) -> bool:
+    """Whether planes of n pixels can take a residual: each task then adds it to its own pixels, which
+    another task's vectors must not write too (a last tile narrower than a vector, after other tiles, stores
+    a vector that reaches back into the tile before)."""
+    return n >= MIN_PIXELS and (n <= TILE or n % TILE == 0 or n % TILE >= LANES)
 
 
 def task_count(batch: int, n: int, filters: int, chunk: int) -> int:
@@ -278,20 +285,24 @@ def pointwise_share(flags, ticket, first_flag, flag_count, before, weights, shif
 
 def pointwise_forward(weights: np.ndarray, shift: np.ndarray, x: np.ndarray, out: np.ndarray,
                       leaky_out: bool, residual: np.ndarray | None = None) -> None:
-    """out (B, F, N) = act(weights (F, C) @ x (B, C, N) + shift) (+ residual (B, F, N) if given), act leaky
-    or identity; N >= MIN_PIXELS. Arrays C-contiguous float32, `out` apart from `x` and `residual`."""
+    """out (B, F, N) = act(weights (F, C) @ x (B, C, N) + shift) (+ residual (B, F, N) if given and
+    adds_residual(N)), act leaky or identity; N >= MIN_PIXELS. Arrays C-contiguous float32, `out` apart from
+    `x` and `residual`."""
     batch, channels, n = x.shape
     filters = weights.shape[0]
     if (n < MIN_PIXELS or weights.shape[1] != channels or out.shape != (batch, filters, n)
             or not (x.flags.c_contiguous and out.flags.c_contiguous)
-            or residual is not None and (residual.shape != out.shape or not residual.flags.c_contiguous)):
+            or residual is not None and (residual.shape != out.shape or not residual.flags.c_contiguous
+                                         or not adds_residual(n))):
         raise ValueError(f"pointwise_forward: weights {weights.shape}, x {x.shape}, out {out.shape}, residual "
                          f"{None if residual is None else residual.shape}")
     x2, out2 = x.reshape(batch, -1), out.reshape(batch, -1)
     residual2 = None if residual is None else residual.reshape(batch, -1)
     tiles = task_count(batch, n, 1, 1)
     threads = thread_count()
-    stream = STREAM_MIN_BYTES <= out.nbytes and out.ctypes.data % STREAM_ALIGNMENT == 0 and n % LANES == 0
+    # (a residual is added to what was stored: streaming it past the caches would send the sum back to memory)
+    stream = (residual is None and STREAM_MIN_BYTES <= out.nbytes and out.ctypes.data % STREAM_ALIGNMENT == 0
+              and n % LANES == 0)
     if not threads_pay(batch * filters * channels * n, tiles * -(-filters // 4), PARALLEL_MIN_MACS):
         pointwise_tasks(weights, shift, x2, out2, residual2, leaky_out, filters, 0, tiles, stream,
                         FETCH_ON_ONE_THREAD)

@@ -451,7 +451,7 @@ def _product(weights, x, out, n, no_shift, fetch):
     filters = weights.shape[0]
     if n >= MIN_PIXELS:
         for p in range(0, n, TILE):
-            product_tile(weights, no_shift, x, out, None, p, n, 0, filters, False, False, fetch and p == 0)
+            product_tile(weights, no_shift, x, out, p, n, 0, filters, False, False, fetch and p == 0)
         return
     for f in range(filters):
         acc = splat(0.0)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..kernels import activations as act
+from ..kernels import pointwise
 from .base import FLOAT, Layer, LayerConfig, Param, Shape, c_div, option
 from .conv_engines import ConvGeometry, PointwiseEngine, choose_engines
 from .epilogue import Epilogue, EpilogueOwner
@@ -146,10 +147,12 @@ class Convolutional(EpilogueOwner, Layer):
         return self.output
 
     def adds_residual(self) -> bool:
-        """Whether `forward_adding` can run at this batch size: the 1x1 kernel (kernels/pointwise.py) with an
-        activation it applies itself (leaky or linear)."""
+        """Whether `forward_adding` can run at this batch size: the 1x1 kernel (kernels/pointwise.py) on maps
+        it can add a residual to, with an activation it applies itself (leaky or linear)."""
         activation = self.epilogue.activation
-        return isinstance(self.engine, PointwiseEngine) and (activation.fuses_leaky or activation.code == act.LINEAR)
+        pixels = self.out_shape.h * self.out_shape.w
+        return (isinstance(self.engine, PointwiseEngine) and pointwise.adds_residual(pixels)
+                and (activation.fuses_leaky or activation.code == act.LINEAR))
 
     def forward_adding(self, x: np.ndarray, residual: np.ndarray, out: np.ndarray) -> None:
         """Inference: out = act(conv(x)) + residual in one pass, out being another layer's buffer (a
