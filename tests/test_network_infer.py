@@ -224,6 +224,11 @@ def test_infer_matches_forward_on_real_networks(shared_dir, name, size):
     assert lent >= 3
 
 
+def residual_block(convolution: str, shortcut: str = "activation=linear") -> str:
+    """A 16-filter [convolutional] and a [shortcut] adding the layer before it."""
+    return f"[convolutional]\nfilters=16\n{convolution}\n\n[shortcut]\nfrom=-2\n{shortcut}\n\n"
+
+
 # Two residual blocks as the depthwise-separable networks end them: a linear 1x1 layer, a [dropout], then
 # the [shortcut] (layers 2-4; the shortcut's output must not go into the buffer of layer 1, which the fused
 # step reads), and a leaky 1x1 layer straight into one (5-6); then a 1x1 layer whose output a route also
@@ -258,66 +263,10 @@ probability=.5
 from=-4
 activation=linear
 
-[convolutional]
-filters=16
-size=1
-batch_normalize=1
-activation=leaky
-
-[shortcut]
-from=-2
-activation=linear
-
-[convolutional]
-filters=16
-size=1
-activation=linear
-
-[shortcut]
-from=-2
-activation=linear
-
-[route]
-layers=-2
-
-[convolutional]
-filters=16
-size=3
-pad=1
-activation=linear
-
-[shortcut]
-from=-2
-activation=linear
-
-[convolutional]
-filters=16
-size=1
-activation=linear
-
-[shortcut]
-from=-2
-alpha=0.5
-activation=linear
-
-[convolutional]
-filters=16
-size=1
-activation=linear
-
-[shortcut]
-from=-2
-activation=leaky
-
-[convolutional]
-filters=16
-size=1
-activation=mish
-
-[shortcut]
-from=-2
-activation=linear
-"""
+""" + residual_block("size=1\nbatch_normalize=1\nactivation=leaky") + residual_block("size=1\nactivation=linear") \
+    + "[route]\nlayers=-2\n\n" + residual_block("size=3\npad=1\nactivation=linear") \
+    + residual_block("size=1\nactivation=linear", "alpha=0.5\nactivation=linear") \
+    + residual_block("size=1\nactivation=linear", "activation=leaky") + residual_block("size=1\nactivation=mish")
 
 
 @pytest.mark.parametrize("threads", [1, 2])
