@@ -130,7 +130,8 @@ class Network:
         """An inference forward pass that keeps only what is read after it: the output of every layer that
         no later layer reads (the output layer, detection heads) stays in `outputs` until the next call;
         the other layers write into buffers they share, each used again once its readers have run, so
-        `outputs` of those layers holds other data afterwards. Same values as `forward(x)`, less memory
+        `outputs` of those layers holds other data afterwards, and None for the layers a later step computes
+        (a [shortcut] fused into its 1x1 layer: darknetpy/fusion.py). Same values as `forward(x)`, less memory
         traffic: a pass writes into buffers still in the caches instead of a fresh one per layer
         (yolo-fastest-1.1-xl at 320, 1 thread, alternating in one process: 0.82 of `forward`'s time at batch 1,
         0.96 at batch 8; see _plan_lent_outputs)."""
