@@ -20,6 +20,9 @@ from .fusion import find_residual_fusions
 from .layers import layer_class
 from .layers.base import Layer, LossLayer, Shape
 
+#: a layer's step in `Network.infer`: the indices of the outputs it reads, and run(those outputs) -> its output
+InferenceStep = tuple[list[int], Callable[[list[np.ndarray]], np.ndarray]]
+
 
 class Network:
     def __init__(self, net: NetConfig, layers: list[Layer], path: str):
@@ -37,7 +40,7 @@ class Network:
         self._lent_outputs: list[np.ndarray] | None = None
         self._lending = False
         # what `infer` runs for each layer: (input indices, run(xs)), or None for a layer fused into a later one
-        self._inference_steps: list[tuple[list[int], Callable[[list[np.ndarray]], np.ndarray]] | None] = []
+        self._inference_steps: list[InferenceStep | None] = []
         self.input_shape = Shape(net.channels, net.height, net.width) if net.height and net.width \
             else Shape.flat(net.inputs)
         self.shapes = self._build_shapes()
@@ -185,18 +188,18 @@ class Network:
             layer.output = buffer
         self._lending = lend
 
-    def inference_steps(self) -> list[tuple[list[int], Callable[[list[np.ndarray]], np.ndarray]] | None]:
+    def inference_steps(self) -> list[InferenceStep | None]:
         """What `infer` runs for each layer up to the output layer, at the allocated batch size: (input
         indices, run(inputs) -> output), or None for a layer that a later layer's step computes
         (darknetpy/fusion.py). The layers write into the buffers `infer` lends them."""
         self._lend_outputs(True)
         return self._inference_steps
 
-    def _plan_inference_steps(self) -> list[tuple[list[int], Callable[[list[np.ndarray]], np.ndarray]] | None]:
+    def _plan_inference_steps(self) -> list[InferenceStep | None]:
         """Each layer's step in `infer` up to the output layer: its own inference forward, or the fused step
         that replaces a shortcut and the layers it fuses (darknetpy/fusion.py)."""
         layers = self.layers
-        steps: list = [(layer.input_indices(), partial(layer.forward, train=False))
+        steps: list[InferenceStep | None] = [(layer.input_indices(), partial(layer.forward, train=False))
                        for layer in layers[:self.output_index + 1]]
         for fusion in find_residual_fusions(layers, self.output_index):
             for skipped in fusion.skipped():

@@ -460,7 +460,8 @@ class PointwiseEngine:
         self._shift = np.ascontiguousarray(shift, FLOAT)
 
     def forward(self, x: np.ndarray, out: np.ndarray, epilogue: Epilogue, residual: np.ndarray | None = None) -> None:
-        """out = act(conv(x)) (+ residual, added after the activation, which must then be leaky or linear)."""
+        """out = act(conv(x)) (+ residual, added after the activation, which must then be one the kernel
+        applies itself: leaky or linear)."""
         g = self.g
         batch = x.shape[0]
         # a route's channel slice of a batch is strided between images: the kernel reads flat planes
@@ -469,8 +470,7 @@ class PointwiseEngine:
         fuse_leaky = epilogue.activation.fuses_leaky
         pointwise.pointwise_forward(self._weights, self._shift, x3, out3, fuse_leaky,
                                     None if residual is None else np.ascontiguousarray(residual).reshape(out3.shape))
-        if residual is None:
-            epilogue.activation.apply_unless_fused(out3)
+        epilogue.activation.apply_unless_fused(out3)
 
 
 class DenseDirectEngine:

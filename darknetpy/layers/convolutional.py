@@ -140,11 +140,15 @@ class Convolutional(EpilogueOwner, Layer):
             product = self.trainer.forward_train(x, self.weights)
             self.epilogue.forward_channel_major(product, self.output.reshape(x.shape[0], self.out_shape.c, -1))
             return self.output
+        self._ready_engine()
+        self.engine.forward(x, self.output, self.epilogue)
+        return self.output
+
+    def _ready_engine(self) -> None:
+        """Give the inference engine the weights with the batch norm folded in, once per change of them."""
         if not self._engine_ready:
             self.engine.prepare(*self.epilogue.fold_into(self.weights))
             self._engine_ready = True
-        self.engine.forward(x, self.output, self.epilogue)
-        return self.output
 
     def adds_residual(self) -> bool:
         """Whether `forward_adding` can run at this batch size: the 1x1 kernel (kernels/pointwise.py) on maps
@@ -157,9 +161,7 @@ class Convolutional(EpilogueOwner, Layer):
     def forward_adding(self, x: np.ndarray, residual: np.ndarray, out: np.ndarray) -> None:
         """Inference: out = act(conv(x)) + residual in one pass, out being another layer's buffer (a
         [shortcut] fused in: darknetpy/fusion.py); needs adds_residual()."""
-        if not self._engine_ready:
-            self.engine.prepare(*self.epilogue.fold_into(self.weights))
-            self._engine_ready = True
+        self._ready_engine()
         self.engine.forward(x, out, self.epilogue, residual)
 
     def _ensure_gradients(self) -> None:
