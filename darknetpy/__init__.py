@@ -17,7 +17,7 @@ _share_cores()  # under mpiexec: each local rank gets its share of the cores, be
 from . import thread_environment as _thread_environment  # noqa: E402
 
 # how idle threads wait, read by OpenBLAS and OpenMP when they load
-_thread_environment.warn_if_blas_loaded_first(_thread_environment.apply_environment_defaults())
+_thread_environment.note_blas_settings(_thread_environment.apply_environment_defaults())
 
 from .kernels import threads as _threads  # noqa: E402,F401  (thread wait policy before Numba starts threads)
 

@@ -39,20 +39,37 @@ def apply_environment_defaults(environ: MutableMapping[str, str] | None = None) 
     return missing
 
 
-def warn_if_blas_loaded_first(set_now: list[str], modules: Mapping[str, object] = sys.modules) -> None:
-    """OpenBLAS read its settings when numpy was imported: if that happened before darknetpy, the default set
-    now comes too late, and with more than one BLAS thread the spinning costs darknetpy's multi-threaded
-    passes up to a third of their time. Say so once, with the way out."""
+def blas_loaded_spinning(set_now: list[str], modules: Mapping[str, object] = sys.modules) -> bool:
+    """Whether OpenBLAS read its settings (numpy was imported) before darknetpy could set the timeout now set
+    (`set_now`: apply_environment_defaults' answer), with idle threads to spin: then its workers spin for
+    about 0.1 s after each matrix product."""
     if "OPENBLAS_THREAD_TIMEOUT" not in set_now or "numpy" not in modules:
-        return
+        return False
     # OpenBLAS takes its thread count from OPENBLAS_NUM_THREADS, else from OMP_NUM_THREADS
     blas_threads = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
-    if blas_threads == "1" or (os.cpu_count() or 1) < 2:
-        return
-    warnings.warn("numpy was imported before darknetpy, so OpenBLAS's idle threads keep spinning for about 0.1 s "
-                  "after each matrix product and take a core from darknetpy's threads (up to 1.4x slower "
-                  "multi-threaded passes): import darknetpy first, or set OPENBLAS_THREAD_TIMEOUT=16 in the "
-                  "environment", DarknetWarning, stacklevel=3)
+    return blas_threads != "1" and (os.cpu_count() or 1) >= 2
+
+
+_blas_workers_spin = False
+
+
+def note_blas_settings(set_now: list[str], modules: Mapping[str, object] = sys.modules) -> None:
+    """Record whether OpenBLAS's workers spin (blas_workers_spin) and, if they do, say once what it costs and
+    the way out: inference then avoids BLAS products at more than one thread (layers/conv_engines.py), but
+    training multiplies by BLAS throughout."""
+    global _blas_workers_spin
+    _blas_workers_spin = blas_loaded_spinning(set_now, modules)
+    if _blas_workers_spin:
+        warnings.warn("numpy was imported before darknetpy, so OpenBLAS's idle threads keep spinning for about "
+                      "0.1 s after each matrix product and take a core from darknetpy's threads (multi-threaded "
+                      "training steps up to 1.4x slower): import darknetpy first, or set "
+                      "OPENBLAS_THREAD_TIMEOUT=16 in the environment", DarknetWarning, stacklevel=3)
+
+
+def blas_workers_spin() -> bool:
+    """Whether OpenBLAS's idle workers in this process spin for ~0.1 s after each product (see
+    note_blas_settings)."""
+    return _blas_workers_spin
 
 
 def set_by_darknetpy() -> frozenset[str]:

@@ -625,6 +625,64 @@ def test_pointwise_layer_inference_per_image(text, c, batch):
     np.testing.assert_allclose(got, expected[cfg.activation](ref), rtol=1e-4, atol=1e-4)
 
 
+SMALL_MAP_LAYERS = [
+    ("filters=40\nsize=3\npad=1\nbatch_normalize=1\nactivation=leaky", 48, 7, 1),     # darknet19's 7x7 3x3
+    ("filters=24\nsize=3\npad=1\nactivation=logistic", 20, 8, 3),                     # an unfused activation
+    ("filters=12\nsize=3\nstride=2\npad=1\nbatch_normalize=1\nactivation=linear", 30, 9, 2),
+    ("filters=136\nsize=1\nbatch_normalize=1\nactivation=leaky", 128, 10, 1),         # Yolo-Fastest-XL, 10x10
+    ("filters=20\nsize=1\nactivation=linear", 40, 4, 2),                               # one vector per plane
+]
+
+
+def infer_counting_blas(monkeypatch, text, c, side, batch, blas_spins):
+    """One layer's inference at 2 threads, shared out, with OpenBLAS's workers spinning or not: (the layer,
+    its output, the BLAS products it ran); the output checked against the float64 reference."""
+    monkeypatch.setattr(conv_engines, "thread_count", lambda: 2)
+    monkeypatch.setattr(pointwise, "thread_count", lambda: 2)
+    monkeypatch.setattr(pointwise, "PARALLEL_MIN_MACS", 0)
+    monkeypatch.setattr(conv_engines, "blas_workers_spin", lambda: blas_spins)
+    net = make_net("[convolutional]\n" + text, side, side, c)
+    layer = net.layers[0]
+    randomise(layer, RNG)
+    x = RNG.standard_normal((batch, c, side, side)).astype(np.float32)
+    products = []
+    matmul = np.matmul
+
+    def counted(*args, **kwargs):
+        products.append(args[0].shape)
+        return matmul(*args, **kwargs)
+    monkeypatch.setattr(np, "matmul", counted)
+    got = net.forward(x)
+    monkeypatch.setattr(np, "matmul", matmul)
+    cfg = layer.config
+    raw = conv2d(x.astype(np.float64), layer.weights, np.zeros(cfg.filters), cfg.stride, cfg.stride,
+                 cfg.effective_padding)
+    if layer.bn is not None:
+        ref = batchnorm_inference(raw, layer.bn.scales, layer.biases, layer.bn.rolling_mean, layer.bn.rolling_var)
+    else:
+        ref = raw + layer.biases[None, :, None, None]
+    expected = {"leaky": leaky, "linear": lambda v: v, "logistic": lambda v: 1 / (1 + np.exp(-v))}
+    np.testing.assert_allclose(got, expected[cfg.activation](ref), rtol=1e-4, atol=1e-4)
+    return layer, products
+
+
+@pytest.mark.parametrize("text,c,side,batch", SMALL_MAP_LAYERS)
+def test_inference_runs_no_blas_product_where_its_workers_spin(monkeypatch, text, c, side, batch):
+    """Where OpenBLAS's idle workers spin after each product (numpy imported before darknetpy), inference at
+    more than one thread multiplies every ungrouped layer on planes of a vector or more by the
+    register-blocked kernel: a woken worker would hold a core for ~0.1 s (layers/conv_engines.py)."""
+    _, products = infer_counting_blas(monkeypatch, text, c, side, batch, blas_spins=True)
+    assert products == []
+
+
+@pytest.mark.parametrize("text,c,side,batch", SMALL_MAP_LAYERS)
+def test_k_by_k_products_stay_with_blas_where_its_workers_sleep(monkeypatch, text, c, side, batch):
+    """Configured OpenBLAS (darknetpy imported first) keeps the im2col layers' long products; 1x1 layers take
+    the kernel whatever BLAS does."""
+    layer, products = infer_counting_blas(monkeypatch, text, c, side, batch, blas_spins=False)
+    assert len(products) == (0 if layer.config.size == 1 else 1)     # (the whole batch in one product)
+
+
 # ---- training: channel-major BN + activation, both convolution paths ---------------------------------
 def darknet_bn_train(raw, scales, biases):
     """Spec §4.2 training forward in float64: (normalised, output before activation, mean, variance)."""

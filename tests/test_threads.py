@@ -88,19 +88,38 @@ def test_warns_when_numba_threads_were_started_spinning_before_import():
 
 
 def test_warns_once_when_numpy_was_imported_before_the_blas_setting(monkeypatch):
+    """...and records that OpenBLAS's workers spin (inference then keeps BLAS out of multi-threaded passes)."""
+    from darknetpy import thread_environment
     from darknetpy.errors import DarknetWarning
-    from darknetpy.thread_environment import warn_if_blas_loaded_first
     monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(thread_environment, "_blas_workers_spin", thread_environment.blas_workers_spin())
+    note = thread_environment.note_blas_settings
     with pytest.warns(DarknetWarning, match="OPENBLAS_THREAD_TIMEOUT=16"):
-        warn_if_blas_loaded_first(["OPENBLAS_THREAD_TIMEOUT"], {"numpy": object()})
+        note(["OPENBLAS_THREAD_TIMEOUT"], {"numpy": object()})
+    assert thread_environment.blas_workers_spin()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        warn_if_blas_loaded_first(["OPENBLAS_THREAD_TIMEOUT"], {})          # numpy not loaded yet: in time
-        warn_if_blas_loaded_first([], {"numpy": object()})                 # the user's own setting
-        monkeypatch.setenv("OMP_NUM_THREADS", "1")                          # no idle BLAS threads at all
-        warn_if_blas_loaded_first(["OPENBLAS_THREAD_TIMEOUT"], {"numpy": object()})
+        note(["OPENBLAS_THREAD_TIMEOUT"], {})          # numpy not loaded yet: in time
+        assert not thread_environment.blas_workers_spin()
+        note([], {"numpy": object()})                 # the user's own setting
+        assert not thread_environment.blas_workers_spin()
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")     # no idle BLAS threads at all
+        note(["OPENBLAS_THREAD_TIMEOUT"], {"numpy": object()})
+        assert not thread_environment.blas_workers_spin()
         monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
         monkeypatch.setenv("OMP_NUM_THREADS", "2")
-        warn_if_blas_loaded_first(["OPENBLAS_THREAD_TIMEOUT"], {"numpy": object()})
+        note(["OPENBLAS_THREAD_TIMEOUT"], {"numpy": object()})
+        assert not thread_environment.blas_workers_spin()
+
+
+def test_importing_numpy_first_is_noticed():
+    script = ("import warnings\nwarnings.simplefilter('ignore')\nimport numpy\nimport darknetpy\n"
+              "from darknetpy.thread_environment import blas_workers_spin\nprint(blas_workers_spin())\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "OMP_NUM_THREADS")}
+    env["OPENBLAS_NUM_THREADS"] = "2"
+    answers = [subprocess.run([sys.executable, "-c", body], env=env, capture_output=True, text=True,
+                              timeout=120).stdout.strip()
+               for body in (script, script.replace("import numpy\nimport darknetpy", "import darknetpy\nimport numpy"))]
+    assert answers == ["True", "False"]

@@ -42,6 +42,7 @@ from ..kernels.im2col import (batch_to_channel_major, channel_major_to_batch, ch
 from ..kernels.scratch import thread_floats, thread_scratch
 from ..kernels.simd import LANES
 from ..kernels.threads import thread_count
+from ..thread_environment import blas_workers_spin
 from .base import FLOAT
 from .epilogue import Epilogue
 
@@ -124,18 +125,22 @@ WINOGRAD_MIN_PRODUCT_TILES = 20
 # microseconds (1->16 at 28x28: 11 against 12 us) and would cost a network that needs it nowhere else its
 # first-run compilation (the README's MNIST command: 6.4 s cold against about 3).
 DENSE_DIRECT_MIN_WIDTH = LANES
-# Ungrouped 1x1 layers take the register-blocked kernel (kernels/pointwise.py), except with more than one thread
-# on small maps with many weights, where BLAS's threads split the products well. Measured alone, 2 threads,
-# AMD EPYC, BLAS (+ epilogue) / best of the kernel serial or shared out through a thread pool that had to be
-# woken (~40 us): 448->96 at 10x10 0.75, 96->448 0.73, 96->255 0.71, 272->48 at 20x20 0.96, 256->128 at 13x13
-# 0.89, 1024->256 0.91, 512->255 0.90; but 96->96 at 10x10 1.09, 192->48 at 20x20 1.0, 48->272 1.5, 32->192 at
-# 40x40 1.9, 256->255 at 26x26 1.09, 128->64 at 52x52 1.34. With the helper threads kept awake
-# (kernels/handoff.py) whole passes at 2 threads measured the same with and without this rule (yolo-fastest-xl
-# 0.99, yolo-fastest 1.01, yolov3-tiny 1.00), so it stayed. (At one thread the kernel is as fast or faster
-# everywhere measured: 0.22-0.45 of BLAS on 8-16 channels of 160x160 maps, 0.6-0.9 from 32 to 512 channels,
-# 0.97-1.04 at 1024-2048.)
-POINTWISE_GEMM_MAX_PIXELS = 400
-POINTWISE_GEMM_MIN_WEIGHTS = 128 * 128
+# Ungrouped 1x1 layers take the register-blocked kernel (kernels/pointwise.py) at inference, on every map from
+# MIN_PIXELS on: no BLAS product. OpenBLAS's idle workers spin for ~0.1 s after each product unless
+# OPENBLAS_THREAD_TIMEOUT was set before numpy loaded (darknetpy/thread_environment.py), which fails whenever
+# numpy is imported first -- the usual order in a script; at 2 threads a worker woken once a pass then
+# spins on the core darknetpy's helper needs (yolo-fastest-1.1-xl: 30-56 ms a pass against 10-18, the
+# worker busy for all of it). Until then, 1x1 layers on small maps with many weights went to BLAS at 2+
+# threads (alone, BLAS / kernel: 448->96 at 10x10 0.75, 96->448 0.73, 96->255 0.71, 256->128 at 13x13 0.89,
+# 1024->256 0.91, 512->255 0.90), but whole passes at 2 threads gained nothing from it even with OpenBLAS
+# configured (one process, kernel / BLAS on those layers: yolo-fastest-1.1-xl 0.954-0.966, darknet19
+# 0.950-0.990, digits-yolo 0.944-0.995, yolov3-tiny 0.999-1.003, yolov4-tiny 0.970-1.005). At one thread
+# the kernel is as fast or faster everywhere measured: 0.22-0.45 of BLAS on 8-16 channels of 160x160 maps,
+# 0.6-0.9 from 32 to 512 channels, 0.97-1.04 at 1024-2048.
+# The im2col layers' products (k x k layers on maps too small for the other engines) stay with BLAS, which
+# blocks long products for the caches: darknet19's 512->1024 3x3 layers at 7x7 (K = 4608) took 4.3-4.7 ms at 2
+# threads in the pass against 4.6-5.5 through the kernel (whole pass 1.04). Only where OpenBLAS's workers
+# spin and darknetpy runs more than one thread does the kernel take those products too (GemmEngine).
 
 # Depthwise layers on small planes are convolved channels-last at inference (kernels/depthwise_channels_last.py):
 # the plane-at-a-time kernel's fixed costs per plane dominate there. Forward, 1 thread, channels-last /
@@ -236,8 +241,7 @@ def choose_engines(g: ConvGeometry, batch: int) -> tuple[
     # (the first layer): its weight gradient is one well-shaped product (MNIST's first layer, batch 128:
     # backward 10.6 -> 7.7 ms, 1 thread).
     gemm = GemmEngine(g, batch, winograd_dx)
-    if g.is_pointwise and g.groups == 1 and g.out_h * g.out_w >= pointwise.MIN_PIXELS \
-            and not gemm_beats_pointwise(g, batch, thread_count()):
+    if g.is_pointwise and g.groups == 1 and g.out_h * g.out_w >= pointwise.MIN_PIXELS:
         return PointwiseEngine(g), gemm
     winograd_pays = g.winograd_tile and not gemm_beats_winograd(g, batch)
     if g.groups == 1 and g.size > 1 and g.out_w >= DENSE_DIRECT_MIN_WIDTH \
@@ -263,12 +267,6 @@ def gemm_beats_winograd(g: ConvGeometry, batch: int, l2_bytes: int | None = None
         return False
     max_channels, max_bytes = GEMM_OVER_WINOGRAD
     return g.channels <= max_channels and patches <= max_bytes
-
-
-def gemm_beats_pointwise(g: ConvGeometry, batch: int, threads: int) -> bool:
-    """Whether BLAS is the faster inference path for an ungrouped 1x1 layer (see POINTWISE_GEMM_*)."""
-    return (threads > 1 and batch * g.out_h * g.out_w <= POINTWISE_GEMM_MAX_PIXELS
-            and g.channels * g.filters >= POINTWISE_GEMM_MIN_WEIGHTS)
 
 
 @functools.cache
@@ -318,6 +316,7 @@ class GemmEngine(_ChannelMajorProduct):
         self.dcolumns: np.ndarray | None = None
         self._columns_hold_input = False
         self._weights: np.ndarray | None = None
+        self._matrix: np.ndarray | None = None
         self._shift: np.ndarray | None = None
 
     def _columns_buffer(self) -> np.ndarray | None:
@@ -350,11 +349,36 @@ class GemmEngine(_ChannelMajorProduct):
 
     def prepare(self, weights: np.ndarray, shift: np.ndarray) -> None:
         self._weights, self._shift = weights, shift
+        if self._kernel_can_take_product():
+            self._matrix = np.ascontiguousarray(weights.reshape(self.g.filters, -1), FLOAT)
+            self._shift = np.ascontiguousarray(shift, FLOAT)
+
+    def _kernel_can_take_product(self) -> bool:
+        """k x k layers, ungrouped, with at least MIN_PIXELS outputs per plane."""
+        g = self.g
+        return not g.is_pointwise and g.groups == 1 and g.out_h * g.out_w >= pointwise.MIN_PIXELS
+
+    def _kernel_takes_product(self) -> bool:
+        """Whether inference multiplies by the register-blocked kernel instead of BLAS: where BLAS's idle
+        workers would spin on the cores darknetpy's threads need ("The im2col layers' products ..." among this
+        module's constants)."""
+        return self._kernel_can_take_product() and thread_count() > 1 and blas_workers_spin()
 
     def forward(self, x: np.ndarray, out: np.ndarray, epilogue: Epilogue) -> None:
         g = self.g
         batch = x.shape[0]
         out3 = out.reshape(batch, g.filters, -1)
+        if self._kernel_takes_product():
+            # image by image: the kernel reads one image's (K, S) patch matrix and writes its (F, S) planes
+            rows, pixels = g.channels * g.size ** 2, g.out_h * g.out_w
+            columns = thread_floats("gemm columns", rows * pixels).reshape(1, rows, pixels)
+            fuse_leaky = epilogue.activation.fuses_leaky
+            for b in range(batch):
+                im2col_batch(x[b:b + 1], g.size, g.stride_y, g.stride_x, g.padding, g.dilation, g.out_h, g.out_w,
+                             columns[0])
+                pointwise.pointwise_forward(self._matrix, self._shift, columns, out3[b:b + 1], fuse_leaky)
+            epilogue.activation.apply_unless_fused(out3)
+            return
         if g.is_pointwise:
             # each image's (C, S) planes already are the right-hand matrix and its (F, S) product is already
             # in the output layout: one product per image, no copies (yolo-fastest-xl at batch 8: the 1x1
