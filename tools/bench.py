@@ -46,6 +46,10 @@ Cases (`--cases`, comma list; default all):
   train-order      Training darknet.cfg (224x224, batch 16, `ORDER_STEPS` steps after 2 untimed) in a fresh
                    process that imports torch before darknetpy, vs a fresh process importing darknetpy first
                    (ratio above 1: import order costs speed; compare the 1- and 2-thread tables too).
+  infer-order      yolo-fastest-1.1-xl inference (320x320, batch 1, `ORDER_PASSES` passes after 3 untimed) in fresh
+                   processes that import numpy, or torch, before darknetpy, vs one importing darknetpy first; the
+                   three take turns `ORDER_ROUNDS` times and each row is the median of their medians (numpy first,
+                   OpenBLAS has read its settings before darknetpy could set them: see layers/conv_engines.py).
   startup          Wall time of `python -m darknetpy predict cfg/mnist.cfg W IMG` in a fresh process, once with
                    an empty Numba cache ("startup cold": a fresh NUMBA_CACHE_DIR, every kernel compiled) and
                    then with a warm one, vs a fresh process that classifies the same image with OpenCV DNN.
@@ -114,7 +118,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SHARED = REPO.parent / "shared"
 ALL_CASES = ["sgemm", "yolov3-tiny", "yolo-fastest-xl", "darknet19", "yolov4-tiny", "vgg-16", "digits-yolo",
              "digits-seg", "detect-scene", "segment-scene", "maxpool", "train", "train-yolo", "train-order",
-             "startup", "startup-detect", "rss"]
+             "infer-order", "startup", "startup-detect", "rss"]
 # the maxpool case: (channels, side) maps x (size, stride) windows, batch 1: yolov3-tiny's 2x2 and SPP's
 # larger windows (README: ns per output = ms / outputs)
 MAXPOOL_MAPS = ((64, 104), (256, 26))
@@ -124,6 +128,7 @@ THREAD_ENV_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
 SGEMM_SHAPE = (512, 2304, 1024)  # (M, K, N): a 3x3 conv with 256 -> 512 channels on a 32x32 map
 TRAIN_BATCH = 128
 ORDER_BATCH, ORDER_SIZE, ORDER_STEPS = 16, 224, 5   # the train-order case: darknet.cfg at 224x224, batch 16
+ORDER_PASSES, ORDER_ROUNDS = 60, 5                  # the infer-order case
 CHILD_TIMEOUT_S = 900
 BUSY_WARNING = 0.10   # other processes using more than this share of all CPUs during a case earn a note
 
@@ -660,6 +665,56 @@ def case_train_order(assets: dict, threads: int, opts: argparse.Namespace) -> li
                 darknetpy_error=errors.get("torch-first"), anchor_error=errors.get("darknetpy-first"))]
 
 
+INFER_ORDER_SCRIPT = """\
+import json, sys, time
+first, cfg, weights, passes = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+if first == "numpy":
+    import numpy  # OpenBLAS reads its settings now, before darknetpy can set them
+elif first == "torch":
+    import torch  # loads numpy and its own OpenMP runtime
+import warnings
+warnings.simplefilter("ignore")
+import darknetpy
+import numpy as np
+network = darknetpy.load(cfg, weights).network
+x = np.random.default_rng(7).random((1, 3, 320, 320), dtype=np.float32)
+for _ in range(3):
+    network.infer(x)
+times = []
+for _ in range(passes):
+    start = time.perf_counter()
+    network.infer(x)
+    times.append(time.perf_counter() - start)
+print(json.dumps({"times": times}))
+"""
+
+
+def case_infer_order(assets: dict, threads: int, opts: argparse.Namespace) -> list[Row]:
+    """yolo-fastest-1.1-xl inference in fresh processes importing numpy or torch before darknetpy, against
+    darknetpy first: the three orders take turns, so that a slow spell of the machine falls on all of them."""
+    cfg, weights = require(assets, "infer-order", "yolo_fastest_cfg", "yolo_fastest_weights")
+    env = dict(os.environ)
+    orders = ("numpy", "torch", "darknetpy")
+    medians: dict[str, list[float]] = {order: [] for order in orders}
+    errors: dict[str, str] = {}
+    for _ in range(ORDER_ROUNDS):
+        for order in orders:
+            if order in errors:
+                continue
+            done = subprocess.run([sys.executable, "-c", INFER_ORDER_SCRIPT, order, cfg, weights, str(ORDER_PASSES)],
+                                  env=env, cwd=REPO, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+            if done.returncode != 0:
+                errors[order] = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+                continue
+            medians[order].append(median_ms(json.loads(done.stdout.strip().splitlines()[-1])["times"]))
+    anchor = medians["darknetpy"]
+    return [Row(f"yolo-fastest-xl {order} 1st", "darknetpy imported first",
+                statistics.median(medians[order]) if medians[order] else None,
+                statistics.median(anchor) if anchor else None, len(medians[order]) * ORDER_PASSES,
+                darknetpy_error=errors.get(order), anchor_error=errors.get("darknetpy"))
+            for order in ("numpy", "torch")]
+
+
 OPENCV_PREDICT_SCRIPT = """\
 import sys
 import cv2
@@ -905,6 +960,8 @@ def run_case(case: str, assets: dict, threads: int, opts: argparse.Namespace) ->
         return case_train_yolo(assets, threads, opts)
     if case == "train-order":
         return case_train_order(assets, threads, opts)
+    if case == "infer-order":
+        return case_infer_order(assets, threads, opts)
     if case == "startup":
         return case_startup(assets, threads, opts)
     if case == "startup-detect":
@@ -1047,7 +1104,7 @@ def prepare_assets(cases: list[str], shared: Path, workdir: Path) -> dict:
             generate_weights(shared, cfg, weights)
             assets["train_yolo_cfg"], assets["train_yolo_weights"] = str(cfg), str(weights)
         attempt(["train-yolo"], make_train_yolo)
-    if "yolo-fastest-xl" in cases:
+    if {"yolo-fastest-xl", "infer-order"} & set(cases):
         def find_yolo_fastest():
             folder = shared / "models" / "yolo-fastest-1.1"
             cfg, weights = folder / "yolo-fastest-1.1-xl.cfg", folder / "yolo-fastest-1.1-xl.weights"
@@ -1055,7 +1112,7 @@ def prepare_assets(cases: list[str], shared: Path, workdir: Path) -> dict:
                 if not path.exists():
                     raise FileNotFoundError(f"{path} not found")
             assets["yolo_fastest_cfg"], assets["yolo_fastest_weights"] = str(cfg), str(weights)
-        attempt(["yolo-fastest-xl"], find_yolo_fastest)
+        attempt(["yolo-fastest-xl", "infer-order"], find_yolo_fastest)
     if "darknet19" in cases:
         def make_darknet19():
             source = shared / "cfg-corpus" / "darknet19.cfg"
