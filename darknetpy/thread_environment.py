@@ -14,6 +14,9 @@ default the idle workers of each pool keep spinning for a while, holding a core 
                              0.84, VGG-16 0.83, digits-yolo and digits-seg at batch 8 0.70-0.72; the digit
                              networks at batch 1 0.99-1.10 (their products are short enough that a sleeping
                              worker's wake-up shows).
+
+When numpy was imported first, OpenBLAS has already read its default; blas_workers_spin() says so to the rest of
+darknetpy (inference then keeps BLAS products out of multi-threaded passes: layers/conv_engines.py).
 """
 from __future__ import annotations
 
