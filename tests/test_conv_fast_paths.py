@@ -5,9 +5,9 @@ loops), numpy float64 formulas of spec §4.2, and PyTorch (float64) for gradient
 import numpy as np
 import pytest
 
+from darknetpy import thread_environment
 from darknetpy.kernels import batchnorm as bn_kernels
 from darknetpy.kernels import pointwise, pooling, winograd
-from darknetpy import thread_environment
 from darknetpy.layers import conv_engines
 from darknetpy.kernels.depthwise import grouped_conv_backward, grouped_conv_forward
 from darknetpy.kernels.im2col import col2im_batch_add, im2col_batch
@@ -636,8 +636,8 @@ SMALL_MAP_LAYERS = [
 
 
 def infer_counting_blas(monkeypatch, text, c, side, batch, blas_spins):
-    """One layer's inference at 2 threads, shared out, with OpenBLAS's workers spinning or not: (the layer,
-    its output, the BLAS products it ran); the output checked against the float64 reference."""
+    """One layer's inference at 2 threads, shared out, with OpenBLAS's workers spinning or not, its output
+    checked against the float64 convolution: (the layer, the shapes of the BLAS products it ran)."""
     monkeypatch.setattr(conv_engines, "thread_count", lambda: 2)
     monkeypatch.setattr(pointwise, "thread_count", lambda: 2)
     monkeypatch.setattr(pointwise, "PARALLEL_MIN_MACS", 0)
