@@ -249,6 +249,21 @@ def test_intrinsics_lane_by_lane():
 
 
 @jit
+def _fused_float64(a, b, c, out):
+    for i in range(a.shape[0]):   # a loop, as in the [yolo] logistic: the vectoriser's form of the call too
+        out[i] = simd.fma_float64(a[i], b[i], c[i])
+
+
+def test_float64_fma_rounds_once():
+    """(1 + 2^-30)(1 - 2^-30) - 1 = -2^-60 exactly; a product rounded first gives 1.0 and then 0."""
+    n = 64
+    a, b, c = np.full(n, 1 + 2.0 ** -30), np.full(n, 1 - 2.0 ** -30), np.full(n, -1.0)
+    out = np.zeros(n)
+    _fused_float64(a, b, c, out)
+    assert (out == -(2.0 ** -60)).all() and a[0] * b[0] + c[0] == 0.0
+
+
+@jit
 def _prefetch_far(weights, offsets):
     total = 0.0
     for k in range(offsets.size):

@@ -122,6 +122,21 @@ def fma(typingctx, a, b, c):
 
 
 @intrinsic
+def fma_float64(typingctx, a, b, c):
+    """a * b + c for float64 scalars, rounded once (llvm.fma.f64: in a loop the vectoriser makes it one vector
+    multiply-add, where Numba's a * b + c stays two operations)."""
+    if not all(isinstance(t, types.Float) and t.bitwidth == 64 for t in (a, b, c)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        double = ir.DoubleType()
+        function = cgutils.get_or_insert_function(builder.module, ir.FunctionType(double, [double] * 3),
+                                                  "llvm.fma.f64")
+        return builder.call(function, list(args))
+    return types.float64(types.float64, types.float64, types.float64), codegen
+
+
+@intrinsic
 def add(typingctx, a, b):
     """a + b."""
     if not (a == Lanes and b == Lanes):
