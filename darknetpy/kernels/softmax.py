@@ -158,21 +158,27 @@ def _exponent_sums(x, b, start, inverse_t, largest, total, exponentials):
     mantissa = np.empty(n, np.float32)
     exponent_bits = np.empty(n, np.int32)
     scale = exponent_bits.view(np.float32)
+    # loops over 1-D row views, the maximum as a select: through x[b, c, start + k] and a conditional store
+    # they did not vectorise (11 channels of 1024 pixels: 15.1 -> 6.1 us)
+    first = x[b, 0, start:start + n]
     for k in range(n):   # the largest x/T (a negative temperature flips which x that is)
-        largest[k] = x[b, 0, start + k] * inverse_t
+        largest[k] = first[k] * inverse_t
     for c in range(1, channels):
+        row = x[b, c, start:start + n]
         for k in range(n):
-            if x[b, c, start + k] * inverse_t > largest[k]:
-                largest[k] = x[b, c, start + k] * inverse_t
+            v = row[k] * inverse_t
+            largest[k] = v if v > largest[k] else largest[k]
     for k in range(n):
         total[k] = np.float32(0.0)
     for c in range(channels):
+        row = x[b, c, start:start + n]
         for k in range(n):
-            shifted[k] = x[b, c, start + k] * inverse_t - largest[k]
+            shifted[k] = row[k] * inverse_t - largest[k]
         _exp_non_positive(shifted, mantissa, exponent_bits)
+        out = exponentials[c]
         for k in range(n):
             e = mantissa[k] * scale[k]
-            exponentials[c, k] = e
+            out[k] = e
             total[k] += e
 
 
@@ -198,8 +204,9 @@ def softmax_channels(x, temperature, y):
         for k in range(n):
             total[k] = np.float32(1.0) / total[k]
         for c in range(channels):
+            row, shares = exponentials[c], y[b, c, start:start + n]
             for k in range(n):
-                y[b, c, start + k] = exponentials[c, k] * total[k]
+                shares[k] = row[k] * total[k]
 
 
 @jit
