@@ -657,8 +657,11 @@ def infer_counting_blas(monkeypatch, text, c, side, batch, blas_spins):
     got = net.forward(x)
     monkeypatch.setattr(np, "matmul", matmul)
     cfg = layer.config
-    raw = conv2d(x.astype(np.float64), layer.weights, np.zeros(cfg.filters), cfg.stride, cfg.stride,
-                 cfg.effective_padding)
+    # the float64 convolution as a sum over windows (conv2d's loops take tens of seconds at these sizes)
+    pad, k = cfg.effective_padding, cfg.size
+    padded = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (k, k), axis=(2, 3))[:, :, ::cfg.stride, ::cfg.stride]
+    raw = np.einsum("bchwij,fcij->bfhw", windows, layer.weights.astype(np.float64))
     if layer.bn is not None:
         ref = batchnorm_inference(raw, layer.bn.scales, layer.biases, layer.bn.rolling_mean, layer.bn.rolling_var)
     else:
@@ -683,6 +686,18 @@ def test_k_by_k_products_stay_with_blas_where_its_workers_sleep(monkeypatch, tex
     the kernel whatever BLAS does."""
     layer, products = infer_counting_blas(monkeypatch, text, c, side, batch, blas_spins=False)
     assert len(products) == (0 if layer.config.size == 1 else 1)     # (the whole batch in one product)
+
+
+@pytest.mark.parametrize("text,c,side,products", [
+    ("filters=256\nsize=3\npad=1\nbatch_normalize=1\nactivation=leaky", 128, 8, 0),   # digits-seg's 8x8 layer
+    ("filters=64\nsize=3\npad=1\nbatch_normalize=1\nactivation=leaky", 512, 7, 1),    # 0.9 MB of patches
+])
+def test_the_kernel_takes_products_whose_patches_stay_in_the_cache(monkeypatch, text, c, side, products):
+    """With OpenBLAS's workers asleep, an im2col product of at least KERNEL_PRODUCT_MIN_MACS whose patch
+    matrix fits in KERNEL_PRODUCT_MAX_PATCH_BYTES takes the kernel; a longer one stays with BLAS."""
+    assert conv_engines.KERNEL_PRODUCT_MIN_MACS <= 64 * 512 * 9 * 49
+    _, ran = infer_counting_blas(monkeypatch, text, c, side, 1, blas_spins=False)
+    assert len(ran) == products
 
 
 # ---- training: channel-major BN + activation, both convolution paths ---------------------------------

@@ -137,10 +137,15 @@ DENSE_DIRECT_MIN_WIDTH = LANES
 # 0.950-0.990, digits-yolo 0.944-0.995, yolov3-tiny 0.999-1.003, yolov4-tiny 0.970-1.005). At one thread
 # the kernel is as fast or faster everywhere measured: 0.22-0.45 of BLAS on 8-16 channels of 160x160 maps,
 # 0.6-0.9 from 32 to 512 channels, 0.97-1.04 at 1024-2048.
-# The im2col layers' products (k x k layers on maps too small for the other engines) stay with BLAS, which
-# blocks long products for the caches: darknet19's 512->1024 3x3 layers at 7x7 (K = 4608) took 4.3-4.7 ms at 2
-# threads in the pass against 4.6-5.5 through the kernel (whole pass 1.04). Only where OpenBLAS's workers
-# spin and darknetpy runs more than one thread does the kernel take those products too (GemmEngine).
+# The im2col layers' products (k x k layers on maps too small for the other engines) take the kernel when one
+# image's patch matrix stays well inside the L2 cache; longer ones stay with BLAS, which blocks them for the
+# caches: darknet19's 512->1024 3x3 layers at 7x7 (K = 4608, 0.9 MB of patches) took 4.3-4.7 ms at 2 threads
+# in the pass against 4.6-5.5 through the kernel (whole pass 1.04). Products under KERNEL_PRODUCT_MIN_MACS
+# stay with BLAS too: a few microseconds either way, and the kernel's first-run compilation (1.5 s) would
+# fall on networks that need it nowhere else (the README's MNIST command). Where OpenBLAS's workers spin and
+# darknetpy runs more than one thread, the kernel takes every such product (GemmEngine).
+KERNEL_PRODUCT_MAX_PATCH_BYTES = 512 << 10
+KERNEL_PRODUCT_MIN_MACS = 8 << 20
 
 # Depthwise layers on small planes are convolved channels-last at inference (kernels/depthwise_channels_last.py):
 # the plane-at-a-time kernel's fixed costs per plane dominate there. Forward, 1 thread, channels-last /
@@ -359,24 +364,29 @@ class GemmEngine(_ChannelMajorProduct):
         return not g.is_pointwise and g.groups == 1 and g.out_h * g.out_w >= pointwise.MIN_PIXELS
 
     def _kernel_takes_product(self) -> bool:
-        """Whether inference multiplies by the register-blocked kernel instead of BLAS: where BLAS's idle
-        workers would spin on the cores darknetpy's threads need ("The im2col layers' products ..." among this
-        module's constants)."""
-        return self._kernel_can_take_product() and thread_count() > 1 and blas_workers_spin()
+        """Whether inference multiplies by the register-blocked kernel instead of BLAS ("The im2col layers'
+        products ..." among this module's constants)."""
+        if not self._kernel_can_take_product():
+            return False
+        g = self.g
+        macs = g.filters * g.channels * g.size ** 2 * g.out_h * g.out_w
+        if g.patch_bytes(1) <= KERNEL_PRODUCT_MAX_PATCH_BYTES and macs >= KERNEL_PRODUCT_MIN_MACS:
+            return True
+        return thread_count() > 1 and blas_workers_spin()
 
     def forward(self, x: np.ndarray, out: np.ndarray, epilogue: Epilogue) -> None:
         g = self.g
         batch = x.shape[0]
         out3 = out.reshape(batch, g.filters, -1)
         if self._kernel_takes_product():
-            # image by image: the kernel reads one image's (K, S) patch matrix and writes its (F, S) planes
+            # each image's (K, S) patch matrix, then one kernel call: every image's (F, S) planes straight
+            # into the output
             rows, pixels = g.channels * g.size ** 2, g.out_h * g.out_w
-            columns = thread_floats("gemm columns", rows * pixels).reshape(1, rows, pixels)
-            fuse_leaky = epilogue.activation.fuses_leaky
+            columns = thread_floats("gemm columns", batch * rows * pixels).reshape(batch, rows, pixels)
             for b in range(batch):
                 im2col_batch(x[b:b + 1], g.size, g.stride_y, g.stride_x, g.padding, g.dilation, g.out_h, g.out_w,
-                             columns[0])
-                pointwise.pointwise_forward(self._matrix, self._shift, columns, out3[b:b + 1], fuse_leaky)
+                             columns[b])
+            pointwise.pointwise_forward(self._matrix, self._shift, columns, out3, epilogue.activation.fuses_leaky)
             epilogue.activation.apply_unless_fused(out3)
             return
         if g.is_pointwise:
