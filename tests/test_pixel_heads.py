@@ -63,6 +63,25 @@ def test_spatial_softmax_of_a_long_row_of_pixels_and_extreme_logits():
     assert np.all(y[0, [0, 1, 3]] < 1e-30) and np.all(np.isfinite(y))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_spatial_softmax_shared_among_threads_matches_torch(monkeypatch, threads):
+    """Chunks of pixels of two images shared out among the helper threads (kernels/handoff.py), the last chunk
+    short: torch's softmax, and the same values at 1 and 2 threads."""
+    from darknetpy.kernels import handoff, threads as thread_policy
+    from darknetpy.kernels import softmax as softmax_kernels
+    monkeypatch.setattr(handoff, "thread_count", lambda: threads)
+    monkeypatch.setattr(thread_policy, "thread_count", lambda: threads)
+    monkeypatch.setattr(softmax_kernels, "SOFTMAX_PARALLEL_MIN_VALUES", 0)
+    x = (4 * np.random.default_rng(2).standard_normal((2, 6, 3, 1100))).astype(np.float32)
+    net, _ = head("[softmax]\nspatial=1\ntemperature=0.7", 6, 3, 1100)
+    y = net.forward(x)
+    expected = torch.softmax(torch.from_numpy(x.astype(np.float64)) / np.float32(0.7), dim=1).numpy()
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-7)
+    monkeypatch.setattr(handoff, "thread_count", lambda: 1)
+    monkeypatch.setattr(thread_policy, "thread_count", lambda: 1)
+    np.testing.assert_array_equal(net.forward(x), y)
+
+
 def test_spatial_cross_entropy_and_gradient_equal_torch_with_ignore_index():
     rng = np.random.default_rng(2)
     x = (4 * rng.standard_normal((3, 4, 5, 7))).astype(np.float32)

@@ -14,6 +14,7 @@ import numpy as np
 from numba import prange
 
 from . import jit
+from .handoff import finish_share, share_out_when_it_pays, start_share
 
 LARGEST_NEGATIVE = np.float32(-3.4028234663852886e38)  # -FLT_MAX, Darknet's starting maximum
 MASK_VALUE = np.float32(-1234.0)  # Darknet's SECRET_NUM: truth entries to ignore in a masked cost
@@ -182,16 +183,14 @@ def _exponent_sums(x, b, start, inverse_t, largest, total, exponentials):
             total[k] += e
 
 
-@jit(parallel=True)
-def softmax_channels(x, temperature, y):
-    """y[b, :, k] = softmax(x[b, :, k] / T) for every pixel k of (B, C, H*W) arrays: a softmax over the
-    channels of every pixel (Darknet's GPU `spatial=1`, which computes in float: so float32 here too, with
-    the vectorised exp above; shares agree with a double-precision softmax to ~1e-6 relative).
-    Runs along contiguous channel rows, a chunk of pixels at a time."""
-    batch, channels, plane = x.shape
+@jit
+def _softmax_channel_share(flags, ticket, first_flag, flag_count, before, x, inverse_t, y, first, last):
+    """Tasks first..last-1 of softmax_channels, a task being a chunk of PIXEL_CHUNK pixels of one image; a
+    share function of kernels/handoff.py."""
+    start_share(flags, ticket, first_flag, flag_count, before)
+    channels, plane = x.shape[1], x.shape[2]
     chunks = (plane + PIXEL_CHUNK - 1) // PIXEL_CHUNK
-    inverse_t = np.float32(1.0) / temperature
-    for task in prange(batch * chunks):
+    for task in range(first, last):
         b = task // chunks
         start = (task % chunks) * PIXEL_CHUNK
         n = min(start + PIXEL_CHUNK, plane) - start
@@ -207,6 +206,23 @@ def softmax_channels(x, temperature, y):
             row, shares = exponentials[c], y[b, c, start:start + n]
             for k in range(n):
                 shares[k] = row[k] * total[k]
+    finish_share(flags, ticket, first_flag, flag_count, before)
+
+
+# Maps from this many values are shared out among the helper threads (kernels/handoff.py, a hand-over of a
+# few microseconds; through Numba's parallel loop, whose sleeping workers take ~100 us to wake, digits-seg's
+# 11 x 128x128 head took 89 us at 2 threads against 103 at 1).
+SOFTMAX_PARALLEL_MIN_VALUES = 1 << 16
+
+
+def softmax_channels(x: np.ndarray, temperature: float, y: np.ndarray) -> None:
+    """y[b, :, k] = softmax(x[b, :, k] / T) for every pixel k of (B, C, H*W) arrays: a softmax over the
+    channels of every pixel (Darknet's GPU `spatial=1`, which computes in float: so float32 here too, with
+    the vectorised exp above; shares agree with a double-precision softmax to ~1e-6 relative).
+    Runs along contiguous channel rows, a chunk of pixels at a time."""
+    chunks = -(-x.shape[2] // PIXEL_CHUNK)
+    share_out_when_it_pays(_softmax_channel_share, (x, np.float32(1.0) / np.float32(temperature), y),
+                           x.shape[0] * chunks, x.size, SOFTMAX_PARALLEL_MIN_VALUES)
 
 
 @jit
