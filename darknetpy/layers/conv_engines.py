@@ -139,12 +139,13 @@ DENSE_DIRECT_MIN_WIDTH = LANES
 # 0.6-0.9 from 32 to 512 channels, 0.97-1.04 at 1024-2048.
 # The im2col layers' products (k x k layers on maps too small for the other engines) take the kernel when one
 # image's patch matrix stays well inside the L2 cache: digits-seg's 128->256 3x3 layer at 8x8 (295 KiB),
-# whole passes in one process, kernel / BLAS 0.951-0.962 at 2 threads, 0.957-1.008 at 1. Longer ones stay with
-# BLAS, which blocks them for the caches: darknet19's 512->1024 3x3 layers at 7x7 (K = 4608, 0.9 MB of
-# patches) took 4.3-4.7 ms at 2 threads in the pass against 4.6-5.5 through the kernel (whole pass 1.04). Products under KERNEL_PRODUCT_MIN_MACS
-# stay with BLAS too: a few microseconds either way, and the kernel's first-run compilation (1.5 s) would
-# fall on networks that need it nowhere else (the README's MNIST command). Where OpenBLAS's workers spin and
-# darknetpy runs more than one thread, the kernel takes every such product (GemmEngine).
+# whole passes in one process, kernel / BLAS 0.951-0.962 at 2 threads, 0.957-1.008 at 1. Longer ones stay
+# with BLAS, which blocks them for the caches: darknet19's 512->1024 3x3 layers at 7x7 (K = 4608, 0.9 MB of
+# patches) took 4.3-4.7 ms at 2 threads in the pass against 4.6-5.5 through the kernel (whole pass 1.04).
+# Products under KERNEL_PRODUCT_MIN_MACS stay with BLAS too: a few microseconds either way, and the kernel's
+# first-run compilation (1.5 s) would fall on networks that need it nowhere else (the README's MNIST
+# command). Where OpenBLAS's workers spin and darknetpy runs more than one thread, the kernel takes every
+# such product (GemmEngine).
 KERNEL_PRODUCT_MAX_PATCH_BYTES = 512 << 10
 KERNEL_PRODUCT_MIN_MACS = 8 << 20
 
