@@ -635,25 +635,31 @@ print(json.dumps({"times": times, "layer": numba.threading_layer()}))
 """ % {"size": ORDER_SIZE, "batch": ORDER_BATCH}
 
 
+def run_order_script(script: str, args: list[str]) -> tuple[dict | None, str | None]:
+    """Run an import-order script in a fresh process with this case child's environment (thread counts,
+    PYTHONPATH and --env extras already set): (the JSON of its last stdout line, None) or (None, the last line
+    of its stderr)."""
+    done = subprocess.run([sys.executable, "-c", script, *args], env=dict(os.environ), cwd=REPO,
+                          capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+    if done.returncode != 0:
+        return None, (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+    return json.loads(done.stdout.strip().splitlines()[-1]), None
+
+
 def case_train_order(assets: dict, threads: int, opts: argparse.Namespace) -> list[Row]:
     """Training darknet.cfg (224x224, batch 16) in a fresh process that imported torch before darknetpy,
     against one that imported darknetpy first: the thread hand-over must not depend on import order (with
     torch first, its OpenMP runtime is the one Numba would share, already configured to spin)."""
     cfg, = require(assets, "train-order", "order_cfg")
-    env = dict(os.environ)   # the case child's own: thread counts, PYTHONPATH and --env extras already set
     medians: dict[str, float | None] = {}
     errors: dict[str, str] = {}
     layers: dict[str, str] = {}
     runs = 0
     for order in ("torch-first", "darknetpy-first"):
-        steps = str(min(opts.repeat, ORDER_STEPS))
-        done = subprocess.run([sys.executable, "-c", TRAIN_ORDER_SCRIPT, order, cfg, steps],
-                              env=env, cwd=REPO, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
-        if done.returncode != 0:
-            tail = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-            errors[order], medians[order] = tail, None
+        result, error = run_order_script(TRAIN_ORDER_SCRIPT, [order, cfg, str(min(opts.repeat, ORDER_STEPS))])
+        if result is None:
+            errors[order], medians[order] = error, None
             continue
-        result = json.loads(done.stdout.strip().splitlines()[-1])
         medians[order] = median_ms(result["times"])
         layers[order] = result["layer"]
         runs = max(runs, len(result["times"]))
@@ -693,7 +699,6 @@ def case_infer_order(assets: dict, threads: int, opts: argparse.Namespace) -> li
     """yolo-fastest-1.1-xl inference in fresh processes importing numpy or torch before darknetpy, against
     darknetpy first: the three orders take turns, so that a slow spell of the machine falls on all of them."""
     cfg, weights = require(assets, "infer-order", "yolo_fastest_cfg", "yolo_fastest_weights")
-    env = dict(os.environ)
     orders = ("numpy", "torch", "darknetpy")
     medians: dict[str, list[float]] = {order: [] for order in orders}
     errors: dict[str, str] = {}
@@ -701,12 +706,11 @@ def case_infer_order(assets: dict, threads: int, opts: argparse.Namespace) -> li
         for order in orders:
             if order in errors:
                 continue
-            done = subprocess.run([sys.executable, "-c", INFER_ORDER_SCRIPT, order, cfg, weights, str(ORDER_PASSES)],
-                                  env=env, cwd=REPO, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
-            if done.returncode != 0:
-                errors[order] = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+            result, error = run_order_script(INFER_ORDER_SCRIPT, [order, cfg, weights, str(ORDER_PASSES)])
+            if result is None:
+                errors[order] = error
                 continue
-            medians[order].append(median_ms(json.loads(done.stdout.strip().splitlines()[-1])["times"]))
+            medians[order].append(median_ms(result["times"]))
     anchor = medians["darknetpy"]
     return [Row(f"yolo-fastest-xl {order} 1st", "darknetpy imported first",
                 statistics.median(medians[order]) if medians[order] else None,

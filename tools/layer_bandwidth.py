@@ -152,16 +152,17 @@ def main(argv: list[str] | None = None) -> int:
         seconds = median_seconds(lambda: step[1](inputs), args.repeat)
         # a fused shortcut: its convolution's weights, type and onnxruntime node (which fuses the pair too)
         computing = net.layers[fused[index].convolution] if index in fused else layer
+        kind = layer_type(computing) + (" + sum" if index in fused else "")
         weights = sum(array.size for array in computing.weight_arrays())
         moved = FLOAT_BYTES * (sum(a.size for a in inputs) + net.outputs[index].size + weights)
         half = max(moved // (2 * FLOAT_BYTES), 1)
         src, dst = np.ones(half, np.float32), np.empty(half, np.float32)
         copy = median_seconds(lambda: np.copyto(dst, src), args.repeat)
-        group = groups[layer_type(computing) + (" + sum" if index in fused else "")]
+        group = groups[kind]
         if args.layers:
             shape = net.outputs[index].shape[1:]
             ort_cell = f" {ort_seconds.get(computing.index, 0.0) * 1e3:8.3f}" if args.onnxruntime else ""
-            print(f"{index:4d} {layer_type(computing) + (' + sum' if index in fused else ''):20} "
+            print(f"{index:4d} {kind:20} "
                   f"{str(tuple(inputs[0].shape[1:])):>16} -> "
                   f"{str(tuple(shape)):>16} {in_pass[index] * 1e3:8.3f} {seconds * 1e3:8.3f}{ort_cell}")
         group["layers"] += 1

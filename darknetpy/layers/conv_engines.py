@@ -325,6 +325,13 @@ class GemmEngine(_ChannelMajorProduct):
         self._weights: np.ndarray | None = None
         self._matrix: np.ndarray | None = None
         self._shift: np.ndarray | None = None
+        # inference by the register-blocked kernel ("The im2col layers' products ..." among this module's
+        # constants): possible for ungrouped k x k layers on planes of a vector or more, and taken whatever
+        # BLAS does for products that stay in the cache
+        pixels = g.out_h * g.out_w
+        self._kernel_can_multiply = not g.is_pointwise and g.groups == 1 and pixels >= pointwise.MIN_PIXELS
+        self._kernel_multiplies = (self._kernel_can_multiply and g.patch_bytes(1) <= KERNEL_PRODUCT_MAX_PATCH_BYTES
+                                   and g.filters * g.channels * g.size ** 2 * pixels >= KERNEL_PRODUCT_MIN_MACS)
 
     def _columns_buffer(self) -> np.ndarray | None:
         """Whole-batch im2col (K, B*S): one matrix product per group covers every image (a 1x1 convolution
@@ -356,25 +363,15 @@ class GemmEngine(_ChannelMajorProduct):
 
     def prepare(self, weights: np.ndarray, shift: np.ndarray) -> None:
         self._weights, self._shift = weights, shift
-        if self._kernel_can_take_product():
+        if self._kernel_can_multiply:
             self._matrix = np.ascontiguousarray(weights.reshape(self.g.filters, -1), FLOAT)
             self._shift = np.ascontiguousarray(shift, FLOAT)
 
-    def _kernel_can_take_product(self) -> bool:
-        """k x k layers, ungrouped, with at least MIN_PIXELS outputs per plane."""
-        g = self.g
-        return not g.is_pointwise and g.groups == 1 and g.out_h * g.out_w >= pointwise.MIN_PIXELS
-
     def _kernel_takes_product(self) -> bool:
-        """Whether inference multiplies by the register-blocked kernel instead of BLAS ("The im2col layers'
-        products ..." among this module's constants)."""
-        if not self._kernel_can_take_product():
-            return False
-        g = self.g
-        macs = g.filters * g.channels * g.size ** 2 * g.out_h * g.out_w
-        if g.patch_bytes(1) <= KERNEL_PRODUCT_MAX_PATCH_BYTES and macs >= KERNEL_PRODUCT_MIN_MACS:
-            return True
-        return thread_count() > 1 and blas_workers_spin()
+        """Whether this inference pass multiplies by the register-blocked kernel instead of BLAS: the products
+        that stay in the cache, and every one it can take where BLAS's idle workers would spin on the cores
+        darknetpy's threads need."""
+        return self._kernel_multiplies or (self._kernel_can_multiply and thread_count() > 1 and blas_workers_spin())
 
     def forward(self, x: np.ndarray, out: np.ndarray, epilogue: Epilogue) -> None:
         g = self.g
